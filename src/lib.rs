@@ -1,0 +1,2 @@
+//! wsgate: an epoll-native, zero-copy WebSocket edge gateway.
+pub mod frame;

@@ -1,1 +1,120 @@
-fn main() {}
+//! `wsgate`: the gateway binary. See README.md for flags and config keys.
+
+use clap::Parser;
+use std::process::ExitCode;
+use wsgate::config::{ConfigBuilder, ConfigError};
+use wsgate::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "epoll-native zero-copy WebSocket edge gateway"
+)]
+struct Cli {
+    /// TOML config file (keys as in `--print-config`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Sets one config key, e.g. `--set ws.max_message_size=16777216` (repeatable; wins over file and env).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Client listener (server.listen), e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// HTTP API listener (api.listen), e.g. 127.0.0.1:8081.
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Reactor threads (server.threads); 0 = one per CPU.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Enables the debug echo endpoint at PATH (debug.echo_path).
+    #[arg(long, value_name = "PATH")]
+    echo_path: Option<String>,
+    /// Prints the effective configuration as TOML and exits.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
+    let mut builder = ConfigBuilder::new();
+    if let Some(path) = &cli.config {
+        builder = builder.file(path)?;
+    }
+    builder = builder.env(std::env::vars())?;
+    for s in &cli.set {
+        builder = builder.set(s)?;
+    }
+    let quoted = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    if let Some(v) = &cli.listen {
+        builder = builder.set(&format!("server.listen={}", quoted(v)))?;
+    }
+    if let Some(v) = &cli.api_listen {
+        builder = builder.set(&format!("api.listen={}", quoted(v)))?;
+    }
+    if let Some(v) = cli.threads {
+        builder = builder.set(&format!("server.threads={v}"))?;
+    }
+    if let Some(v) = &cli.echo_path {
+        builder = builder.set(&format!("debug.echo_path={}", quoted(v)))?;
+    }
+    builder.build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    wsgate::logging::init(&config.log.level);
+
+    let signals = match wsgate::signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsgate: cannot set up signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wsgate::limits::raise_nofile(&config);
+
+    let server = match Server::start(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "listening: ws://{}{} ({} reactors), api http://{}",
+        server.ws_addr,
+        config.server.ws_path,
+        config.reactor_threads(),
+        server.api_addr
+    );
+    if !config.debug.echo_path.is_empty() {
+        log::warn!("debug echo endpoint enabled at {}", config.debug.echo_path);
+    }
+    // The one machine-readable line: tests and bench/run.sh read the bound ports from it.
+    eprintln!("wsgate ready ws={} api={}", server.ws_addr, server.api_addr);
+
+    loop {
+        match signals.wait() {
+            wsgate::signals::Signal::Terminate => break,
+            wsgate::signals::Signal::Reload => log::info!("SIGHUP: nothing to reload"),
+        }
+    }
+    log::info!(
+        "shutting down: closing connections (up to {} s)",
+        config.server.shutdown_timeout
+    );
+    server.shutdown();
+    log::info!("bye");
+    ExitCode::SUCCESS
+}

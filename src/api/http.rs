@@ -1,0 +1,159 @@
+//! Minimal HTTP/1.1 request parsing (httparse) and response writing for the API.
+
+/// Largest request head the API accepts.
+const MAX_HEAD: usize = 16 * 1024;
+
+#[allow(dead_code)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Raw query string (used by routes that take parameters).
+    pub query: &'a str,
+    pub body: &'a [u8],
+    pub authorization: Option<&'a [u8]>,
+    pub keep_alive: bool,
+    /// Head plus body length.
+    pub total_len: usize,
+}
+
+pub enum Parsed<'a> {
+    Partial,
+    Request(Request<'a>),
+    /// Answer with this status and message, then close (the stream cannot be resynchronised).
+    Error(u16, &'static str),
+}
+
+pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Parsed::Error(431, "request head too large")
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Error(431, "too many headers"),
+        Err(_) => return Parsed::Error(400, "malformed HTTP request"),
+    };
+    if head_len > MAX_HEAD {
+        return Parsed::Error(431, "request head too large");
+    }
+    let http11 = req.version == Some(1);
+    let mut keep_alive = http11;
+    let mut content_length: Option<usize> = None;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            match (value, content_length) {
+                (None, _) => return Parsed::Error(400, "invalid Content-Length"),
+                (Some(v), Some(prev)) if v != prev => {
+                    return Parsed::Error(400, "conflicting Content-Length")
+                }
+                (Some(v), _) => content_length = Some(v),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Error(411, "chunked bodies are not supported; send Content-Length");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value);
+        }
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > max_body {
+        return Parsed::Error(413, "request body too large");
+    }
+    if buf.len() < head_len + body_len {
+        return Parsed::Partial;
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Parsed::Request(Request {
+        method: req.method.unwrap_or(""),
+        path,
+        query,
+        body: &buf[head_len..head_len + body_len],
+        authorization,
+        keep_alive,
+        total_len: head_len + body_len,
+    })
+}
+
+/// A response before serialisation.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub allow: Option<&'static str>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+            allow: None,
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = format!(
+            "{{\"ok\":false,\"error\":{}}}",
+            serde_json::to_string(message).expect("str")
+        );
+        Response::json(status, body)
+    }
+
+    pub fn to_bytes(&self, close: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 160);
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len()
+            )
+            .as_bytes(),
+        );
+        if let Some(allow) = self.allow {
+            out.extend_from_slice(format!("Allow: {allow}\r\n").as_bytes());
+        }
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+pub fn error_response(status: u16, message: &str) -> Vec<u8> {
+    Response::error(status, message).to_bytes(true)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}

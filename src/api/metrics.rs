@@ -1,0 +1,178 @@
+//! /api/stats (JSON) and /metrics (Prometheus text) from the reactors' published counters.
+
+use crate::hub::{Hub, Tally};
+use serde_json::json;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// (metric name, help, is_counter, field accessor)
+type Field = (&'static str, &'static str, bool, fn(&Tally) -> u64);
+
+const FIELDS: &[Field] = &[
+    ("connections", "Open WebSocket connections.", false, |t| {
+        t.connections
+    }),
+    (
+        "channels",
+        "Channels with at least one local subscriber.",
+        false,
+        |t| t.channels,
+    ),
+    (
+        "read_buffers_lent",
+        "Read buffers lent to connections with a partial frame.",
+        false,
+        |t| t.read_buffers_lent,
+    ),
+    (
+        "handshakes_total",
+        "Completed WebSocket upgrades.",
+        true,
+        |t| t.handshakes_total,
+    ),
+    (
+        "handshake_failures_total",
+        "Refused or timed-out upgrades.",
+        true,
+        |t| t.handshake_failures_total,
+    ),
+    ("closed_total", "Closed TCP connections.", true, |t| {
+        t.closed_total
+    }),
+    (
+        "messages_in_total",
+        "Messages received from clients.",
+        true,
+        |t| t.messages_in_total,
+    ),
+    (
+        "messages_out_total",
+        "Frames queued to clients.",
+        true,
+        |t| t.messages_out_total,
+    ),
+    ("bytes_in_total", "Bytes read from clients.", true, |t| {
+        t.bytes_in_total
+    }),
+    ("bytes_out_total", "Bytes written to clients.", true, |t| {
+        t.bytes_out_total
+    }),
+    (
+        "slow_consumer_closes_total",
+        "Connections closed because their outbound queue was full.",
+        true,
+        |t| t.slow_consumer_closes_total,
+    ),
+    (
+        "protocol_errors_total",
+        "Protocol violations and malformed requests from clients.",
+        true,
+        |t| t.protocol_errors_total,
+    ),
+    (
+        "idle_timeouts_total",
+        "Connections closed for silence.",
+        true,
+        |t| t.idle_timeouts_total,
+    ),
+    (
+        "refused_total",
+        "Connections refused over server.max_connections.",
+        true,
+        |t| t.refused_total,
+    ),
+    (
+        "publishes_total",
+        "Publish commands processed by the reactor.",
+        true,
+        |t| t.publishes_total,
+    ),
+];
+
+pub fn stats_json(hub: &Hub) -> String {
+    let per: Vec<Tally> = hub.totals();
+    let reactors: Vec<serde_json::Value> = per
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut m = serde_json::Map::new();
+            m.insert("reactor".into(), json!(i));
+            for (name, _, _, get) in FIELDS {
+                m.insert((*name).into(), json!(get(t)));
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    let mut totals = serde_json::Map::new();
+    for (name, _, _, get) in FIELDS {
+        totals.insert((*name).into(), json!(per.iter().map(get).sum::<u64>()));
+    }
+    let r = Ordering::Relaxed;
+    json!({
+        "ok": true,
+        "uptime_seconds": hub.started.elapsed().as_secs(),
+        "totals": totals,
+        "reactors": reactors,
+        "api": {
+            "requests_total": hub.api.requests_total.load(r),
+            "errors_total": hub.api.errors_total.load(r),
+            "publishes_total": hub.api.publishes_total.load(r),
+            "broadcasts_total": hub.api.broadcasts_total.load(r),
+        }
+    })
+    .to_string()
+}
+
+pub fn prometheus(hub: &Hub) -> String {
+    let per = hub.totals();
+    let mut out = String::with_capacity(4096);
+    for (name, help, counter, get) in FIELDS {
+        let kind = if *counter { "counter" } else { "gauge" };
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}"
+        );
+        for (i, t) in per.iter().enumerate() {
+            let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {}", get(t));
+        }
+    }
+    let r = Ordering::Relaxed;
+    let api: [(&str, &str, u64); 4] = [
+        (
+            "api_requests_total",
+            "HTTP API requests.",
+            hub.api.requests_total.load(r),
+        ),
+        (
+            "api_errors_total",
+            "HTTP API requests answered with an error.",
+            hub.api.errors_total.load(r),
+        ),
+        (
+            "api_publishes_total",
+            "Channel publishes accepted by the API.",
+            hub.api.publishes_total.load(r),
+        ),
+        (
+            "api_broadcasts_total",
+            "Broadcasts accepted by the API.",
+            hub.api.broadcasts_total.load(r),
+        ),
+    ];
+    for (name, help, v) in api {
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_uptime_seconds Seconds since start.\n# TYPE wsgate_uptime_seconds gauge"
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_uptime_seconds {}",
+        hub.started.elapsed().as_secs()
+    );
+    out
+}

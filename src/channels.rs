@@ -1,0 +1,116 @@
+//! A reactor's channel index: channel → its local subscribers, so a publish touches only subscribers.
+//! Each subscription remembers its position in the channel's list, which makes unsubscribe O(1) (swap-remove).
+
+use std::collections::HashMap;
+
+pub type ChannelId = u32;
+
+/// One subscription as the connection records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub channel: ChannelId,
+    /// Index of the connection in the channel's subscriber list.
+    pub pos: u32,
+}
+
+struct Channel {
+    name: Box<str>,
+    subscribers: Vec<u32>,
+}
+
+#[derive(Default)]
+pub struct ChannelIndex {
+    by_name: HashMap<Box<str>, ChannelId>,
+    channels: slab::Slab<Channel>,
+}
+
+impl ChannelIndex {
+    pub fn lookup(&self, name: &str) -> Option<ChannelId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Subscribers of a channel (connection keys).
+    pub fn subscribers(&self, id: ChannelId) -> &[u32] {
+        &self.channels[id as usize].subscribers
+    }
+
+    pub fn name(&self, id: ChannelId) -> &str {
+        &self.channels[id as usize].name
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Adds connection `conn` to the channel named `name`, creating it if needed.
+    pub fn add(&mut self, name: &str, conn: u32) -> Subscription {
+        let id = match self.by_name.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.channels.insert(Channel {
+                    name: name.into(),
+                    subscribers: Vec::new(),
+                }) as ChannelId;
+                self.by_name.insert(name.into(), id);
+                id
+            }
+        };
+        let subs = &mut self.channels[id as usize].subscribers;
+        subs.push(conn);
+        Subscription {
+            channel: id,
+            pos: (subs.len() - 1) as u32,
+        }
+    }
+
+    /// Removes a subscription. Returns the connection that moved into its position (whose own record of `pos`
+    /// the caller must update), if any. An emptied channel is dropped.
+    pub fn remove(&mut self, sub: Subscription) -> Option<u32> {
+        let channel = &mut self.channels[sub.channel as usize];
+        channel.subscribers.swap_remove(sub.pos as usize);
+        let moved = channel.subscribers.get(sub.pos as usize).copied();
+        if channel.subscribers.is_empty() {
+            let channel = self.channels.remove(sub.channel as usize);
+            self.by_name.remove(&channel.name);
+        } else if channel.subscribers.capacity() > 64
+            && channel.subscribers.len() < channel.subscribers.capacity() / 4
+        {
+            channel.subscribers.shrink_to(channel.subscribers.len() * 2);
+        }
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_remove_reports_the_moved_subscriber() {
+        let mut idx = ChannelIndex::default();
+        let a = idx.add("doc", 10);
+        let _b = idx.add("doc", 11);
+        let c = idx.add("doc", 12);
+        assert_eq!(idx.subscribers(a.channel), &[10, 11, 12]);
+        assert_eq!(idx.remove(a), Some(12));
+        assert_eq!(idx.subscribers(c.channel), &[12, 11]);
+        let c = Subscription {
+            channel: c.channel,
+            pos: 0,
+        };
+        assert_eq!(
+            idx.remove(Subscription {
+                channel: c.channel,
+                pos: 1
+            }),
+            None
+        );
+        assert_eq!(idx.remove(c), None);
+        assert!(idx.lookup("doc").is_none());
+        assert!(idx.is_empty());
+    }
+}

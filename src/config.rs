@@ -1,0 +1,407 @@
+//! Typed configuration. Layers, later wins: embedded defaults < `--config FILE` < `WSGATE_SECTION__KEY`
+//! environment < `--set section.key=value` < dedicated flags (`--listen`, ...). Every error names the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
+pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ws: WsConfig,
+    pub api: ApiConfig,
+    pub debug: DebugConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Client (WebSocket) listener.
+    pub listen: String,
+    /// Reactor threads; 0 = one per online CPU.
+    pub threads: usize,
+    /// Connections accepted across all reactors before new ones are refused with 503.
+    pub max_connections: usize,
+    /// Path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// Seconds a client has to complete the upgrade request.
+    pub handshake_timeout: u64,
+    /// Largest accepted request head, bytes.
+    pub max_request_head: usize,
+    /// If not empty, the `Origin` header must be one of these.
+    pub allowed_origins: Vec<String>,
+    /// Seconds to drain connections on SIGTERM/SIGINT.
+    pub shutdown_timeout: u64,
+    /// Node id (0..=1023) used in socket ids.
+    pub node_id: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            threads: 0,
+            max_connections: 1_000_000,
+            ws_path: "/ws".into(),
+            handshake_timeout: 5,
+            max_request_head: 8192,
+            allowed_origins: Vec::new(),
+            shutdown_timeout: 10,
+            node_id: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Largest message (sum of its fragments) a client may send; larger → close 1009.
+    pub max_message_size: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer (1008).
+    pub max_outbound_bytes: usize,
+    /// Seconds of client silence before the server pings.
+    pub ping_interval: u64,
+    /// Seconds of client silence before the server closes with 1001.
+    pub idle_timeout: u64,
+    /// Malformed client frames answered with an error reply before the connection is closed with 1008.
+    pub error_budget: u32,
+    /// Channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_size: 1 << 20,
+            max_outbound_bytes: 1 << 20,
+            ping_interval: 25,
+            idle_timeout: 60,
+            error_budget: 10,
+            max_channels_per_connection: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP API listener; keep it on a private interface.
+    pub listen: String,
+    /// If not empty, requests need `Authorization: apikey KEY`.
+    pub api_key: String,
+    /// Largest request body, bytes; larger → 413.
+    pub max_body: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8081".into(),
+            api_key: String::new(),
+            max_body: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// If not empty, a WebSocket endpoint at this path echoes every message (for conformance tests).
+    pub echo_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error; `key` names the offending key when there is one.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config: {}", self.message)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Builds the effective configuration from its layers.
+#[derive(Default)]
+pub struct ConfigBuilder {
+    table: toml::Table,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        ConfigBuilder { table: defaults }
+    }
+
+    /// Merges a TOML file.
+    pub fn file(mut self, path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {path}: {e}")))?;
+        let table: toml::Table = text.parse().map_err(|e| err("", format!("{path}: {e}")))?;
+        merge(&mut self.table, table);
+        Ok(self)
+    }
+
+    /// Applies `WSGATE_SECTION__KEY=value` variables.
+    pub fn env(
+        mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        for (name, value) in vars {
+            if let Some(rest) = name.strip_prefix("WSGATE_") {
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                self.set_value(&key, &value)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Applies one `section.key=value` assignment (`--set`).
+    pub fn set(mut self, assignment: &str) -> Result<Self, ConfigError> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| err(assignment, "expected section.key=value"))?;
+        self.set_value(key.trim(), value.trim())?;
+        Ok(self)
+    }
+
+    fn set_value(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(err(key, "expected section.key"));
+        }
+        // A value is read as TOML (numbers, booleans, arrays); anything else is taken as a plain string.
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let section = self
+            .table
+            .entry(parts[0].to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section {
+            toml::Value::Table(t) => {
+                t.insert(parts[1].to_string(), parsed);
+                Ok(())
+            }
+            _ => Err(err(parts[0], "is not a section")),
+        }
+    }
+
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let text = toml::to_string(&self.table).map_err(|e| err("", e.to_string()))?;
+        let de = toml::Deserializer::new(&text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            err(&key, inner.message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("api.listen", &self.api.listen)?;
+        if !self.server.ws_path.starts_with('/') {
+            return Err(err("server.ws_path", "must start with '/'"));
+        }
+        if !self.debug.echo_path.is_empty() && !self.debug.echo_path.starts_with('/') {
+            return Err(err(
+                "debug.echo_path",
+                "must start with '/' (or be empty to disable)",
+            ));
+        }
+        if self.debug.echo_path == self.server.ws_path {
+            return Err(err("debug.echo_path", "must differ from server.ws_path"));
+        }
+        if self.ws.max_message_size == 0 || self.ws.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+            return Err(err(
+                "ws.max_message_size",
+                format!("must be 1..={MAX_MESSAGE_SIZE_LIMIT}"),
+            ));
+        }
+        if self.ws.max_outbound_bytes < 1024 {
+            return Err(err("ws.max_outbound_bytes", "must be at least 1024"));
+        }
+        if self.ws.ping_interval == 0 {
+            return Err(err("ws.ping_interval", "must be at least 1 second"));
+        }
+        if self.ws.idle_timeout <= self.ws.ping_interval {
+            return Err(err(
+                "ws.idle_timeout",
+                "must be greater than ws.ping_interval",
+            ));
+        }
+        if self.server.handshake_timeout == 0 {
+            return Err(err("server.handshake_timeout", "must be at least 1 second"));
+        }
+        if self.server.max_request_head < 512 {
+            return Err(err("server.max_request_head", "must be at least 512"));
+        }
+        if self.server.node_id > 1023 {
+            return Err(err("server.node_id", "must be 0..=1023"));
+        }
+        if self.server.threads > 1024 {
+            return Err(err("server.threads", "must be 0..=1024"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
+        if self.api.max_body == 0 {
+            return Err(err("api.max_body", "must be at least 1"));
+        }
+        if self.ws.max_channels_per_connection == 0 {
+            return Err(err("ws.max_channels_per_connection", "must be at least 1"));
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(err(
+                "log.level",
+                "must be one of error, warn, info, debug, trace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reactor threads to run.
+    pub fn reactor_threads(&self) -> usize {
+        if self.server.threads > 0 {
+            self.server.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_addr("server.listen", &self.server.listen).expect("validated")
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        parse_addr("api.listen", &self.api.listen).expect("validated")
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| err(key, format!("`{value}` is not an IP:PORT socket address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = ConfigBuilder::new().build().unwrap();
+        assert_eq!(c.ws.max_message_size, 1 << 20);
+        assert_eq!(c.api.listen, "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn set_and_env_override_and_name_bad_keys() {
+        let c = ConfigBuilder::new()
+            .env([("WSGATE_WS__PING_INTERVAL".to_string(), "7".to_string())].into_iter())
+            .unwrap()
+            .set("server.allowed_origins=[\"https://a\"]")
+            .unwrap()
+            .set("api.api_key=secret word")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.ws.ping_interval, 7);
+        assert_eq!(c.server.allowed_origins, vec!["https://a".to_string()]);
+        assert_eq!(c.api.api_key, "secret word");
+
+        let e = ConfigBuilder::new()
+            .set("ws.max_message_size=abc")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "ws.max_message_size");
+        let e = ConfigBuilder::new()
+            .set("nosuch.key=1")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("nosuch"), "{e}");
+        let e = ConfigBuilder::new()
+            .set("ws.max_message_size=999999999")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "ws.max_message_size");
+        let e = ConfigBuilder::new()
+            .set("server.listen=nowhere")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "server.listen");
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let c = ConfigBuilder::new().build().unwrap();
+        let text = c.to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.server.listen, c.server.listen);
+    }
+}

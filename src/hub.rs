@@ -1,0 +1,167 @@
+//! Routing between threads. A publish is encoded once into a [`SharedFrame`] and handed to every reactor through
+//! its command channel; each reactor queues it on its own local subscribers. No global lock on this path.
+
+use crate::pool::SharedFrame;
+use crate::reactor::Waker;
+use crossbeam_channel::Sender;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Work for a reactor from other threads.
+pub enum Command {
+    /// Deliver `frame` to every local subscriber of `channel`.
+    Publish {
+        channel: Arc<str>,
+        frame: SharedFrame,
+    },
+    /// Deliver `frame` to every local WebSocket connection.
+    Broadcast { frame: SharedFrame },
+    /// Stop accepting, close everyone with 1001, drain until `deadline_ms` (reactor clock, ms from now).
+    Shutdown { drain_ms: u64 },
+}
+
+/// Counters one reactor publishes (single writer: the reactor; readers: the API). Gauges and totals.
+#[derive(Default)]
+#[repr(align(64))]
+pub struct ReactorStats {
+    pub connections: AtomicU64,
+    pub channels: AtomicU64,
+    pub handshakes_total: AtomicU64,
+    pub handshake_failures_total: AtomicU64,
+    pub closed_total: AtomicU64,
+    pub messages_in_total: AtomicU64,
+    pub messages_out_total: AtomicU64,
+    pub bytes_in_total: AtomicU64,
+    pub bytes_out_total: AtomicU64,
+    pub slow_consumer_closes_total: AtomicU64,
+    pub protocol_errors_total: AtomicU64,
+    pub idle_timeouts_total: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub publishes_total: AtomicU64,
+    pub read_buffers_lent: AtomicU64,
+}
+
+/// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
+/// does plain additions instead of atomic read-modify-writes.
+#[derive(Default, Clone, Copy)]
+pub struct Tally {
+    pub connections: u64,
+    pub channels: u64,
+    pub handshakes_total: u64,
+    pub handshake_failures_total: u64,
+    pub closed_total: u64,
+    pub messages_in_total: u64,
+    pub messages_out_total: u64,
+    pub bytes_in_total: u64,
+    pub bytes_out_total: u64,
+    pub slow_consumer_closes_total: u64,
+    pub protocol_errors_total: u64,
+    pub idle_timeouts_total: u64,
+    pub refused_total: u64,
+    pub publishes_total: u64,
+    pub read_buffers_lent: u64,
+}
+
+impl ReactorStats {
+    pub fn store(&self, t: &Tally) {
+        let r = Ordering::Relaxed;
+        self.connections.store(t.connections, r);
+        self.channels.store(t.channels, r);
+        self.handshakes_total.store(t.handshakes_total, r);
+        self.handshake_failures_total
+            .store(t.handshake_failures_total, r);
+        self.closed_total.store(t.closed_total, r);
+        self.messages_in_total.store(t.messages_in_total, r);
+        self.messages_out_total.store(t.messages_out_total, r);
+        self.bytes_in_total.store(t.bytes_in_total, r);
+        self.bytes_out_total.store(t.bytes_out_total, r);
+        self.slow_consumer_closes_total
+            .store(t.slow_consumer_closes_total, r);
+        self.protocol_errors_total.store(t.protocol_errors_total, r);
+        self.idle_timeouts_total.store(t.idle_timeouts_total, r);
+        self.refused_total.store(t.refused_total, r);
+        self.publishes_total.store(t.publishes_total, r);
+        self.read_buffers_lent.store(t.read_buffers_lent, r);
+    }
+
+    pub fn load(&self) -> Tally {
+        let r = Ordering::Relaxed;
+        Tally {
+            connections: self.connections.load(r),
+            channels: self.channels.load(r),
+            handshakes_total: self.handshakes_total.load(r),
+            handshake_failures_total: self.handshake_failures_total.load(r),
+            closed_total: self.closed_total.load(r),
+            messages_in_total: self.messages_in_total.load(r),
+            messages_out_total: self.messages_out_total.load(r),
+            bytes_in_total: self.bytes_in_total.load(r),
+            bytes_out_total: self.bytes_out_total.load(r),
+            slow_consumer_closes_total: self.slow_consumer_closes_total.load(r),
+            protocol_errors_total: self.protocol_errors_total.load(r),
+            idle_timeouts_total: self.idle_timeouts_total.load(r),
+            refused_total: self.refused_total.load(r),
+            publishes_total: self.publishes_total.load(r),
+            read_buffers_lent: self.read_buffers_lent.load(r),
+        }
+    }
+}
+
+/// How other threads reach one reactor.
+pub struct ReactorHandle {
+    pub tx: Sender<Command>,
+    pub waker: Arc<Waker>,
+    pub stats: Arc<ReactorStats>,
+}
+
+/// Counters of the HTTP API.
+#[derive(Default)]
+pub struct ApiStats {
+    pub requests_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    pub publishes_total: AtomicU64,
+    pub broadcasts_total: AtomicU64,
+}
+
+/// Everything the API (and later the cluster bridge) needs to reach the reactors.
+pub struct Hub {
+    pub reactors: Vec<ReactorHandle>,
+    pub api: ApiStats,
+    /// Connections open across all reactors (enforces `server.max_connections`).
+    pub live_connections: Arc<AtomicUsize>,
+    pub started: std::time::Instant,
+}
+
+impl Hub {
+    fn send(&self, make: impl Fn() -> Command) {
+        for r in &self.reactors {
+            // A reactor that has exited (shutdown) drops its receiver; nothing to deliver there.
+            if r.tx.send(make()).is_ok() {
+                r.waker.wake();
+            }
+        }
+    }
+
+    /// Hands an encoded channel message to every reactor.
+    pub fn publish(&self, channel: &str, frame: SharedFrame) {
+        let channel: Arc<str> = Arc::from(channel);
+        self.send(|| Command::Publish {
+            channel: channel.clone(),
+            frame: frame.clone(),
+        });
+    }
+
+    pub fn broadcast(&self, frame: SharedFrame) {
+        self.send(|| Command::Broadcast {
+            frame: frame.clone(),
+        });
+    }
+
+    pub fn shutdown(&self, drain_ms: u64) {
+        self.send(|| Command::Shutdown { drain_ms });
+    }
+
+    /// Sum of all reactors' counters.
+    pub fn totals(&self) -> Vec<Tally> {
+        self.reactors.iter().map(|r| r.stats.load()).collect()
+    }
+}

@@ -1,0 +1,180 @@
+//! The client protocol: small JSON text frames from clients (subscribe, unsubscribe, ping) and the server's
+//! messages. A published message is one byte string for all its subscribers, so it is encoded once.
+
+use crate::frame::{encode, OP_TEXT};
+use crate::pool::SharedFrame;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+/// Longest channel name in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// A client request. Unknown fields are ignored so clients can be newer than the server.
+#[derive(Deserialize)]
+pub struct ClientRequest<'a> {
+    #[serde(borrow)]
+    pub op: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+}
+
+/// A valid channel name: 1..=255 bytes of UTF-8 with no control characters.
+pub fn valid_channel(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && !name.chars().any(char::is_control)
+}
+
+/// Builds the complete WebSocket text frame `{"channel":NAME,"data":DATA}` in one allocation; `data` is raw
+/// JSON that is copied verbatim.
+pub fn channel_message(channel: &str, data: &str) -> SharedFrame {
+    let name = serde_json::to_string(channel).expect("a str serializes");
+    message_frame(&[
+        b"{\"channel\":",
+        name.as_bytes(),
+        b",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ])
+}
+
+/// `{"broadcast":true,"data":DATA}`.
+pub fn broadcast_message(data: &str) -> SharedFrame {
+    message_frame(&[b"{\"broadcast\":true,\"data\":", data.as_bytes(), b"}"])
+}
+
+fn message_frame(parts: &[&[u8]]) -> SharedFrame {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut header = [0u8; encode::MAX_HEADER];
+    let h = encode::write_header(&mut header, OP_TEXT, len);
+    let mut frame = Vec::with_capacity(h + len);
+    frame.extend_from_slice(&header[..h]);
+    for p in parts {
+        frame.extend_from_slice(p);
+    }
+    Arc::new(frame)
+}
+
+/// `{"type":"reply","id":ID,"ok":true}` or with `"ok":false,"error":"..."`, as a complete frame.
+pub fn reply(id: Option<&RawValue>, error: Option<&str>) -> Vec<u8> {
+    let mut json = String::with_capacity(64);
+    json.push_str("{\"type\":\"reply\"");
+    push_id(&mut json, id);
+    match error {
+        None => json.push_str(",\"ok\":true}"),
+        Some(e) => {
+            json.push_str(",\"ok\":false,\"error\":");
+            json.push_str(&serde_json::to_string(e).expect("a str serializes"));
+            json.push('}');
+        }
+    }
+    text_frame(&json)
+}
+
+/// `{"type":"pong","id":ID}` answering `{"op":"ping"}`.
+pub fn pong(id: Option<&RawValue>) -> Vec<u8> {
+    let mut json = String::from("{\"type\":\"pong\"");
+    push_id(&mut json, id);
+    json.push('}');
+    text_frame(&json)
+}
+
+/// `{"type":"error","error":"..."}` for a client frame that could not be understood.
+pub fn error(message: &str) -> Vec<u8> {
+    let json = format!(
+        "{{\"type\":\"error\",\"error\":{}}}",
+        serde_json::to_string(message).expect("str")
+    );
+    text_frame(&json)
+}
+
+fn push_id(json: &mut String, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        json.push_str(",\"id\":");
+        json.push_str(id.get());
+    }
+}
+
+fn text_frame(json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 4);
+    encode::push_frame(&mut out, OP_TEXT, json.as_bytes());
+    out
+}
+
+/// Channels named in a connect query string (`channels=a,b`): split on ',' then percent-decoded ('+' is a space),
+/// so `%2C` is a comma inside a name. Other parameters are ignored.
+pub fn query_channels(query: &str) -> Result<Vec<String>, &'static str> {
+    let mut out = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "channels" {
+            continue;
+        }
+        for raw in value.split(',').filter(|s| !s.is_empty()) {
+            let name =
+                percent_decode(raw).ok_or("channel name is not valid percent-encoded UTF-8")?;
+            if !valid_channel(&name) {
+                return Err("invalid channel name (1..=255 bytes, no control characters)");
+            }
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` and '+'; None for a bad escape or invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_channels_split_then_decode() {
+        assert_eq!(
+            query_channels("channels=a%2Cb,c&x=1").unwrap(),
+            vec!["a,b", "c"]
+        );
+        assert_eq!(query_channels("x=1").unwrap(), Vec::<String>::new());
+        assert!(query_channels("channels=%ZZ").is_err());
+        assert!(query_channels("channels=a%01").is_err());
+        let long = "a".repeat(256);
+        assert!(query_channels(&format!("channels={long}")).is_err());
+    }
+
+    #[test]
+    fn reply_and_pong_carry_the_id_verbatim() {
+        let req: ClientRequest = serde_json::from_str(r#"{"op":"ping","id":"x-1"}"#).unwrap();
+        let f = pong(req.id);
+        assert_eq!(&f[2..], br#"{"type":"pong","id":"x-1"}"#);
+        let f = reply(None, Some("no \"such\" op"));
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"reply","ok":false,"error":"no \"such\" op"}"#
+        );
+    }
+}

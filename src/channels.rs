@@ -13,6 +13,72 @@ pub struct Subscription {
     pub pos: u32,
 }
 
+/// A connection's subscriptions. Most connections follow one channel, which is kept inline (no heap allocation).
+#[derive(Debug, Default)]
+pub enum SubList {
+    #[default]
+    Empty,
+    One(Subscription),
+    Many(Vec<Subscription>),
+}
+
+impl SubList {
+    pub fn as_slice(&self) -> &[Subscription] {
+        match self {
+            SubList::Empty => &[],
+            SubList::One(s) => std::slice::from_ref(s),
+            SubList::Many(v) => v,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Subscription] {
+        match self {
+            SubList::Empty => &mut [],
+            SubList::One(s) => std::slice::from_mut(s),
+            SubList::Many(v) => v,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, SubList::Empty)
+    }
+
+    pub fn push(&mut self, sub: Subscription) {
+        *self = match std::mem::take(self) {
+            SubList::Empty => SubList::One(sub),
+            SubList::One(first) => SubList::Many(vec![first, sub]),
+            SubList::Many(mut v) => {
+                v.push(sub);
+                SubList::Many(v)
+            }
+        };
+    }
+
+    /// Removes the subscription to `channel`, if any.
+    pub fn remove(&mut self, channel: ChannelId) -> Option<Subscription> {
+        let i = self.as_slice().iter().position(|s| s.channel == channel)?;
+        match self {
+            SubList::One(s) => {
+                let s = *s;
+                *self = SubList::Empty;
+                Some(s)
+            }
+            SubList::Many(v) => {
+                let s = v.swap_remove(i);
+                if v.len() == 1 {
+                    *self = SubList::One(v[0]);
+                }
+                Some(s)
+            }
+            SubList::Empty => None,
+        }
+    }
+}
+
 struct Channel {
     name: Box<str>,
     subscribers: Vec<u32>,
@@ -112,5 +178,22 @@ mod tests {
         assert_eq!(idx.remove(c), None);
         assert!(idx.lookup("doc").is_none());
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn sublist_keeps_one_inline_and_removes_any() {
+        assert!(std::mem::size_of::<SubList>() <= 24);
+        let sub = |c| Subscription { channel: c, pos: 0 };
+        let mut l = SubList::default();
+        l.push(sub(1));
+        assert!(matches!(l, SubList::One(_)));
+        l.push(sub(2));
+        l.push(sub(3));
+        assert_eq!(l.remove(2), Some(sub(2)));
+        assert_eq!(l.remove(9), None);
+        assert_eq!(l.remove(1), Some(sub(1)));
+        assert!(matches!(l, SubList::One(_)));
+        assert_eq!(l.remove(3), Some(sub(3)));
+        assert!(l.is_empty());
     }
 }

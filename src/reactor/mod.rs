@@ -492,7 +492,13 @@ impl Reactor {
         conn.endpoint = endpoint;
         self.tally.handshakes_total += 1;
         self.tally.connections += 1;
-        self.queue(key, Rc::new(Arc::new(response)));
+        // Written straight away: on a fresh socket it always fits, and an idle connection then never allocates
+        // its outbound ring. Only a short write falls back to the queue.
+        let written = net::write_nonblocking(conn.fd, &response);
+        if written < response.len() {
+            response.drain(..written);
+            self.queue(key, Rc::new(Arc::new(response)));
+        }
         for name in &channels {
             self.subscribe(key, name);
         }
@@ -660,7 +666,11 @@ impl Reactor {
         let Some(id) = self.channels.lookup(name) else {
             return false;
         };
-        self.conns[key].subs.iter().any(|s| s.channel == id)
+        self.conns[key]
+            .subs
+            .as_slice()
+            .iter()
+            .any(|s| s.channel == id)
     }
 
     fn subscribe(&mut self, key: usize, name: &str) {
@@ -675,21 +685,15 @@ impl Reactor {
         let Some(id) = self.channels.lookup(name) else {
             return;
         };
-        let conn = &mut self.conns[key];
-        let Some(i) = conn.subs.iter().position(|s| s.channel == id) else {
-            return;
-        };
-        let sub = conn.subs.swap_remove(i);
-        self.drop_subscription(sub);
+        if let Some(sub) = self.conns[key].subs.remove(id) {
+            self.drop_subscription(sub);
+        }
     }
 
     fn drop_subscription(&mut self, sub: crate::channels::Subscription) {
         if let Some(moved) = self.channels.remove(sub) {
-            if let Some(s) = self.conns[moved as usize]
-                .subs
-                .iter_mut()
-                .find(|s| s.channel == sub.channel)
-            {
+            let subs = self.conns[moved as usize].subs.as_mut_slice();
+            if let Some(s) = subs.iter_mut().find(|s| s.channel == sub.channel) {
                 s.pos = sub.pos;
             }
         }
@@ -855,7 +859,7 @@ impl Reactor {
         }
         conn.state = State::Closing;
         let subs = std::mem::take(&mut conn.subs);
-        for sub in subs {
+        for &sub in subs.as_slice() {
             self.drop_subscription(sub);
         }
     }

@@ -66,10 +66,17 @@ pub fn accept(listener: RawFd) -> io::Result<RawFd> {
     Ok(fd)
 }
 
-/// Best-effort write of a small response on a fresh socket (used when refusing a connection).
+/// One non-blocking write; returns the bytes written (0 on EAGAIN or error, which the caller's next write or read
+/// will surface).
+pub fn write_nonblocking(fd: RawFd, bytes: &[u8]) -> usize {
+    // SAFETY: writes from a live slice of the given length.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    n.max(0) as usize
+}
+
+/// Best-effort write of a small response (used when refusing a connection or closing a slow consumer).
 pub fn write_all_nonblocking(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: writes from a live slice of the given length; partial writes are acceptable here.
-    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    write_nonblocking(fd, bytes);
 }
 
 pub fn shutdown_write(fd: RawFd) {

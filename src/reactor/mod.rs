@@ -774,13 +774,17 @@ impl Reactor {
     // ---- writing ---------------------------------------------------------------------------------------------
 
     /// Queues a frame reference on a connection; it leaves with everything else queued in this iteration.
+    /// The limit is on backlog: a frame onto an empty queue is always taken (it is shared, so one large message
+    /// costs a connection a reference, not a copy), but a queue that already waits and would exceed
+    /// `ws.max_outbound_bytes` marks a slow consumer.
     fn queue(&mut self, key: usize, frame: OutFrame) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let backlog = !conn.out.is_empty();
         conn.out.push(frame);
         self.tally.messages_out_total += 1;
-        if conn.out.queued_bytes() > self.limits.max_outbound {
+        if backlog && conn.out.queued_bytes() > self.limits.max_outbound {
             self.slow_consumer(key);
             return;
         }

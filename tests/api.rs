@@ -1,0 +1,498 @@
+//! The HTTP/1.1 API: publish/broadcast, errors as JSON, body limits, keep-alive, pipelining, API key, health,
+//! stats and metrics.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn assert_json_error(r: &HttpResponse, status: u16, ctx: &str) {
+    assert_eq!(r.status, status, "{ctx}: {r}");
+    let v: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{ctx}: error body is not JSON ({e}): {r}"));
+    assert_eq!(v["ok"], json!(false), "{ctx}: {r}");
+    assert!(
+        v["error"].as_str().map(|e| !e.is_empty()).unwrap_or(false),
+        "{ctx}: no error message: {r}"
+    );
+}
+
+fn assert_ok(r: &HttpResponse, ctx: &str) {
+    assert_eq!(r.status, 200, "{ctx}: {r}");
+    let v: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{ctx}: body is not JSON ({e}): {r}"));
+    assert_eq!(v["ok"], json!(true), "{ctx}: {r}");
+}
+
+#[test]
+fn publish_and_broadcast_ok() {
+    let s = Server::start(&[]);
+    let mut sub = RawWs::connect(s.ws, "/ws?channels=doc:42");
+    let mut api = Http::connect(s.api);
+    let r = api.post_json(
+        "/api/publish",
+        r#"{"channel":"doc:42","data":{"hello":"world"}}"#,
+    );
+    assert_ok(&r, "publish channel form");
+    assert!(
+        r.header("content-type")
+            .map(|v| v.contains("json"))
+            .unwrap_or(false),
+        "Content-Type: {r}"
+    );
+    assert_eq!(
+        sub.expect_text("delivery"),
+        r#"{"channel":"doc:42","data":{"hello":"world"}}"#
+    );
+    let r = api.post_json(
+        "/api/publish",
+        r#"{"channels":["doc:42","other"],"data":[1,2]}"#,
+    );
+    assert_ok(&r, "publish channels form");
+    assert_eq!(
+        sub.expect_text("delivery"),
+        r#"{"channel":"doc:42","data":[1,2]}"#
+    );
+    // Publishing to a channel nobody is on is fine.
+    assert_ok(
+        &api.post_json("/api/publish", r#"{"channel":"nobody","data":1}"#),
+        "publish to an empty channel",
+    );
+    let r = api.post_json("/api/broadcast", r#"{"data":{"x":1}}"#);
+    assert_ok(&r, "broadcast");
+    assert_eq!(
+        sub.expect_text("broadcast"),
+        r#"{"broadcast":true,"data":{"x":1}}"#
+    );
+    // Whitespace and field order in the request do not matter.
+    assert_ok(
+        &api.post_json(
+            "/api/publish",
+            "{ \"data\" : \"s\" ,\n \"channel\" : \"doc:42\" }\n",
+        ),
+        "reordered fields",
+    );
+    assert_eq!(
+        sub.expect_text("delivery"),
+        r#"{"channel":"doc:42","data":"s"}"#
+    );
+}
+
+#[test]
+fn publish_errors_are_400_json() {
+    let s = Server::start(&[]);
+    let mut api = Http::connect(s.api);
+    let cases = [
+        ("bad JSON", "{not json"),
+        ("truncated JSON", r#"{"channel":"a","data":"#),
+        ("not an object", "[1,2]"),
+        ("missing channel", r#"{"data":1}"#),
+        ("data missing", r#"{"channel":"a"}"#),
+        // docs/API.md: `data` missing or null is 400.
+        ("data null", r#"{"channel":"a","data":null}"#),
+        ("empty channel", r#"{"channel":"","data":1}"#),
+        (
+            "control char in channel",
+            r#"{"channel":"a\u0001b","data":1}"#,
+        ),
+        ("channel not a string", r#"{"channel":5,"data":1}"#),
+        ("channels not a list", r#"{"channels":"a","data":1}"#),
+        ("empty body", ""),
+    ];
+    for (name, body) in cases {
+        // Keep-alive: a well-formed request with a bad body does not break the connection, but the server may close
+        // after a parse error, so use a fresh connection for each.
+        let r = http_request(
+            s.api,
+            "POST",
+            "/api/publish",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_json_error(&r, 400, name);
+    }
+    let long = "x".repeat(256);
+    let r = api.post_json(
+        "/api/publish",
+        &format!(r#"{{"channel":"{long}","data":1}}"#),
+    );
+    assert_json_error(&r, 400, "256-byte channel");
+    let r = api.post_json("/api/broadcast", r#"{"nodata":1}"#);
+    assert_json_error(&r, 400, "broadcast without data");
+    // The connection still works after errors in well-formed requests.
+    assert_ok(
+        &api.post_json("/api/publish", r#"{"channel":"a","data":1}"#),
+        "publish after errors",
+    );
+}
+
+#[test]
+fn wrong_method_is_405_and_unknown_path_is_404() {
+    let s = Server::start(&[]);
+    let mut api = Http::connect(s.api);
+    let r = api.get("/api/publish");
+    assert_json_error(&r, 405, "GET /api/publish");
+    assert!(
+        r.header("allow")
+            .map(|a| a.contains("POST"))
+            .unwrap_or(false),
+        "405 should name the allowed method (Allow: POST): {r}"
+    );
+    assert_json_error(
+        &api.request("DELETE", "/api/broadcast", &[], b""),
+        405,
+        "DELETE /api/broadcast",
+    );
+    assert_json_error(
+        &api.request("POST", "/healthz", &[], b""),
+        405,
+        "POST /healthz",
+    );
+    assert_json_error(&api.get("/nope"), 404, "GET /nope");
+    assert_json_error(&api.post_json("/api/nope", "{}"), 404, "POST /api/nope");
+    assert_ok(
+        &api.get("/healthz"),
+        "healthz after errors on the same connection",
+    );
+}
+
+#[test]
+fn body_over_max_body_is_413() {
+    let s = Server::start(&["--set", "api.max_body=1024"]);
+    let ok_body = format!(r#"{{"channel":"a","data":"{}"}}"#, "y".repeat(900));
+    assert!(ok_body.len() <= 1024);
+    assert_ok(
+        &http_request(s.api, "POST", "/api/publish", &[], ok_body.as_bytes()),
+        "body under max_body",
+    );
+    let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "y".repeat(2000));
+    let mut c = Http::connect(s.api);
+    let req = c.build(
+        "POST",
+        "/api/publish",
+        &[("Content-Type", "application/json")],
+        big.as_bytes(),
+    );
+    let _ = std::io::Write::write_all(&mut c.stream, &req);
+    let r = c
+        .read_response(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("413 expected: {e}\n{}", s.describe()));
+    assert_json_error(&r, 413, "2 KB body with max_body=1024");
+    // Only the announced length matters: a huge Content-Length is refused without waiting for the body.
+    let mut c = Http::connect(s.api);
+    c.send(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n");
+    let r = c
+        .read_response(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("413 for a 1 GB Content-Length: {e}"));
+    assert_json_error(&r, 413, "1 GB Content-Length");
+    match c.closed_within(Duration::from_secs(3)) {
+        PeerEnd::Eof | PeerEnd::Reset => {}
+        other => panic!("connection not closed after 413: {other:?}"),
+    }
+}
+
+#[test]
+fn keep_alive_100_requests_on_one_connection() {
+    let s = Server::start(&[]);
+    let mut sub = RawWs::connect(s.ws, "/ws?channels=k");
+    let mut api = Http::connect(s.api);
+    for i in 0..100 {
+        let r = api.post_json("/api/publish", &format!(r#"{{"channel":"k","data":{i}}}"#));
+        assert_ok(&r, &format!("request {i}"));
+        assert!(
+            !r.closes(),
+            "request {i}: server asked to close a keep-alive connection: {r}"
+        );
+    }
+    for i in 0..100 {
+        assert_eq!(
+            sub.expect_text(&format!("message {i}")),
+            format!(r#"{{"channel":"k","data":{i}}}"#)
+        );
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = Server::start(&[]);
+    let mut sub = RawWs::connect(s.ws, "/ws?channels=p");
+    let mut api = Http::connect(s.api);
+    // 10 requests of different kinds in one write.
+    let mut bytes = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..10 {
+        match i % 5 {
+            0 | 3 => {
+                bytes.extend(api.build(
+                    "POST",
+                    "/api/publish",
+                    &[],
+                    format!(r#"{{"channel":"p","data":{i}}}"#).as_bytes(),
+                ));
+                expect.push(200);
+            }
+            1 => {
+                bytes.extend(api.build("GET", "/healthz", &[], b""));
+                expect.push(200);
+            }
+            2 => {
+                bytes.extend(api.build("GET", "/nope", &[], b""));
+                expect.push(404);
+            }
+            _ => {
+                bytes.extend(api.build("POST", "/api/publish", &[], br#"{"channel":"p"}"#));
+                expect.push(400);
+            }
+        }
+    }
+    api.send(&bytes);
+    let mut got = Vec::new();
+    for i in 0..10 {
+        let r = api
+            .read_response(READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("pipelined response {i} (got {got:?}): {e}"));
+        got.push(r.status);
+    }
+    assert_eq!(got, expect, "statuses of 10 pipelined requests");
+    // The publishes happened in request order.
+    for i in [0, 3, 5, 8] {
+        assert_eq!(
+            sub.expect_text("pipelined publish"),
+            format!(r#"{{"channel":"p","data":{i}}}"#)
+        );
+    }
+    // Requests split at odd places also work.
+    let req = api.build(
+        "POST",
+        "/api/publish",
+        &[],
+        br#"{"channel":"p","data":"split"}"#,
+    );
+    for chunk in req.chunks(7) {
+        api.send(chunk);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_ok(
+        &api.read_response(READ_TIMEOUT).expect("split request"),
+        "split request",
+    );
+    assert_eq!(
+        sub.expect_text("split publish"),
+        r#"{"channel":"p","data":"split"}"#
+    );
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let s = Server::start(&["--set", "api.api_key=secret"]);
+    let body = br#"{"channel":"a","data":1}"#;
+    assert_json_error(
+        &http_request(s.api, "POST", "/api/publish", &[], body),
+        401,
+        "no Authorization",
+    );
+    assert_json_error(
+        &http_request(
+            s.api,
+            "POST",
+            "/api/publish",
+            &[("Authorization", "apikey wrong")],
+            body,
+        ),
+        401,
+        "wrong key",
+    );
+    assert_json_error(
+        &http_request(
+            s.api,
+            "POST",
+            "/api/publish",
+            &[("Authorization", "apikey secrets")],
+            body,
+        ),
+        401,
+        "key with suffix",
+    );
+    assert_json_error(
+        &http_request(
+            s.api,
+            "POST",
+            "/api/publish",
+            &[("Authorization", "Bearer secret")],
+            body,
+        ),
+        401,
+        "wrong scheme",
+    );
+    assert_ok(
+        &http_request(
+            s.api,
+            "POST",
+            "/api/publish",
+            &[("Authorization", "apikey secret")],
+            body,
+        ),
+        "right key",
+    );
+    assert_json_error(
+        &http_request(s.api, "GET", "/api/stats", &[], b""),
+        401,
+        "stats without key",
+    );
+    assert_eq!(
+        http_request(
+            s.api,
+            "GET",
+            "/api/stats",
+            &[("Authorization", "apikey secret")],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http_get(s.api, "/healthz").status,
+        200,
+        "healthz needs no key"
+    );
+}
+
+#[test]
+fn healthz_is_200_ok() {
+    let s = Server::start(&[]);
+    let r = http_get(s.api, "/healthz");
+    assert_ok(&r, "healthz");
+}
+
+fn stats_connections(v: &Value) -> Option<u64> {
+    v.pointer("/totals/connections")
+        .and_then(|c| c.as_u64())
+        .or_else(|| v.get("connections").and_then(|c| c.as_u64()))
+}
+
+#[test]
+fn stats_and_metrics_count_connections() {
+    let s = Server::start(&[]);
+    let mut clients: Vec<RawWs> = (0..7)
+        .map(|i| RawWs::connect(s.ws, &format!("/ws?channels=s{}", i % 3)))
+        .collect();
+    let mut api = Http::connect(s.api);
+    let count = |api: &mut Http| -> (Option<u64>, Option<f64>, HttpResponse, String) {
+        let r = api.get("/api/stats");
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let m = api.get("/metrics");
+        (
+            stats_connections(&v),
+            metric_value(&m.text(), "wsgate_connections"),
+            r,
+            m.text(),
+        )
+    };
+    let seen = eventually(Duration::from_secs(3), || {
+        let (st, me, _, _) = count(&mut api);
+        (st == Some(7) && me == Some(7.0)).then_some(())
+    });
+    if seen.is_none() {
+        let (st, me, r, m) = count(&mut api);
+        panic!("with 7 clients: stats totals.connections={st:?}, metrics wsgate_connections={me:?}\nstats: {r}\nmetrics:\n{m}");
+    }
+    // Close 3 (one cleanly, two abruptly): the counts follow.
+    clients[0].send_close(1000, "");
+    let _ = clients[0].expect_close("close");
+    clients.remove(0);
+    clients.truncate(4);
+    let seen = eventually(Duration::from_secs(3), || {
+        let (st, me, _, _) = count(&mut api);
+        (st == Some(4) && me == Some(4.0)).then_some(())
+    });
+    if seen.is_none() {
+        let (st, me, r, m) = count(&mut api);
+        panic!(
+            "with 4 clients: stats connections={st:?}, metrics={me:?}\nstats: {r}\nmetrics:\n{m}"
+        );
+    }
+    let (_, _, r, m) = count(&mut api);
+    assert!(r.json().is_object(), "stats is a JSON object: {r}");
+    assert_eq!(
+        metric_type(&m, "wsgate_connections").as_deref(),
+        Some("gauge"),
+        "wsgate_connections should be a gauge:\n{m}"
+    );
+    for counter in [
+        "wsgate_messages_out_total",
+        "wsgate_slow_consumer_closes_total",
+    ] {
+        assert_eq!(
+            metric_type(&m, counter).as_deref(),
+            Some("counter"),
+            "{counter} should be a counter:\n{m}"
+        );
+        assert!(
+            metric_value(&m, counter).is_some(),
+            "{counter} has no sample:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn messages_out_counter_counts_deliveries() {
+    let s = Server::start(&[]);
+    let mut subs: Vec<RawWs> = (0..5)
+        .map(|_| RawWs::connect(s.ws, "/ws?channels=mo"))
+        .collect();
+    let mut api = Http::connect(s.api);
+    let before =
+        metric_value(&api.get("/metrics").text(), "wsgate_messages_out_total").unwrap_or(0.0);
+    for i in 0..10 {
+        publish(&mut api, "mo", &i.to_string());
+    }
+    for c in subs.iter_mut() {
+        for i in 0..10 {
+            assert_eq!(
+                c.expect_text("delivery"),
+                format!(r#"{{"channel":"mo","data":{i}}}"#)
+            );
+        }
+    }
+    let ok = eventually(Duration::from_secs(3), || {
+        let after =
+            metric_value(&api.get("/metrics").text(), "wsgate_messages_out_total").unwrap_or(0.0);
+        (after - before >= 50.0).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "wsgate_messages_out_total did not grow by 50:\n{}",
+        api.get("/metrics").text()
+    );
+}
+
+#[test]
+fn oversized_api_head_is_rejected() {
+    let s = Server::start(&[]);
+    let mut c = Http::connect(s.api);
+    let pad = "a".repeat(40_000);
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+    let _ = std::io::Write::write_all(&mut c.stream, req.as_bytes());
+    let r = c
+        .read_response(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("huge API head: {e}"));
+    assert!(r.status == 431 || r.status == 400, "huge API head: {r}");
+    assert_eq!(http_get(s.api, "/healthz").status, 200);
+}
+
+#[test]
+fn chunked_body_is_411() {
+    // docs/API.md: request bodies need Content-Length; Transfer-Encoding gets 411 and the connection is closed.
+    let s = Server::start(&[]);
+    let mut c = Http::connect(s.api);
+    c.send(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n18\r\n{\"channel\":\"a\",\"data\":1}\r\n0\r\n\r\n");
+    let r = c
+        .read_response(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("chunked publish: {e}"));
+    assert_json_error(&r, 411, "chunked body");
+    match c.closed_within(Duration::from_secs(3)) {
+        PeerEnd::Eof | PeerEnd::Reset => {}
+        other => panic!("connection not closed after 411: {other:?}"),
+    }
+}

@@ -81,7 +81,7 @@ impl Server {
             let handle = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
                 .spawn(move || {
-                    pin_to_cpu(id);
+                    net::pin_to_cpu(id);
                     if let Err(e) = reactor::run(setup) {
                         log::error!("reactor {id} stopped: {e}");
                     }
@@ -122,18 +122,5 @@ impl Server {
         if let Some(api) = self.api.take() {
             let _ = api.join();
         }
-    }
-}
-
-/// Pins a reactor to one CPU so its connections' data stays in that core's caches.
-fn pin_to_cpu(id: usize) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity(0) targets this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(id % cpus, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

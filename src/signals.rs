@@ -22,8 +22,7 @@ pub fn block() -> nix::Result<Signals> {
     set.add(NixSignal::SIGTERM);
     set.add(NixSignal::SIGHUP);
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    // SAFETY: installing SIG_IGN has no handler code and is async-signal-safe.
-    unsafe { nix::sys::signal::signal(NixSignal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)? };
+    crate::reactor::net::ignore_sigpipe();
     Ok(Signals { set })
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn assert_json_error(r: &HttpResponse, status: u16, ctx: &str) {
     assert_eq!(r.status, status, "{ctx}: {r}");
@@ -495,4 +495,63 @@ fn chunked_body_is_411() {
         PeerEnd::Eof | PeerEnd::Reset => {}
         other => panic!("connection not closed after 411: {other:?}"),
     }
+}
+
+/// A client that pipelines requests but never reads its responses is throttled (the server stops reading it)
+/// instead of having its responses buffered without bound; it gets every response once it reads.
+#[test]
+fn pipelining_client_that_does_not_read_is_throttled() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[]);
+    let rss_before = s.rss_kb().unwrap_or(0);
+    // ~4 KB per request so 40k of them (160 MB) are far beyond what socket buffers absorb.
+    let request = format!(
+        "GET /api/stats HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(4000)
+    );
+    let request = request.as_bytes();
+    let mut stream = tcp_connect(s.api);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Each /api/stats response is several hundred bytes; 40k of them would be >20 MB if buffered.
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while sent < 40_000 && started.elapsed() < Duration::from_secs(10) {
+        match stream.write(request) {
+            Ok(n) if n == request.len() => sent += 1,
+            Ok(_) | Err(_) => break, // the server stopped reading us: the write blocked
+        }
+    }
+    assert!(
+        sent < 40_000,
+        "the server kept reading {sent} requests without us reading any response"
+    );
+    // Others are unaffected.
+    assert_eq!(http_get(s.api, "/healthz").status, 200);
+    let rss_after = s.rss_kb().unwrap_or(0);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // Reading the responses lets the server continue; count complete status lines until it goes quiet.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut responses = 0;
+    let mut tail = Vec::new();
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        responses += tail.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+        let keep = tail.len().min(14);
+        tail.drain(..tail.len() - keep);
+    }
+    assert!(
+        responses >= sent.saturating_sub(1) && responses > 1000,
+        "{responses} responses for {sent} requests"
+    );
 }

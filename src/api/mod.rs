@@ -20,6 +20,8 @@ const TOKEN_LISTENER: u64 = u64::MAX - 1;
 const MAX_API_CONNECTIONS: usize = 4096;
 /// An API connection that sends nothing for this long is closed (also bounds slow request heads).
 const IDLE: Duration = Duration::from_secs(30);
+/// Unsent response bytes at which a pipelining client is no longer read from until it reads its responses.
+const MAX_PENDING_RESPONSES: usize = 1 << 20;
 
 struct Client {
     fd: RawFd,
@@ -27,6 +29,8 @@ struct Client {
     wbuf: Vec<u8>,
     written: usize,
     close_after_write: bool,
+    /// Reading stopped because too many responses are unsent (see MAX_PENDING_RESPONSES).
+    read_paused: bool,
     last_active: Instant,
 }
 
@@ -100,6 +104,7 @@ impl Api {
                         wbuf: Vec::new(),
                         written: 0,
                         close_after_write: false,
+                        read_paused: false,
                         last_active: Instant::now(),
                     });
                     if self.poller.add(fd, key as u64).is_err() {
@@ -136,6 +141,10 @@ impl Api {
             let client = &mut self.clients[key];
             if client.close_after_write {
                 break; // ignore anything after a request we answered with Connection: close
+            }
+            if client.wbuf.len() - client.written > MAX_PENDING_RESPONSES {
+                client.read_paused = true;
+                break; // backpressure: resumed by write() once the responses are out
             }
             match crate::pool::read_into(client.fd, &mut client.rbuf, 16 * 1024) {
                 Ok(0) => {
@@ -201,18 +210,12 @@ impl Api {
     fn write(&mut self, key: usize) {
         let client = &mut self.clients[key];
         while client.written < client.wbuf.len() {
-            let pending = &client.wbuf[client.written..];
-            // SAFETY: writes from a live slice of the given length.
-            let n = unsafe { libc::write(client.fd, pending.as_ptr().cast(), pending.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return self.close(key),
-                }
+            match crate::reactor::net::write(client.fd, &client.wbuf[client.written..]) {
+                Ok(n) => client.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(key),
             }
-            client.written += n as usize;
         }
         client.wbuf.clear();
         client.written = 0;
@@ -221,6 +224,9 @@ impl Api {
         }
         if client.close_after_write {
             self.close(key);
+        } else if std::mem::take(&mut client.read_paused) && self.read(key) {
+            // Edge-triggered: bytes that arrived while paused raise no new event, so read them now.
+            self.write(key);
         }
     }
 

@@ -66,6 +66,37 @@ pub fn accept(listener: RawFd) -> io::Result<RawFd> {
     Ok(fd)
 }
 
+/// One write(2).
+pub fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: writes from a live slice of the given length.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Pins the calling thread to one CPU (`index` modulo the online CPUs) so a reactor's connections stay in that
+/// core's caches.
+pub fn pin_to_cpu(index: usize) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity(0) targets this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(index % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A write to a reset socket must be an EPIPE error, not a process-killing SIGPIPE.
+pub fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN runs no handler code and is async-signal-safe.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// One non-blocking write; returns the bytes written (0 on EAGAIN or error, which the caller's next write or read
 /// will surface).
 pub fn write_nonblocking(fd: RawFd, bytes: &[u8]) -> usize {

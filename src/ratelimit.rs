@@ -29,26 +29,35 @@ impl Rate {
     }
 }
 
-/// One bucket. `last_ms` is on the caller's millisecond clock.
+/// Clock resolution of a bucket: 10 ms ticks in a u32 (wraps after 497 days; elapsed time is computed with
+/// wrapping arithmetic, so only a bucket untouched for that long would see too little refill).
+const TICK_MS: u64 = 10;
+
+/// One bucket, 8 bytes. Times are on the caller's millisecond clock.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     level: f32,
-    last_ms: u64,
+    last_tick: u32,
+}
+
+fn tick(now_ms: u64) -> u32 {
+    (now_ms / TICK_MS) as u32
 }
 
 impl TokenBucket {
     pub fn full(rate: &Rate, now_ms: u64) -> TokenBucket {
         TokenBucket {
             level: rate.burst as f32,
-            last_ms: now_ms,
+            last_tick: tick(now_ms),
         }
     }
 
     fn refill(&mut self, rate: &Rate, now_ms: u64) {
-        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
-        self.last_ms = self.last_ms.max(now_ms);
-        let level = f64::from(self.level) + elapsed * rate.per_sec / 1000.0;
-        self.level = level.min(rate.burst) as f32;
+        let now = tick(now_ms);
+        let elapsed = now.wrapping_sub(self.last_tick);
+        self.last_tick = now;
+        let added = f64::from(elapsed) * (TICK_MS as f64) * rate.per_sec / 1000.0;
+        self.level = (f64::from(self.level) + added).min(rate.burst) as f32;
     }
 
     /// Takes one token if there is one. An unlimited rate always allows.
@@ -160,6 +169,7 @@ mod tests {
             assert!(b.try_take(&rate, 100_000));
         }
         assert!(!b.try_take(&rate, 100_000));
+        assert_eq!(std::mem::size_of::<TokenBucket>(), 8);
         let unlimited = Rate::new(0.0, 1);
         let mut b = TokenBucket::full(&unlimited, 0);
         assert!((0..1000).all(|_| b.try_take(&unlimited, 0)));

@@ -369,6 +369,12 @@ impl Reactor {
             s.device = identity.device.map(Into::into);
             s.profile = Some(profile);
         }
+        // A token that ends sooner than the connection's next timer moves the timer forward.
+        if let Some(conn) = self.conns.get_mut(key) {
+            if expires_at < conn.timer.deadline {
+                self.timers.schedule(&mut self.conns, key, expires_at);
+            }
+        }
         self.sess.tally.refreshes_total += 1;
         self.client_reply(key, frames::refresh_ok(id, identity.exp, &dropped));
     }

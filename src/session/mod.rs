@@ -468,3 +468,15 @@ impl Hub {
         Ok(all)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_state_sizes() {
+        // Boxed per connection only when it has a token or has sent a request; shared per user when equal.
+        let s = std::mem::size_of::<super::ConnSession>();
+        let p = std::mem::size_of::<super::Profile>();
+        println!("size_of::<ConnSession>() = {s}, size_of::<Profile>() = {p}");
+        assert!(s <= 128, "ConnSession grew to {s} bytes");
+    }
+}

@@ -8,14 +8,37 @@ use std::rc::Rc;
 #[derive(Default)]
 pub struct Registry {
     by_sid: HashMap<u64, u32>,
-    by_user: HashMap<Rc<str>, Vec<u32>>,
+    by_user: HashMap<Rc<str>, UserConns>,
+}
+
+/// A user's connections on one reactor; most users have one, kept inline.
+enum UserConns {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl UserConns {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            UserConns::One(k) => std::slice::from_ref(k),
+            UserConns::Many(v) => v,
+        }
+    }
 }
 
 impl Registry {
     pub fn insert(&mut self, sid: u64, key: u32, user: Option<&Rc<str>>) {
         self.by_sid.insert(sid, key);
         if let Some(user) = user {
-            self.by_user.entry(user.clone()).or_default().push(key);
+            match self.by_user.get_mut(&**user) {
+                None => {
+                    self.by_user.insert(user.clone(), UserConns::One(key));
+                }
+                Some(slot) => match slot {
+                    UserConns::One(first) => *slot = UserConns::Many(vec![*first, key]),
+                    UserConns::Many(v) => v.push(key),
+                },
+            }
         }
     }
 
@@ -23,12 +46,22 @@ impl Registry {
         if self.by_sid.get(&sid) == Some(&key) {
             self.by_sid.remove(&sid);
         }
-        if let Some(user) = user {
-            if let Some(keys) = self.by_user.get_mut(user) {
-                keys.retain(|&k| k != key);
-                if keys.is_empty() {
-                    self.by_user.remove(user);
+        let Some(conns) = user.and_then(|u| self.by_user.get_mut(u)) else {
+            return;
+        };
+        let emptied = match conns {
+            UserConns::One(k) => *k == key,
+            UserConns::Many(v) => {
+                v.retain(|&k| k != key);
+                if let [last] = v[..] {
+                    *conns = UserConns::One(last);
                 }
+                false
+            }
+        };
+        if emptied {
+            if let Some(user) = user {
+                self.by_user.remove(user);
             }
         }
     }
@@ -39,7 +72,7 @@ impl Registry {
 
     /// The connections of `user` on this reactor.
     pub fn user_keys(&self, user: &str) -> &[u32] {
-        self.by_user.get(user).map_or(&[], Vec::as_slice)
+        self.by_user.get(user).map_or(&[], UserConns::as_slice)
     }
 
     pub fn connections(&self) -> usize {
@@ -58,9 +91,11 @@ mod tests {
         r.insert(10, 1, Some(&u));
         r.insert(11, 2, Some(&u));
         r.insert(12, 3, None);
+        r.insert(13, 4, Some(&u));
         assert_eq!(r.by_sid(11), Some(2));
-        assert_eq!(r.user_keys("u1"), &[1, 2]);
+        assert_eq!(r.user_keys("u1"), &[1, 2, 4]);
         r.remove(10, 1, Some("u1"));
+        r.remove(13, 4, Some("u1"));
         assert_eq!(r.user_keys("u1"), &[2]);
         r.remove(11, 2, Some("u1"));
         assert!(r.user_keys("u1").is_empty());

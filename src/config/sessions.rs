@@ -59,9 +59,10 @@ pub struct HeartbeatConfig {
     pub healthy_beats: u32,
     /// Seconds added to the interval each time.
     pub step: u64,
-    /// Longest interval, seconds; equal to `ws.ping_interval` disables the adaptation.
+    /// Longest interval, seconds; at most `ws.ping_interval` disables the adaptation.
     pub max_interval: u64,
-    /// Seconds a heartbeat may be late before it counts as missed.
+    /// Seconds a heartbeat may be late before it counts as missed (capped at
+    /// `ws.idle_timeout - ws.ping_interval - 1`).
     pub tolerance: u64,
 }
 
@@ -138,25 +139,20 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         crate::auth::Verifier::from_config(a).map_err(|e| err(e.key, e.message))?;
     }
 
+    // The heartbeat keys never make an older [ws] configuration invalid: the maximum is raised to
+    // ws.ping_interval and the tolerance capped below the grace period where needed (src/session/heartbeat.rs).
     let h = &c.heartbeat;
-    let grace = c.ws.idle_timeout.saturating_sub(c.ws.ping_interval);
     if h.healthy_beats == 0 || h.healthy_beats > 255 {
         return Err(err("heartbeat.healthy_beats", "must be 1..=255"));
     }
-    if h.max_interval < c.ws.ping_interval || h.max_interval > 3600 {
-        return Err(err(
-            "heartbeat.max_interval",
-            "must be ws.ping_interval..=3600 seconds",
-        ));
+    if h.max_interval == 0 || h.max_interval > 3600 {
+        return Err(err("heartbeat.max_interval", "must be 1..=3600 seconds"));
     }
     if h.step == 0 || h.step > 3600 {
         return Err(err("heartbeat.step", "must be 1..=3600 seconds"));
     }
-    if h.tolerance >= grace {
-        return Err(err(
-            "heartbeat.tolerance",
-            "must be less than ws.idle_timeout - ws.ping_interval",
-        ));
+    if h.tolerance > 3600 {
+        return Err(err("heartbeat.tolerance", "must be 0..=3600 seconds"));
     }
 
     let l = &c.limits;
@@ -177,4 +173,52 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ConfigBuilder;
+
+    #[test]
+    fn older_ws_settings_stay_valid_and_new_keys_name_themselves() {
+        // A short grace or a long ping interval was valid before the heartbeat keys existed.
+        for set in [
+            ["ws.ping_interval=2", "ws.idle_timeout=3"],
+            ["ws.ping_interval=300", "ws.idle_timeout=900"],
+        ] {
+            let mut b = ConfigBuilder::new();
+            for s in set {
+                b = b.set(s).unwrap();
+            }
+            b.build().unwrap();
+        }
+        for (assignment, key) in [
+            ("auth.mode=ldap", "auth.mode"),
+            ("auth.leeway=99999", "auth.leeway"),
+            ("heartbeat.healthy_beats=0", "heartbeat.healthy_beats"),
+            ("heartbeat.step=0", "heartbeat.step"),
+            ("limits.ping_rate=-1", "limits.ping_rate"),
+            ("limits.ping_burst=0", "limits.ping_burst"),
+            ("auth.mode=jwt", "auth.mode"),
+        ] {
+            let e = ConfigBuilder::new()
+                .set(assignment)
+                .unwrap()
+                .build()
+                .unwrap_err();
+            assert_eq!(e.key, key, "{assignment}: {e}");
+        }
+        let c = ConfigBuilder::new()
+            .set("limits.connect_rate=0.5")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.limits.connect_rate, 0.5);
+        let c = ConfigBuilder::new()
+            .set("limits.connect_rate=3")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.limits.connect_rate, 3.0);
+    }
 }

@@ -41,14 +41,18 @@ pub enum Change {
 
 impl HeartbeatPolicy {
     pub fn from_config(c: &Config) -> Self {
-        let clamp = |v: u64| v.min(3600) as u32;
+        // Same clamping as the reactor's other timers; the base and grace reproduce ws.ping_interval and
+        // ws.idle_timeout exactly for clients that do not send heartbeats.
+        let secs = |v: u64| v.min(u64::from(u32::MAX / 4)) as u32;
+        let base = secs(c.ws.ping_interval);
+        let grace = secs(c.ws.idle_timeout).saturating_sub(base).max(1);
         HeartbeatPolicy {
-            base: clamp(c.ws.ping_interval),
-            grace: clamp(c.ws.idle_timeout.saturating_sub(c.ws.ping_interval)),
-            step: clamp(c.heartbeat.step),
-            max: clamp(c.heartbeat.max_interval.max(c.ws.ping_interval)),
+            base,
+            grace,
+            step: secs(c.heartbeat.step),
+            max: secs(c.heartbeat.max_interval).max(base),
             healthy_beats: c.heartbeat.healthy_beats.clamp(1, 255) as u8,
-            tolerance: clamp(c.heartbeat.tolerance),
+            tolerance: secs(c.heartbeat.tolerance).min(grace - 1),
         }
     }
 
@@ -76,6 +80,9 @@ impl HeartbeatPolicy {
 
     /// Accounts a heartbeat received at reactor second `now`.
     pub fn on_beat(&self, hb: &mut Heartbeat, now: u32) -> Option<Change> {
+        if self.base > u32::from(u16::MAX) {
+            return None; // an interval over 18 hours stays fixed (and untracked: the base applies)
+        }
         if hb.interval == 0 {
             *hb = Heartbeat {
                 interval: self.base as u16,
@@ -95,7 +102,7 @@ impl HeartbeatPolicy {
             }
             return None;
         }
-        if gap * 2 < interval {
+        if gap.saturating_mul(2) < interval {
             return None; // early beats neither count nor hurt
         }
         hb.healthy = hb.healthy.saturating_add(1);
@@ -106,7 +113,9 @@ impl HeartbeatPolicy {
         if interval >= self.max {
             return None;
         }
-        let next = (interval + self.step).min(self.max);
+        let next = (interval + self.step)
+            .min(self.max)
+            .min(u32::from(u16::MAX));
         hb.interval = next as u16;
         Some(Change::Lengthened(next))
     }
@@ -150,5 +159,26 @@ mod tests {
         assert_eq!(p.on_beat(&mut hb, 240), None);
         assert_eq!(p.on_beat(&mut hb, 250), None);
         assert_eq!(p.on_beat(&mut hb, 260), Some(Change::Lengthened(15)));
+    }
+
+    #[test]
+    fn from_config_reproduces_the_ws_timers() {
+        let mut c = Config::default();
+        let p = HeartbeatPolicy::from_config(&c);
+        assert_eq!((p.base, p.timeout(None), p.ping_after(None)), (25, 60, 25));
+        c.ws.ping_interval = 2;
+        c.ws.idle_timeout = 3;
+        let p = HeartbeatPolicy::from_config(&c);
+        assert_eq!((p.grace, p.tolerance), (1, 0));
+        c.ws.ping_interval = 300;
+        c.ws.idle_timeout = 900;
+        let p = HeartbeatPolicy::from_config(&c);
+        assert_eq!((p.max, p.timeout(None)), (300, 900));
+        let mut hb = Heartbeat::default();
+        assert_eq!(p.on_beat(&mut hb, 10), None);
+        assert_eq!(p.on_beat(&mut hb, 310), None);
+        assert_eq!(p.on_beat(&mut hb, 610), None);
+        assert_eq!(p.on_beat(&mut hb, 910), None); // already at the maximum
+        assert_eq!(p.interval(Some(&hb)), 300);
     }
 }

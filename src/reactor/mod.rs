@@ -905,8 +905,7 @@ impl Reactor {
 
     fn begin_closing(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let was_open = conn.state == State::Open;
-        if was_open {
+        if conn.state == State::Open {
             self.tally.connections -= 1;
             if conn.endpoint == Endpoint::Gateway {
                 self.end_session(key);

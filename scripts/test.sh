@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)  # tests/auth.rs makes RSA test keys
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing: ${need_pkgs[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 
+// Identity, auth and sessions: the [auth], [heartbeat] and [limits] sections.
+mod sessions;
+pub use sessions::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
+
 /// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
 
@@ -16,6 +20,9 @@ pub struct Config {
     pub api: ApiConfig,
     pub debug: DebugConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,8 +298,9 @@ impl Config {
         if self.server.node_id > 1023 {
             return Err(err("server.node_id", "must be 0..=1023"));
         }
-        if self.server.threads > 1024 {
-            return Err(err("server.threads", "must be 0..=1024"));
+        if self.server.threads > crate::session::sid::MAX_REACTORS {
+            // Socket ids give the reactor 6 bits.
+            return Err(err("server.threads", "must be 0..=64"));
         }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections", "must be at least 1"));
@@ -312,6 +320,7 @@ impl Config {
                 "must be one of error, warn, info, debug, trace",
             ));
         }
+        sessions::validate(self)?;
         Ok(())
     }
 
@@ -323,6 +332,7 @@ impl Config {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
+                .min(crate::session::sid::MAX_REACTORS)
         }
     }
 

@@ -18,6 +18,8 @@ pub enum Command {
     Broadcast { frame: SharedFrame },
     /// Stop accepting, close everyone with 1001, drain until `deadline_ms` (reactor clock, ms from now).
     Shutdown { drain_ms: u64 },
+    /// Targeted publishes, disconnects and queries (src/session/).
+    Session(crate::session::SessionCommand),
 }
 
 /// Counters one reactor publishes (single writer: the reactor; readers: the API). Gauges and totals.
@@ -39,6 +41,8 @@ pub struct ReactorStats {
     pub refused_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub read_buffers_lent: AtomicU64,
+    /// Session counters (src/session/stats.rs).
+    pub sessions: crate::session::stats::SessionStats,
 }
 
 /// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
@@ -129,6 +133,8 @@ pub struct Hub {
     /// Connections open across all reactors (enforces `server.max_connections`).
     pub live_connections: Arc<AtomicUsize>,
     pub started: std::time::Instant,
+    /// Identity, auth and sessions state shared with the reactors (src/session/).
+    pub sessions: Arc<crate::session::Shared>,
 }
 
 impl Hub {

@@ -1,5 +1,6 @@
 //! wsgate: an epoll-native, zero-copy WebSocket edge gateway.
 pub mod api;
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod frame;
@@ -8,6 +9,9 @@ pub mod limits;
 pub mod logging;
 pub mod pool;
 pub mod protocol;
+pub mod ratelimit;
 pub mod reactor;
 pub mod server;
+pub mod session;
 pub mod signals;
+pub mod upstream;

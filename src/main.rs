@@ -98,6 +98,12 @@ fn main() -> ExitCode {
         config.reactor_threads(),
         server.api_addr
     );
+    if config.auth.mode == wsgate::config::AuthMode::None {
+        log::warn!(
+            "auth.mode = \"none\": ANYONE can connect and subscribe to ANY channel; set auth.mode = \"jwt\" \
+             (docs/AUTH-PROTOCOL.md) before exposing this gateway"
+        );
+    }
     if !config.debug.echo_path.is_empty() {
         log::warn!("debug echo endpoint enabled at {}", config.debug.echo_path);
     }

@@ -19,6 +19,12 @@ pub struct ClientRequest<'a> {
     pub channels: Option<Vec<String>>,
     #[serde(default, borrow)]
     pub id: Option<&'a RawValue>,
+    /// `refresh`: the new token.
+    #[serde(default, borrow)]
+    pub token: Option<std::borrow::Cow<'a, str>>,
+    /// `msg`: the JSON value for the backend.
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
 }
 
 /// A valid channel name: 1..=255 bytes of UTF-8 with no control characters.

@@ -28,6 +28,10 @@ impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
         let config = Arc::new(config);
         let threads = config.reactor_threads();
+        let sessions = Arc::new(
+            crate::session::Shared::from_config(&config)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        );
 
         // The first bind resolves port 0; the other reactors join the same port through SO_REUSEPORT.
         let first = net::listen_reuseport(config.listen_addr(), BACKLOG).map_err(|e| {
@@ -66,6 +70,7 @@ impl Server {
                 stats,
                 config: config.clone(),
                 live_connections: live.clone(),
+                sessions: sessions.clone(),
             });
         }
         let hub = Arc::new(Hub {
@@ -73,6 +78,7 @@ impl Server {
             api: Default::default(),
             live_connections: live,
             started: std::time::Instant::now(),
+            sessions,
         });
 
         let mut reactors = Vec::new();

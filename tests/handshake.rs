@@ -83,7 +83,23 @@ fn valid_upgrade_returns_101_with_accept_key() {
     // RFC 6455 sample: key "dGhlIHNhbXBsZSBub25jZQ==" -> accept "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert_eq!(accept_key(SAMPLE_KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     let mut c = expect_101(&s, &req(&s, "/ws", &[], &[]), SAMPLE_KEY, "plain upgrade");
-    // The connection stays open (no data, no close) after a successful upgrade.
+    // The first server frame is the welcome (it may have arrived with the 101).
+    let bytes = match c.closed_within(Duration::from_secs(2)) {
+        PeerEnd::Data(d) => d,
+        other => panic!("no welcome frame after the 101: {other:?}"),
+    };
+    assert!(
+        bytes.len() > 2 && bytes[0] == 0x81 && bytes[1] < 126,
+        "no short text frame: {bytes:?}"
+    );
+    let len = bytes[1] as usize;
+    assert_eq!(
+        bytes.len(),
+        2 + len,
+        "more than the welcome frame arrived: {bytes:?}"
+    );
+    check_welcome(std::str::from_utf8(&bytes[2..]).expect("welcome is UTF-8"));
+    // Then the connection stays open (no data, no close).
     assert_eq!(
         c.closed_within(Duration::from_millis(300)),
         PeerEnd::StillOpen,
@@ -427,6 +443,7 @@ fn frame_in_same_packet_as_handshake_is_processed() {
         stream,
         buf,
         response: Some(r),
+        welcome: None,
     };
     let f = ws
         .next_message(READ_TIMEOUT)

@@ -118,7 +118,8 @@ pub fn stats_json(hub: &Hub) -> String {
             "errors_total": hub.api.errors_total.load(r),
             "publishes_total": hub.api.publishes_total.load(r),
             "broadcasts_total": hub.api.broadcasts_total.load(r),
-        }
+        },
+        "sessions": crate::session::stats::json(hub),
     })
     .to_string()
 }
@@ -165,6 +166,7 @@ pub fn prometheus(hub: &Hub) -> String {
             "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
         );
     }
+    crate::session::stats::prometheus(hub, &mut out);
     let _ = writeln!(
         out,
         "# HELP wsgate_uptime_seconds Seconds since start.\n# TYPE wsgate_uptime_seconds gauge"

@@ -4,6 +4,7 @@
 mod http;
 mod metrics;
 mod routes;
+mod session_routes;
 
 use crate::config::Config;
 use crate::hub::Hub;

@@ -28,6 +28,10 @@ pub fn handle(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
 }
 
 fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
+    // Disconnect, presence and user lookups (src/api/session_routes.rs).
+    if let Some(response) = super::session_routes::route(req, hub, config) {
+        return response;
+    }
     let Some(&(_, method)) = ROUTES.iter().find(|(p, _)| *p == req.path) else {
         return Response::error(404, "no such route");
     };
@@ -54,7 +58,7 @@ fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
     }
 }
 
-fn authorized(req: &Request<'_>, config: &Config) -> bool {
+pub(super) fn authorized(req: &Request<'_>, config: &Config) -> bool {
     let key = config.api.api_key.as_bytes();
     if key.is_empty() {
         return true;
@@ -80,6 +84,15 @@ struct PublishBody<'a> {
     channels: Option<Vec<Cow<'a, str>>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    // Targets and tenant of identity and sessions (src/api/session_routes.rs).
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tenant: Option<Cow<'a, str>>,
 }
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
@@ -95,6 +108,19 @@ fn publish(body: &[u8], hub: &Hub) -> Response {
     let Some(data) = req.data else {
         return Response::error(400, "\"data\" is required (any JSON value but null)");
     };
+    if let Some(r) = super::session_routes::rate_limited(hub, req.tenant.as_deref()) {
+        return r;
+    }
+    let targets = super::session_routes::Targets {
+        user: req.user,
+        sid: req.sid,
+        device: req.device,
+        tenant: req.tenant,
+        has_channels: req.channel.is_some() || req.channels.is_some(),
+    };
+    if let Some(r) = super::session_routes::publish(hub, &targets, data) {
+        return r;
+    }
     let names: Vec<Cow<str>> = match (req.channel, req.channels) {
         (Some(c), None) => vec![c],
         (None, Some(list)) if !list.is_empty() => list,
@@ -128,6 +154,8 @@ fn publish(body: &[u8], hub: &Hub) -> Response {
 struct BroadcastBody<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tenant: Option<Cow<'a, str>>,
 }
 
 fn broadcast(body: &[u8], hub: &Hub) -> Response {
@@ -138,6 +166,9 @@ fn broadcast(body: &[u8], hub: &Hub) -> Response {
     let Some(data) = req.data else {
         return Response::error(400, "\"data\" is required (any JSON value but null)");
     };
+    if let Some(r) = super::session_routes::rate_limited(hub, req.tenant.as_deref()) {
+        return r;
+    }
     hub.broadcast(protocol::broadcast_message(data.get()));
     hub.api.broadcasts_total.fetch_add(1, Ordering::Relaxed);
     Response::json(200, "{\"ok\":true}")

@@ -44,6 +44,10 @@ pub enum Reject {
     /// Wrong or missing Sec-WebSocket-Version: 426 with `Sec-WebSocket-Version: 13`.
     UpgradeRequired,
     HeadTooLarge,
+    /// Missing or invalid token: 401 with `WWW-Authenticate: Bearer` and body `{"code":4001,"error":"..."}`.
+    Unauthorized(&'static str),
+    /// Too many connections (per user or per source address): 429 with body `{"code":4029,"error":"..."}`.
+    TooManyRequests(&'static str),
 }
 
 /// True if the comma-separated token list `value` contains `token` (ASCII case-insensitive).
@@ -219,6 +223,8 @@ pub fn status(reject: Reject) -> u16 {
         Reject::MethodNotAllowed => 405,
         Reject::UpgradeRequired => 426,
         Reject::HeadTooLarge => 431,
+        Reject::Unauthorized(_) => 401,
+        Reject::TooManyRequests(_) => 429,
     }
 }
 
@@ -226,10 +232,12 @@ pub fn status(reject: Reject) -> u16 {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         _ => "Error",
     }
@@ -238,7 +246,10 @@ fn reason_phrase(status: u16) -> &'static str {
 /// The message placed in the JSON body.
 fn message(reject: Reject) -> &'static str {
     match reject {
-        Reject::BadRequest(m) | Reject::Forbidden(m) => m,
+        Reject::BadRequest(m)
+        | Reject::Forbidden(m)
+        | Reject::Unauthorized(m)
+        | Reject::TooManyRequests(m) => m,
         Reject::NotFound => "not found",
         Reject::MethodNotAllowed => "method not allowed",
         Reject::UpgradeRequired => "unsupported Sec-WebSocket-Version, 13 required",
@@ -271,7 +282,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 pub fn write_reject(out: &mut Vec<u8>, reject: Reject) {
     let code = status(reject);
     let mut body = Vec::with_capacity(64);
-    body.extend_from_slice(b"{\"error\":\"");
+    // Auth refusals carry the code a client also sees in close frames (docs/AUTH-PROTOCOL.md).
+    match reject {
+        Reject::Unauthorized(_) => body.extend_from_slice(b"{\"code\":4001,\"error\":\""),
+        Reject::TooManyRequests(_) => body.extend_from_slice(b"{\"code\":4029,\"error\":\""),
+        _ => body.extend_from_slice(b"{\"error\":\""),
+    }
     push_json_str(&mut body, message(reject));
     body.extend_from_slice(b"\"}");
     // Writing into a Vec cannot fail.
@@ -286,6 +302,7 @@ pub fn write_reject(out: &mut Vec<u8>, reject: Reject) {
         Reject::UpgradeRequired => {
             out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n")
         }
+        Reject::Unauthorized(_) => out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
         _ => {}
     }
     out.extend_from_slice(b"\r\n");

@@ -7,6 +7,7 @@
 mod conn;
 pub mod net;
 mod poller;
+mod session;
 mod timer;
 mod waker;
 
@@ -52,6 +53,8 @@ pub struct ReactorSetup {
     pub stats: Arc<ReactorStats>,
     pub config: Arc<Config>,
     pub live_connections: Arc<AtomicUsize>,
+    /// Identity, auth and sessions state shared by all reactors (src/session/).
+    pub sessions: Arc<crate::session::Shared>,
 }
 
 /// Runs a reactor until it is shut down and its connections are drained.
@@ -70,7 +73,6 @@ struct Limits {
     error_budget: u8,
     handshake_timeout: u32,
     ping_interval: u32,
-    idle_timeout: u32,
 }
 
 struct Reactor {
@@ -101,6 +103,8 @@ struct Reactor {
     accept_paused_until: u32,
     shutdown_deadline: Option<Instant>,
     ping_frame: OutFrame,
+    /// Socket ids, session registry and session counters (src/reactor/session.rs).
+    sess: crate::session::ReactorSessions,
 }
 
 impl Reactor {
@@ -118,7 +122,6 @@ impl Reactor {
             error_budget: c.ws.error_budget.min(255) as u8,
             handshake_timeout: c.server.handshake_timeout.min(u32::MAX as u64) as u32,
             ping_interval: c.ws.ping_interval.min(u32::MAX as u64 / 4) as u32,
-            idle_timeout: c.ws.idle_timeout.min(u32::MAX as u64 / 4) as u32,
         };
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
@@ -149,6 +152,7 @@ impl Reactor {
             accept_paused_until: 0,
             shutdown_deadline: None,
             ping_frame: Rc::new(Arc::new(ping)),
+            sess: crate::session::ReactorSessions::new(s.sessions, s.id),
         })
     }
 
@@ -212,6 +216,7 @@ impl Reactor {
         self.tally.channels = self.channels.len() as u64;
         self.tally.read_buffers_lent = self.bufs.lent_count() as u64;
         self.stats.store(&self.tally);
+        self.stats.sessions.store(&self.sess.tally);
     }
 
     fn tick_clock(&mut self) {
@@ -239,8 +244,8 @@ impl Reactor {
             return false;
         };
         loop {
-            let fd = match net::accept(listener) {
-                Ok(fd) => fd,
+            let (fd, peer) = match net::accept_peer(listener) {
+                Ok(accepted) => accepted,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return false,
                     Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
@@ -271,6 +276,14 @@ impl Reactor {
             if let Err(e) = self.poller.add(fd, key as u64) {
                 log::error!("reactor {}: epoll add: {e}", self.id);
                 self.close(key);
+                continue;
+            }
+            if !self.admit(peer) {
+                // Answered like any refused upgrade, so the client reads the 429 before the socket closes.
+                self.reject(
+                    key,
+                    Reject::TooManyRequests("too many new connections from this address"),
+                );
                 continue;
             }
             let deadline = self.now + self.limits.handshake_timeout;
@@ -484,9 +497,28 @@ impl Reactor {
         } else {
             Vec::new()
         };
+        // Identity, auth and sessions (src/reactor/session.rs): token and per-user limit, then the socket id, the
+        // welcome frame and the channel grant.
+        let session = if endpoint == Endpoint::Gateway {
+            match self.authenticate(req) {
+                Ok(s) => s,
+                Err(r) => {
+                    self.reject(key, r);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
 
-        let mut response = Vec::with_capacity(160);
-        handshake::write_switching(&mut response, ws_key, None);
+        let mut response = Vec::with_capacity(256);
+        let protocol = crate::auth::token::reply_protocol(req);
+        handshake::write_switching(&mut response, ws_key, protocol);
+        let channels = if endpoint == Endpoint::Gateway {
+            self.open_session(key, session, channels, &mut response)
+        } else {
+            channels
+        };
         let conn = &mut self.conns[key];
         conn.state = State::Open;
         conn.endpoint = endpoint;
@@ -502,7 +534,7 @@ impl Reactor {
         for name in &channels {
             self.subscribe(key, name);
         }
-        let deadline = self.now + self.limits.ping_interval;
+        let deadline = (self.now + self.limits.ping_interval).min(self.token_deadline(key));
         self.timers.schedule(&mut self.conns, key, deadline);
         true
     }
@@ -606,8 +638,16 @@ impl Reactor {
             Ok(r) => r,
             Err(_) => return self.client_error(key, "expected a JSON object with an \"op\" field"),
         };
+        if !self.allow_message(key, &req.op, req.id) {
+            return;
+        }
         let reply = match req.op.as_ref() {
-            "ping" => protocol::pong(req.id),
+            "ping" => {
+                self.client_reply(key, protocol::pong(req.id));
+                return self.on_heartbeat(key);
+            }
+            "refresh" => return self.on_refresh(key, req.id, req.token.as_deref()),
+            "msg" => return self.on_upstream(key, req.id, req.data),
             "subscribe" | "unsubscribe" => {
                 let Some(names) = req.channels.as_ref().filter(|c| !c.is_empty()) else {
                     return self.client_reply(
@@ -623,6 +663,16 @@ impl Reactor {
                     return self.client_reply(key, protocol::reply(req.id, Some(&msg)));
                 }
                 if req.op == "subscribe" {
+                    let forbidden = self.forbidden(key, names);
+                    if !forbidden.is_empty() {
+                        let reply = crate::session::frames::reply_error(
+                            req.id,
+                            crate::session::frames::code::FORBIDDEN,
+                            "channel not allowed",
+                            Some(&forbidden),
+                        );
+                        return self.client_reply(key, reply);
+                    }
                     let have = self.conns[key].subs.len();
                     let new = names.iter().filter(|n| !self.is_subscribed(key, n)).count();
                     if have + new > self.limits.max_channels {
@@ -708,6 +758,7 @@ impl Reactor {
                 Command::Publish { channel, frame } => self.fan_out(&channel, frame),
                 Command::Broadcast { frame } => self.broadcast(frame),
                 Command::Shutdown { drain_ms } => self.shutdown(drain_ms),
+                Command::Session(c) => self.on_session_command(c),
             }
         }
     }
@@ -860,7 +911,11 @@ impl Reactor {
         let conn = &mut self.conns[key];
         if conn.state == State::Open {
             self.tally.connections -= 1;
+            if conn.endpoint == Endpoint::Gateway {
+                self.end_session(key);
+            }
         }
+        let conn = &mut self.conns[key];
         conn.state = State::Closing;
         let subs = std::mem::take(&mut conn.subs);
         for &sub in subs.as_slice() {
@@ -910,38 +965,14 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let l = &self.limits;
         match conn.state {
             State::Handshake => {
                 self.tally.handshake_failures_total += 1;
                 self.close(key);
             }
             State::Closing | State::Lingering => self.close(key),
-            State::Open => {
-                let silent = self.now.saturating_sub(conn.last_rx);
-                if silent >= l.idle_timeout {
-                    self.tally.idle_timeouts_total += 1;
-                    self.send_close(key, close_code::GOING_AWAY, "idle timeout");
-                    self.close_after_flush(key);
-                    return;
-                }
-                let next = if silent >= l.ping_interval && !conn.has(flag::PING_SENT) {
-                    conn.flags |= flag::PING_SENT;
-                    let ping = self.ping_frame.clone();
-                    self.queue(key, ping);
-                    match self.conns.get(key) {
-                        Some(conn) => conn.last_rx + self.limits.idle_timeout,
-                        None => return,
-                    }
-                } else if conn.has(flag::PING_SENT) {
-                    conn.last_rx + l.idle_timeout
-                } else {
-                    conn.last_rx + l.ping_interval
-                };
-                if self.conns.contains(key) {
-                    self.timers.schedule(&mut self.conns, key, next);
-                }
-            }
+            // Token expiry, server ping and idle close with the connection's heartbeat (src/reactor/session.rs).
+            State::Open => self.on_open_timer(key),
         }
     }
 }

@@ -40,30 +40,7 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
 
 /// Accepts one connection, non-blocking and close-on-exec, with TCP_NODELAY set.
 pub fn accept(listener: RawFd) -> io::Result<RawFd> {
-    // SAFETY: accept4 with null address pointers is allowed; the result is checked.
-    let fd = unsafe {
-        libc::accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads a c_int from a live local for the given length.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    Ok(fd)
+    accept_peer(listener).map(|(fd, _)| fd)
 }
 
 /// One write(2).
@@ -95,6 +72,54 @@ pub fn pin_to_cpu(index: usize) {
 pub fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN runs no handler code and is async-signal-safe.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Accepts one connection like [`accept`] and also returns the peer's IP address (for per-source rate limits).
+pub fn accept_peer(listener: RawFd) -> io::Result<(RawFd, Option<std::net::IpAddr>)> {
+    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: accept4 writes at most `len` bytes into `storage`, a live local of that size; the result is checked.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads a c_int from a live local for the given length.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let ip = match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel filled an AF_INET address of sufficient length into the storage.
+            let a = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            Some(std::net::IpAddr::from(a.sin_addr.s_addr.to_ne_bytes()))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the kernel filled an AF_INET6 address of sufficient length into the storage.
+            let a = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(std::net::IpAddr::from(a.sin6_addr.s6_addr))
+        }
+        _ => None,
+    };
+    Ok((fd, ip))
 }
 
 /// One non-blocking write; returns the bytes written (0 on EAGAIN or error, which the caller's next write or read

@@ -1147,6 +1147,32 @@ pub struct RawWs {
     pub buf: Vec<u8>,
     /// The 101 response.
     pub response: Option<HttpResponse>,
+    /// The welcome frame the gateway endpoint sends first (checked and kept by `upgrade`).
+    pub welcome: Option<serde_json::Value>,
+}
+
+/// True for the gateway endpoint, whose first server message is the welcome frame.
+pub fn is_gateway_path(path: &str) -> bool {
+    path == "/ws" || path.starts_with("/ws?")
+}
+
+/// Checks a welcome frame: `{"type":"welcome","sid":"<decimal>","heartbeat":{"interval":N,"timeout":M}}`.
+pub fn check_welcome(text: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("welcome is not JSON ({e}): {text}"));
+    assert_eq!(v["type"], "welcome", "first frame is not a welcome: {text}");
+    let sid = v["sid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("welcome without a string sid: {text}"));
+    assert!(
+        sid.parse::<u64>().is_ok(),
+        "sid is not a decimal u64: {text}"
+    );
+    assert!(
+        v["heartbeat"]["interval"].as_u64().is_some(),
+        "welcome without heartbeat.interval: {text}"
+    );
+    v
 }
 
 impl RawWs {
@@ -1187,11 +1213,19 @@ impl RawWs {
         if resp.header("sec-websocket-accept") != Some(want.as_str()) {
             return Err(format!("bad Sec-WebSocket-Accept (want {want}): {resp}"));
         }
-        Ok(RawWs {
+        let mut ws = RawWs {
             stream,
             buf,
             response: Some(resp),
-        })
+            welcome: None,
+        };
+        if is_gateway_path(path) {
+            let frame = ws
+                .read_frame_timeout(READ_TIMEOUT)
+                .map_err(|e| format!("no welcome frame after the upgrade: {e}"))?;
+            ws.welcome = Some(check_welcome(&frame.text()));
+        }
+        Ok(ws)
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -1363,7 +1397,12 @@ pub fn ws_connect(addr: SocketAddr, path: &str) -> Tws {
     let stream = tcp_connect(addr);
     let url = format!("ws://{addr}{path}");
     match tungstenite::client::client(url.as_str(), stream) {
-        Ok((ws, _resp)) => ws,
+        Ok((mut ws, _resp)) => {
+            if is_gateway_path(path) {
+                check_welcome(&tws_next_text(&mut ws, READ_TIMEOUT, "welcome"));
+            }
+            ws
+        }
         Err(e) => panic!("tungstenite connect {url}: {e}"),
     }
 }

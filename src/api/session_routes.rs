@@ -1,0 +1,260 @@
+//! API routes of identity and sessions: user- and socket-targeted publishes (through `POST /api/publish`), the
+//! per-tenant publish rate, `POST /api/disconnect`, `GET /api/presence` and `GET /api/user/{id}`.
+
+use super::http::{Request, Response};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::protocol::{percent_decode, valid_channel};
+use crate::session::frames::{self, code};
+use crate::session::{sid, Target};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Longest user, device or tenant name in API requests, bytes.
+const MAX_NAME: usize = 255;
+/// Presence page size: default and maximum.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Answers the session routes; None for any other path.
+pub fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Option<Response> {
+    let method = match req.path {
+        "/api/disconnect" => "POST",
+        "/api/presence" => "GET",
+        p if p.starts_with("/api/user/") => "GET",
+        _ => return None,
+    };
+    if req.method != method {
+        let mut r = Response::error(405, "method not allowed");
+        r.allow = Some(method);
+        return Some(r);
+    }
+    if !super::routes::authorized(req, config) {
+        return Some(Response::error(
+            401,
+            "missing or wrong API key (Authorization: apikey KEY)",
+        ));
+    }
+    Some(match req.path {
+        "/api/disconnect" => disconnect(req.body, hub),
+        "/api/presence" => presence(req.query, hub),
+        p => user(&p["/api/user/".len()..], hub),
+    })
+}
+
+/// The session fields of a publish body.
+pub struct Targets<'a> {
+    pub user: Option<Cow<'a, str>>,
+    pub sid: Option<&'a RawValue>,
+    pub device: Option<Cow<'a, str>>,
+    pub tenant: Option<Cow<'a, str>>,
+    /// `channel` or `channels` given too.
+    pub has_channels: bool,
+}
+
+/// The per-tenant publish rate (`limits.publish_rate`): Some(429) when over it.
+pub fn rate_limited(hub: &Hub, tenant: Option<&str>) -> Option<Response> {
+    let tenant = tenant.unwrap_or("");
+    if hub.sessions.allow_publish(tenant) {
+        return None;
+    }
+    Some(Response::error(
+        429,
+        &format!("publish rate limit exceeded for tenant {tenant:?} (limits.publish_rate)"),
+    ))
+}
+
+/// A user- or socket-targeted publish; None when the body targets channels (handled by the caller).
+pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> {
+    if t.user.is_none() && t.sid.is_none() {
+        if t.device.is_some() {
+            return Some(Response::error(400, "\"device\" needs \"user\""));
+        }
+        return None;
+    }
+    let targets = [t.user.is_some(), t.sid.is_some(), t.has_channels];
+    if targets.iter().filter(|&&x| x).count() > 1 {
+        return Some(Response::error(
+            400,
+            "give exactly one of \"channel\", \"channels\", \"user\" or \"sid\"",
+        ));
+    }
+    for (field, value) in [("device", &t.device), ("tenant", &t.tenant)] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.len() > MAX_NAME)
+        {
+            return Some(Response::error(
+                400,
+                &format!("\"{field}\" must be 1..=255 bytes"),
+            ));
+        }
+    }
+    if let Some(user) = &t.user {
+        if user.is_empty() || user.len() > MAX_NAME {
+            return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
+        }
+        let frame = frames::user_message(user, data.get());
+        hub.publish_user(user, t.device.as_deref(), t.tenant.as_deref(), frame);
+        return Some(Response::json(
+            200,
+            json!({"ok": true, "user": user}).to_string(),
+        ));
+    }
+    if t.device.is_some() {
+        return Some(Response::error(400, "\"device\" needs \"user\""));
+    }
+    let Some(sid) = t.sid.and_then(parse_sid) else {
+        return Some(Response::error(
+            400,
+            "\"sid\" must be a socket id (decimal string or integer)",
+        ));
+    };
+    Some(
+        match hub.publish_sid(sid, frames::sid_message(sid, data.get())) {
+            Ok(()) => Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}")),
+            Err(why) => Response::error(404, why),
+        },
+    )
+}
+
+fn parse_sid(raw: &RawValue) -> Option<u64> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(s) => sid::parse(s),
+        None => sid::parse(text),
+    }
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody<'a> {
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sid: Option<&'a RawValue>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+fn disconnect(body: &[u8], hub: &Hub) -> Response {
+    let req: DisconnectBody = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Response::error(400, &format!("invalid JSON body: {e}")),
+    };
+    let target = match (&req.user, req.sid) {
+        (Some(u), None) if !u.is_empty() && u.len() <= MAX_NAME => Target::User(u.as_ref().into()),
+        (None, Some(raw)) => match parse_sid(raw) {
+            Some(sid) => Target::Sid(sid),
+            None => {
+                return Response::error(
+                    400,
+                    "\"sid\" must be a socket id (decimal string or integer)",
+                )
+            }
+        },
+        (Some(_), None) => return Response::error(400, "\"user\" must be 1..=255 bytes"),
+        _ => return Response::error(400, "give exactly one of \"user\" or \"sid\""),
+    };
+    let code = req.code.unwrap_or(code::DISCONNECTED);
+    if code != 1000 && !(3000..=4999).contains(&code) {
+        return Response::error(400, "\"code\" must be 1000 or 3000..=4999");
+    }
+    let reason = req.reason.as_deref().unwrap_or("disconnected");
+    if reason.len() > 123 {
+        return Response::error(400, "\"reason\" must be at most 123 bytes");
+    }
+    match hub.disconnect(target, code, reason) {
+        Ok(n) => Response::json(200, format!("{{\"ok\":true,\"disconnected\":{n}}}")),
+        Err(why) => Response::error(503, why),
+    }
+}
+
+/// Decoded query parameters (`None` for a bad escape).
+fn param(query: &str, name: &str) -> Option<Result<String, ()>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v).ok_or(()))
+    })
+}
+
+fn presence(query: &str, hub: &Hub) -> Response {
+    let channel = match param(query, "channel") {
+        Some(Ok(c)) if valid_channel(&c) => c,
+        Some(Ok(_)) | Some(Err(())) => {
+            return Response::error(
+                400,
+                "invalid channel name (1..=255 bytes, no control characters)",
+            )
+        }
+        None => return Response::error(400, "the \"channel\" parameter is required"),
+    };
+    let limit = match param(query, "limit") {
+        None => PAGE,
+        Some(Ok(v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Response::error(400, "\"limit\" must be 1..=1000"),
+        },
+        Some(Err(())) => return Response::error(400, "\"limit\" must be 1..=1000"),
+    };
+    let after = match param(query, "cursor") {
+        None => 0,
+        Some(Ok(v)) if v.is_empty() => 0,
+        Some(Ok(v)) => match sid::parse(&v) {
+            Some(s) => s,
+            None => return Response::error(400, "\"cursor\" must be a socket id"),
+        },
+        Some(Err(())) => return Response::error(400, "\"cursor\" must be a socket id"),
+    };
+    match hub.presence(&channel, after, limit) {
+        Ok((total, members, more)) => {
+            let next = match (more, members.last()) {
+                (true, Some(m)) => json!(m.sid.to_string()),
+                _ => serde_json::Value::Null,
+            };
+            let members: Vec<_> = members
+                .iter()
+                .map(|m| json!({"sid": m.sid.to_string(), "user": m.user}))
+                .collect();
+            Response::json(
+                200,
+                json!({"ok": true, "channel": channel, "total": total, "members": members, "next_cursor": next})
+                    .to_string(),
+            )
+        }
+        Err(why) => Response::error(503, why),
+    }
+}
+
+fn user(raw: &str, hub: &Hub) -> Response {
+    let Some(id) = percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) else {
+        return Response::error(400, "user id must be 1..=255 bytes, percent-encoded");
+    };
+    match hub.user_connections(&id) {
+        Ok(list) => {
+            let connections: Vec<_> = list
+                .iter()
+                .map(|c| {
+                    json!({
+                        "sid": c.sid.to_string(),
+                        "reactor": c.reactor,
+                        "device": c.device,
+                        "tenant": c.tenant,
+                        "connected_at_ms": sid::unix_ms_of(c.sid),
+                        "exp": c.exp,
+                        "channels": c.channels,
+                        "allowed_channels": c.allowed,
+                    })
+                })
+                .collect();
+            Response::json(
+                200,
+                json!({"ok": true, "user": id, "connections": connections}).to_string(),
+            )
+        }
+        Err(why) => Response::error(503, why),
+    }
+}

@@ -1,0 +1,176 @@
+//! Server → client frames of the session protocol: welcome, heartbeat changes, targeted deliveries and replies
+//! with an error code. Each is a complete WebSocket text frame.
+
+use crate::frame::{encode, OP_TEXT};
+use crate::pool::SharedFrame;
+use serde_json::value::RawValue;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Codes in replies, close frames and HTTP refusal bodies (documented in docs/AUTH-PROTOCOL.md).
+pub mod code {
+    /// Closed through `POST /api/disconnect` without a code.
+    pub const DISCONNECTED: u16 = 4000;
+    /// Missing, invalid or expired token (HTTP 401 at the handshake, close code when the token expires).
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// Channel not allowed by the token.
+    pub const FORBIDDEN: u16 = 4003;
+    /// Message rate limit (reply code; close code after `ws.error_budget` refusals in a row).
+    pub const RATE_LIMITED: u16 = 4008;
+    /// Too many connections (HTTP 429 at accept or handshake).
+    pub const TOO_MANY: u16 = 4029;
+    /// The upstream sink did not take a client message.
+    pub const UPSTREAM_UNAVAILABLE: u16 = 4013;
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 4);
+    encode::push_frame(&mut out, OP_TEXT, json.as_bytes());
+    out
+}
+
+fn shared(parts: &[&[u8]]) -> SharedFrame {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut header = [0u8; encode::MAX_HEADER];
+    let h = encode::write_header(&mut header, OP_TEXT, len);
+    let mut out = Vec::with_capacity(h + len);
+    out.extend_from_slice(&header[..h]);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    Arc::new(out)
+}
+
+/// `{"type":"welcome","sid":"<decimal>","heartbeat":{"interval":N,"timeout":M}}` plus `"user"` when authenticated.
+pub fn push_welcome(out: &mut Vec<u8>, sid: u64, interval: u32, timeout: u32, user: Option<&str>) {
+    let mut json = String::with_capacity(96);
+    let _ = write!(json, "{{\"type\":\"welcome\",\"sid\":\"{sid}\"");
+    if let Some(u) = user {
+        json.push_str(",\"user\":");
+        json_str(&mut json, u);
+    }
+    let _ = write!(
+        json,
+        ",\"heartbeat\":{{\"interval\":{interval},\"timeout\":{timeout}}}}}"
+    );
+    encode::push_frame(out, OP_TEXT, json.as_bytes());
+}
+
+/// `{"type":"heartbeat","interval":N,"timeout":M}`: the client's new heartbeat interval.
+pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
+    frame(&format!(
+        "{{\"type\":\"heartbeat\",\"interval\":{interval},\"timeout\":{timeout}}}"
+    ))
+}
+
+/// `{"user":"u1","data":DATA}`, delivered to the user's connections.
+pub fn user_message(user: &str, data: &str) -> SharedFrame {
+    let mut name = String::new();
+    json_str(&mut name, user);
+    shared(&[
+        b"{\"user\":",
+        name.as_bytes(),
+        b",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ])
+}
+
+/// `{"sid":"123","data":DATA}`, delivered to one connection.
+pub fn sid_message(sid: u64, data: &str) -> SharedFrame {
+    let sid = format!("\"{sid}\"");
+    shared(&[
+        b"{\"sid\":",
+        sid.as_bytes(),
+        b",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ])
+}
+
+/// `{"type":"reply","id":ID,"ok":false,"code":C,"error":"...","channels":[...]}` (`channels` only when given).
+pub fn reply_error(
+    id: Option<&RawValue>,
+    code: u16,
+    error: &str,
+    channels: Option<&[&str]>,
+) -> Vec<u8> {
+    let mut json = String::with_capacity(96);
+    json.push_str("{\"type\":\"reply\"");
+    push_id(&mut json, id);
+    let _ = write!(json, ",\"ok\":false,\"code\":{code},\"error\":");
+    json_str(&mut json, error);
+    if let Some(list) = channels {
+        json.push_str(",\"channels\":[");
+        for (i, c) in list.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json_str(&mut json, c);
+        }
+        json.push(']');
+    }
+    json.push('}');
+    frame(&json)
+}
+
+/// `{"type":"reply","id":ID,"ok":true,"exp":EXP}` plus `"unsubscribed":[...]` when the new token dropped channels.
+pub fn refresh_ok(id: Option<&RawValue>, exp: u64, unsubscribed: &[String]) -> Vec<u8> {
+    let mut json = String::with_capacity(64);
+    json.push_str("{\"type\":\"reply\"");
+    push_id(&mut json, id);
+    let _ = write!(json, ",\"ok\":true,\"exp\":{exp}");
+    if !unsubscribed.is_empty() {
+        json.push_str(",\"unsubscribed\":[");
+        for (i, c) in unsubscribed.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json_str(&mut json, c);
+        }
+        json.push(']');
+    }
+    json.push('}');
+    frame(&json)
+}
+
+fn push_id(json: &mut String, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        json.push_str(",\"id\":");
+        json.push_str(id.get());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_the_documented_json() {
+        let mut out = Vec::new();
+        push_welcome(&mut out, 42, 25, 60, Some("u\"1"));
+        assert_eq!(
+            &out[2..],
+            br#"{"type":"welcome","sid":"42","user":"u\"1","heartbeat":{"interval":25,"timeout":60}}"#
+        );
+        let f = reply_error(None, 4003, "channel not allowed", Some(&["a", "b"]));
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"reply","ok":false,"code":4003,"error":"channel not allowed","channels":["a","b"]}"#
+        );
+        let f = sid_message(7, "{\"x\":1}");
+        assert_eq!(&f[2..], br#"{"sid":"7","data":{"x":1}}"#);
+        let f = user_message("u1", "2");
+        assert_eq!(&f[2..], br#"{"user":"u1","data":2}"#);
+        let id = RawValue::from_string("5".into()).unwrap();
+        let f = refresh_ok(Some(&id), 9, &["c".into()]);
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"reply","id":5,"ok":true,"exp":9,"unsubscribed":["c"]}"#
+        );
+    }
+}

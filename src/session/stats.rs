@@ -1,0 +1,154 @@
+//! Counters of identity, auth and sessions: a plain tally per reactor (copied into atomics once per loop
+//! iteration, like the core counters), API-side atomics, and their JSON / Prometheus output.
+
+use crate::hub::Hub;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! session_counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// The reactor's private session counters.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct SessionTally {
+            $(pub $name: u64,)*
+        }
+
+        /// The published copy other threads read.
+        #[derive(Debug, Default)]
+        pub struct SessionStats {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl SessionStats {
+            pub fn store(&self, t: &SessionTally) {
+                $(self.$name.store(t.$name, Ordering::Relaxed);)*
+            }
+
+            pub fn load(&self) -> SessionTally {
+                SessionTally {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+
+        /// (name, help, accessor); names ending in `_total` are counters, the others gauges.
+        const FIELDS: &[(&str, &str, fn(&SessionTally) -> u64)] = &[
+            $((stringify!($name), $help, |t| t.$name),)*
+        ];
+    };
+}
+
+session_counters! {
+    authenticated: "Open connections with a verified token.",
+    auth_failures_total: "Upgrades refused with 401 (missing, invalid or expired token).",
+    user_limit_refusals_total: "Upgrades refused with 429 over auth.max_connections_per_user.",
+    connect_rate_limited_total: "Connections refused with 429 over limits.connect_rate (per source IP).",
+    rate_limited_ping_total: "ping messages refused over limits.ping_rate.",
+    rate_limited_control_total: "subscribe/unsubscribe/refresh messages refused over limits.control_rate.",
+    rate_limited_upstream_total: "msg messages refused over limits.upstream_rate.",
+    rate_limit_closes_total: "Connections closed with 4008 after ws.error_budget rate-limited messages in a row.",
+    forbidden_subscribes_total: "Subscriptions refused because the token does not allow the channel.",
+    token_expired_closes_total: "Connections closed with 4001 because their token expired.",
+    refreshes_total: "Tokens refreshed through op refresh.",
+    refresh_failures_total: "op refresh requests refused.",
+    upstream_messages_total: "Client messages (op msg) handed to the upstream sink.",
+    upstream_refused_total: "Client messages the upstream sink refused (answered with 4013).",
+    upstream_connects_total: "Connect events handed to the upstream sink.",
+    upstream_disconnects_total: "Disconnect events handed to the upstream sink.",
+    user_deliveries_total: "Frames queued by user-targeted publishes.",
+    sid_deliveries_total: "Frames queued by socket-id-targeted publishes.",
+    sid_misses_total: "Socket-id-targeted publishes for a connection that no longer exists.",
+    api_disconnects_total: "Connections closed through POST /api/disconnect.",
+    heartbeat_lengthened_total: "Heartbeat intervals lengthened after healthy beats.",
+    heartbeat_snapbacks_total: "Heartbeat intervals reset to the base after a missed beat.",
+}
+
+/// Counters of the API side of sessions.
+#[derive(Debug, Default)]
+pub struct ApiSessionStats {
+    pub user_publishes_total: AtomicU64,
+    pub sid_publishes_total: AtomicU64,
+    pub publish_rate_limited_total: AtomicU64,
+    pub disconnect_requests_total: AtomicU64,
+}
+
+impl ApiSessionStats {
+    fn fields(&self) -> [(&'static str, &'static str, u64); 4] {
+        let r = Ordering::Relaxed;
+        [
+            (
+                "api_user_publishes_total",
+                "User-targeted publishes accepted by the API.",
+                self.user_publishes_total.load(r),
+            ),
+            (
+                "api_sid_publishes_total",
+                "Socket-id-targeted publishes accepted by the API.",
+                self.sid_publishes_total.load(r),
+            ),
+            (
+                "api_publish_rate_limited_total",
+                "API publishes refused with 429 over limits.publish_rate (per tenant).",
+                self.publish_rate_limited_total.load(r),
+            ),
+            (
+                "api_disconnect_requests_total",
+                "POST /api/disconnect requests.",
+                self.disconnect_requests_total.load(r),
+            ),
+        ]
+    }
+}
+
+fn per_reactor(hub: &Hub) -> Vec<SessionTally> {
+    hub.reactors
+        .iter()
+        .map(|r| r.stats.sessions.load())
+        .collect()
+}
+
+/// The `"sessions"` object of `/api/stats`: totals over reactors plus the API counters.
+pub fn json(hub: &Hub) -> serde_json::Value {
+    let per = per_reactor(hub);
+    let mut m = serde_json::Map::new();
+    for (name, _, get) in FIELDS {
+        m.insert((*name).into(), per.iter().map(get).sum::<u64>().into());
+    }
+    for (name, _, v) in hub.sessions.api.fields() {
+        m.insert(name.into(), v.into());
+    }
+    m.insert(
+        "auth_mode".into(),
+        match hub.sessions.verifier {
+            Some(_) => "jwt",
+            None => "none",
+        }
+        .into(),
+    );
+    serde_json::Value::Object(m)
+}
+
+/// Appends the session series to the Prometheus text.
+pub fn prometheus(hub: &Hub, out: &mut String) {
+    let per = per_reactor(hub);
+    for (name, help, get) in FIELDS {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}"
+        );
+        for (i, t) in per.iter().enumerate() {
+            let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {}", get(t));
+        }
+    }
+    for (name, help, v) in hub.sessions.api.fields() {
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
+        );
+    }
+}

@@ -14,4 +14,5 @@ pub mod reactor;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod tls;
 pub mod upstream;

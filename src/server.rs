@@ -4,6 +4,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::hub::{Hub, ReactorHandle, ReactorStats};
 use crate::reactor::{self, net, ReactorSetup, Waker};
+use crate::tls::TlsAcceptor;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,8 +16,13 @@ const BACKLOG: i32 = 65535;
 
 /// A running gateway.
 pub struct Server {
+    /// The client listener (`server.listen`); it speaks TLS when `tls` is set.
     pub ws_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The extra plaintext client listener (`tls.plain_listen`), if any.
+    pub plain_addr: Option<SocketAddr>,
+    /// The reloadable TLS configuration, if `tls.cert` is set.
+    pub tls: Option<Arc<TlsAcceptor>>,
     pub hub: Arc<Hub>,
     config: Arc<Config>,
     reactors: Vec<JoinHandle<()>>,
@@ -33,6 +39,15 @@ impl Server {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
         );
 
+        // TLS first: a missing or broken certificate stops start-up before anything listens.
+        let tls = if config.tls.enabled() {
+            let acceptor = TlsAcceptor::load(&config.tls.cert, &config.tls.key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Some(Arc::new(acceptor))
+        } else {
+            None
+        };
+
         // The first bind resolves port 0; the other reactors join the same port through SO_REUSEPORT.
         let first = net::listen_reuseport(config.listen_addr(), BACKLOG).map_err(|e| {
             io::Error::new(
@@ -45,6 +60,23 @@ impl Server {
         for _ in 1..threads {
             listeners.push(net::listen_reuseport(ws_addr, BACKLOG)?);
         }
+        let mut plain_listeners = Vec::new();
+        let mut plain_addr = None;
+        if let Some(addr) = config.plain_listen_addr() {
+            let first = net::listen_reuseport(addr, BACKLOG).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("tls.plain_listen {}: {e}", config.tls.plain_listen),
+                )
+            })?;
+            let bound = net::local_addr(first)?;
+            plain_listeners.push(first);
+            for _ in 1..threads {
+                plain_listeners.push(net::listen_reuseport(bound, BACKLOG)?);
+            }
+            plain_addr = Some(bound);
+        }
+        let mut plain_listeners = plain_listeners.into_iter();
         let api_fd = net::listen_reuseport(config.api_addr(), 1024).map_err(|e| {
             io::Error::new(e.kind(), format!("api.listen {}: {e}", config.api.listen))
         })?;
@@ -71,6 +103,8 @@ impl Server {
                 config: config.clone(),
                 live_connections: live.clone(),
                 sessions: sessions.clone(),
+                tls: tls.clone(),
+                plain_listener: plain_listeners.next(),
             });
         }
         let hub = Arc::new(Hub {
@@ -79,6 +113,7 @@ impl Server {
             live_connections: live,
             started: std::time::Instant::now(),
             sessions,
+            tls: tls.clone(),
         });
 
         let mut reactors = Vec::new();
@@ -108,12 +143,20 @@ impl Server {
         Ok(Server {
             ws_addr,
             api_addr,
+            plain_addr,
+            tls,
             hub,
             config,
             reactors,
             api: Some(api),
             api_stop,
         })
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP, `POST /api/reload-tls`). Existing connections keep their
+    /// sessions; new handshakes use the new certificate. On error the old one stays and the error is returned.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        reload_tls(self.tls.as_deref())
     }
 
     /// Stops accepting, closes every client with 1001 and waits for the reactors to drain (bounded by
@@ -127,6 +170,23 @@ impl Server {
         self.api_stop.store(true, Ordering::Relaxed);
         if let Some(api) = self.api.take() {
             let _ = api.join();
+        }
+    }
+}
+
+/// Reloads the TLS certificate, logging the outcome; shared by SIGHUP and the API.
+pub fn reload_tls(tls: Option<&TlsAcceptor>) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return Err("TLS is not configured (set tls.cert and tls.key)".into());
+    };
+    match tls.reload() {
+        Ok(()) => {
+            log::info!("TLS certificate reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("TLS reload failed, keeping the current certificate: {e}");
+            Err(e.to_string())
         }
     }
 }

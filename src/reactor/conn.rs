@@ -42,6 +42,11 @@ pub mod flag {
     pub const BLOCKED: u8 = 8;
 }
 
+/// Index of a connection's TLS state in the reactor's session slab; [`NO_TLS`] for a plaintext connection.
+/// An index, not a pointer, so a plaintext connection pays 4 bytes that fit in padding (Conn stays 128 bytes).
+pub type TlsId = u32;
+pub const NO_TLS: TlsId = u32::MAX;
+
 pub struct Conn {
     pub fd: RawFd,
     pub state: State,
@@ -56,6 +61,8 @@ pub struct Conn {
     pub rbuf: BufId,
     /// Lent buffer assembling a fragmented message, or NO_BUF.
     pub msg: BufId,
+    /// TLS state (issue 5), or NO_TLS.
+    pub tls: TlsId,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub subs: SubList,
@@ -78,6 +85,7 @@ impl Conn {
             timer: TimerLink::default(),
             rbuf: NO_BUF,
             msg: NO_BUF,
+            tls: NO_TLS,
             decoder: Decoder::default(),
             out: OutQueue::default(),
             subs: SubList::Empty,
@@ -103,7 +111,8 @@ mod tests {
     fn idle_connection_stays_small() {
         // The per-connection budget is 256 bytes of user-space RSS for an idle connection; this struct is most
         // of it (bench/RESULTS.md has the measured figure). 128 before socket ids and sessions: +8 for the sid,
-        // +8 for the pointer to the (optional, boxed) session.
+        // +8 for the pointer to the (optional, boxed) session. TLS state lives elsewhere and costs a 4-byte index
+        // that fits in padding.
         let size = std::mem::size_of::<super::Conn>();
         println!("size_of::<Conn>() = {size}");
         assert!(size <= 144, "Conn grew to {size} bytes");

@@ -156,8 +156,13 @@ fn tls_connect(
 fn wss(cfg: &Arc<ClientConfig>, addr: SocketAddr, channels: &str) -> Wss {
     let stream = tls_connect(cfg, addr, "localhost").expect("TLS handshake");
     let url = format!("ws://localhost:{}/ws?channels={channels}", addr.port());
-    let (ws, response) = tungstenite::client::client(url, stream).expect("upgrade over TLS");
+    let (mut ws, response) = tungstenite::client::client(url, stream).expect("upgrade over TLS");
     assert_eq!(response.status(), 101);
+    let welcome = recv_text(&mut ws);
+    assert!(
+        welcome.starts_with("{\"type\":\"welcome\""),
+        "first frame is not the welcome: {welcome}"
+    );
     ws
 }
 
@@ -229,6 +234,10 @@ fn wss_subscribe_and_fan_out_with_plain_listener_alongside() {
                 format!("{{\"channel\":\"news\",\"data\":{{\"n\":{n}}}}}")
             );
         }
+    }
+    match plain.read().unwrap() {
+        Message::Text(t) => assert!(t.starts_with("{\"type\":\"welcome\""), "{t}"),
+        other => panic!("expected the welcome, got {other:?}"),
     }
     for n in 0..20 {
         match plain.read().unwrap() {

@@ -560,9 +560,14 @@ impl Reactor {
         conn.endpoint = endpoint;
         self.tally.handshakes_total += 1;
         self.tally.connections += 1;
-        // Written straight away: on a fresh socket it always fits, and an idle connection then never allocates
-        // its outbound ring. Only a short write falls back to the queue.
-        let written = net::write_nonblocking(conn.fd, &response);
+        // A plain connection writes it straight away: on a fresh socket it always fits, and an idle connection
+        // then never allocates its outbound ring. Only a short write falls back to the queue. A TLS connection
+        // must encrypt it, so it goes through the queue and the TLS flush.
+        let written = if conn.tls == NO_TLS {
+            net::write_nonblocking(conn.fd, &response)
+        } else {
+            0
+        };
         if written < response.len() {
             response.drain(..written);
             self.queue(key, Rc::new(Arc::new(response)));

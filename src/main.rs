@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     if config.auth.mode == wsgate::config::AuthMode::None {
         log::warn!(
             "auth.mode = \"none\": ANYONE can connect and subscribe to ANY channel; set auth.mode = \"jwt\" \
-             (docs/AUTH-PROTOCOL.md) before exposing this gateway"
+             (docs/PROTOCOL.md) before exposing this gateway"
         );
     }
     if let Some(addr) = server.plain_addr {

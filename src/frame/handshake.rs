@@ -282,7 +282,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 pub fn write_reject(out: &mut Vec<u8>, reject: Reject) {
     let code = status(reject);
     let mut body = Vec::with_capacity(64);
-    // Auth refusals carry the code a client also sees in close frames (docs/AUTH-PROTOCOL.md).
+    // Auth refusals carry the code a client also sees in close frames (docs/PROTOCOL.md).
     match reject {
         Reject::Unauthorized(_) => body.extend_from_slice(b"{\"code\":4001,\"error\":\""),
         Reject::TooManyRequests(_) => body.extend_from_slice(b"{\"code\":4029,\"error\":\""),

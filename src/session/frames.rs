@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// Codes in replies, close frames and HTTP refusal bodies (documented in docs/AUTH-PROTOCOL.md).
+/// Codes in replies, close frames and HTTP refusal bodies (documented in docs/PROTOCOL.md).
 pub mod code {
     /// Closed through `POST /api/disconnect` without a code.
     pub const DISCONNECTED: u16 = 4000;

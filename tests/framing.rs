@@ -55,30 +55,13 @@ fn expect_echo(ws: &mut RawWs, opcode: u8, payload: &[u8], ctx: &str) {
     );
 }
 
-/// The server fails the connection: a close frame with `code`, then it closes TCP.
+/// The server fails the connection: a close frame with `code` (only pings/pongs before it), then it closes TCP.
 fn expect_fail(s: &Server, ws: &mut RawWs, code: u16, ctx: &str) {
-    let (f, before) = ws.expect_close(ctx);
-    let data: Vec<String> = before
-        .iter()
-        .filter(|f| f.opcode != OP_PING && f.opcode != OP_PONG)
-        .map(|f| f.to_string())
-        .collect();
-    assert!(
-        data.is_empty(),
-        "{ctx}: data frames before the close: {data:?}"
-    );
-    assert_eq!(
-        f.close_code(),
-        Some(code),
-        "{ctx}: close frame {f}\n{}",
-        s.describe()
-    );
+    let f = ws.expect_close_code(code, ctx);
     // Answer like a conforming client (the server may wait briefly for this), then the server must drop TCP.
     let _ = ws.try_send_raw(&masked_frame(true, OP_CLOSE, &f.payload));
-    match ws.wait_closed(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("{ctx}: TCP not closed by the server after close {code}: {other:?}"),
-    }
+    ws.wait_closed(Duration::from_secs(3))
+        .assert_closed(&format!("{ctx}: after close {code}\n{}", s.describe()));
 }
 
 fn ascii(n: usize) -> Vec<u8> {
@@ -524,10 +507,8 @@ fn no_data_is_echoed_after_close() {
         "frames before the close reply: {before:?}"
     );
     assert_eq!(f.close_code(), Some(1000));
-    match ws.wait_closed(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("data after the close reply: {other:?}"),
-    }
+    ws.wait_closed(Duration::from_secs(3))
+        .assert_closed("after the close reply");
 }
 
 #[test]
@@ -570,10 +551,8 @@ fn valid_close_codes_are_echoed() {
             "close {code}: frames before the reply: {before:?}"
         );
         assert_eq!(f.close_code(), Some(code), "close {code}: reply {f}");
-        match ws.wait_closed(Duration::from_secs(3)) {
-            PeerEnd::Eof | PeerEnd::Reset => {}
-            other => panic!("close {code}: TCP not closed: {other:?}"),
-        }
+        ws.wait_closed(Duration::from_secs(3))
+            .assert_closed(&format!("after close {code}"));
     }
 }
 
@@ -588,10 +567,8 @@ fn empty_close_gets_a_close_response() {
         f.payload.is_empty() || f.close_code() == Some(1000),
         "reply to an empty close should be empty or 1000: {f}"
     );
-    match ws.wait_closed(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("TCP not closed after empty close: {other:?}"),
-    }
+    ws.wait_closed(Duration::from_secs(3))
+        .assert_closed("after an empty close");
 }
 
 #[test]

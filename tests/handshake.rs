@@ -36,13 +36,8 @@ fn expect_error(server: &Server, req: &[u8], allowed: &[u16], ctx: &str) -> Http
     let v: serde_json::Value = serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("{ctx}: error body is not JSON ({e}): {r}"));
     assert!(v.is_object(), "{ctx}: error body is not a JSON object: {r}");
-    match c.closed_within(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!(
-            "{ctx}: server did not close the connection after {}: {other:?}",
-            r.status
-        ),
-    }
+    c.closed_within(Duration::from_secs(3))
+        .assert_closed(&format!("{ctx}: after {}", r.status));
     r
 }
 
@@ -305,10 +300,8 @@ fn oversized_head_without_terminator_is_rejected() {
             s.describe()
         ),
     }
-    match c.closed_within(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("server did not close after rejecting the head: {other:?}"),
-    }
+    c.closed_within(Duration::from_secs(3))
+        .assert_closed("after rejecting the head");
 }
 
 #[test]

@@ -12,12 +12,6 @@ fn ws(s: &Server, path: &str) -> RawWs {
         .unwrap_or_else(|e| panic!("connect {path}: {e}\n{}", s.describe()))
 }
 
-/// Sends a JSON command and returns the next JSON message.
-fn call(ws: &mut RawWs, cmd: &str) -> Value {
-    ws.send_text(cmd);
-    ws.expect_json(&format!("reply to {cmd}"))
-}
-
 fn assert_reply_ok(v: &Value, id: Value, ctx: &str) {
     assert_eq!(v["type"], json!("reply"), "{ctx}: {v}");
     assert_eq!(v["id"], id, "{ctx}: {v}");
@@ -36,7 +30,7 @@ fn assert_reply_err(v: &Value, id: Value, ctx: &str) {
 
 fn subscribe(ws: &mut RawWs, channels: &[&str], id: i64) {
     let cmd = json!({"op": "subscribe", "channels": channels, "id": id}).to_string();
-    let v = call(ws, &cmd);
+    let v = ws.call(&cmd);
     assert_reply_ok(&v, json!(id), &cmd);
 }
 
@@ -45,30 +39,30 @@ fn subscribe_unsubscribe_and_ping_replies_echo_ids() {
     let s = Server::start(&[]);
     let mut api = Http::connect(s.api);
     let mut c = ws(&s, "/ws");
-    let v = call(&mut c, r#"{"op":"subscribe","channels":["a","b"],"id":1}"#);
+    let v = c.call(r#"{"op":"subscribe","channels":["a","b"],"id":1}"#);
     assert_reply_ok(&v, json!(1), "subscribe a,b");
-    let v = call(&mut c, r#"{"op":"unsubscribe","channels":["a"],"id":2}"#);
+    let v = c.call(r#"{"op":"unsubscribe","channels":["a"],"id":2}"#);
     assert_reply_ok(&v, json!(2), "unsubscribe a");
-    let v = call(&mut c, r#"{"op":"ping","id":3}"#);
+    let v = c.call(r#"{"op":"ping","id":3}"#);
     assert_eq!(v, json!({"type":"pong","id":3}), "ping 3");
-    let v = call(&mut c, r#"{"op":"ping","id":"abc-☃"}"#);
+    let v = c.call(r#"{"op":"ping","id":"abc-☃"}"#);
     assert_eq!(
         v,
         json!({"type":"pong","id":"abc-☃"}),
         "ping with string id"
     );
-    let v = call(&mut c, r#"{"op":"ping","id":1.5}"#);
+    let v = c.call(r#"{"op":"ping","id":1.5}"#);
     assert_eq!(v["type"], json!("pong"));
     assert_eq!(v["id"].as_f64(), Some(1.5), "float id: {v}");
-    let v = call(&mut c, r#"{"op":"ping","id":123456789012}"#);
+    let v = c.call(r#"{"op":"ping","id":123456789012}"#);
     assert_eq!(v["id"], json!(123456789012i64), "big id: {v}");
-    let v = call(&mut c, r#"{"op":"ping"}"#);
+    let v = c.call(r#"{"op":"ping"}"#);
     assert_eq!(v["type"], json!("pong"), "ping without id: {v}");
     assert!(
         v.get("id").map(|i| i.is_null()).unwrap_or(true),
         "ping without id got an id: {v}"
     );
-    let v = call(&mut c, r#"{"op":"subscribe","channels":["z"]}"#);
+    let v = c.call(r#"{"op":"subscribe","channels":["z"]}"#);
     assert_eq!(
         (v["type"].clone(), v["ok"].clone()),
         (json!("reply"), json!(true)),
@@ -148,7 +142,7 @@ fn duplicate_subscribe_delivers_once() {
     );
     c.expect_silence(Duration::from_millis(300), "no duplicate delivery");
     // One unsubscribe removes the subscription entirely.
-    let v = call(&mut c, r#"{"op":"unsubscribe","channels":["dup"],"id":9}"#);
+    let v = c.call(r#"{"op":"unsubscribe","channels":["dup"],"id":9}"#);
     assert_reply_ok(&v, json!(9), "unsubscribe dup");
     publish(&mut api, "dup", "2");
     c.expect_silence(Duration::from_millis(300), "nothing after unsubscribe");
@@ -159,7 +153,7 @@ fn invalid_json_gets_an_error_reply_and_the_connection_stays() {
     let s = Server::start(&[]);
     let mut c = ws(&s, "/ws");
     for bad in ["not json", "{\"op\":", "[1,2,3]", "42", ""] {
-        let v = call(&mut c, bad);
+        let v = c.call(bad);
         assert_eq!(v["type"], json!("error"), "reply to {bad:?}: {v}");
         assert!(
             v["error"].as_str().map(|e| !e.is_empty()).unwrap_or(false),
@@ -167,13 +161,13 @@ fn invalid_json_gets_an_error_reply_and_the_connection_stays() {
         );
     }
     // Unknown op: an error, either as {"type":"error"} or as a failed reply carrying the id.
-    let v = call(&mut c, r#"{"op":"dance","id":5}"#);
+    let v = c.call(r#"{"op":"dance","id":5}"#);
     assert!(
         v["type"] == json!("error")
             || (v["type"] == json!("reply") && v["ok"] == json!(false) && v["id"] == json!(5)),
         "unknown op: {v}"
     );
-    let v = call(&mut c, r#"{"op":"ping","id":6}"#);
+    let v = c.call(r#"{"op":"ping","id":6}"#);
     assert_eq!(
         v,
         json!({"type":"pong","id":6}),
@@ -186,7 +180,7 @@ fn error_budget_exhausted_closes_with_1008() {
     let s = Server::start(&["--set", "ws.error_budget=3"]);
     let mut c = ws(&s, "/ws");
     for i in 1..=3 {
-        let v = call(&mut c, &format!("garbage {i}"));
+        let v = c.call(format!("garbage {i}"));
         assert_eq!(v["type"], json!("error"), "malformed #{i}: {v}");
     }
     c.send_text("garbage 4");
@@ -202,10 +196,8 @@ fn error_budget_exhausted_closes_with_1008() {
         Some(1008),
         "close after the error budget: {f}"
     );
-    match c.wait_closed(Duration::from_secs(5)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("TCP not closed after 1008: {other:?}"),
-    }
+    c.wait_closed(Duration::from_secs(5))
+        .assert_closed("after 1008");
 }
 
 #[test]
@@ -226,7 +218,7 @@ fn invalid_channel_names_are_rejected() {
     for (i, (name, ch)) in cases.iter().enumerate() {
         let id = 100 + i as i64;
         let cmd = json!({"op":"subscribe","channels":[ch],"id":id}).to_string();
-        let v = call(&mut c, &cmd);
+        let v = c.call(&cmd);
         assert_reply_err(&v, json!(id), &format!("subscribe to {name} channel"));
     }
     // Valid edge cases.
@@ -245,7 +237,7 @@ fn invalid_channel_names_are_rejected() {
         r#"{"channel":"doc:é✓ with spaces/and.dots","data":2}"#
     );
     // Subscribe with channels that is not a list of strings.
-    let v = call(&mut c, r#"{"op":"subscribe","channels":[1,2],"id":50}"#);
+    let v = c.call(r#"{"op":"subscribe","channels":[1,2],"id":50}"#);
     assert!(
         v["type"] == json!("error") || (v["type"] == json!("reply") && v["ok"] == json!(false)),
         "channels [1,2]: {v}"
@@ -257,7 +249,7 @@ fn channel_limit_per_connection() {
     let s = Server::start(&["--set", "ws.max_channels_per_connection=3"]);
     let mut c = ws(&s, "/ws");
     subscribe(&mut c, &["c1", "c2", "c3"], 1);
-    let v = call(&mut c, r#"{"op":"subscribe","channels":["c4"],"id":2}"#);
+    let v = c.call(r#"{"op":"subscribe","channels":["c4"],"id":2}"#);
     assert_reply_err(
         &v,
         json!(2),
@@ -266,7 +258,7 @@ fn channel_limit_per_connection() {
     // Re-subscribing an existing channel is not a new one.
     subscribe(&mut c, &["c1"], 3);
     // After unsubscribing one there is room again.
-    let v = call(&mut c, r#"{"op":"unsubscribe","channels":["c2"],"id":4}"#);
+    let v = c.call(r#"{"op":"unsubscribe","channels":["c2"],"id":4}"#);
     assert_reply_ok(&v, json!(4), "unsubscribe c2");
     subscribe(&mut c, &["c4"], 5);
 }
@@ -308,10 +300,8 @@ fn client_close_on_ws_path_is_answered() {
     c.send_close(1000, "done");
     let (f, _) = c.expect_close("close reply on /ws");
     assert_eq!(f.close_code(), Some(1000), "{f}");
-    match c.wait_closed(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("TCP not closed: {other:?}"),
-    }
+    c.wait_closed(Duration::from_secs(3))
+        .assert_closed("after the close handshake");
 }
 
 #[test]
@@ -381,10 +371,9 @@ fn heartbeat_pings_silent_clients_and_closes_them_1001() {
         closed_at <= Duration::from_millis(6000),
         "closed after {closed_at:?}: idle_timeout=3"
     );
-    match silent.wait_closed(Duration::from_secs(3)) {
-        PeerEnd::Eof | PeerEnd::Reset => {}
-        other => panic!("silent client TCP not closed after 1001: {other:?}"),
-    }
+    silent
+        .wait_closed(Duration::from_secs(3))
+        .assert_closed("silent client after 1001");
     let pings = lively_thread
         .join()
         .unwrap()
@@ -449,6 +438,6 @@ fn binary_frame_on_ws_path_is_an_error_reply() {
     c.send_frame(true, OP_BINARY, br#"{"op":"ping","id":1}"#);
     let v = c.expect_json("reply to a binary frame");
     assert_eq!(v["type"], json!("error"), "{v}");
-    let v = call(&mut c, r#"{"op":"ping","id":2}"#);
+    let v = c.call(r#"{"op":"ping","id":2}"#);
     assert_eq!(v, json!({"type":"pong","id":2}));
 }

@@ -2,7 +2,6 @@
 //! user lookups, disconnects, the per-user connection limit, rate limits, the adaptive heartbeat and upstream
 //! messages.
 
-#[path = "auth_common/mod.rs"]
 mod common;
 
 use common::*;
@@ -11,31 +10,50 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 fn token(sub: &str, device: &str) -> String {
-    hs256(&json!({"sub": sub, "device": device, "exp": now() + 300, "channels": ["*"]}))
+    hs256(&json!({"sub": sub, "device": device, "exp": unix_now() + 300, "channels": ["*"]}))
+}
+
+/// Waits until every named counter of the `sessions` object of /api/stats has its value (counters are published
+/// once per reactor loop); panics with the counters if they do not get there `within`.
+fn expect_session_counters(g: &Server, want: &[(&str, u64)], within: Duration) {
+    let reached = eventually(within, || {
+        let sessions = g.stats()["sessions"].clone();
+        want.iter()
+            .all(|(name, value)| sessions[*name] == *value)
+            .then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "want {want:?}, sessions: {}",
+        g.stats()["sessions"]
+    );
 }
 
 #[test]
 fn anonymous_mode_still_works_and_says_welcome() {
-    let g = Gate::start(&[]);
-    let (mut ws, w) = connect_welcome(&g.url("/ws?channels=doc:42"), &[]);
+    let g = Server::start(&[]);
+    let mut ws = RawWs::connect(g.ws, "/ws?channels=doc:42");
+    let w = ws.welcome_frame().clone();
     assert_eq!(w["heartbeat"], json!({"interval": 25, "timeout": 60}));
     assert!(w.get("user").is_none());
-    let (status, body) = g.api(
-        "POST",
+    let r = Http::connect(g.api).post_json(
         "/api/publish",
-        Some(&json!({"channel":"doc:42","data":{"x":1}})),
+        &json!({"channel":"doc:42","data":{"x":1}}).to_string(),
     );
-    assert_eq!((status, body), (200, json!({"ok":true,"channels":1})));
-    assert_eq!(recv(&mut ws), json!({"channel":"doc:42","data":{"x":1}}));
-    let r = request(&mut ws, json!({"op":"refresh","token":"t","id":1}));
+    assert_eq!((r.status, r.json()), (200, json!({"ok":true,"channels":1})));
+    assert_eq!(
+        ws.expect_json("delivery"),
+        json!({"channel":"doc:42","data":{"x":1}})
+    );
+    let r = ws.call(json!({"op":"refresh","token":"t","id":1}));
     assert_eq!(r["ok"], false);
 
     // Socket ids are unique and name the reactor that holds the connection.
     let mut sids = HashSet::new();
     sids.insert(w["sid"].as_str().unwrap().to_string());
     for _ in 0..40 {
-        let (_ws, w) = connect_welcome(&g.url("/ws"), &[]);
-        let sid: u64 = w["sid"].as_str().unwrap().parse().unwrap();
+        let ws = RawWs::connect(g.ws, "/ws");
+        let sid: u64 = ws.welcome_frame()["sid"].as_str().unwrap().parse().unwrap();
         assert!(((sid >> 7) & 63) < 2, "reactor bits of {sid}");
         assert_eq!((sid >> 13) & 1023, 0, "node bits of {sid}");
         assert!(sids.insert(sid.to_string()));
@@ -44,67 +62,63 @@ fn anonymous_mode_still_works_and_says_welcome() {
 
 #[test]
 fn pushes_to_a_user_on_every_device_or_to_one_socket() {
-    let g = Gate::start(&jwt_sets());
-    let (mut phone, pw) =
-        connect_welcome(&g.url(&format!("/ws?token={}", token("u1", "phone"))), &[]);
-    let (mut laptop, lw) = connect_welcome(
-        &g.url(&format!(
-            "/ws?channels=room&token={}",
-            token("u1", "laptop")
-        )),
-        &[],
+    let g = Server::start(&JWT_ARGS);
+    let mut phone = RawWs::connect(g.ws, &format!("/ws?token={}", token("u1", "phone")));
+    let mut laptop = RawWs::connect(
+        g.ws,
+        &format!("/ws?channels=room&token={}", token("u1", "laptop")),
     );
-    let (mut other, _) =
-        connect_welcome(&g.url(&format!("/ws?token={}", token("u2", "phone"))), &[]);
+    let mut other = RawWs::connect(g.ws, &format!("/ws?token={}", token("u2", "phone")));
+    let mut api = Http::connect(g.api);
+    let mut post = |path: &str, body: serde_json::Value| api.post_json(path, &body.to_string());
 
-    let (status, body) = g.api(
-        "POST",
-        "/api/publish",
-        Some(&json!({"user":"u1","data":{"n":1}})),
+    let r = post("/api/publish", json!({"user":"u1","data":{"n":1}}));
+    assert_eq!((r.status, r.json()), (200, json!({"ok":true,"user":"u1"})));
+    assert_eq!(
+        phone.expect_json("push to u1"),
+        json!({"user":"u1","data":{"n":1}})
     );
-    assert_eq!((status, body), (200, json!({"ok":true,"user":"u1"})));
-    assert_eq!(recv(&mut phone), json!({"user":"u1","data":{"n":1}}));
-    assert_eq!(recv(&mut laptop), json!({"user":"u1","data":{"n":1}}));
+    assert_eq!(
+        laptop.expect_json("push to u1"),
+        json!({"user":"u1","data":{"n":1}})
+    );
 
-    let (status, _) = g.api(
-        "POST",
+    let r = post(
         "/api/publish",
-        Some(&json!({"user":"u1","device":"laptop","data":2})),
+        json!({"user":"u1","device":"laptop","data":2}),
     );
-    assert_eq!(status, 200);
-    assert_eq!(recv(&mut laptop), json!({"user":"u1","data":2}));
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        laptop.expect_json("push to the laptop"),
+        json!({"user":"u1","data":2})
+    );
 
-    let sid = pw["sid"].as_str().unwrap();
-    let (status, body) = g.api(
-        "POST",
-        "/api/publish",
-        Some(&json!({"sid": sid, "data":"only you"})),
+    let sid = phone.welcome_frame()["sid"].as_str().unwrap().to_string();
+    let r = post("/api/publish", json!({"sid": sid, "data":"only you"}));
+    assert_eq!((r.status, r.json()), (200, json!({"ok":true,"sid":sid})));
+    assert_eq!(
+        phone.expect_json("push to the socket"),
+        json!({"sid":sid,"data":"only you"})
     );
-    assert_eq!((status, body), (200, json!({"ok":true,"sid":sid})));
-    assert_eq!(recv(&mut phone), json!({"sid":sid,"data":"only you"}));
-    assert!(silent_for(&mut other, Duration::from_millis(300)));
-    assert!(silent_for(&mut laptop, Duration::from_millis(100)));
+    other.expect_silence(Duration::from_millis(300), "another user");
+    laptop.expect_silence(Duration::from_millis(100), "another socket");
 
     // Refusals are explicit.
-    let (status, _) = g.api(
-        "POST",
-        "/api/publish",
-        Some(&json!({"user":"u1","channel":"x","data":1})),
-    );
-    assert_eq!(status, 400);
-    let (status, _) = g.api("POST", "/api/publish", Some(&json!({"sid":"12x","data":1})));
-    assert_eq!(status, 400);
+    let r = post("/api/publish", json!({"user":"u1","channel":"x","data":1}));
+    assert_eq!(r.status, 400, "{r}");
+    let r = post("/api/publish", json!({"sid":"12x","data":1}));
+    assert_eq!(r.status, 400, "{r}");
     let foreign = (1u64 << 30) | (5 << 13); // node 5
-    let (status, body) = g.api(
-        "POST",
+    let r = post(
         "/api/publish",
-        Some(&json!({"sid": foreign.to_string(), "data":1})),
+        json!({"sid": foreign.to_string(), "data":1}),
     );
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(r.status, 404, "{r}");
 
     // The user's connections, by socket id.
-    let (status, body) = g.api("GET", "/api/user/u1", None);
-    assert_eq!(status, 200);
+    let r = api.get("/api/user/u1");
+    assert_eq!(r.status, 200, "{r}");
+    let body = r.json();
     let conns = body["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 2);
     let devices: HashSet<&str> = conns
@@ -113,51 +127,62 @@ fn pushes_to_a_user_on_every_device_or_to_one_socket() {
         .collect();
     assert_eq!(devices, HashSet::from(["phone", "laptop"]));
     let laptop_info = conns.iter().find(|c| c["device"] == "laptop").unwrap();
-    assert_eq!(laptop_info["sid"], lw["sid"]);
+    assert_eq!(laptop_info["sid"], laptop.welcome_frame()["sid"]);
     assert_eq!(laptop_info["channels"], json!(["room"]));
-    let (_, body) = g.api("GET", "/api/user/nobody", None);
-    assert_eq!(body["connections"], json!([]));
+    let r = api.get("/api/user/nobody");
+    assert_eq!(r.json()["connections"], json!([]));
 
     // Disconnect the user: both devices get the code.
-    let (status, body) = g.api(
-        "POST",
+    let mut post = |path: &str, body: serde_json::Value| api.post_json(path, &body.to_string());
+    let r = post(
         "/api/disconnect",
-        Some(&json!({"user":"u1","code":4000,"reason":"bye"})),
+        json!({"user":"u1","code":4000,"reason":"bye"}),
     );
-    assert_eq!((status, body), (200, json!({"ok":true,"disconnected":2})));
-    assert_eq!(recv_close(&mut phone), Some(4000));
-    assert_eq!(recv_close(&mut laptop), Some(4000));
-    let (status, _) = g.api(
-        "POST",
-        "/api/disconnect",
-        Some(&json!({"user":"u1","code":1001})),
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"ok":true,"disconnected":2}))
     );
-    assert_eq!(status, 400, "1001 is not a code a server API may send");
-    let (status, body) = g.api("POST", "/api/disconnect", Some(&json!({"user":"u1"})));
-    assert_eq!((status, body["disconnected"].clone()), (200, json!(0)));
-    let _ = &mut other;
+    phone.expect_close_code(4000, "disconnected by the API");
+    laptop.expect_close_code(4000, "disconnected by the API");
+    let r = post("/api/disconnect", json!({"user":"u1","code":1001}));
+    assert_eq!(
+        r.status, 400,
+        "1001 is not a code a server API may send: {r}"
+    );
+    let r = post("/api/disconnect", json!({"user":"u1"}));
+    assert_eq!(
+        (r.status, r.json()["disconnected"].clone()),
+        (200, json!(0))
+    );
+    drop(other);
 }
 
 #[test]
 fn presence_pages_through_subscribers_by_socket_id() {
-    let g = Gate::start(&[]);
+    let g = Server::start(&[]);
     let mut sockets = Vec::new();
     let mut sids = Vec::new();
     for _ in 0..5 {
-        let (ws, w) = connect_welcome(&g.url("/ws?channels=lobby"), &[]);
-        sids.push(w["sid"].as_str().unwrap().parse::<u64>().unwrap());
+        let ws = RawWs::connect(g.ws, "/ws?channels=lobby");
+        sids.push(
+            ws.welcome_frame()["sid"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
         sockets.push(ws);
     }
     sids.sort();
+    let mut api = Http::connect(g.api);
     let mut seen = Vec::new();
     let mut cursor = String::new();
     for page in 0.. {
-        let (status, body) = g.api(
-            "GET",
-            &format!("/api/presence?channel=lobby&limit=2&cursor={cursor}"),
-            None,
-        );
-        assert_eq!(status, 200, "{body}");
+        let r = api.get(&format!(
+            "/api/presence?channel=lobby&limit=2&cursor={cursor}"
+        ));
+        assert_eq!(r.status, 200, "{r}");
+        let body = r.json();
         assert_eq!(body["total"], 5);
         for m in body["members"].as_array().unwrap() {
             seen.push(m["sid"].as_str().unwrap().parse::<u64>().unwrap());
@@ -170,67 +195,80 @@ fn presence_pages_through_subscribers_by_socket_id() {
         assert!(page < 5);
     }
     assert_eq!(seen, sids);
-    let (status, _) = g.api("GET", "/api/presence", None);
-    assert_eq!(status, 400);
-    let (status, body) = g.api("GET", "/api/presence?channel=empty", None);
-    assert_eq!((status, body["members"].clone()), (200, json!([])));
+    let r = api.get("/api/presence");
+    assert_eq!(r.status, 400, "{r}");
+    let r = api.get("/api/presence?channel=empty");
+    assert_eq!((r.status, r.json()["members"].clone()), (200, json!([])));
 }
 
 #[test]
 fn max_connections_per_user_is_a_clear_429() {
-    let g = Gate::start(&[jwt_sets(), vec!["auth.max_connections_per_user=2".into()]].concat());
-    let t = token("u1", "d");
-    let (a, _) = connect_welcome(&g.url(&format!("/ws?token={t}")), &[]);
-    let (_b, _) = connect_welcome(&g.url(&format!("/ws?token={t}")), &[]);
-    let (status, _, body) = raw_upgrade(g.ws, &format!("/ws?token={t}"), &[]);
-    assert_eq!(status, 429);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["code"], 4029);
+    let g = Server::start(&[&JWT_ARGS[..], &["--set", "auth.max_connections_per_user=2"]].concat());
+    let path = format!("/ws?token={}", token("u1", "d"));
+    let a = RawWs::connect(g.ws, &path);
+    let _b = RawWs::connect(g.ws, &path);
+    let r = upgrade_response(g.ws, &path, &[]);
+    assert_eq!(r.status, 429, "{r}");
+    assert_eq!(r.json()["code"], 4029, "{r}");
     // Another user is not affected; a closed connection frees its slot.
-    connect_welcome(&g.url(&format!("/ws?token={}", token("u2", "d"))), &[]);
+    RawWs::connect(g.ws, &format!("/ws?token={}", token("u2", "d")));
     drop(a);
-    assert!(eventually(Duration::from_secs(3), || {
-        raw_upgrade(g.ws, &format!("/ws?token={t}"), &[]).0 == 101
-    }));
+    assert!(
+        eventually(Duration::from_secs(3), || RawWs::connect_with(
+            g.ws,
+            &path,
+            &[]
+        )
+        .ok())
+        .is_some(),
+        "no slot after a connection closed\n{}",
+        g.describe()
+    );
 }
 
 #[test]
 fn message_rate_limits_refuse_then_recover() {
-    let g = Gate::start(&[
-        "limits.control_rate=2".into(),
-        "limits.control_burst=2".into(),
-        "limits.ping_rate=0.5".into(),
-        "limits.ping_burst=1".into(),
-        "ws.error_budget=3".into(),
+    let g = Server::start(&[
+        "--set",
+        "limits.control_rate=2",
+        "--set",
+        "limits.control_burst=2",
+        "--set",
+        "limits.ping_rate=0.5",
+        "--set",
+        "limits.ping_burst=1",
+        "--set",
+        "ws.error_budget=3",
     ]);
-    let (mut ws, _) = connect_welcome(&g.url("/ws"), &[]);
+    let mut ws = RawWs::connect(g.ws, "/ws");
     for id in 0..2 {
-        let r = request(&mut ws, json!({"op":"subscribe","channels":["a"],"id":id}));
+        let r = ws.call(json!({"op":"subscribe","channels":["a"],"id":id}));
         assert_eq!(r["ok"], true);
     }
-    let r = request(&mut ws, json!({"op":"subscribe","channels":["a"],"id":2}));
+    let r = ws.call(json!({"op":"subscribe","channels":["a"],"id":2}));
     assert_eq!(r["code"], 4008, "{r}");
     assert_eq!(r["id"], 2);
     // Other kinds have their own buckets.
-    assert_eq!(
-        request(&mut ws, json!({"op":"ping","id":3}))["type"],
-        "pong"
-    );
+    assert_eq!(ws.call(json!({"op":"ping","id":3}))["type"], "pong");
     std::thread::sleep(Duration::from_millis(600));
-    let r = request(&mut ws, json!({"op":"subscribe","channels":["a"],"id":4}));
+    let r = ws.call(json!({"op":"subscribe","channels":["a"],"id":4}));
     assert_eq!(r["ok"], true, "recovered after the refill: {r}");
     // Refusals in a row beyond ws.error_budget close with 4008.
     for _ in 0..3 {
-        let r = request(&mut ws, json!({"op":"ping"}));
+        let r = ws.call(json!({"op":"ping"}));
         assert_eq!(r["code"], 4008);
     }
-    send(&mut ws, json!({"op":"ping"}));
-    assert_eq!(recv_close(&mut ws), Some(4008));
-    assert!(eventually(Duration::from_secs(2), || {
-        g.session_stat("rate_limited_ping_total") == 4
-            && g.session_stat("rate_limit_closes_total") == 1
-    }));
-    let (_, _, metrics) = http(g.api, "GET", "/metrics", &[], b"");
+    ws.send_text(&json!({"op":"ping"}).to_string());
+    ws.expect_close_code(4008, "refusals beyond the error budget");
+    expect_session_counters(
+        &g,
+        &[
+            ("rate_limited_ping_total", 4),
+            ("rate_limit_closes_total", 1),
+        ],
+        Duration::from_secs(2),
+    );
+    let metrics = http_get(g.api, "/metrics").text();
     assert!(
         metrics.contains("wsgate_rate_limited_control_total{reactor="),
         "{metrics}"
@@ -239,54 +277,73 @@ fn message_rate_limits_refuse_then_recover() {
 
 #[test]
 fn connection_and_publish_rates_refuse_then_recover() {
-    let g = Gate::start(&[
-        "limits.connect_rate=2".into(),
-        "limits.connect_burst=2".into(),
-        "limits.publish_rate=1".into(),
-        "limits.publish_burst=1".into(),
+    let g = Server::start(&[
+        "--set",
+        "limits.connect_rate=2",
+        "--set",
+        "limits.connect_burst=2",
+        "--set",
+        "limits.publish_rate=1",
+        "--set",
+        "limits.publish_burst=1",
     ]);
-    let _a = connect_welcome(&g.url("/ws"), &[]);
-    let _b = connect_welcome(&g.url("/ws"), &[]);
-    let (status, _, body) = raw_upgrade(g.ws, "/ws", &[]);
-    assert_eq!(status, 429, "{body}");
+    let _a = RawWs::connect(g.ws, "/ws");
+    let _b = RawWs::connect(g.ws, "/ws");
+    let r = upgrade_response(g.ws, "/ws", &[]);
+    assert_eq!(r.status, 429, "{r}");
+    let body = r.text();
     assert!(body.contains("4029") && body.contains("address"), "{body}");
     std::thread::sleep(Duration::from_millis(600));
-    connect_welcome(&g.url("/ws"), &[]);
+    RawWs::connect(g.ws, "/ws");
 
-    let publish = |tenant: &str| {
-        g.api(
-            "POST",
+    let mut api = Http::connect(g.api);
+    let mut publish = |tenant: &str| {
+        api.post_json(
             "/api/publish",
-            Some(&json!({"channel":"c","tenant":tenant,"data":1})),
+            &json!({"channel":"c","tenant":tenant,"data":1}).to_string(),
         )
-        .0
+        .status
     };
     assert_eq!(publish("t1"), 200);
     assert_eq!(publish("t1"), 429);
     assert_eq!(publish("t2"), 200, "tenants have their own buckets");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(publish("t1"), 200);
-    assert!(eventually(Duration::from_secs(2), || g
-        .session_stat("connect_rate_limited_total")
-        == 1));
-    assert_eq!(g.session_stat("api_publish_rate_limited_total"), 1);
+    assert_eq!(
+        g.wait_stat(
+            "/sessions/connect_rate_limited_total",
+            1,
+            Duration::from_secs(2)
+        ),
+        1
+    );
+    assert_eq!(g.stat("/sessions/api_publish_rate_limited_total"), 1);
 }
 
 #[test]
 fn adaptive_heartbeat_lengthens_and_snaps_back() {
     // Base 1 s, grace 7 s, +1 s after 2 healthy beats, up to 3 s; a beat more than 1 s late is missed.
-    let g = Gate::start(&[
-        "ws.ping_interval=1".into(),
-        "ws.idle_timeout=8".into(),
-        "heartbeat.healthy_beats=2".into(),
-        "heartbeat.step=1".into(),
-        "heartbeat.max_interval=3".into(),
-        "heartbeat.tolerance=1".into(),
+    let g = Server::start(&[
+        "--set",
+        "ws.ping_interval=1",
+        "--set",
+        "ws.idle_timeout=8",
+        "--set",
+        "heartbeat.healthy_beats=2",
+        "--set",
+        "heartbeat.step=1",
+        "--set",
+        "heartbeat.max_interval=3",
+        "--set",
+        "heartbeat.tolerance=1",
     ]);
-    let (mut ws, w) = connect_welcome(&g.url("/ws"), &[]);
-    assert_eq!(w["heartbeat"], json!({"interval":1,"timeout":8}));
-    let beat = |ws: &mut Ws| {
-        let pong = request(ws, json!({"op":"ping"}));
+    let mut ws = RawWs::connect(g.ws, "/ws");
+    assert_eq!(
+        ws.welcome_frame()["heartbeat"],
+        json!({"interval":1,"timeout":8})
+    );
+    let beat = |ws: &mut RawWs| {
+        let pong = ws.call(json!({"op":"ping"}));
         assert_eq!(pong["type"], "pong");
     };
     beat(&mut ws); // starts the count
@@ -298,49 +355,54 @@ fn adaptive_heartbeat_lengthens_and_snaps_back() {
         }
         std::thread::sleep(Duration::from_millis(interval * 1000));
         beat(&mut ws);
-        ws.get_mut()
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        if let Ok(tungstenite::Message::Text(t)) = ws.read() {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            assert_eq!(v["type"], "heartbeat", "{v}");
-            interval = v["interval"].as_u64().unwrap();
-            assert_eq!(v["timeout"].as_u64().unwrap(), interval + 7);
-            changes.push(interval);
+        match ws.next_message(Duration::from_millis(200)) {
+            Ok(f) => {
+                let v = f.json();
+                assert_eq!(v["type"], "heartbeat", "{v}");
+                interval = v["interval"].as_u64().unwrap();
+                assert_eq!(v["timeout"].as_u64().unwrap(), interval + 7);
+                changes.push(interval);
+            }
+            Err(WsReadError::Timeout { partial: 0 }) => {}
+            Err(e) => panic!("after a beat: {e}"),
         }
-        ws.get_mut()
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
     }
     assert_eq!(changes, vec![2, 3]);
     // Miss a beat (3 s interval + 1 s tolerance), staying under the 10 s timeout: back to the base.
     std::thread::sleep(Duration::from_millis(5500));
     beat(&mut ws);
     assert_eq!(
-        recv(&mut ws),
+        ws.expect_json("heartbeat snap-back"),
         json!({"type":"heartbeat","interval":1,"timeout":8})
     );
-    assert!(eventually(Duration::from_secs(2), || {
-        g.session_stat("heartbeat_lengthened_total") == 2
-            && g.session_stat("heartbeat_snapbacks_total") == 1
-    }));
+    expect_session_counters(
+        &g,
+        &[
+            ("heartbeat_lengthened_total", 2),
+            ("heartbeat_snapbacks_total", 1),
+        ],
+        Duration::from_secs(2),
+    );
 }
 
 #[test]
 fn upstream_messages_are_accepted_acknowledged_and_counted() {
-    let g = Gate::start(&jwt_sets());
-    let (mut ws, _) = connect_welcome(&g.url(&format!("/ws?token={}", token("u1", "d"))), &[]);
-    let r = request(&mut ws, json!({"op":"msg","data":{"cursor":[1,2]},"id":7}));
+    let g = Server::start(&JWT_ARGS);
+    let mut ws = RawWs::connect(g.ws, &format!("/ws?token={}", token("u1", "d")));
+    let r = ws.call(json!({"op":"msg","data":{"cursor":[1,2]},"id":7}));
     assert_eq!(r, json!({"type":"reply","id":7,"ok":true}));
-    send(&mut ws, json!({"op":"msg","data":"no ack without id"}));
-    let r = request(&mut ws, json!({"op":"msg","id":8}));
+    ws.send_text(&json!({"op":"msg","data":"no ack without id"}).to_string());
+    let r = ws.call(json!({"op":"msg","id":8}));
     assert_eq!(r["ok"], false);
     assert_eq!(r["id"], 8);
     drop(ws);
-    assert!(eventually(Duration::from_secs(3), || {
-        let s = g.stats()["sessions"].clone();
-        s["upstream_messages_total"] == 2
-            && s["upstream_connects_total"] == 1
-            && s["upstream_disconnects_total"] == 1
-    }));
+    expect_session_counters(
+        &g,
+        &[
+            ("upstream_messages_total", 2),
+            ("upstream_connects_total", 1),
+            ("upstream_disconnects_total", 1),
+        ],
+        Duration::from_secs(3),
+    );
 }

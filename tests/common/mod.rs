@@ -1,11 +1,14 @@
 //! Shared black-box harness for the integration tests.
 //!
-//! - [`Server`] starts the real `wsgate` binary on port 0, waits for the `wsgate ready ws=.. api=..` line on stderr,
-//!   keeps draining stderr (so the server never blocks on a full pipe) and kills the child (its own PID) on drop.
+//! - [`Server`] starts the real `wsgate` binary on port 0, waits for the `wsgate ready ws=.. api=..` line on stderr
+//!   (with TLS: `wsgate ready wss=.. api=..[ ws=..]`), keeps draining stderr (so the server never blocks on a full
+//!   pipe) and kills the child (its own PID) on drop. It also reads counters from `/api/stats`.
 //! - [`RawWs`] is a hand-rolled WebSocket client over a plain `TcpStream`: it sends masked frames byte for byte as
 //!   the test wants them (also broken ones) and parses server frames itself.
 //! - [`Http`] is a tiny HTTP/1.1 client (keep-alive, pipelining, Content-Length and chunked bodies).
-//! - [`ws_connect`] opens a tungstenite client with read timeouts.
+//! - [`ws_connect`] opens a tungstenite client with read timeouts; the `tws_*` helpers work over plain and TLS
+//!   streams.
+//! - JWT helpers ([`hs256`], [`JWT_ARGS`]) and [`temp_dir`].
 //!
 //! Every wait is bounded: reads use deadlines, and failures say what was seen.
 #![allow(dead_code)]
@@ -57,10 +60,44 @@ pub fn base_args() -> Vec<String> {
     .collect()
 }
 
+/// The base arguments followed by `extra`; a base flag that `extra` gives too (e.g. `--threads 1`) is left out,
+/// since the binary refuses a flag given twice.
+pub fn args_with_base(extra: &[&str]) -> Vec<String> {
+    let base = base_args();
+    let mut args = Vec::new();
+    for pair in base.chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            args.extend_from_slice(pair);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The binary with `args`, stdin from /dev/null, and `env` on top of the test's environment minus its WSGATE_*
+/// settings (a test never inherits them by accident).
+fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin_path());
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WSGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 pub struct Server {
     child: Option<Child>,
     pub pid: u32,
+    /// The plaintext WebSocket listener (`ws=`). A TLS server without `tls.plain_listen` has none: then this is
+    /// the unspecified address 0.0.0.0:0, which no connection reaches.
     pub ws: SocketAddr,
+    /// The TLS listener (`wss=`), when TLS is configured.
+    pub wss: Option<SocketAddr>,
     pub api: SocketAddr,
     log: Arc<Mutex<StderrLog>>,
     args: Vec<String>,
@@ -73,23 +110,10 @@ impl Server {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut args = base_args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = Command::new(bin_path());
-        cmd.args(&args)
-            .stdin(Stdio::null())
+        let args = args_with_base(extra);
+        let mut child = command(&args, env)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // Do not inherit WSGATE_* settings from the environment running the tests.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WSGATE_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin_path()));
         let pid = child.id();
@@ -107,6 +131,7 @@ impl Server {
             child: Some(child),
             pid,
             ws: "0.0.0.0:0".parse().unwrap(),
+            wss: None,
             api: "0.0.0.0:0".parse().unwrap(),
             log,
             args,
@@ -116,9 +141,12 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => match parse_ready(&line) {
-                    Some((ws, api)) => {
-                        server.ws = ws;
-                        server.api = api;
+                    Some(ready) => {
+                        if let Some(ws) = ready.ws {
+                            server.ws = ws;
+                        }
+                        server.wss = ready.wss;
+                        server.api = ready.api;
                         return server;
                     }
                     None => panic!("unparsable ready line {line:?}\n{}", server.describe()),
@@ -235,6 +263,43 @@ impl Server {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     }
+
+    /// Waits (bounded) until a stderr line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(timeout, || {
+            self.all_lines()
+                .iter()
+                .any(|l| l.contains(needle))
+                .then_some(())
+        })
+        .is_some()
+    }
+
+    /// `GET /api/stats` on a fresh connection; asserts 200 and returns the JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let r = http_get(self.api, "/api/stats");
+        assert_eq!(r.status, 200, "GET /api/stats: {r}");
+        r.json()
+    }
+
+    /// One counter of `/api/stats` by JSON pointer, e.g. `/totals/connections` or `/sessions/refreshes_total`
+    /// (counters are summed over the reactors); panics if it is missing.
+    pub fn stat(&self, pointer: &str) -> u64 {
+        let stats = self.stats();
+        stats
+            .pointer(pointer)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("no counter {pointer} in /api/stats: {stats}"))
+    }
+
+    /// Waits (bounded) until the counter at `pointer` reaches `at_least`; returns its last value.
+    pub fn wait_stat(&self, pointer: &str, at_least: u64, timeout: Duration) -> u64 {
+        eventually(timeout, || {
+            let v = self.stat(pointer);
+            (v >= at_least).then_some(v)
+        })
+        .unwrap_or_else(|| self.stat(pointer))
+    }
 }
 
 impl Drop for Server {
@@ -282,19 +347,32 @@ fn drain_stderr(
     log.lock().unwrap().eof = true;
 }
 
-/// Parses `wsgate ready ws=IP:PORT api=IP:PORT`.
-pub fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The listeners named by the ready line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyLine {
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    pub api: SocketAddr,
+}
+
+/// Parses `wsgate ready ws=IP:PORT api=IP:PORT` or, with TLS, `wsgate ready wss=IP:PORT api=IP:PORT[ ws=IP:PORT]`.
+/// None unless `api=` and at least one of `ws=` / `wss=` are there, each with an address.
+pub fn parse_ready(line: &str) -> Option<ReadyLine> {
     let rest = &line[line.find("wsgate ready ")? + "wsgate ready ".len()..];
-    let mut ws = None;
-    let mut api = None;
+    let (mut ws, mut wss, mut api) = (None, None, None);
     for tok in rest.split_whitespace() {
         if let Some(v) = tok.strip_prefix("ws=") {
-            ws = v.parse().ok();
+            ws = Some(v.parse().ok()?);
+        } else if let Some(v) = tok.strip_prefix("wss=") {
+            wss = Some(v.parse().ok()?);
         } else if let Some(v) = tok.strip_prefix("api=") {
-            api = v.parse().ok();
+            api = Some(v.parse().ok()?);
         }
     }
-    Some((ws?, api?))
+    if ws.is_none() && wss.is_none() {
+        return None;
+    }
+    Some(ReadyLine { ws, wss, api: api? })
 }
 
 /// Output of a CLI run that is expected to exit by itself.
@@ -320,22 +398,14 @@ pub fn run_cli(
     with_base: bool,
     timeout: Duration,
 ) -> CliOutput {
-    let mut args = if with_base { base_args() } else { Vec::new() };
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut cmd = Command::new(bin_path());
-    cmd.args(&args)
-        .stdin(Stdio::null())
+    let args = if with_base {
+        args_with_base(extra)
+    } else {
+        extra.iter().map(|s| s.to_string()).collect()
+    };
+    let mut child = command(&args, env)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WSGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin_path()));
     let mut out = child.stdout.take().unwrap();
@@ -397,19 +467,7 @@ pub fn tcp_connect_small_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &rcvbuf as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        );
-        assert_eq!(
-            rc,
-            0,
-            "setsockopt SO_RCVBUF: {}",
-            std::io::Error::last_os_error()
-        );
+        set_rcvbuf(fd, rcvbuf);
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: v4.port().to_be(),
@@ -433,6 +491,26 @@ pub fn tcp_connect_small_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
         s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         s
     }
+}
+
+/// Sets SO_RCVBUF on a socket the test owns (the kernel doubles the value); panics on failure.
+pub fn set_rcvbuf(fd: std::os::fd::RawFd, bytes: i32) {
+    // SAFETY: setsockopt on an open socket fd, reading an i32 of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt SO_RCVBUF: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Reads with an overall deadline. Ok(0) = EOF; Err(TimedOut) when the deadline passes without data.
@@ -472,6 +550,16 @@ pub enum PeerEnd {
     Reset,
     Data(Vec<u8>),
     StillOpen,
+}
+
+impl PeerEnd {
+    /// Asserts that the peer closed the connection (EOF or reset): no more data, not still open.
+    pub fn assert_closed(self, ctx: &str) {
+        match self {
+            PeerEnd::Eof | PeerEnd::Reset => {}
+            other => panic!("{ctx}: connection not closed by the server: {other:?}"),
+        }
+    }
 }
 
 /// Waits up to `timeout` for the peer to close; collects any bytes that arrive first.
@@ -817,6 +905,21 @@ pub fn http_request(
 
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_request(addr, "GET", path, &[], b"")
+}
+
+/// A valid upgrade request for `path` plus `extra` headers on a fresh connection: the server's answer, 101 or a
+/// refusal (for tests of refusals; [`RawWs::connect_with`] is the way to get a connection).
+pub fn upgrade_response(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> HttpResponse {
+    let mut c = Http::connect(addr);
+    c.send(&upgrade_request(
+        &addr.to_string(),
+        path,
+        &new_key(),
+        &[],
+        extra,
+    ));
+    c.read_response(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("upgrade {path}: {e}"))
 }
 
 /// Publishes `data` (raw JSON text) to one channel; asserts 200 {"ok":true}.
@@ -1228,6 +1331,13 @@ impl RawWs {
         Ok(ws)
     }
 
+    /// The welcome frame of a gateway connection (checked and kept by `upgrade`).
+    pub fn welcome_frame(&self) -> &serde_json::Value {
+        self.welcome
+            .as_ref()
+            .expect("no welcome frame: not a gateway endpoint connection")
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
@@ -1330,6 +1440,13 @@ impl RawWs {
             .unwrap_or_else(|e| panic!("{ctx}: server text is not JSON ({e}): {t:?}"))
     }
 
+    /// Sends a command (a JSON text) and returns the next JSON message: its reply when nothing else is in flight.
+    pub fn call(&mut self, cmd: impl std::fmt::Display) -> serde_json::Value {
+        let cmd = cmd.to_string();
+        self.send_text(&cmd);
+        self.expect_json(&format!("reply to {cmd}"))
+    }
+
     /// Reads frames until a close frame arrives (data frames before it are returned too).
     /// Panics if the connection ends or times out first.
     pub fn expect_close(&mut self, ctx: &str) -> (WsFrame, Vec<WsFrame>) {
@@ -1392,6 +1509,24 @@ impl RawWs {
 
 pub type Tws = tungstenite::WebSocket<TcpStream>;
 
+/// A stream under a tungstenite client whose TCP socket the harness can reach (to set read timeouts): plain TCP
+/// or a rustls client stream.
+pub trait OverTcp: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl OverTcp for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 /// A tungstenite client with a read timeout (so a missing message fails the test instead of hanging it).
 pub fn ws_connect(addr: SocketAddr, path: &str) -> Tws {
     let stream = tcp_connect(addr);
@@ -1408,14 +1543,18 @@ pub fn ws_connect(addr: SocketAddr, path: &str) -> Tws {
 }
 
 /// The next text message from a tungstenite client (pings are answered by tungstenite itself).
-pub fn tws_next_text(ws: &mut Tws, timeout: Duration, ctx: &str) -> String {
+pub fn tws_next_text<S: OverTcp>(
+    ws: &mut tungstenite::WebSocket<S>,
+    timeout: Duration,
+    ctx: &str,
+) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             panic!("{ctx}: no text message within {timeout:?}");
         }
-        ws.get_mut().set_read_timeout(Some(left)).unwrap();
+        ws.get_ref().tcp().set_read_timeout(Some(left)).unwrap();
         match ws.read() {
             Ok(tungstenite::Message::Text(t)) => return t,
             Ok(tungstenite::Message::Ping(_)) | Ok(tungstenite::Message::Pong(_)) => continue,
@@ -1430,12 +1569,16 @@ pub fn tws_next_text(ws: &mut Tws, timeout: Duration, ctx: &str) -> String {
     }
 }
 
-pub fn tws_next_json(ws: &mut Tws, timeout: Duration, ctx: &str) -> serde_json::Value {
+pub fn tws_next_json<S: OverTcp>(
+    ws: &mut tungstenite::WebSocket<S>,
+    timeout: Duration,
+    ctx: &str,
+) -> serde_json::Value {
     let t = tws_next_text(ws, timeout, ctx);
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("{ctx}: not JSON ({e}): {t:?}"))
 }
 
-pub fn tws_send_text(ws: &mut Tws, text: &str) {
+pub fn tws_send_text<S: OverTcp>(ws: &mut tungstenite::WebSocket<S>, text: &str) {
     ws.send(tungstenite::Message::Text(text.to_string()))
         .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
 }
@@ -1443,6 +1586,60 @@ pub fn tws_send_text(ws: &mut Tws, text: &str) {
 // ---------------------------------------------------------------------------------------------------------------
 // misc
 // ---------------------------------------------------------------------------------------------------------------
+
+/// A fresh, empty temporary directory (unique per process and call); the caller removes it.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-{name}-{}-{}-{nanos}",
+        std::process::id(),
+        next_counter()
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// Seconds since the Unix epoch (for JWT `exp` claims).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+macro_rules! test_secret {
+    () => {
+        "test-secret-0123456789"
+    };
+}
+
+/// The HS256 secret of [`JWT_ARGS`].
+pub const SECRET: &str = test_secret!();
+
+/// Server arguments for JWT mode with [`SECRET`].
+pub const JWT_ARGS: [&str; 4] = [
+    "--set",
+    "auth.mode=jwt",
+    "--set",
+    concat!("auth.hs256_secret=", test_secret!()),
+];
+
+/// An HS256 token signed with [`SECRET`].
+pub fn hs256(claims: &serde_json::Value) -> String {
+    hs256_with(claims, SECRET)
+}
+
+pub fn hs256_with(claims: &serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// Polls `f` until it returns Some or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -152,7 +152,9 @@ pub struct Hub {
 impl Hub {
     fn send(&self, make: impl Fn() -> Command) {
         for r in &self.reactors {
-            // A reactor that has exited (shutdown) drops its receiver; nothing to deliver there.
+            // The queue is bounded: a full one blocks this (API or bridge) thread until the reactor catches up,
+            // which is the backpressure publishers feel. A reactor that has exited (shutdown) drops its receiver;
+            // nothing to deliver there.
             if r.tx.send(make()).is_ok() {
                 r.waker.wake();
             }

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// Commands waiting for one reactor. When a reactor falls this far behind, publishers block (the API stops reading
+/// their requests), so memory stays bounded: at most this many distinct frames per reactor, shared between reactors.
+const COMMAND_QUEUE: usize = 1024;
+
 /// Listen backlog for the client and API listeners (capped by net.core.somaxconn).
 const BACKLOG: i32 = 65535;
 
@@ -86,7 +90,7 @@ impl Server {
         let mut handles = Vec::new();
         let mut setups = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
             let waker = Arc::new(Waker::new()?);
             let stats = Arc::new(ReactorStats::default());
             handles.push(ReactorHandle {

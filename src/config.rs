@@ -16,6 +16,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub debug: DebugConfig,
     pub log: LogConfig,
+    /// Redis Streams federation (src/cluster/); standalone when `cluster.redis` is empty.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +39,8 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Seconds to drain connections on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
-    /// Node id (0..=1023) used in socket ids.
+    /// Node id (0..=1023) used in socket ids. In cluster mode 0 means "lease a free id from Redis" (the effective
+    /// id is written back here at start-up).
     pub node_id: u16,
 }
 
@@ -291,6 +294,7 @@ impl Config {
         if self.server.node_id > 1023 {
             return Err(err("server.node_id", "must be 0..=1023"));
         }
+        self.cluster.validate()?;
         if self.server.threads > 1024 {
             return Err(err("server.threads", "must be 0..=1024"));
         }

@@ -129,6 +129,8 @@ pub struct Hub {
     /// Connections open across all reactors (enforces `server.max_connections`).
     pub live_connections: Arc<AtomicUsize>,
     pub started: std::time::Instant,
+    /// The bridge to the other nodes; None when standalone (`cluster.redis` empty).
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 impl Hub {

@@ -1,6 +1,7 @@
 //! wsgate: an epoll-native, zero-copy WebSocket edge gateway.
 pub mod api;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod hub;

@@ -1,6 +1,7 @@
 //! Start-up: bind the listeners, start one reactor per core and the API thread, and shut them down in order.
 
 use crate::api::Api;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, ReactorHandle, ReactorStats};
 use crate::reactor::{self, net, ReactorSetup, Waker};
@@ -22,11 +23,12 @@ pub struct Server {
     reactors: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
     api_stop: Arc<AtomicBool>,
+    cluster: Option<Cluster>,
 }
 
 impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
-        let config = Arc::new(config);
+        let mut config = Arc::new(config);
         let threads = config.reactor_threads();
 
         // The first bind resolves port 0; the other reactors join the same port through SO_REUSEPORT.
@@ -45,6 +47,14 @@ impl Server {
             io::Error::new(e.kind(), format!("api.listen {}: {e}", config.api.listen))
         })?;
         let api_addr = net::local_addr(api_fd)?;
+
+        // Cluster mode: lease the node id before anything uses it; the effective id goes into the config.
+        let mut cluster = None;
+        if config.cluster.enabled() {
+            let c = Cluster::connect(&config, ws_addr, api_addr)?;
+            Arc::make_mut(&mut config).server.node_id = c.node_id();
+            cluster = Some(c);
+        }
 
         let live = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
@@ -73,6 +83,7 @@ impl Server {
             api: Default::default(),
             live_connections: live,
             started: std::time::Instant::now(),
+            cluster: cluster.as_ref().map(|c| c.handle()),
         });
 
         let mut reactors = Vec::new();
@@ -99,6 +110,10 @@ impl Server {
                 }
             })?;
 
+        if let Some(c) = cluster.as_mut() {
+            c.start(hub.clone(), hub.live_connections.clone())?;
+        }
+
         Ok(Server {
             ws_addr,
             api_addr,
@@ -107,6 +122,7 @@ impl Server {
             reactors,
             api: Some(api),
             api_stop,
+            cluster,
         })
     }
 
@@ -121,6 +137,10 @@ impl Server {
         self.api_stop.store(true, Ordering::Relaxed);
         if let Some(api) = self.api.take() {
             let _ = api.join();
+        }
+        // Last: nothing queues events any more, so the bridge can flush its outbox and release the node id.
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop();
         }
     }
 }

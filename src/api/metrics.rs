@@ -118,7 +118,8 @@ pub fn stats_json(hub: &Hub) -> String {
             "errors_total": hub.api.errors_total.load(r),
             "publishes_total": hub.api.publishes_total.load(r),
             "broadcasts_total": hub.api.broadcasts_total.load(r),
-        }
+        },
+        "cluster": hub.cluster.as_ref().map(|c| c.stats_json()),
     })
     .to_string()
 }
@@ -164,6 +165,9 @@ pub fn prometheus(hub: &Hub) -> String {
             out,
             "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
         );
+    }
+    if let Some(cluster) = &hub.cluster {
+        cluster.write_prometheus(&mut out);
     }
     let _ = writeln!(
         out,

@@ -473,6 +473,10 @@ fn redis_restart_keeps_local_delivery_and_federation_resumes() {
         );
     }
 
+    // m1 acknowledged by Redis everywhere (else a reply lost in the kill makes node 0 retry it later).
+    for n in &nodes {
+        wait_metric(n, "wsgate_cluster_outbox_events", READ_TIMEOUT, |v| v == 0.0);
+    }
     redis.kill();
     for n in &nodes {
         wait_metric(n, "wsgate_cluster_redis_connected", READ_TIMEOUT, |v| {

@@ -2,7 +2,7 @@
 //! gateway processes on one Redis; publishes and broadcasts accepted on any node reach subscribers on every node
 //! exactly once and in order; node ids are leased distinct; bus entries carry the routing fields; hostile bus
 //! entries and a garbage-speaking "Redis" are survived; a Redis restart keeps local delivery going and federation
-//! resumes; the outbox is bounded while Redis is down.
+//! resumes; the outbox is bounded while Redis is down; Redis Cluster and Sentinel (with a failover) modes work.
 
 mod common;
 
@@ -475,7 +475,9 @@ fn redis_restart_keeps_local_delivery_and_federation_resumes() {
 
     // m1 acknowledged by Redis everywhere (else a reply lost in the kill makes node 0 retry it later).
     for n in &nodes {
-        wait_metric(n, "wsgate_cluster_outbox_events", READ_TIMEOUT, |v| v == 0.0);
+        wait_metric(n, "wsgate_cluster_outbox_events", READ_TIMEOUT, |v| {
+            v == 0.0
+        });
     }
     redis.kill();
     for n in &nodes {
@@ -623,7 +625,7 @@ fn cluster_config_errors_and_unreachable_redis_at_start() {
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("cluster.redis"), "{}", out.stderr);
     let out = run_cli(
-        &["--set", "cluster.redis_mode=sentinel"],
+        &["--set", "cluster.redis_mode=primary"],
         &[],
         true,
         READ_TIMEOUT,
@@ -698,5 +700,81 @@ fn redis_cluster_mode_federates() {
             .map(|k| channel_msg("news", &k.to_string()))
             .collect();
         assert_eq!(got, want, "node {i}");
+    }
+}
+
+#[test]
+fn sentinel_mode_follows_a_failover() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let mut rc = replica.client();
+    eventually(Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut rc).ok()?;
+        info.contains("master_link_status:up").then_some(())
+    })
+    .expect("replica in sync");
+    let sentinel = RedisServer::start_sentinel("wsgprimary", primary.port, 500);
+    let mut sc = sentinel.client();
+    eventually(Duration::from_secs(15), || {
+        let r: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg("wsgprimary")
+            .query(&mut sc)
+            .ok()?;
+        (!r.is_empty()).then_some(())
+    })
+    .expect("Sentinel knows the replica");
+
+    let sentinels = format!("cluster.sentinels=redis://127.0.0.1:{}/", sentinel.port);
+    let args = [
+        "--set",
+        "cluster.redis_mode=sentinel",
+        "--set",
+        "cluster.redis=redis://wsgprimary/",
+        "--set",
+        sentinels.as_str(),
+    ];
+    let nodes: Vec<Server> = (0..2).map(|_| Server::start(&args)).collect();
+    let mut subs: Vec<RawWs> = nodes.iter().map(|n| sub(n, "news")).collect();
+    let mut api0 = Http::connect(nodes[0].api);
+    publish(&mut api0, "news", r#""before""#);
+    for (i, ws) in subs.iter_mut().enumerate() {
+        assert_eq!(
+            ws.expect_text(&format!("node {i} before")),
+            channel_msg("news", r#""before""#)
+        );
+    }
+    for n in &nodes {
+        wait_metric(n, "wsgate_cluster_outbox_events", READ_TIMEOUT, |v| {
+            v == 0.0
+        });
+    }
+
+    primary.kill();
+    let promoted = eventually(Duration::from_secs(20), || {
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("wsgprimary")
+            .query(&mut sc)
+            .ok()?;
+        addr.filter(|(_, p)| *p == replica.port.to_string())
+    });
+    assert!(promoted.is_some(), "Sentinel did not promote the replica");
+    for n in &nodes {
+        wait_metric(
+            n,
+            "wsgate_cluster_redis_connected",
+            Duration::from_secs(15),
+            |v| v == 1.0,
+        );
+    }
+    let mut api1 = Http::connect(nodes[1].api);
+    publish(&mut api1, "news", r#""after""#);
+    for (i, ws) in subs.iter_mut().enumerate() {
+        assert_eq!(
+            ws.expect_text(&format!("node {i} after")),
+            channel_msg("news", r#""after""#)
+        );
+        ws.expect_silence(Duration::from_millis(200), &format!("node {i}"));
     }
 }

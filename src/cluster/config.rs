@@ -11,10 +11,14 @@ const MAX_NAME_LEN: usize = 200;
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Redis URL (`redis://[user:pass@]host:port[/db]`, `redis+unix:///path`); empty = standalone node.
-    /// With `redis_mode = "cluster"`: comma-separated seed node URLs.
+    /// With `redis_mode = "cluster"`: comma-separated seed node URLs. With `redis_mode = "sentinel"`: the master's
+    /// name as host, plus its credentials and db (`redis://:pass@mymaster/0`).
     pub redis: String,
-    /// `standalone` (one Redis server or a proxy in front of one) or `cluster` (Redis Cluster).
+    /// `standalone` (one Redis server), `sentinel` (a primary found through `sentinels`) or `cluster`
+    /// (Redis Cluster).
     pub redis_mode: String,
+    /// With `redis_mode = "sentinel"`: comma-separated Sentinel URLs (`redis://10.0.0.1:26379/`).
+    pub sentinels: String,
     /// The bus stream every node appends its events to and reads everyone's events from.
     pub stream: String,
     /// Approximate length the bus stream is trimmed to (`XADD ... MAXLEN ~ N`); bounds Redis memory and how long
@@ -47,6 +51,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             redis: String::new(),
             redis_mode: "standalone".into(),
+            sentinels: String::new(),
             stream: "wsgate:bus".into(),
             stream_maxlen: 100_000,
             node_lease_ttl: 30,
@@ -61,6 +66,13 @@ impl Default for ClusterConfig {
             offline_max_age: 7 * 24 * 3600,
         }
     }
+}
+
+fn split_list(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -81,20 +93,29 @@ impl ClusterConfig {
         self.redis_mode == "cluster"
     }
 
-    /// The Redis URLs: one in standalone mode, the seed nodes in cluster mode.
+    /// True for `redis_mode = "sentinel"`.
+    pub fn is_sentinel(&self) -> bool {
+        self.redis_mode == "sentinel"
+    }
+
+    /// The Redis URLs: one in standalone and sentinel mode, the seed nodes in cluster mode.
     pub fn redis_urls(&self) -> Vec<&str> {
-        self.redis
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
+        split_list(&self.redis)
+    }
+
+    /// The Sentinel URLs (sentinel mode).
+    pub fn sentinel_urls(&self) -> Vec<&str> {
+        split_list(&self.sentinels)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.redis_mode.as_str(), "standalone" | "cluster") {
+        if !matches!(
+            self.redis_mode.as_str(),
+            "standalone" | "sentinel" | "cluster"
+        ) {
             return Err(err(
                 "cluster.redis_mode",
-                "must be \"standalone\" or \"cluster\"",
+                "must be \"standalone\", \"sentinel\" or \"cluster\"",
             ));
         }
         let urls = self.redis_urls();
@@ -104,12 +125,37 @@ impl ClusterConfig {
                 "one URL expected (several seed nodes need cluster.redis_mode = \"cluster\")",
             ));
         }
-        for url in &urls {
+        let sentinels = self.sentinel_urls();
+        if self.is_sentinel() && self.enabled() {
+            if sentinels.is_empty() {
+                return Err(err(
+                    "cluster.sentinels",
+                    "redis_mode \"sentinel\" needs at least one Sentinel URL",
+                ));
+            }
+            let host = urls.first().and_then(|u| u.into_connection_info().ok());
+            if !matches!(host.map(|i| i.addr), Some(redis::ConnectionAddr::Tcp(..))) {
+                return Err(err(
+                    "cluster.redis",
+                    "in sentinel mode: redis://[:password@]MASTER-NAME[/db]",
+                ));
+            }
+        } else if !sentinels.is_empty() {
+            return Err(err(
+                "cluster.sentinels",
+                "only used with cluster.redis_mode = \"sentinel\"",
+            ));
+        }
+        for (key, url) in urls
+            .iter()
+            .map(|u| ("cluster.redis", u))
+            .chain(sentinels.iter().map(|u| ("cluster.sentinels", u)))
+        {
             // Parsing only: nothing connects until start-up. The message never echoes the URL (it may hold a
             // password).
             if let Err(e) = url.into_connection_info() {
                 return Err(err(
-                    "cluster.redis",
+                    key,
                     format!("not a usable Redis URL ({e}); expected redis://host:port[/db]"),
                 ));
             }
@@ -184,8 +230,18 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "cluster.redis");
         c.redis_mode = "cluster".into();
         c.validate().unwrap();
-        c.redis_mode = "sentinel".into();
+        c.redis_mode = "sentinels".into();
         assert_eq!(c.validate().unwrap_err().key, "cluster.redis_mode");
+        c.redis_mode = "sentinel".into();
+        c.redis = "redis://mymaster/".into();
+        assert_eq!(c.validate().unwrap_err().key, "cluster.sentinels");
+        c.sentinels = "redis://127.0.0.1:26379/, nope://".into();
+        assert_eq!(c.validate().unwrap_err().key, "cluster.sentinels");
+        c.sentinels = "redis://127.0.0.1:26379/".into();
+        c.validate().unwrap();
+        c.redis = "redis+unix:///tmp/x".into();
+        assert_eq!(c.validate().unwrap_err().key, "cluster.redis");
+        c.sentinels.clear();
         c.redis_mode = "standalone".into();
         c.redis = "redis://:secret@127.0.0.1:1/".into();
         c.stream = String::new();

@@ -3,7 +3,7 @@
 //! between reconnect attempts.
 
 use super::config::ClusterConfig;
-use redis::{ConnectionLike, RedisResult};
+use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,15 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub enum Connector {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    /// Asks the Sentinels for the current primary of `master` at every (re)connect, so a failover is followed by
+    /// the next reconnect. Implemented here rather than with the crate's Sentinel client so every step has a
+    /// timeout.
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        master: String,
+        /// Credentials and db for the primary.
+        auth: redis::RedisConnectionInfo,
+    },
 }
 
 /// One open connection.
@@ -30,6 +39,29 @@ pub enum RedisConn {
 impl Connector {
     pub fn new(cfg: &ClusterConfig) -> RedisResult<Connector> {
         let urls = cfg.redis_urls();
+        if cfg.is_sentinel() {
+            let master = urls
+                .first()
+                .copied()
+                .unwrap_or_default()
+                .into_connection_info()?;
+            let redis::ConnectionAddr::Tcp(name, _) = master.addr else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "sentinel mode: cluster.redis must be redis://[:password@]MASTER-NAME[/db]",
+                )));
+            };
+            let sentinels = cfg
+                .sentinel_urls()
+                .iter()
+                .map(|u| u.into_connection_info())
+                .collect::<RedisResult<Vec<_>>>()?;
+            return Ok(Connector::Sentinel {
+                sentinels,
+                master: name,
+                auth: master.redis,
+            });
+        }
         if cfg.is_redis_cluster() {
             let client = redis::cluster::ClusterClientBuilder::new(urls)
                 .connection_timeout(CONNECT_TIMEOUT)
@@ -48,6 +80,12 @@ impl Connector {
     pub fn describe(&self, cfg: &ClusterConfig) -> String {
         match self {
             Connector::Single(c) => c.get_connection_info().addr.to_string(),
+            Connector::Sentinel {
+                sentinels, master, ..
+            } => {
+                let s: Vec<String> = sentinels.iter().map(|i| i.addr.to_string()).collect();
+                format!("primary {master:?} via Sentinel {}", s.join(","))
+            }
             Connector::Cluster(_) => {
                 let seeds: Vec<String> = cfg
                     .redis_urls()
@@ -76,7 +114,66 @@ impl Connector {
                 conn.set_write_timeout(Some(IO_TIMEOUT))?;
                 Ok(RedisConn::Cluster(conn))
             }
+            Connector::Sentinel {
+                sentinels,
+                master,
+                auth,
+            } => {
+                let mut last = None;
+                for sentinel in sentinels {
+                    match primary_via(sentinel, master, auth, read_timeout) {
+                        Ok(conn) => return Ok(RedisConn::Single(conn)),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Sentinel"))
+                }))
+            }
         }
+    }
+}
+
+fn open(info: redis::ConnectionInfo, read_timeout: Duration) -> RedisResult<redis::Connection> {
+    let conn = redis::Client::open(info)?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(read_timeout))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Asks one Sentinel where the primary of `master` is, connects there and checks it really is a primary (during a
+/// failover a Sentinel may still name the old one).
+fn primary_via(
+    sentinel: &redis::ConnectionInfo,
+    master: &str,
+    auth: &redis::RedisConnectionInfo,
+    read_timeout: Duration,
+) -> RedisResult<redis::Connection> {
+    let mut s = open(sentinel.clone(), IO_TIMEOUT)?;
+    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(master)
+        .query(&mut s)?;
+    let bad = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::ResponseError,
+            "Sentinel",
+            format!("{what} for primary {master:?}"),
+        ))
+    };
+    let (host, port) = addr.ok_or_else(|| bad("no address"))?;
+    let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+    let mut conn = open(
+        redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp(host, port),
+            redis: auth.clone(),
+        },
+        read_timeout,
+    )?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
+    match role.first().and_then(super::event::str_of) {
+        Some("master") => Ok(conn),
+        _ => Err(bad("not (yet) a primary at the address given")),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The cluster bridge: federates nodes over one Redis stream (event broadcast: every node reads every event and
-//! delivers to its own connections). Enabled by `cluster.redis`; without it nothing here runs.
+//! delivers to its own connections). Enabled by `cluster.redis`; without it nothing here runs. Redis may be one
+//! server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
 //!
 //! Threads, each with its own Redis connection, none of them a reactor:
 //! - writer ([`writer`]): drains the outbox and appends events with pipelined `XADD ... MAXLEN ~ N`;

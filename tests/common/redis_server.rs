@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Sentinel mode: the body of its config file (it rewrites the file, so it lives in `dir`).
+    sentinel_conf: Option<String>,
 }
 
 /// A port that was free a moment ago (redis-server cannot bind port 0 and report it back).
@@ -26,6 +28,21 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments (e.g. `["--cluster-enabled", "yes"]`).
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_inner(extra, None)
+    }
+
+    /// A Sentinel (quorum 1) watching the primary named `name` on `primary_port`, declaring it down after
+    /// `down_after_ms`.
+    pub fn start_sentinel(name: &str, primary_port: u16, down_after_ms: u64) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
+             sentinel down-after-milliseconds {name} {down_after_ms}\n\
+             sentinel failover-timeout {name} 5000\n"
+        );
+        RedisServer::start_inner(&[], Some(conf))
+    }
+
+    fn start_inner(extra: &[&str], sentinel_conf: Option<String>) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last = String::new();
         for _ in 0..5 {
@@ -38,6 +55,7 @@ impl RedisServer {
                 port,
                 dir,
                 extra: extra.clone(),
+                sentinel_conf: sentinel_conf.clone(),
             };
             match r.spawn() {
                 Ok(()) => return r,
@@ -49,6 +67,11 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.join("sentinel.conf");
+            std::fs::write(&path, conf).map_err(|e| format!("write {}: {e}", path.display()))?;
+            cmd.arg(&path).arg("--sentinel");
+        }
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])

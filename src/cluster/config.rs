@@ -56,7 +56,7 @@ impl Default for ClusterConfig {
             stream_maxlen: 100_000,
             node_lease_ttl: 30,
             startup_timeout: 10,
-            outbox_limit: 10_000,
+            outbox_limit: 100_000,
             outbox_max_bytes: 64 << 20,
             upstream_stream: "wsgate:upstream".into(),
             upstream_maxlen: 1_000_000,

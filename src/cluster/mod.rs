@@ -204,7 +204,9 @@ impl Cluster {
             },
             cfg.stream
         );
-        let (tx, rx) = crossbeam_channel::bounded(cfg.outbox_limit);
+        // Unbounded as a queue, bounded by `ClusterHandle::send`'s accounting (which counts what is in the
+        // channel and what the writer holds): memory follows what is actually queued, not the limit.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let handle = ClusterHandle {
             tx,
             stats: stats.clone(),

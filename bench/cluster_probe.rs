@@ -45,7 +45,17 @@ struct Args {
     outbox: Option<usize>,
 }
 
+/// PIDs of the processes this probe started: the release profile aborts on panic (no Drop), so a panic hook kills
+/// them (each by its own PID).
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
 struct Proc(Child);
+impl Proc {
+    fn new(child: Child) -> Proc {
+        CHILDREN.lock().unwrap().push(child.id());
+        Proc(child)
+    }
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill(); // SIGKILL to this child's own PID
@@ -74,7 +84,7 @@ fn start_redis() -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server");
-    let p = Proc(child);
+    let p = Proc::new(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if redis_conn(port).is_some() {
@@ -103,7 +113,7 @@ fn start_wsgate(a: &Args, redis_port: Option<u16>) -> (Proc, SocketAddr, SocketA
             cmd.args(["--set", &format!("cluster.outbox_limit={n}")]);
         }
     }
-    let mut proc = Proc(
+    let mut proc = Proc::new(
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -300,6 +310,16 @@ fn commandstats(conn: &mut redis::Connection) -> Vec<(String, u64)> {
 
 fn main() {
     let a: Args = clap::Parser::parse();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(pids) = CHILDREN.try_lock() {
+            for &pid in pids.iter() {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        default_hook(info);
+    }));
     assert!(
         !a.standalone || a.nodes == 1,
         "--standalone needs --nodes 1"

@@ -24,6 +24,8 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
+    /// Redis Streams federation (src/cluster/); standalone when `cluster.redis` is empty.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +47,8 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Seconds to drain connections on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
-    /// Node id (0..=1023) used in socket ids.
+    /// Node id (0..=1023) used in socket ids. In cluster mode 0 means "lease a free id from Redis" (the effective
+    /// id is written back here at start-up).
     pub node_id: u16,
 }
 
@@ -317,6 +320,7 @@ impl Config {
         if self.server.node_id > 1023 {
             return Err(err("server.node_id", "must be 0..=1023"));
         }
+        self.cluster.validate()?;
         if self.server.threads > crate::session::sid::MAX_REACTORS {
             // Socket ids give the reactor 6 bits.
             return Err(err("server.threads", "must be 0..=64"));

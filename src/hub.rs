@@ -147,6 +147,8 @@ pub struct Hub {
     pub sessions: Arc<crate::session::Shared>,
     /// The reloadable TLS configuration, when `tls.cert` is set (for `POST /api/reload-tls`).
     pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    /// The bridge to the other nodes; None when standalone (`cluster.redis` empty).
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 impl Hub {

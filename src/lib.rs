@@ -2,6 +2,7 @@
 pub mod api;
 pub mod auth;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod hub;

@@ -1,6 +1,7 @@
 //! Start-up: bind the listeners, start one reactor per core and the API thread, and shut them down in order.
 
 use crate::api::Api;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, ReactorHandle, ReactorStats};
 use crate::reactor::{self, net, ReactorSetup, Waker};
@@ -32,16 +33,16 @@ pub struct Server {
     reactors: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
     api_stop: Arc<AtomicBool>,
+    cluster: Option<Cluster>,
 }
 
 impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
-        let config = Arc::new(config);
+        let mut config = Arc::new(config);
         let threads = config.reactor_threads();
-        let sessions = Arc::new(
-            crate::session::Shared::from_config(&config)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        );
+        // Built (and its key files checked) before anything listens; shared once the node id is final.
+        let mut sessions = crate::session::Shared::from_config(&config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
 
         // TLS first: a missing or broken certificate stops start-up before anything listens.
         let tls = if config.tls.enabled() {
@@ -86,6 +87,17 @@ impl Server {
         })?;
         let api_addr = net::local_addr(api_fd)?;
 
+        // Cluster mode: lease the node id before anything uses it; the effective id goes into the config.
+        let mut cluster = None;
+        if config.cluster.enabled() {
+            let c = Cluster::connect(&config, ws_addr, api_addr)?;
+            Arc::make_mut(&mut config).server.node_id = c.node_id();
+            // Socket ids carry the leased node id, so they stay unique across the cluster.
+            sessions.node_id = c.node_id();
+            cluster = Some(c);
+        }
+        let sessions = Arc::new(sessions);
+
         let live = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         let mut setups = Vec::new();
@@ -118,6 +130,7 @@ impl Server {
             started: std::time::Instant::now(),
             sessions,
             tls: tls.clone(),
+            cluster: cluster.as_ref().map(|c| c.handle()),
         });
 
         let mut reactors = Vec::new();
@@ -144,6 +157,10 @@ impl Server {
                 }
             })?;
 
+        if let Some(c) = cluster.as_mut() {
+            c.start(hub.clone(), hub.live_connections.clone())?;
+        }
+
         Ok(Server {
             ws_addr,
             api_addr,
@@ -154,6 +171,7 @@ impl Server {
             reactors,
             api: Some(api),
             api_stop,
+            cluster,
         })
     }
 
@@ -174,6 +192,10 @@ impl Server {
         self.api_stop.store(true, Ordering::Relaxed);
         if let Some(api) = self.api.take() {
             let _ = api.join();
+        }
+        // Last: nothing queues events any more, so the bridge can flush its outbox and release the node id.
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop();
         }
     }
 }

@@ -132,6 +132,7 @@ pub fn stats_json(hub: &Hub) -> String {
             "broadcasts_total": hub.api.broadcasts_total.load(r),
         },
         "sessions": crate::session::stats::json(hub),
+        "cluster": hub.cluster.as_ref().map(|c| c.stats_json()),
     })
     .to_string()
 }
@@ -179,6 +180,9 @@ pub fn prometheus(hub: &Hub) -> String {
         );
     }
     crate::session::stats::prometheus(hub, &mut out);
+    if let Some(cluster) = &hub.cluster {
+        cluster.write_prometheus(&mut out);
+    }
     let _ = writeln!(
         out,
         "# HELP wsgate_uptime_seconds Seconds since start.\n# TYPE wsgate_uptime_seconds gauge"

@@ -145,6 +145,10 @@ fn publish(body: &[u8], hub: &Hub) -> Response {
     }
     for name in &names {
         hub.publish(name, protocol::channel_message(name, data.get()));
+        // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
+        if let Some(cluster) = &hub.cluster {
+            cluster.publish(name, data.get());
+        }
     }
     hub.api
         .publishes_total
@@ -172,6 +176,9 @@ fn broadcast(body: &[u8], hub: &Hub) -> Response {
         return r;
     }
     hub.broadcast(protocol::broadcast_message(data.get()));
+    if let Some(cluster) = &hub.cluster {
+        cluster.broadcast(data.get());
+    }
     hub.api.broadcasts_total.fetch_add(1, Ordering::Relaxed);
     Response::json(200, "{\"ok\":true}")
 }

@@ -13,6 +13,8 @@
 //! Every wait is bounded: reads use deadlines, and failures say what was seen.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,264 @@
+//! Redis connections for the bridge threads: one blocking connection per thread, standalone or Redis Cluster,
+//! with connect/read/write timeouts so no thread ever waits on a dead server for long, and exponential backoff
+//! between reconnect attempts.
+
+use super::config::ClusterConfig;
+use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Time to establish a TCP connection (and the handshake) to Redis.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time one command may take to be written or answered (blocking reads add their block time to it).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubled after each failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Opens connections; cheap to share between threads (it only holds parsed connection info).
+pub enum Connector {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+    /// Asks the Sentinels for the current primary of `master` at every (re)connect, so a failover is followed by
+    /// the next reconnect. Implemented here rather than with the crate's Sentinel client so every step has a
+    /// timeout.
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        master: String,
+        /// Credentials and db for the primary.
+        auth: redis::RedisConnectionInfo,
+    },
+}
+
+/// One open connection.
+pub enum RedisConn {
+    Single(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl Connector {
+    pub fn new(cfg: &ClusterConfig) -> RedisResult<Connector> {
+        let urls = cfg.redis_urls();
+        if cfg.is_sentinel() {
+            let master = urls
+                .first()
+                .copied()
+                .unwrap_or_default()
+                .into_connection_info()?;
+            let redis::ConnectionAddr::Tcp(name, _) = master.addr else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "sentinel mode: cluster.redis must be redis://[:password@]MASTER-NAME[/db]",
+                )));
+            };
+            let sentinels = cfg
+                .sentinel_urls()
+                .iter()
+                .map(|u| u.into_connection_info())
+                .collect::<RedisResult<Vec<_>>>()?;
+            return Ok(Connector::Sentinel {
+                sentinels,
+                master: name,
+                auth: master.redis,
+            });
+        }
+        if cfg.is_redis_cluster() {
+            let client = redis::cluster::ClusterClientBuilder::new(urls)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(IO_TIMEOUT)
+                // Our threads retry with their own backoff; the client should fail fast instead of sleeping.
+                .retries(2)
+                .build()?;
+            Ok(Connector::Cluster(client))
+        } else {
+            let url = urls.first().copied().unwrap_or_default();
+            Ok(Connector::Single(redis::Client::open(url)?))
+        }
+    }
+
+    /// Where we connect, for logs (host:port only: the URL may carry a password).
+    pub fn describe(&self, cfg: &ClusterConfig) -> String {
+        match self {
+            Connector::Single(c) => c.get_connection_info().addr.to_string(),
+            Connector::Sentinel {
+                sentinels, master, ..
+            } => {
+                let s: Vec<String> = sentinels.iter().map(|i| i.addr.to_string()).collect();
+                format!("primary {master:?} via Sentinel {}", s.join(","))
+            }
+            Connector::Cluster(_) => {
+                let seeds: Vec<String> = cfg
+                    .redis_urls()
+                    .iter()
+                    .filter_map(|u| redis::IntoConnectionInfo::into_connection_info(*u).ok())
+                    .map(|i| i.addr.to_string())
+                    .collect();
+                format!("cluster {}", seeds.join(","))
+            }
+        }
+    }
+
+    /// Connects; replies must arrive within `read_timeout` (pass the block time plus [`IO_TIMEOUT`] for
+    /// connections that issue blocking reads).
+    pub fn connect(&self, read_timeout: Duration) -> RedisResult<RedisConn> {
+        match self {
+            Connector::Single(client) => {
+                let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                conn.set_read_timeout(Some(read_timeout))?;
+                conn.set_write_timeout(Some(IO_TIMEOUT))?;
+                Ok(RedisConn::Single(conn))
+            }
+            Connector::Cluster(client) => {
+                let conn = client.get_connection()?;
+                conn.set_read_timeout(Some(read_timeout))?;
+                conn.set_write_timeout(Some(IO_TIMEOUT))?;
+                Ok(RedisConn::Cluster(conn))
+            }
+            Connector::Sentinel {
+                sentinels,
+                master,
+                auth,
+            } => {
+                let mut last = None;
+                for sentinel in sentinels {
+                    match primary_via(sentinel, master, auth, read_timeout) {
+                        Ok(conn) => return Ok(RedisConn::Single(conn)),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Sentinel"))
+                }))
+            }
+        }
+    }
+}
+
+fn open(info: redis::ConnectionInfo, read_timeout: Duration) -> RedisResult<redis::Connection> {
+    let conn = redis::Client::open(info)?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(read_timeout))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Asks one Sentinel where the primary of `master` is, connects there and checks it really is a primary (during a
+/// failover a Sentinel may still name the old one).
+fn primary_via(
+    sentinel: &redis::ConnectionInfo,
+    master: &str,
+    auth: &redis::RedisConnectionInfo,
+    read_timeout: Duration,
+) -> RedisResult<redis::Connection> {
+    let mut s = open(sentinel.clone(), IO_TIMEOUT)?;
+    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(master)
+        .query(&mut s)?;
+    let bad = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::ResponseError,
+            "Sentinel",
+            format!("{what} for primary {master:?}"),
+        ))
+    };
+    let (host, port) = addr.ok_or_else(|| bad("no address"))?;
+    let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+    let mut conn = open(
+        redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp(host, port),
+            redis: auth.clone(),
+        },
+        read_timeout,
+    )?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
+    match role.first().and_then(super::event::str_of) {
+        Some("master") => Ok(conn),
+        _ => Err(bad("not (yet) a primary at the address given")),
+    }
+}
+
+impl RedisConn {
+    pub fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            RedisConn::Single(c) => c,
+            RedisConn::Cluster(c) => c,
+        }
+    }
+}
+
+/// Exponential backoff with jitter between reconnect attempts.
+pub struct Backoff {
+    delay: Duration,
+    not_before: Option<Instant>,
+    jitter: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: BACKOFF_MIN,
+            not_before: None,
+            jitter: std::process::id() as u64 ^ super::random_u64(),
+        }
+    }
+}
+
+impl Backoff {
+    /// After a success: the next failure waits the minimum again.
+    pub fn reset(&mut self) {
+        self.delay = BACKOFF_MIN;
+        self.not_before = None;
+    }
+
+    /// After a failure: schedules the next attempt.
+    pub fn failed(&mut self) {
+        // xorshift: jitter of up to a quarter of the delay, so nodes do not reconnect in lockstep.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let quarter = (self.delay.as_millis() as u64 / 4).max(1);
+        let wait = self.delay + Duration::from_millis(self.jitter % quarter);
+        self.not_before = Some(Instant::now() + wait);
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+    }
+
+    /// Time left before the next attempt may be made.
+    pub fn remaining(&self) -> Duration {
+        self.not_before
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Sleeps up to `d`, waking early when `stop` is set.
+pub fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let deadline = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Server error codes after which a command can succeed when retried later (not a property of the command).
+pub fn transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING"
+            | "BUSY"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+            | "MASTERDOWN"
+            | "READONLY"
+            | "OOM"
+            | "NOREPLICAS"
+    )
+}
+
+/// Server errors after which this connection should be replaced (it points at a replica, or a failover is going
+/// on).
+pub fn reconnect_code(code: &str) -> bool {
+    matches!(code, "READONLY" | "MASTERDOWN")
+}

@@ -1,0 +1,322 @@
+//! One bus event: what a node appends to the bus stream and what the others read back. Routing information is in
+//! separate stream fields, so a node routes an event without decoding its payload.
+//!
+//! Fields of one stream entry (all values are strings; see docs/CLUSTER.md):
+//! `origin` (instance id of the writing process), `node` (its node id), `seq` (per-origin sequence number, 1, 2,
+//! ...), `kind`, `target`, `data` (raw JSON), `trace`, `ts` (ms since the Unix epoch at the origin).
+
+use redis::Value;
+use serde_json::value::RawValue;
+
+pub const F_ORIGIN: &str = "origin";
+pub const F_NODE: &str = "node";
+pub const F_SEQ: &str = "seq";
+pub const F_KIND: &str = "kind";
+pub const F_TARGET: &str = "target";
+pub const F_DATA: &str = "data";
+pub const F_TRACE: &str = "trace";
+pub const F_TS: &str = "ts";
+
+/// Longest `target` accepted from the bus (channel names are at most 255 bytes; user and socket ids are short).
+pub const MAX_TARGET_LEN: usize = 1024;
+
+/// What an event addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `target` is a channel name; delivered as `{"channel":target,"data":data}`.
+    Channel,
+    /// Every connection; `target` is empty.
+    Broadcast,
+    /// Reserved (auth integration): every connection of user `target`.
+    User,
+    /// Reserved (auth integration): the connection with socket id `target`.
+    Sid,
+    /// Reserved (auth integration): close the connection(s) named by `target`.
+    Disconnect,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Channel => "channel",
+            EventKind::Broadcast => "broadcast",
+            EventKind::User => "user",
+            EventKind::Sid => "sid",
+            EventKind::Disconnect => "disconnect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "channel" => EventKind::Channel,
+            "broadcast" => EventKind::Broadcast,
+            "user" => EventKind::User,
+            "sid" => EventKind::Sid,
+            "disconnect" => EventKind::Disconnect,
+            _ => return None,
+        })
+    }
+}
+
+/// An event leaving this node, as handed to the bridge outbox.
+#[derive(Debug, Clone)]
+pub struct OutEvent {
+    pub kind: EventKind,
+    pub target: String,
+    /// Raw JSON (already validated by whoever accepted it); empty for kinds without a payload.
+    pub data: String,
+    /// Trace id to carry along; the writer makes one (`{origin}-{seq}`) when empty.
+    pub trace: String,
+    /// Milliseconds since the Unix epoch when the event was accepted.
+    pub ts_ms: u64,
+}
+
+impl OutEvent {
+    pub fn new(kind: EventKind, target: &str, data: &str) -> OutEvent {
+        OutEvent {
+            kind,
+            target: target.to_string(),
+            data: data.to_string(),
+            trace: String::new(),
+            ts_ms: now_ms(),
+        }
+    }
+
+    /// Bytes this event holds in the outbox (payload plus a fixed overhead), for the `outbox_max_bytes` bound.
+    pub fn cost(&self) -> usize {
+        self.target.len() + self.data.len() + self.trace.len() + 128
+    }
+}
+
+/// An event read from the bus, borrowing from the Redis reply. Only produced by [`parse_entry`], so the fields
+/// are checked: UTF-8 everywhere, and for `channel`/`broadcast` a valid channel name and valid JSON data.
+#[derive(Debug)]
+pub struct InEvent<'a> {
+    pub id: &'a str,
+    pub origin: &'a str,
+    pub node: Option<u16>,
+    pub seq: Option<u64>,
+    pub kind: EventKind,
+    pub target: &'a str,
+    pub data: &'a str,
+    pub trace: &'a str,
+    pub ts_ms: Option<u64>,
+}
+
+/// Why an entry was rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Well formed, but of a kind this version does not know.
+    UnknownKind,
+    /// Broken: missing fields, bad UTF-8, bad channel name, payload that is not JSON...
+    Malformed(&'static str),
+}
+
+/// A stream entry id `ms-seq`, ordered like Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId(pub u64, pub u64);
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId(0, 0);
+
+    pub fn parse(s: &str) -> Option<StreamId> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// The bytes of a string reply (bulk or simple), if it is one.
+pub fn bytes_of(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+pub fn str_of(v: &Value) -> Option<&str> {
+    bytes_of(v).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// Parses the field list of one entry (`[f1, v1, f2, v2, ...]`, or a map in RESP3). Unknown fields are ignored so
+/// newer nodes can add some.
+pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Rejected> {
+    let mut origin = None;
+    let mut node = None;
+    let mut seq = None;
+    let mut kind = None;
+    let mut target = "";
+    let mut data = "";
+    let mut trace = "";
+    let mut ts_ms = None;
+    let mut visit = |k: &'a Value, v: &'a Value| -> Result<(), Rejected> {
+        let k = bytes_of(k).ok_or(Rejected::Malformed("field name is not a string"))?;
+        let v = str_of(v).ok_or(Rejected::Malformed("field value is not a UTF-8 string"))?;
+        match k {
+            b"origin" => origin = Some(v),
+            b"node" => node = v.parse::<u16>().ok(),
+            b"seq" => seq = v.parse::<u64>().ok(),
+            b"kind" => kind = Some(v),
+            b"target" => target = v,
+            b"data" => data = v,
+            b"trace" => trace = v,
+            b"ts" => ts_ms = v.parse::<u64>().ok(),
+            _ => {}
+        }
+        Ok(())
+    };
+    match fields {
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(Rejected::Malformed("odd number of field items"));
+            }
+            for pair in items.chunks_exact(2) {
+                visit(&pair[0], &pair[1])?;
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                visit(k, v)?;
+            }
+        }
+        _ => return Err(Rejected::Malformed("entry fields are not a list")),
+    }
+    let origin = origin
+        .filter(|o| !o.is_empty())
+        .ok_or(Rejected::Malformed("no origin"))?;
+    let kind = kind.ok_or(Rejected::Malformed("no kind"))?;
+    let kind = EventKind::parse(kind).ok_or(Rejected::UnknownKind)?;
+    if target.len() > MAX_TARGET_LEN {
+        return Err(Rejected::Malformed("target too long"));
+    }
+    match kind {
+        EventKind::Channel | EventKind::Broadcast => {
+            if kind == EventKind::Channel && !crate::protocol::valid_channel(target) {
+                return Err(Rejected::Malformed("invalid channel name"));
+            }
+            if serde_json::from_str::<&RawValue>(data).is_err() {
+                return Err(Rejected::Malformed("data is not JSON"));
+            }
+        }
+        EventKind::User | EventKind::Sid | EventKind::Disconnect => {
+            if target.is_empty() {
+                return Err(Rejected::Malformed("no target"));
+            }
+        }
+    }
+    Ok(InEvent {
+        id,
+        origin,
+        node,
+        seq,
+        kind,
+        target,
+        data,
+        trace,
+        ts_ms,
+    })
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    fn fields(pairs: &[(&str, &[u8])]) -> Value {
+        Value::Array(
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [bulk(k.as_bytes()), bulk(v)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn parses_a_channel_event() {
+        let f = fields(&[
+            ("origin", b"abc"),
+            ("node", b"3"),
+            ("seq", b"7"),
+            ("kind", b"channel"),
+            ("target", b"doc:1"),
+            ("data", br#"{"a":1}"#),
+            ("trace", b"t"),
+            ("ts", b"1700000000000"),
+            ("future", b"ignored"),
+        ]);
+        let e = parse_entry("1-0", &f).unwrap();
+        assert_eq!(e.kind, EventKind::Channel);
+        assert_eq!((e.origin, e.node, e.seq), ("abc", Some(3), Some(7)));
+        assert_eq!((e.target, e.data), ("doc:1", r#"{"a":1}"#));
+        assert_eq!(e.ts_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn rejects_broken_entries_without_panicking() {
+        let base: &[(&str, &[u8])] = &[("origin", b"o"), ("kind", b"channel"), ("target", b"c")];
+        let with = |extra: &[(&str, &[u8])]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            fields(&v)
+        };
+        let bad = [
+            with(&[("data", b"{not json")]),
+            with(&[("data", b"\xff\xfe")]),
+            with(&[("data", b"")]),
+            fields(&[("kind", b"channel"), ("target", b"c"), ("data", b"1")]),
+            fields(&[("origin", b"o"), ("kind", b"channel"), ("data", b"1")]),
+            fields(&[("origin", b"o"), ("kind", b"user"), ("data", b"1")]),
+            Value::Array(vec![bulk(b"origin")]),
+            Value::Int(3),
+            Value::Array(vec![Value::Int(1), bulk(b"x")]),
+        ];
+        for f in &bad {
+            assert!(
+                matches!(parse_entry("1-0", f), Err(Rejected::Malformed(_))),
+                "{f:?}"
+            );
+        }
+        let unknown = fields(&[("origin", b"o"), ("kind", b"teleport"), ("data", b"1")]);
+        assert_eq!(
+            parse_entry("1-0", &unknown).unwrap_err(),
+            Rejected::UnknownKind
+        );
+        let long = vec![b'a'; 2000];
+        let f = fields(&[
+            ("origin", b"o"),
+            ("kind", b"channel"),
+            ("target", &long),
+            ("data", b"1"),
+        ]);
+        assert!(parse_entry("1-0", &f).is_err());
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(StreamId::parse("10-0").unwrap() > StreamId::parse("9-5").unwrap());
+        assert!(StreamId::parse("9-10").unwrap() > StreamId::parse("9-9").unwrap());
+        assert_eq!(StreamId::parse("x-1"), None);
+        assert_eq!(
+            StreamId::parse("5").unwrap_or(StreamId::ZERO),
+            StreamId::ZERO
+        );
+        assert_eq!(StreamId(3, 4).to_string(), "3-4");
+    }
+}

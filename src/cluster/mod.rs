@@ -1,0 +1,354 @@
+//! The cluster bridge: federates nodes over one Redis stream (event broadcast: every node reads every event and
+//! delivers to its own connections). Enabled by `cluster.redis`; without it nothing here runs. Redis may be one
+//! server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
+//!
+//! Threads, each with its own Redis connection, none of them a reactor:
+//! - writer ([`writer`]): drains the outbox and appends events with pipelined `XADD ... MAXLEN ~ N`;
+//! - reader ([`reader`]): `XREAD BLOCK` from the newest id seen, hands other nodes' events to [`Deliver`];
+//! - heartbeat ([`lease`]): renews the node id lease, which is also the node's health record.
+//!
+//! The API (and later the reactors) reach the bridge through a [`ClusterHandle`], whose `send` never blocks: the
+//! outbox is bounded by `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is
+//! counted as dropped. Layout, guarantees and failure behaviour: docs/CLUSTER.md.
+
+pub mod config;
+mod conn;
+mod dispatch;
+pub mod event;
+pub mod lease;
+mod reader;
+mod stats;
+mod writer;
+
+pub use config::ClusterConfig;
+pub use event::{EventKind, InEvent, OutEvent};
+pub use stats::BridgeStats;
+
+use crate::config::Config;
+use conn::{Backoff, Connector, IO_TIMEOUT};
+use crossbeam_channel::{Receiver, Sender};
+use event::StreamId;
+use lease::NodeInfo;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Delivers events from other nodes to this node's connections. The hub implements it (src/cluster/dispatch.rs);
+/// a new event kind is one more arm there.
+pub trait Deliver: Send + Sync {
+    /// Delivers `event`; false if this node does not handle its kind (counted as ignored).
+    fn deliver(&self, event: &InEvent<'_>) -> bool;
+}
+
+/// What the bridge threads share.
+pub(crate) struct Shared {
+    pub cfg: ClusterConfig,
+    pub connector: Connector,
+    pub stats: Arc<BridgeStats>,
+    pub node_id: u16,
+    /// Instance id of this process (16 hex digits, new at every start): the `origin` of its events.
+    pub origin: String,
+    pub info: NodeInfo,
+    pub stop: AtomicBool,
+}
+
+/// The non-blocking way into the bridge, held by the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    tx: Sender<OutEvent>,
+    stats: Arc<BridgeStats>,
+    node_id: u16,
+    origin: Arc<str>,
+    outbox_limit: usize,
+    outbox_max_bytes: usize,
+}
+
+impl ClusterHandle {
+    /// The node id this node holds (leased or configured).
+    pub fn node_id(&self) -> u16 {
+        self.node_id
+    }
+
+    /// Queues a channel publish (`data` is raw JSON) for the other nodes. False if it was dropped.
+    pub fn publish(&self, channel: &str, data: &str) -> bool {
+        self.send(OutEvent::new(EventKind::Channel, channel, data))
+    }
+
+    /// Queues a broadcast for the other nodes. False if it was dropped.
+    pub fn broadcast(&self, data: &str) -> bool {
+        self.send(OutEvent::new(EventKind::Broadcast, "", data))
+    }
+
+    /// Queues any event without blocking. Over the outbox bounds it is dropped and counted.
+    pub fn send(&self, ev: OutEvent) -> bool {
+        let cost = ev.cost();
+        let s = &self.stats;
+        let n = s.outbox_events.fetch_add(1, Ordering::Relaxed) + 1;
+        let b = s.outbox_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        if n <= self.outbox_limit && b <= self.outbox_max_bytes && self.tx.try_send(ev).is_ok() {
+            return true;
+        }
+        s.outbox_events.fetch_sub(1, Ordering::Relaxed);
+        s.outbox_bytes.fetch_sub(cost, Ordering::Relaxed);
+        s.events_dropped_total.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    pub fn stats(&self) -> &BridgeStats {
+        &self.stats
+    }
+
+    /// The `wsgate_cluster_*` series for /metrics.
+    pub fn write_prometheus(&self, out: &mut String) {
+        self.stats.write_prometheus(self.node_id, out);
+    }
+
+    /// The `cluster` object of /api/stats.
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.stats.to_json(self.node_id, &self.origin)
+    }
+}
+
+/// The bridge of one node: created at start-up (leases the node id), then started with the hub, stopped last.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    handle: ClusterHandle,
+    rx: Option<Receiver<OutEvent>>,
+    start_id: Option<StreamId>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Connects to Redis and leases the node id: `server.node_id` = 0 takes the lowest free id, 1..=1023 claims
+    /// that one. Blocks start-up for at most `cluster.startup_timeout`. Fails if no id can be had (all held, or
+    /// Redis unreachable with `server.node_id` = 0); with a configured id, an unreachable Redis is only a warning
+    /// (the heartbeat claims the id once Redis is there).
+    pub fn connect(config: &Config, ws: SocketAddr, api: SocketAddr) -> io::Result<Cluster> {
+        let cfg = config.cluster.clone();
+        let connector = Connector::new(&cfg).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("cluster.redis: {e}"))
+        })?;
+        let target = connector.describe(&cfg);
+        let origin = format!("{:016x}", random_u64());
+        let info = NodeInfo {
+            ws,
+            api,
+            started_ms: event::now_ms(),
+        };
+        let ttl_ms = cfg.node_lease_ttl * 1000;
+        let pinned = (config.server.node_id != 0).then_some(config.server.node_id);
+        let stats = Arc::new(BridgeStats::default());
+        let deadline = Instant::now() + Duration::from_secs(cfg.startup_timeout);
+        let mut backoff = Backoff::default();
+        let (node_id, start_id) = loop {
+            let problem = one_line(&match connector.connect(IO_TIMEOUT) {
+                Ok(mut c) => {
+                    let rec = |id| lease::record(id, &origin, &info, 0, ttl_ms);
+                    let claimed = match pinned {
+                        Some(id) => lease::claim(&mut c, id, &origin, &rec(id), ttl_ms)
+                            .map(|ok| ok.then_some(id)),
+                        None => lease::claim_any(&mut c, &origin, rec, ttl_ms),
+                    };
+                    match claimed {
+                        Ok(Some(id)) => match reader::newest_id(&mut c, &cfg.stream) {
+                            Ok(newest) => {
+                                stats.lease_held.store(true, Ordering::Relaxed);
+                                break (id, Some(newest.unwrap_or(StreamId::ZERO)));
+                            }
+                            Err(e) => format!("reading stream {:?}: {e}", cfg.stream),
+                        },
+                        Ok(None) => match pinned {
+                            Some(id) => format!(
+                                "server.node_id {id} is leased by another live node: {}",
+                                lease::holder(&mut c, id)
+                            ),
+                            None => format!(
+                                "all node ids 0..={} are leased (stale leases expire after cluster.node_lease_ttl)",
+                                lease::MAX_NODE_ID
+                            ),
+                        },
+                        Err(e) => format!("leasing a node id: {e}"),
+                    }
+                }
+                Err(e) => {
+                    if let Some(id) = pinned {
+                        log::warn!(
+                            "cluster: Redis at {target} unreachable at start-up ({}); running as node {id}, \
+                             federation starts when Redis is reachable",
+                            one_line(&e)
+                        );
+                        break (id, None);
+                    }
+                    format!("Redis at {target} unreachable: {e}")
+                }
+            });
+            backoff.failed();
+            if Instant::now() + backoff.remaining() >= deadline {
+                return Err(io::Error::other(format!(
+                    "cluster: no node id after cluster.startup_timeout ({} s): {problem}",
+                    cfg.startup_timeout
+                )));
+            }
+            log::warn!("cluster: {problem}; retrying");
+            std::thread::sleep(backoff.remaining());
+        };
+        log::info!(
+            "cluster: node id {node_id}{} (instance {origin}), Redis {target}, bus stream {:?}",
+            if pinned.is_some() {
+                " (configured)"
+            } else {
+                " (leased)"
+            },
+            cfg.stream
+        );
+        // Unbounded as a queue, bounded by `ClusterHandle::send`'s accounting (which counts what is in the
+        // channel and what the writer holds): memory follows what is actually queued, not the limit.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = ClusterHandle {
+            tx,
+            stats: stats.clone(),
+            node_id,
+            origin: Arc::from(origin.as_str()),
+            outbox_limit: cfg.outbox_limit,
+            outbox_max_bytes: cfg.outbox_max_bytes,
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            connector,
+            stats,
+            node_id,
+            origin,
+            info,
+            stop: AtomicBool::new(false),
+        });
+        Ok(Cluster {
+            shared,
+            handle,
+            rx: Some(rx),
+            start_id,
+            threads: Vec::new(),
+        })
+    }
+
+    pub fn node_id(&self) -> u16 {
+        self.shared.node_id
+    }
+
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+
+    /// Starts the writer, reader and heartbeat threads. `connections` feeds the health record.
+    pub fn start(
+        &mut self,
+        deliver: Arc<dyn Deliver>,
+        connections: Arc<AtomicUsize>,
+    ) -> io::Result<()> {
+        let Some(rx) = self.rx.take() else {
+            return Ok(()); // already started
+        };
+        let s = self.shared.clone();
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-writer".into())
+                .spawn(move || writer::run(s, rx))?,
+        );
+        let s = self.shared.clone();
+        let start = self.start_id;
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-reader".into())
+                .spawn(move || reader::run(s, deliver, start))?,
+        );
+        let s = self.shared.clone();
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-heartbeat".into())
+                .spawn(move || lease::run_heartbeat(s, connections))?,
+        );
+        Ok(())
+    }
+
+    /// Flushes the outbox (bounded), releases the lease and joins the threads. Call after the API and reactors
+    /// have stopped, so nothing is queued behind the flush.
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Error text for a log line: Redis errors may span lines, the log format is one line per entry.
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
+    let mut s = e.to_string();
+    s.retain(|c| c != '\r');
+    s.trim_end().replace('\n', " | ")
+}
+
+/// A random 64-bit number (std's per-process random hash keys mixed with the time and pid); for instance ids and
+/// jitter, not for secrets.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(limit: usize, max_bytes: usize) -> (ClusterHandle, Receiver<OutEvent>) {
+        let (tx, rx) = crossbeam_channel::bounded(limit);
+        let h = ClusterHandle {
+            tx,
+            stats: Arc::new(BridgeStats::default()),
+            node_id: 1,
+            origin: Arc::from("o"),
+            outbox_limit: limit,
+            outbox_max_bytes: max_bytes,
+        };
+        (h, rx)
+    }
+
+    #[test]
+    fn send_is_bounded_by_count_and_bytes_and_counts_drops() {
+        let (h, _rx) = handle(3, 1 << 20);
+        for k in 0..5 {
+            let accepted = h.publish("c", &k.to_string());
+            assert_eq!(accepted, k < 3);
+        }
+        let s = h.stats();
+        assert_eq!(s.outbox_events.load(Ordering::Relaxed), 3);
+        assert_eq!(s.events_dropped_total.load(Ordering::Relaxed), 2);
+
+        let (h, _rx) = handle(100, 1 << 20);
+        let big = "1".repeat(400 << 10);
+        let accepted = (0..5).filter(|_| h.broadcast(&big)).count();
+        assert_eq!(accepted, 2);
+        let s = h.stats();
+        assert!(s.outbox_bytes.load(Ordering::Relaxed) <= 1 << 20);
+        assert_eq!(s.events_dropped_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn one_line_joins_multi_line_errors() {
+        assert_eq!(one_line(&"a\r\nb\n"), "a | b");
+    }
+}

@@ -1,0 +1,328 @@
+//! The reader thread: `XREAD BLOCK` on the bus stream from the newest id it has seen, and hands every event of
+//! another node to [`Deliver`] (which encodes the frame once and gives it to the reactors, like a local publish).
+//!
+//! Position: at start-up the newest entry of the stream (so a new node does not replay history); after a
+//! reconnect the last id it read, so events written during a short outage are delivered late rather than lost,
+//! as long as the stream still holds them. If the stream is older than that id (Redis lost its data), it reads
+//! the stream from the start. Per-origin sequence numbers drop duplicates (an origin retrying a batch) and count
+//! gaps (events this node never saw).
+
+use super::conn::{self, Backoff, RedisConn, IO_TIMEOUT};
+use super::event::{self, parse_entry, Rejected, StreamId};
+use super::stats::Link;
+use super::{Deliver, Shared};
+use redis::{RedisResult, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one XREAD blocks when there is nothing to read; also bounds how long shutdown waits for the reader.
+pub const BLOCK_MS: u64 = 500;
+/// Entries per XREAD.
+const COUNT: usize = 512;
+/// Origins (node processes) whose sequence numbers are remembered; the least recently seen is forgotten beyond.
+const MAX_ORIGINS: usize = 4096;
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Id of the newest entry of `stream`, None if it is empty or missing.
+pub(crate) fn newest_id(conn: &mut RedisConn, stream: &str) -> RedisResult<Option<StreamId>> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn.like())?;
+    let Value::Array(entries) = reply else {
+        return Ok(None);
+    };
+    Ok(entries.first().and_then(|e| match e {
+        Value::Array(parts) => parts
+            .first()
+            .and_then(event::str_of)
+            .and_then(StreamId::parse),
+        _ => None,
+    }))
+}
+
+struct OriginState {
+    last_seq: u64,
+    seen: Instant,
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    deliver: Arc<dyn Deliver>,
+    conn: Option<RedisConn>,
+    last: Option<StreamId>,
+    backoff: Backoff,
+    origins: HashMap<String, OriginState>,
+    last_warn: Option<Instant>,
+}
+
+pub(crate) fn run(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, start: Option<StreamId>) {
+    let mut r = Reader {
+        shared,
+        deliver,
+        conn: None,
+        last: start,
+        backoff: Backoff::default(),
+        origins: HashMap::new(),
+        last_warn: None,
+    };
+    while !r.shared.stop.load(Ordering::Relaxed) {
+        if r.conn.is_none() && !r.connect() {
+            continue;
+        }
+        r.read_once();
+    }
+}
+
+impl Reader {
+    fn connect(&mut self) -> bool {
+        let wait = self.backoff.remaining();
+        if !wait.is_zero() {
+            conn::sleep_unless(&self.shared.stop, wait);
+            return false;
+        }
+        let read_timeout = Duration::from_millis(BLOCK_MS) + IO_TIMEOUT;
+        let mut c = match self.shared.connector.connect(read_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                self.lost(&e);
+                return false;
+            }
+        };
+        match newest_id(&mut c, &self.shared.cfg.stream) {
+            Ok(newest) => self.position(newest),
+            Err(e) => {
+                self.lost(&e);
+                return false;
+            }
+        }
+        self.conn = Some(c);
+        self.backoff.reset();
+        self.shared.stats.set_link(Link::Reader, true, &"connected");
+        true
+    }
+
+    fn position(&mut self, newest: Option<StreamId>) {
+        match (self.last, newest) {
+            (None, n) => self.last = Some(n.unwrap_or(StreamId::ZERO)),
+            (Some(last), n) if last == StreamId::ZERO || n.is_some_and(|n| n >= last) => {}
+            (Some(last), _) => {
+                log::warn!(
+                    "cluster: bus stream {:?} ends before the last event this node read ({last}): Redis lost its \
+                     data; reading the stream from its start",
+                    self.shared.cfg.stream
+                );
+                self.last = Some(StreamId::ZERO);
+            }
+        }
+    }
+
+    fn lost(&mut self, why: &dyn std::fmt::Display) {
+        self.conn = None;
+        self.shared.stats.set_link(Link::Reader, false, why);
+        self.backoff.failed();
+    }
+
+    fn read_once(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let from = self.last.unwrap_or(StreamId::ZERO).to_string();
+        let reply: RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&self.shared.cfg.stream)
+            .arg(&from)
+            .query(conn.like());
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) => return self.lost(&e),
+        };
+        let mut entries = Vec::new();
+        if let Err(why) = collect_entries(&reply, &mut entries) {
+            return self.lost(&format!("unexpected XREAD reply: {why}"));
+        }
+        let mut advanced = false;
+        for (id, fields) in entries {
+            let Some(sid) = event::str_of(id).and_then(StreamId::parse) else {
+                self.invalid("entry id is not ms-seq");
+                continue;
+            };
+            if self.last.is_some_and(|l| sid <= l) {
+                continue; // a server that repeats itself
+            }
+            self.last = Some(sid);
+            advanced = true;
+            let Some(id) = event::str_of(id) else {
+                continue;
+            };
+            self.handle(id, fields);
+        }
+        if !advanced && reply != Value::Nil && !matches!(&reply, Value::Array(a) if a.is_empty()) {
+            // Entries, but none we could move past: do not spin on them.
+            self.lost(&"XREAD returned no usable entry ids");
+        }
+    }
+
+    fn handle(&mut self, id: &str, fields: &Value) {
+        let stats = self.shared.stats.clone();
+        let ev = match parse_entry(id, fields) {
+            Ok(ev) => ev,
+            Err(Rejected::UnknownKind) => {
+                stats.events_ignored_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(Rejected::Malformed(why)) => return self.invalid(why),
+        };
+        if ev.origin == self.shared.origin {
+            return;
+        }
+        if !self.fresh(ev.origin, ev.seq) {
+            stats.events_duplicate_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.deliver.deliver(&ev) {
+            stats.events_in_total.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.events_ignored_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn invalid(&mut self, why: &str) {
+        self.shared
+            .stats
+            .events_invalid_total
+            .fetch_add(1, Ordering::Relaxed);
+        if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            self.last_warn = Some(Instant::now());
+            log::warn!(
+                "cluster: skipping malformed entry in bus stream {:?}: {why}",
+                self.shared.cfg.stream
+            );
+        }
+    }
+
+    /// False for an event already delivered (same origin, sequence number not above the last one seen).
+    fn fresh(&mut self, origin: &str, seq: Option<u64>) -> bool {
+        let Some(seq) = seq else {
+            return true;
+        };
+        let now = Instant::now();
+        if let Some(st) = self.origins.get_mut(origin) {
+            st.seen = now;
+            if seq <= st.last_seq {
+                return false;
+            }
+            if seq > st.last_seq + 1 {
+                self.shared
+                    .stats
+                    .events_missed_total
+                    .fetch_add(seq - st.last_seq - 1, Ordering::Relaxed);
+            }
+            st.last_seq = seq;
+            return true;
+        }
+        if self.origins.len() >= MAX_ORIGINS {
+            let oldest = self
+                .origins
+                .iter()
+                .min_by_key(|(_, st)| st.seen)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.origins.remove(&k);
+            }
+        }
+        self.origins.insert(
+            origin.to_string(),
+            OriginState {
+                last_seq: seq,
+                seen: now,
+            },
+        );
+        true
+    }
+}
+
+/// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields) pairs.
+fn collect_entries<'a>(
+    reply: &'a Value,
+    out: &mut Vec<(&'a Value, &'a Value)>,
+) -> Result<(), &'static str> {
+    let mut per_stream = |entries: &'a Value| -> Result<(), &'static str> {
+        let Value::Array(entries) = entries else {
+            return Err("stream entries are not a list");
+        };
+        for e in entries {
+            match e {
+                Value::Array(parts) if parts.len() == 2 => out.push((&parts[0], &parts[1])),
+                _ => return Err("entry is not [id, fields]"),
+            }
+        }
+        Ok(())
+    };
+    match reply {
+        Value::Nil => Ok(()),
+        Value::Array(streams) => {
+            for s in streams {
+                match s {
+                    Value::Array(kv) if kv.len() == 2 => per_stream(&kv[1])?,
+                    _ => return Err("stream is not [key, entries]"),
+                }
+            }
+            Ok(())
+        }
+        Value::Map(streams) => {
+            for (_, entries) in streams {
+                per_stream(entries)?;
+            }
+            Ok(())
+        }
+        _ => Err("not a list of streams"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn collects_entries_and_rejects_odd_shapes() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("bus"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![])]),
+                Value::Array(vec![bulk("2-0"), Value::Array(vec![])]),
+            ]),
+        ])]);
+        let mut out = Vec::new();
+        collect_entries(&reply, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk("bus"), Value::Int(2)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("bus"),
+                Value::Array(vec![Value::Array(vec![bulk("1-0")])]),
+            ])]),
+        ] {
+            let mut out = Vec::new();
+            assert!(collect_entries(&bad, &mut out).is_err(), "{bad:?}");
+        }
+        let mut out = Vec::new();
+        collect_entries(&Value::Nil, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,186 @@
+//! Counters and gauges of the bridge, read by /metrics and /api/stats, and the outage log (one line when Redis
+//! goes away, one when it is back — not one per event or per retry).
+
+use serde_json::json;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The bridge threads that hold a Redis connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Link {
+    Writer = 0,
+    Reader = 1,
+    Heartbeat = 2,
+}
+
+const LINKS: usize = 3;
+
+#[derive(Default)]
+pub struct BridgeStats {
+    /// Events written to the bus stream.
+    pub events_out_total: AtomicU64,
+    /// Events from other nodes delivered to local connections.
+    pub events_in_total: AtomicU64,
+    /// Outgoing events lost: outbox full, refused by Redis, or still queued at shutdown.
+    pub events_dropped_total: AtomicU64,
+    /// Incoming entries that could not be used (malformed).
+    pub events_invalid_total: AtomicU64,
+    /// Incoming entries of a kind this node does not handle.
+    pub events_ignored_total: AtomicU64,
+    /// Incoming duplicates skipped (an origin retried a batch after a connection failure).
+    pub events_duplicate_total: AtomicU64,
+    /// Gaps seen in other nodes' sequence numbers: their events this node never got (trimmed from the stream
+    /// before it read them, or lost with a crashed Redis).
+    pub events_missed_total: AtomicU64,
+    /// Failed Redis commands and connection attempts.
+    pub redis_errors_total: AtomicU64,
+    /// Outgoing events waiting (queued for the writer or being retried).
+    pub outbox_events: AtomicUsize,
+    pub outbox_bytes: AtomicUsize,
+    /// 1 while this node holds its node id lease.
+    pub lease_held: AtomicBool,
+    links: [AtomicBool; LINKS],
+    outage: Mutex<Option<Instant>>,
+}
+
+impl BridgeStats {
+    /// True when every bridge thread has a working connection.
+    pub fn connected(&self) -> bool {
+        self.links.iter().all(|l| l.load(Ordering::Relaxed))
+    }
+
+    /// Records a link going up or down (call on connect and on failure, not per command). Logs the start of an
+    /// outage once and its end once.
+    pub fn set_link(&self, link: Link, up: bool, why: &dyn std::fmt::Display) {
+        let was = self.links[link as usize].swap(up, Ordering::Relaxed);
+        if !up {
+            self.redis_errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if !up {
+            if outage.is_none() {
+                *outage = Some(Instant::now());
+                let why = super::one_line(why);
+                log::warn!(
+                    "cluster: Redis unavailable ({link:?}: {why}); local delivery continues, outgoing events are \
+                     buffered (cluster.outbox_limit), reconnecting with backoff"
+                );
+            }
+        } else if !was && self.connected() {
+            match outage.take() {
+                Some(since) => log::info!(
+                    "cluster: Redis is back after {:.1} s; {} events waiting in the outbox, {} dropped so far",
+                    since.elapsed().as_secs_f64(),
+                    self.outbox_events.load(Ordering::Relaxed),
+                    self.events_dropped_total.load(Ordering::Relaxed)
+                ),
+                None => log::info!("cluster: connected to Redis"),
+            }
+        }
+    }
+
+    fn counters(&self) -> [(&'static str, &'static str, bool, u64); 12] {
+        let r = Ordering::Relaxed;
+        [
+            (
+                "events_out_total",
+                "Events this node wrote to the bus stream.",
+                true,
+                self.events_out_total.load(r),
+            ),
+            (
+                "events_in_total",
+                "Events from other nodes delivered to local connections.",
+                true,
+                self.events_in_total.load(r),
+            ),
+            (
+                "events_dropped_total",
+                "Outgoing events lost (outbox full, refused by Redis, or queued at shutdown).",
+                true,
+                self.events_dropped_total.load(r),
+            ),
+            (
+                "events_invalid_total",
+                "Malformed bus entries skipped.",
+                true,
+                self.events_invalid_total.load(r),
+            ),
+            (
+                "events_ignored_total",
+                "Bus entries of a kind this node does not handle.",
+                true,
+                self.events_ignored_total.load(r),
+            ),
+            (
+                "events_duplicate_total",
+                "Duplicate bus entries skipped (retried writes).",
+                true,
+                self.events_duplicate_total.load(r),
+            ),
+            (
+                "events_missed_total",
+                "Events of other nodes never received (gaps in their sequence numbers).",
+                true,
+                self.events_missed_total.load(r),
+            ),
+            (
+                "redis_errors_total",
+                "Failed Redis commands and connection attempts.",
+                true,
+                self.redis_errors_total.load(r),
+            ),
+            (
+                "redis_connected",
+                "1 when every bridge connection to Redis is up.",
+                false,
+                self.connected() as u64,
+            ),
+            (
+                "outbox_events",
+                "Outgoing events waiting to be written to Redis.",
+                false,
+                self.outbox_events.load(r) as u64,
+            ),
+            (
+                "outbox_bytes",
+                "Bytes of outgoing events waiting to be written to Redis.",
+                false,
+                self.outbox_bytes.load(r) as u64,
+            ),
+            (
+                "lease_held",
+                "1 while this node holds its node id lease in Redis.",
+                false,
+                self.lease_held.load(r) as u64,
+            ),
+        ]
+    }
+
+    /// Appends the `wsgate_cluster_*` series in Prometheus text format.
+    pub fn write_prometheus(&self, node_id: u16, out: &mut String) {
+        for (name, help, counter, v) in self.counters() {
+            let kind = if counter { "counter" } else { "gauge" };
+            let _ = writeln!(
+                out,
+                "# HELP wsgate_cluster_{name} {help}\n# TYPE wsgate_cluster_{name} {kind}\nwsgate_cluster_{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_cluster_node_id Node id of this node.\n# TYPE wsgate_cluster_node_id gauge\nwsgate_cluster_node_id {node_id}"
+        );
+    }
+
+    pub fn to_json(&self, node_id: u16, origin: &str) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("node_id".into(), json!(node_id));
+        m.insert("origin".into(), json!(origin));
+        for (name, _, _, v) in self.counters() {
+            m.insert(name.into(), json!(v));
+        }
+        serde_json::Value::Object(m)
+    }
+}

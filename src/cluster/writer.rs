@@ -1,0 +1,290 @@
+//! The writer thread: drains the outbox channel and appends events to the bus stream in pipelined batches
+//! (`XADD stream MAXLEN ~ N * field value ...`, one round trip per batch). While Redis is unreachable it keeps the
+//! events it has (the outbox bound is enforced by [`super::ClusterHandle::send`]) and reconnects with backoff.
+
+use super::conn::{self, Backoff, RedisConn, IO_TIMEOUT};
+use super::event::{self, OutEvent};
+use super::stats::Link;
+use super::Shared;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Events per pipelined batch.
+const BATCH_MAX: usize = 256;
+/// Payload bytes per batch (a batch always takes at least one event).
+const BATCH_BYTES: usize = 1 << 20;
+/// An idle writer pings Redis this often, so an outage shows in the gauge and log even without traffic.
+const IDLE_PING: Duration = Duration::from_secs(1);
+/// How long shutdown may spend flushing the outbox.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
+/// Permanent per-event errors (e.g. the bus key holds a non-stream value) are logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An event with the number the writer gave it.
+struct Numbered {
+    ev: OutEvent,
+    seq: u64,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<OutEvent>,
+    pending: VecDeque<Numbered>,
+    conn: Option<RedisConn>,
+    backoff: Backoff,
+    next_seq: u64,
+    last_io: Instant,
+    last_error_log: Option<Instant>,
+    maxlen: String,
+}
+
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<OutEvent>) {
+    let maxlen = shared.cfg.stream_maxlen.to_string();
+    let mut w = Writer {
+        shared,
+        rx,
+        pending: VecDeque::new(),
+        conn: None,
+        backoff: Backoff::default(),
+        next_seq: 1,
+        last_io: Instant::now(),
+        last_error_log: None,
+        maxlen,
+    };
+    while !w.shared.stop.load(Ordering::Relaxed) {
+        w.step();
+    }
+    w.finish();
+}
+
+impl Writer {
+    fn step(&mut self) {
+        // Wait for work, but never past the next reconnect attempt or idle ping.
+        let wait = if self.conn.is_none() {
+            self.backoff.remaining()
+        } else if self.pending.is_empty() {
+            IDLE_PING.saturating_sub(self.last_io.elapsed())
+        } else {
+            Duration::ZERO
+        };
+        self.take_new(wait.min(Duration::from_millis(200)));
+
+        if self.conn.is_none() {
+            if !self.backoff.remaining().is_zero() {
+                return;
+            }
+            match self.shared.connector.connect(IO_TIMEOUT) {
+                Ok(c) => {
+                    self.conn = Some(c);
+                    self.backoff.reset();
+                    self.last_io = Instant::now();
+                    self.shared.stats.set_link(Link::Writer, true, &"connected");
+                }
+                Err(e) => {
+                    self.shared.stats.set_link(Link::Writer, false, &e);
+                    self.backoff.failed();
+                    return;
+                }
+            }
+        }
+        if !self.pending.is_empty() {
+            self.write_batch();
+        } else if self.last_io.elapsed() >= IDLE_PING {
+            self.ping();
+        }
+    }
+
+    /// Moves queued events into `pending`, waiting up to `wait` for the first one.
+    fn take_new(&mut self, wait: Duration) {
+        if !wait.is_zero() {
+            if self.pending.is_empty() {
+                match self.rx.recv_timeout(wait) {
+                    Ok(ev) => self.push(ev),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                // Waiting out a backoff with events in hand: they stay counted in the outbox meanwhile.
+                conn::sleep_unless(&self.shared.stop, wait);
+            }
+        }
+        while let Ok(ev) = self.rx.try_recv() {
+            self.push(ev);
+        }
+    }
+
+    fn push(&mut self, ev: OutEvent) {
+        // Numbered in channel order, so the numbers of one origin increase along the stream.
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back(Numbered { ev, seq });
+    }
+
+    fn ping(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        self.last_io = Instant::now();
+        if let Err(e) = redis::cmd("PING").query::<redis::Value>(conn.like()) {
+            self.lost(&e);
+        }
+    }
+
+    fn lost(&mut self, why: &dyn std::fmt::Display) {
+        self.conn = None;
+        self.shared.stats.set_link(Link::Writer, false, why);
+        self.backoff.failed();
+    }
+
+    /// Writes one batch from the front of `pending` and settles each event by its reply.
+    fn write_batch(&mut self) {
+        let mut pipe = redis::pipe();
+        let mut bytes = 0;
+        let mut n = 0;
+        for item in self.pending.iter().take(BATCH_MAX) {
+            if n > 0 && bytes + item.ev.cost() > BATCH_BYTES {
+                break;
+            }
+            bytes += item.ev.cost();
+            n += 1;
+            self.add_xadd(&mut pipe, item);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        self.last_io = Instant::now();
+        let packed = pipe.get_packed_pipeline();
+        let replies = match conn.like().req_packed_commands(&packed, 0, n) {
+            Ok(r) => r,
+            Err(e) => {
+                // Unknown which commands took effect: keep them all. Retried events keep their sequence
+                // numbers, so readers drop the copies that did get through.
+                return self.lost(&e);
+            }
+        };
+        if replies.len() != n {
+            return self.lost(&"reply count does not match the pipeline");
+        }
+        let mut done = 0;
+        let mut retry_from = None;
+        for reply in &replies {
+            if let redis::Value::ServerError(e) = reply {
+                let code = e.code().to_string();
+                if conn::transient_code(&code) {
+                    retry_from = Some((code, e.details().unwrap_or("").to_string()));
+                    break;
+                }
+                self.shared
+                    .stats
+                    .redis_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .events_dropped_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_error(&format!(
+                    "cluster: Redis refused an event on stream {:?} ({code} {}); event dropped",
+                    self.shared.cfg.stream,
+                    e.details().unwrap_or("")
+                ));
+            } else {
+                self.shared
+                    .stats
+                    .events_out_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            done += 1;
+        }
+        self.settle(done);
+        if let Some((code, details)) = retry_from {
+            // Keep this event and everything after it (in order); whatever of it was written is deduplicated by
+            // the readers.
+            if conn::reconnect_code(&code) {
+                self.lost(&format!("{code} {details}"));
+            } else {
+                self.shared
+                    .stats
+                    .redis_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_error(&format!("cluster: Redis busy ({code} {details}); retrying"));
+                conn::sleep_unless(&self.shared.stop, Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn add_xadd(&self, pipe: &mut redis::Pipeline, item: &Numbered) {
+        let ev = &item.ev;
+        let s = &self.shared;
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(&s.cfg.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(&self.maxlen)
+            .arg("*")
+            .arg(event::F_ORIGIN)
+            .arg(&s.origin)
+            .arg(event::F_NODE)
+            .arg(s.node_id)
+            .arg(event::F_SEQ)
+            .arg(item.seq)
+            .arg(event::F_KIND)
+            .arg(ev.kind.as_str())
+            .arg(event::F_TARGET)
+            .arg(&ev.target)
+            .arg(event::F_DATA)
+            .arg(&ev.data)
+            .arg(event::F_TRACE);
+        if ev.trace.is_empty() {
+            cmd.arg(format!("{}-{}", s.origin, item.seq));
+        } else {
+            cmd.arg(&ev.trace);
+        }
+        cmd.arg(event::F_TS).arg(ev.ts_ms);
+    }
+
+    /// Removes the first `n` pending events (written or dropped) from the outbox accounting.
+    fn settle(&mut self, n: usize) {
+        let mut bytes = 0;
+        for item in self.pending.drain(..n) {
+            bytes += item.ev.cost();
+        }
+        let stats = &self.shared.stats;
+        stats.outbox_events.fetch_sub(n, Ordering::Relaxed);
+        stats.outbox_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn log_error(&mut self, msg: &str) {
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+        {
+            self.last_error_log = Some(Instant::now());
+            log::error!("{}", super::one_line(&msg));
+        }
+    }
+
+    /// At shutdown: one bounded attempt to write what is left; the rest is counted as dropped.
+    fn finish(&mut self) {
+        self.take_new(Duration::ZERO);
+        let deadline = Instant::now() + FLUSH_ON_STOP;
+        while !self.pending.is_empty() && self.conn.is_some() && Instant::now() < deadline {
+            let before = self.pending.len();
+            self.write_batch();
+            if self.pending.len() == before {
+                break;
+            }
+        }
+        let left = self.pending.len();
+        if left > 0 {
+            self.shared
+                .stats
+                .events_dropped_total
+                .fetch_add(left as u64, Ordering::Relaxed);
+            self.settle(left);
+            log::warn!("cluster: {left} outgoing events not written to Redis at shutdown");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# bench/run.sh — the standard wsgate benchmark suite, scaled to a 2-core machine (a few minutes in all).
+#
+# Builds nothing: run `cargo build --release` first (wsgate and wsgate-bench). For every scenario it starts a fresh
+# gateway on ephemeral loopback ports, reads the ports from its "wsgate ready ws=IP:PORT api=IP:PORT" line, runs
+# wsgate-bench against it, and stops that gateway by its PID (SIGTERM, then SIGKILL after 15 s). Every load is
+# bounded in count and time and targets 127.0.0.x only.
+#
+# Results: the human summaries on stdout and in bench/out/, one JSON line per scenario in bench/out/results.jsonl,
+# a dated section appended to bench/RESULTS.md (earlier sections are kept) and bench/latency.svg (latest run).
+#
+# Usage: bench/run.sh [--quick] [--only NAME[,NAME...]] [--wait-quiet SECONDS]
+#   --quick   small parameters (a smoke test, well under a minute); recorded in bench/out/quick-RESULTS.md and
+#             bench/out/quick-latency.svg instead of bench/RESULTS.md / bench/latency.svg
+#   --only    run only these scenarios: connect, fanout, fanout-paced, churn, echo, acks
+#   --wait-quiet N   before each scenario wait up to N seconds for the machine to be at least 90% idle (a shared
+#             machine's builds disturb the figures; every summary also reports what other processes used)
+# Environment: WSGATE (gateway binary), WSGATE_BENCH (generator binary); default ${CARGO_TARGET_DIR:-target}/release.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+GW="${WSGATE:-$TARGET_DIR/release/wsgate}"
+BENCH="${WSGATE_BENCH:-$TARGET_DIR/release/wsgate-bench}"
+OUT="$ROOT/bench/out"
+QUICK=0
+ONLY=""
+WAIT_QUIET=0
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --only) ONLY="${2:?--only needs a list}"; shift ;;
+        --wait-quiet) WAIT_QUIET="${2:?--wait-quiet needs seconds}"; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+for bin in "$GW" "$BENCH"; do
+    if [ ! -x "$bin" ]; then
+        echo "run.sh: $bin not found; run 'cargo build --release' first (or set WSGATE / WSGATE_BENCH)" >&2
+        exit 2
+    fi
+done
+
+# Identify what is measured now: another build may replace the binary while the suite runs.
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]; then
+    COMMIT="$COMMIT+dirty"
+fi
+gw_id() { echo "sha256 $(sha256sum "$GW" | cut -c1-12), built $(date -u -r "$GW" '+%Y-%m-%d %H:%M:%SZ')"; }
+GW_ID="$(gw_id)"
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+GW_PID=""
+WS_ADDR=""
+API_ADDR=""
+FAILED=()
+
+stop_gateway() {
+    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+        kill -TERM "$GW_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$GW_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$GW_PID" 2>/dev/null; then
+            echo "run.sh: gateway $GW_PID did not stop within 15 s; sending SIGKILL" >&2
+            kill -KILL "$GW_PID" 2>/dev/null || true
+        fi
+        wait "$GW_PID" 2>/dev/null || true
+    fi
+    GW_PID=""
+}
+trap stop_gateway EXIT
+trap 'stop_gateway; exit 130' INT TERM
+
+start_gateway() {
+    local log="$OUT/gateway-$1.log"
+    "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
+    GW_PID=$!
+    local line=""
+    for _ in $(seq 1 100); do
+        line="$(grep -m1 '^wsgate ready ' "$log" || true)"
+        [ -n "$line" ] && break
+        if ! kill -0 "$GW_PID" 2>/dev/null; then
+            echo "run.sh: gateway exited before it was ready:" >&2
+            cat "$log" >&2
+            GW_PID=""
+            return 1
+        fi
+        sleep 0.1
+    done
+    if [ -z "$line" ]; then
+        echo "run.sh: no ready line from the gateway within 10 s" >&2
+        return 1
+    fi
+    WS_ADDR="$(sed -n 's/^wsgate ready ws=\([^ ]*\) api=\([^ ]*\).*$/\1/p' <<<"$line")"
+    API_ADDR="$(sed -n 's/^wsgate ready ws=\([^ ]*\) api=\([^ ]*\).*$/\2/p' <<<"$line")"
+    echo "run.sh: gateway pid $GW_PID ready: ws=$WS_ADDR api=$API_ADDR"
+}
+
+# Percentage of CPU time idle over one second, whole machine.
+idle_pct() {
+    local a b
+    read -r -a a </proc/stat
+    sleep 1
+    read -r -a b </proc/stat
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    local idle=$((b[4] + b[5] - a[4] - a[5]))
+    [ "$total" -gt 0 ] && echo $((100 * idle / total)) || echo 100
+}
+
+wait_quiet() {
+    local deadline=$((SECONDS + WAIT_QUIET)) idle
+    idle="$(idle_pct)"
+    while [ "$idle" -lt 90 ] && [ "$SECONDS" -lt "$deadline" ]; do
+        echo "run.sh: machine only ${idle}% idle; waiting (at most ${WAIT_QUIET}s per scenario)"
+        sleep 5
+        idle="$(idle_pct)"
+    done
+    echo "run.sh: machine ${idle}% idle before the run"
+}
+
+wanted() {
+    [ -z "$ONLY" ] && return 0
+    case ",$ONLY," in *",$1,"*) return 0 ;; esac
+    return 1
+}
+
+# run NAME SCENARIO PATH ARGS...: fresh gateway, one wsgate-bench run, gateway stopped.
+run() {
+    local name="$1" scenario="$2" path="$3"
+    shift 3
+    wanted "$name" || return 0
+    echo
+    echo "=== $name ==="
+    wait_quiet
+    if ! start_gateway "$name"; then
+        FAILED+=("$name (gateway did not start)")
+        stop_gateway
+        return 0
+    fi
+    local log="$OUT/$name.txt" rc=0
+    "$BENCH" "$scenario" --label "$name" --url "ws://$WS_ADDR$path" --api "http://$API_ADDR" --server-pid "$GW_PID" "$@" \
+        >"$log" 2>"$OUT/$name.progress" || rc=$?
+    grep -v '^{' "$log" || true
+    tail -n 1 "$log" | grep '^{' >>"$RESULTS" || true
+    [ "$rc" -eq 0 ] || FAILED+=("$name (wsgate-bench exit $rc; see $OUT/$name.progress)")
+    stop_gateway
+}
+
+if [ "$QUICK" -eq 1 ]; then
+    MD="$OUT/quick-RESULTS.md"
+    SVG="$OUT/quick-latency.svg"
+    NOTE="bench/run.sh --quick"
+    run connect connect /ws --conns 2000 --procs 2 --rate 2000 --duration 10 --timeout 5
+    run fanout fanout /ws --conns 2000 --procs 2 --messages 50 --size 1024 --inflight 8 --duration 10 --timeout 5
+    run fanout-paced fanout /ws --conns 2000 --procs 2 --messages 20 --interval-ms 50 --size 1024 --duration 10 --timeout 5
+    run churn churn /ws --conns 1000 --procs 2 --churn-rate 100 --messages 100 --interval-ms 20 --duration 5 --timeout 5
+    run echo echo /echo --conns 100 --procs 2 --size 1024 --inflight 8 --duration 3 --timeout 5
+    run acks acks /ws --conns 2000 --procs 2 --messages 5 --interval-ms 500 --duration 5 --timeout 5
+else
+    MD="$ROOT/bench/RESULTS.md"
+    SVG="$ROOT/bench/latency.svg"
+    NOTE="bench/run.sh"
+    # 15000 connections: under the gateway's ~19.9k fd budget; two generator processes on two source addresses.
+    run connect connect /ws --conns 15000 --procs 2 --source-ips 2 --rate 5000 --duration 30 --timeout 10
+    # Throughput: 200 publishes of 1 KiB as fast as an 8-deep pipelined window allows (latency includes queueing).
+    # 200 KiB per subscriber stays under the gateway's ws.max_outbound_bytes (1 MiB): a longer burst gets every
+    # subscriber closed with 1008, because the API accepts publishes faster than they can be written.
+    run fanout fanout /ws --conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 200 --size 1024 \
+        --inflight 8 --duration 30 --timeout 15
+    # Latency: the same audience at a steady 5 publishes/s (75k deliveries/s, below this machine's saturation:
+    # unbatched, each delivery is one write on loopback and 10/s already fills both cores).
+    run fanout-paced fanout /ws --conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 50 --size 1024 \
+        --interval-ms 200 --duration 30 --timeout 15
+    # Churn: 10000 subscribers, 200 leave and rejoin per second, 10 publishes/s of 1 KiB for 20 s.
+    run churn churn /ws --conns 10000 --procs 2 --source-ips 2 --rate 5000 --churn-rate 200 --messages 200 \
+        --interval-ms 100 --size 1024 --duration 20 --timeout 15
+    # Echo: 1000 connections with 8 messages of 1 KiB outstanding each.
+    run echo echo /echo --conns 1000 --procs 2 --rate 5000 --size 1024 --inflight 8 --duration 15 --timeout 10
+    # The seed workload scaled down: push to all 15000 every second (instead of 5 s), each answers with a receipt.
+    run acks acks /ws --conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 15 --interval-ms 1000 \
+        --size 256 --duration 30 --timeout 15
+fi
+
+GW_NOTE="$GW ($GW_ID) --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo, fresh per scenario"
+if [ "$(gw_id)" != "$GW_ID" ]; then
+    echo "run.sh: WARNING: $GW was rebuilt during the suite; the results mix two builds" >&2
+    GW_NOTE="$GW_NOTE; WARNING: the binary was rebuilt during the suite (now $(gw_id))"
+fi
+if [ -s "$RESULTS" ]; then
+    "$BENCH" report --results "$RESULTS" --md "$MD" --svg "$SVG" --commit "$COMMIT" --note "$NOTE" \
+        --gateway "$GW_NOTE"
+else
+    echo "run.sh: no results to record" >&2
+fi
+
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "run.sh: failed scenarios:" >&2
+    printf '  %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi

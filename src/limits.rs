@@ -3,11 +3,14 @@
 use crate::config::Config;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// Descriptors the process needs besides client connections (listeners, epoll, eventfds, API clients, logs).
-const RESERVED_FDS: u64 = 64;
+/// Descriptors kept free of client connections: listeners, epoll and eventfds per reactor, API clients
+/// (`api::MAX_API_CONNECTIONS`), Redis connections, certificate and key files read at reload.
+const RESERVED_FDS: u64 = 1024 + 256;
 
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit and tells the operator the resulting capacity.
-pub fn raise_nofile(config: &Config) {
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit, tells the operator the resulting capacity, and lowers
+/// `server.max_connections` to it: past that, a client gets a quick 503 instead of waiting in the accept backlog
+/// of a reactor that cannot open another descriptor.
+pub fn raise_nofile(config: &mut Config) {
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(l) => l,
         Err(e) => {
@@ -26,13 +29,15 @@ pub fn raise_nofile(config: &Config) {
     } else {
         soft
     };
-    let capacity = limit.saturating_sub(RESERVED_FDS);
+    let capacity = limit.saturating_sub(RESERVED_FDS).max(1);
     log::info!("file-descriptor limit {limit}: room for about {capacity} connections");
     let wanted = config.server.max_connections as u64;
     if capacity < wanted {
         log::warn!(
-            "file-descriptor limit {limit} is below server.max_connections ({wanted}); raise LimitNOFILE / \
-             `ulimit -Hn` (see scripts/sysctl.sh and deploy/wsgate.service) to hold more connections"
+            "file-descriptor limit {limit} is below server.max_connections ({wanted}): holding at most {capacity} \
+             connections; raise LimitNOFILE / `ulimit -Hn` (see scripts/sysctl.sh and deploy/wsgate.service) to hold \
+             more"
         );
+        config.server.max_connections = capacity as usize;
     }
 }

@@ -62,7 +62,7 @@ fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli) {
+    let mut config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsgate: {e}");
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wsgate::limits::raise_nofile(&config);
+    wsgate::limits::raise_nofile(&mut config);
 
     let server = match Server::start(config.clone()) {
         Ok(s) => s,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
 /// API connections held at once; more are refused (the API is for a few backend clients).
-const MAX_API_CONNECTIONS: usize = 4096;
+pub const MAX_API_CONNECTIONS: usize = 1024;
 /// An API connection that sends nothing for this long is closed (also bounds slow request heads).
 const IDLE: Duration = Duration::from_secs(30);
 /// Unsent response bytes at which a pipelining client is no longer read from until it reads its responses.

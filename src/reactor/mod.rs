@@ -43,7 +43,8 @@ const SCRATCH: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// Seconds to wait for the client's close frame, or for EOF after an HTTP error, before dropping the socket.
 const CLOSE_GRACE: u32 = 2;
-/// Commands taken from the channel per iteration, so a publish storm cannot starve socket I/O.
+/// Commands taken from the channel per iteration, at most; fewer when their frames add up to a quarter of
+/// `ws.max_outbound_bytes` (see `run_commands`).
 const COMMANDS_PER_ITERATION: usize = 4096;
 
 /// What a reactor thread is started with (all `Send`; the reactor builds its `!Send` parts on its own thread).
@@ -796,12 +797,27 @@ impl Reactor {
 
     // ---- commands from other threads -------------------------------------------------------------------------
 
+    /// Runs queued commands. Each iteration ends with a flush, so the frames taken here bound what one burst can
+    /// queue on a healthy connection before its socket is written: a quarter of its slow-consumer budget. A
+    /// publisher faster than the sockets then waits on the bounded command channel (backpressure) instead of
+    /// pushing healthy subscribers over `ws.max_outbound_bytes`.
     fn run_commands(&mut self) {
+        let budget = self.limits.max_outbound / 4;
+        let mut taken = 0;
         for _ in 0..COMMANDS_PER_ITERATION {
+            if taken >= budget {
+                return;
+            }
             let Ok(cmd) = self.rx.try_recv() else { return };
             match cmd {
-                Command::Publish { channel, frame } => self.fan_out(&channel, frame),
-                Command::Broadcast { frame } => self.broadcast(frame),
+                Command::Publish { channel, frame } => {
+                    taken += frame.len();
+                    self.fan_out(&channel, frame)
+                }
+                Command::Broadcast { frame } => {
+                    taken += frame.len();
+                    self.broadcast(frame)
+                }
                 Command::Shutdown { drain_ms } => self.shutdown(drain_ms),
                 Command::Session(c) => self.on_session_command(c),
             }

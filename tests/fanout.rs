@@ -423,3 +423,54 @@ fn disconnected_subscribers_do_not_disturb_delivery() {
     let r = http_get(s.api, "/healthz");
     assert_eq!(r.status, 200, "{r}");
 }
+
+/// A publisher much faster than the sockets must be slowed down (backpressure), not turn healthy, reading
+/// subscribers into "slow consumers": 3 MB of publishes in one pipelined burst is ~48 times
+/// `ws.max_outbound_bytes` (64 KiB here), and every reader still gets every message, in order, without a close.
+#[test]
+fn publish_burst_beyond_the_outbound_limit_reaches_healthy_readers() {
+    const READERS: usize = 20;
+    const BURST: usize = 3000;
+    let s = Server::start(&["--set", "ws.max_outbound_bytes=65536"]);
+    let pad = "b".repeat(1000);
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let mut ws = RawWs::connect(s.ws, "/ws?channels=burst");
+            std::thread::spawn(move || {
+                for k in 0..BURST {
+                    let f = ws
+                        .next_message(Duration::from_secs(20))
+                        .unwrap_or_else(|e| panic!("message {k} of {BURST}: {e}"));
+                    let v: Value = serde_json::from_str(&f.text())
+                        .unwrap_or_else(|e| panic!("message {k}: {e}: {}", f.text()));
+                    assert_eq!(v["data"]["k"], k, "message {k} out of order: {}", f.text());
+                }
+            })
+        })
+        .collect();
+    // One write with every request: the API reads them as fast as the reactors accept them.
+    let mut api = Http::connect(s.api);
+    let mut burst = Vec::new();
+    for k in 0..BURST {
+        let body = format!(r#"{{"channel":"burst","data":{{"k":{k},"pad":"{pad}"}}}}"#);
+        burst.extend(api.build("POST", "/api/publish", &[], body.as_bytes()));
+    }
+    let writer = std::thread::spawn(move || {
+        api.send(&burst);
+        for k in 0..BURST {
+            let r = api
+                .read_response(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("response {k}: {e}"));
+            assert_eq!(r.status, 200, "publish {k}: {r}");
+        }
+    });
+    for r in readers {
+        r.join().expect("a reader missed messages");
+    }
+    writer.join().expect("publisher");
+    assert_eq!(
+        s.stat("/totals/slow_consumer_closes_total"),
+        0,
+        "healthy readers were closed"
+    );
+}

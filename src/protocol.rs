@@ -50,7 +50,8 @@ pub fn broadcast_message(data: &str) -> SharedFrame {
     message_frame(&[b"{\"broadcast\":true,\"data\":", data.as_bytes(), b"}"])
 }
 
-fn message_frame(parts: &[&[u8]]) -> SharedFrame {
+/// One shared text frame whose payload is `parts` concatenated (header written once, one allocation).
+pub(crate) fn message_frame(parts: &[&[u8]]) -> SharedFrame {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut header = [0u8; encode::MAX_HEADER];
     let h = encode::write_header(&mut header, OP_TEXT, len);
@@ -95,14 +96,16 @@ pub fn error(message: &str) -> Vec<u8> {
     text_frame(&json)
 }
 
-fn push_id(json: &mut String, id: Option<&RawValue>) {
+/// Appends `,"id":ID` (the request id, verbatim) when there is one.
+pub(crate) fn push_id(json: &mut String, id: Option<&RawValue>) {
     if let Some(id) = id {
         json.push_str(",\"id\":");
         json.push_str(id.get());
     }
 }
 
-fn text_frame(json: &str) -> Vec<u8> {
+/// A complete text frame carrying `json`.
+pub(crate) fn text_frame(json: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + 4);
     encode::push_frame(&mut out, OP_TEXT, json.as_bytes());
     out

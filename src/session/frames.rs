@@ -3,9 +3,9 @@
 
 use crate::frame::{encode, OP_TEXT};
 use crate::pool::SharedFrame;
+use crate::protocol::{message_frame, push_id, text_frame};
 use serde_json::value::RawValue;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 /// Codes in replies, close frames and HTTP refusal bodies (documented in docs/PROTOCOL.md).
 pub mod code {
@@ -27,22 +27,16 @@ fn json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }
 
-fn frame(json: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() + 4);
-    encode::push_frame(&mut out, OP_TEXT, json.as_bytes());
-    out
-}
-
-fn shared(parts: &[&[u8]]) -> SharedFrame {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut header = [0u8; encode::MAX_HEADER];
-    let h = encode::write_header(&mut header, OP_TEXT, len);
-    let mut out = Vec::with_capacity(h + len);
-    out.extend_from_slice(&header[..h]);
-    for p in parts {
-        out.extend_from_slice(p);
+/// Appends `,"KEY":["a","b"]`.
+fn push_str_list<S: AsRef<str>>(json: &mut String, key: &str, list: &[S]) {
+    let _ = write!(json, ",\"{key}\":[");
+    for (i, c) in list.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json_str(json, c.as_ref());
     }
-    Arc::new(out)
+    json.push(']');
 }
 
 /// `{"type":"welcome","sid":"<decimal>","heartbeat":{"interval":N,"timeout":M}}` plus `"user"` when authenticated.
@@ -62,7 +56,7 @@ pub fn push_welcome(out: &mut Vec<u8>, sid: u64, interval: u32, timeout: u32, us
 
 /// `{"type":"heartbeat","interval":N,"timeout":M}`: the client's new heartbeat interval.
 pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
-    frame(&format!(
+    text_frame(&format!(
         "{{\"type\":\"heartbeat\",\"interval\":{interval},\"timeout\":{timeout}}}"
     ))
 }
@@ -71,7 +65,7 @@ pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
 pub fn user_message(user: &str, data: &str) -> SharedFrame {
     let mut name = String::new();
     json_str(&mut name, user);
-    shared(&[
+    message_frame(&[
         b"{\"user\":",
         name.as_bytes(),
         b",\"data\":",
@@ -83,7 +77,7 @@ pub fn user_message(user: &str, data: &str) -> SharedFrame {
 /// `{"sid":"123","data":DATA}`, delivered to one connection.
 pub fn sid_message(sid: u64, data: &str) -> SharedFrame {
     let sid = format!("\"{sid}\"");
-    shared(&[
+    message_frame(&[
         b"{\"sid\":",
         sid.as_bytes(),
         b",\"data\":",
@@ -105,17 +99,10 @@ pub fn reply_error(
     let _ = write!(json, ",\"ok\":false,\"code\":{code},\"error\":");
     json_str(&mut json, error);
     if let Some(list) = channels {
-        json.push_str(",\"channels\":[");
-        for (i, c) in list.iter().enumerate() {
-            if i > 0 {
-                json.push(',');
-            }
-            json_str(&mut json, c);
-        }
-        json.push(']');
+        push_str_list(&mut json, "channels", list);
     }
     json.push('}');
-    frame(&json)
+    text_frame(&json)
 }
 
 /// `{"type":"reply","id":ID,"ok":true,"exp":EXP}` plus `"unsubscribed":[...]` when the new token dropped channels.
@@ -125,24 +112,10 @@ pub fn refresh_ok(id: Option<&RawValue>, exp: u64, unsubscribed: &[String]) -> V
     push_id(&mut json, id);
     let _ = write!(json, ",\"ok\":true,\"exp\":{exp}");
     if !unsubscribed.is_empty() {
-        json.push_str(",\"unsubscribed\":[");
-        for (i, c) in unsubscribed.iter().enumerate() {
-            if i > 0 {
-                json.push(',');
-            }
-            json_str(&mut json, c);
-        }
-        json.push(']');
+        push_str_list(&mut json, "unsubscribed", unsubscribed);
     }
     json.push('}');
-    frame(&json)
-}
-
-fn push_id(json: &mut String, id: Option<&RawValue>) {
-    if let Some(id) = id {
-        json.push_str(",\"id\":");
-        json.push_str(id.get());
-    }
+    text_frame(&json)
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ const SCRATCH: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// Seconds to wait for the client's close frame, or for EOF after an HTTP error, before dropping the socket.
 const CLOSE_GRACE: u32 = 2;
+/// Connections written between two looks at the command channel during a flush pass; 0 = never look mid-pass.
+const MID_FLUSH_INTAKE: usize = 512;
 /// Commands taken from the channel per iteration, at most; fewer when their frames add up to a quarter of
 /// `ws.max_outbound_bytes` (see `run_commands`).
 const COMMANDS_PER_ITERATION: usize = 4096;
@@ -914,12 +916,21 @@ impl Reactor {
         }
     }
 
+    /// Writes every connection with queued output, one writev each. During a long pass (thousands of
+    /// connections), publishes that arrive meanwhile are taken in every `MID_FLUSH_INTAKE` connections: they join
+    /// the queues of connections not yet written in this pass (so those leave in the same writev), and the
+    /// connections already written are flushed again in the next iteration.
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        for key in dirty.iter().copied() {
+        for (i, key) in dirty.iter().copied().enumerate() {
             self.flush(key);
+            if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 && !self.rx.is_empty() {
+                self.run_commands();
+            }
         }
+        // Keep what became dirty during the pass (taken commands, replies) for the next iteration.
         dirty.clear();
+        dirty.append(&mut self.dirty);
         self.dirty = dirty;
     }
 

@@ -2,6 +2,7 @@
 //! per-tenant publish rate, `POST /api/disconnect`, `GET /api/presence` and `GET /api/user/{id}`.
 
 use super::http::{Request, Response};
+use crate::cluster::event::Scope;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{percent_decode, valid_channel};
@@ -96,8 +97,19 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
         if user.is_empty() || user.len() > MAX_NAME {
             return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
         }
-        let frame = frames::user_message(user, data.get());
-        hub.publish_user(user, t.device.as_deref(), t.tenant.as_deref(), frame);
+        let (device, tenant) = (t.device.as_deref(), t.tenant.as_deref());
+        match &hub.cluster {
+            // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
+            // it with its id. If the outbox is full, this node's connections still get it (without an id).
+            Some(cluster) => {
+                if !cluster.user(user, device, tenant, data.get()) {
+                    let frame = frames::user_message(user, data.get());
+                    hub.deliver_user(user, device, tenant, frame, None);
+                }
+                hub.count_user_publish();
+            }
+            None => hub.publish_user(user, device, tenant, frames::user_message(user, data.get())),
+        }
         return Some(Response::json(
             200,
             json!({"ok": true, "user": user}).to_string(),
@@ -112,9 +124,28 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
             "\"sid\" must be a socket id (decimal string or integer)",
         ));
     };
+    let ok = || Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}"));
+    // Cluster mode: another node's socket id goes over the bus to that node.
+    if let Some(cluster) = hub
+        .cluster
+        .as_ref()
+        .filter(|_| sid::node_of(sid) != hub.sessions.node_id)
+    {
+        if !cluster.sid(sid, data.get()) {
+            return Some(Response::error(
+                503,
+                "cluster outbox full (cluster.outbox_limit); retry later",
+            ));
+        }
+        hub.sessions
+            .api
+            .sid_publishes_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Some(ok());
+    }
     Some(
         match hub.publish_sid(sid, frames::sid_message(sid, data.get())) {
-            Ok(()) => Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}")),
+            Ok(()) => ok(),
             Err(why) => Response::error(404, why),
         },
     )
@@ -167,19 +198,38 @@ fn disconnect(body: &[u8], hub: &Hub) -> Response {
     if reason.len() > 123 {
         return Response::error(400, "\"reason\" must be at most 123 bytes");
     }
+    // Cluster mode: a user's connections may be on every node, another node's socket id only there. The other
+    // nodes close theirs without this request waiting for them: `disconnected` counts this node's.
+    let forward = hub.cluster.as_ref().and_then(|c| match &target {
+        Target::User(u) => Some((c, Scope::User, u.to_string())),
+        Target::Sid(s) if sid::node_of(*s) != hub.sessions.node_id => {
+            Some((c, Scope::Sid, s.to_string()))
+        }
+        Target::Sid(_) => None,
+    });
+    let forwarded = match forward {
+        Some((cluster, scope, t)) => {
+            if !cluster.disconnect(scope, &t, code, reason) {
+                return Response::error(
+                    503,
+                    "cluster outbox full (cluster.outbox_limit); retry later",
+                );
+            }
+            true
+        }
+        None => false,
+    };
     match hub.disconnect(target, code, reason) {
+        Ok(n) if forwarded => Response::json(
+            200,
+            format!("{{\"ok\":true,\"disconnected\":{n},\"forwarded\":true}}"),
+        ),
         Ok(n) => Response::json(200, format!("{{\"ok\":true,\"disconnected\":{n}}}")),
         Err(why) => Response::error(503, why),
     }
 }
 
-/// Decoded query parameters (`None` for a bad escape).
-fn param(query: &str, name: &str) -> Option<Result<String, ()>> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v).ok_or(()))
-    })
-}
+use crate::protocol::query_param as param;
 
 fn presence(query: &str, hub: &Hub) -> Response {
     let channel = match param(query, "channel") {

@@ -177,12 +177,73 @@ fn primary_via(
     }
 }
 
+/// The outcome of one command of a batch: its reply, or the error Redis answered it with.
+#[derive(Debug)]
+pub enum Reply {
+    Value(redis::Value),
+    Refused { code: String, details: String },
+}
+
 impl RedisConn {
     pub fn like(&mut self) -> &mut dyn ConnectionLike {
         match self {
             RedisConn::Single(c) => c,
             RedisConn::Cluster(c) => c,
         }
+    }
+
+    /// Runs `cmds`, which may touch many keys: as one pipeline (one round trip) on a single server; one command
+    /// at a time, each routed by its key, on Redis Cluster (a raw pipeline would go to the first key's shard).
+    /// Err means the connection failed and it is unknown which commands took effect.
+    pub fn exec(&mut self, cmds: &[redis::Cmd]) -> RedisResult<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(c) => {
+                let mut packed = Vec::new();
+                for cmd in cmds {
+                    packed.extend_from_slice(&cmd.get_packed_command());
+                }
+                let replies = c.req_packed_commands(&packed, 0, cmds.len())?;
+                if replies.len() != cmds.len() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::ResponseError,
+                        "reply count does not match the pipeline",
+                    )));
+                }
+                Ok(replies.into_iter().map(reply_of).collect())
+            }
+            RedisConn::Cluster(c) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    match c.req_packed_command(&cmd.get_packed_command()) {
+                        Ok(v) => out.push(reply_of(v)),
+                        Err(e) => match e.code() {
+                            // Answered with an error: the connection is fine.
+                            Some(code) if e.kind() != redis::ErrorKind::IoError => {
+                                out.push(Reply::Refused {
+                                    code: code.to_string(),
+                                    details: e.detail().unwrap_or("").to_string(),
+                                })
+                            }
+                            _ => return Err(e),
+                        },
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn reply_of(v: redis::Value) -> Reply {
+    match v {
+        redis::Value::ServerError(e) => Reply::Refused {
+            code: e.code().to_string(),
+            details: e.details().unwrap_or("").to_string(),
+        },
+        v => Reply::Value(v),
     }
 }
 

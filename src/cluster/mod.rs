@@ -15,13 +15,18 @@ pub mod config;
 mod conn;
 mod dispatch;
 pub mod event;
+pub mod keys;
 pub mod lease;
+pub mod link;
 mod reader;
+mod replay;
+mod state;
 mod stats;
 mod writer;
 
 pub use config::ClusterConfig;
 pub use event::{EventKind, InEvent, OutEvent};
+pub use link::SessionLink;
 pub use stats::BridgeStats;
 
 use crate::config::Config;
@@ -36,11 +41,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Delivers events from other nodes to this node's connections. The hub implements it (src/cluster/dispatch.rs);
-/// a new event kind is one more arm there.
+/// How the bridge threads reach this node's connections. The hub implements it (src/cluster/dispatch.rs); a new
+/// event kind is one more arm there.
 pub trait Deliver: Send + Sync {
-    /// Delivers `event`; false if this node does not handle its kind (counted as ignored).
+    /// Delivers an event of another node; false if this node does not handle its kind (counted as ignored).
     fn deliver(&self, event: &InEvent<'_>) -> bool;
+    /// Delivers a user push this node accepted (after it was stored for replay: `id`; or without an id).
+    fn deliver_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        data: &str,
+        id: Option<event::StreamId>,
+    );
+    /// Hands the result of reading a connection's missed messages to its reactor.
+    fn replay_done(&self, sid: u64, outcome: crate::session::ReplayOutcome);
+    /// Every open gateway connection, per reactor (None if a reactor did not answer in time).
+    fn snapshot(&self) -> Option<Vec<crate::session::Answer>>;
 }
 
 /// What the bridge threads share.
@@ -82,6 +100,22 @@ impl ClusterHandle {
         self.send(OutEvent::new(EventKind::Broadcast, "", data))
     }
 
+    /// Queues a push to user `user` (stored for replay, then delivered on every node, this one included). False if
+    /// it was dropped (outbox full).
+    pub fn user(&self, user: &str, device: Option<&str>, tenant: Option<&str>, data: &str) -> bool {
+        self.send(OutEvent::user(user, device, tenant, data))
+    }
+
+    /// Queues a push to connection `sid` of another node.
+    pub fn sid(&self, sid: u64, data: &str) -> bool {
+        self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
+    }
+
+    /// Queues a disconnect for the other nodes.
+    pub fn disconnect(&self, scope: event::Scope, target: &str, code: u16, reason: &str) -> bool {
+        self.send(OutEvent::disconnect(scope, target, code, reason))
+    }
+
     /// Queues any event without blocking. Over the outbox bounds it is dropped and counted.
     pub fn send(&self, ev: OutEvent) -> bool {
         let cost = ev.cost();
@@ -116,6 +150,8 @@ impl ClusterHandle {
 pub struct Cluster {
     shared: Arc<Shared>,
     handle: ClusterHandle,
+    link: SessionLink,
+    link_rx: Option<link::LinkReceivers>,
     rx: Option<Receiver<OutEvent>>,
     start_id: Option<StreamId>,
     threads: Vec<JoinHandle<()>>,
@@ -215,6 +251,7 @@ impl Cluster {
             outbox_limit: cfg.outbox_limit,
             outbox_max_bytes: cfg.outbox_max_bytes,
         };
+        let (link, link_rx) = SessionLink::new(stats.clone());
         let shared = Arc::new(Shared {
             cfg,
             connector,
@@ -227,6 +264,8 @@ impl Cluster {
         Ok(Cluster {
             shared,
             handle,
+            link,
+            link_rx: Some(link_rx),
             rx: Some(rx),
             start_id,
             threads: Vec::new(),
@@ -241,20 +280,44 @@ impl Cluster {
         self.handle.clone()
     }
 
-    /// Starts the writer, reader and heartbeat threads. `connections` feeds the health record.
+    /// The reactors' way into the bridge (session state, replays, acks).
+    pub fn session_link(&self) -> SessionLink {
+        self.link.clone()
+    }
+
+    /// Starts the bridge threads (writer, reader, heartbeat, state, replay). `connections` feeds the health
+    /// record.
     pub fn start(
         &mut self,
         deliver: Arc<dyn Deliver>,
         connections: Arc<AtomicUsize>,
     ) -> io::Result<()> {
-        let Some(rx) = self.rx.take() else {
+        let (Some(rx), Some(link_rx)) = (self.rx.take(), self.link_rx.take()) else {
             return Ok(()); // already started
         };
         let s = self.shared.clone();
+        let d = deliver.clone();
         self.threads.push(
             std::thread::Builder::new()
                 .name("cluster-writer".into())
-                .spawn(move || writer::run(s, rx))?,
+                .spawn(move || writer::run(s, d, rx))?,
+        );
+        let s = self.shared.clone();
+        let d = deliver.clone();
+        let lost = self.link.state_lost.clone();
+        let state_rx = link_rx.state;
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-state".into())
+                .spawn(move || state::run(s, d, state_rx, lost))?,
+        );
+        let s = self.shared.clone();
+        let d = deliver.clone();
+        let (replay_rx, acks_rx) = (link_rx.replay, link_rx.acks);
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-replay".into())
+                .spawn(move || replay::run(s, d, replay_rx, acks_rx))?,
         );
         let s = self.shared.clone();
         let start = self.start_id;

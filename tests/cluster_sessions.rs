@@ -1,0 +1,325 @@
+//! Sessions across cluster nodes, against the real binary and a real redis-server (started here, killed by its
+//! PID): user / socket / disconnect targets reach the node that holds the connection; user pushes are stored for
+//! offline replay and replayed on connect with no gap and no duplicate; upstream events land in a Redis stream;
+//! session state lives in Redis with the seed's keys and a killed node's sessions are swept; presence is
+//! cluster-wide.
+
+mod common;
+
+use common::redis_server::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A gateway in cluster mode on `redis` with JWT auth, plus `extra` arguments.
+fn node(redis: &RedisServer, extra: &[&str]) -> Server {
+    let set = format!("cluster.redis={}", redis.url());
+    let mut args: Vec<&str> = JWT_ARGS.to_vec();
+    args.extend_from_slice(&["--set", set.as_str()]);
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn token(sub: &str, device: &str) -> String {
+    hs256(&json!({"sub": sub, "device": device, "exp": unix_now() + 600, "channels": ["*"]}))
+}
+
+/// A user's connection after its replay: the replayed messages and the `{"type":"replay"}` frame that ends them.
+struct UserWs {
+    ws: RawWs,
+    replayed: Vec<Value>,
+    done: Value,
+}
+
+impl UserWs {
+    fn sid(&self) -> String {
+        self.ws.welcome_frame()["sid"].as_str().unwrap().to_string()
+    }
+
+    fn node_of(&self) -> u64 {
+        let sid: u64 = self.sid().parse().unwrap();
+        (sid >> 13) & 1023
+    }
+}
+
+/// Connects user `sub` (device `device`) to `s` with the extra query `query` (e.g. `since=...`) and reads up to the
+/// end of its replay.
+fn connect(s: &Server, sub: &str, device: &str, query: &str) -> UserWs {
+    let mut path = format!("/ws?token={}", token(sub, device));
+    if !query.is_empty() {
+        path.push('&');
+        path.push_str(query);
+    }
+    let mut ws = RawWs::connect(s.ws, &path);
+    let mut replayed = Vec::new();
+    loop {
+        let v = ws.expect_json(&format!("replay of {sub}/{device}"));
+        if v["type"] == "replay" {
+            return UserWs {
+                ws,
+                replayed,
+                done: v,
+            };
+        }
+        replayed.push(v);
+    }
+}
+
+fn post(s: &Server, path: &str, body: Value) -> HttpResponse {
+    Http::connect(s.api).post_json(path, &body.to_string())
+}
+
+fn push_user(s: &Server, user: &str, data: Value) {
+    let r = post(s, "/api/publish", json!({"user": user, "data": data}));
+    assert_eq!(r.status, 200, "push to {user}: {r}");
+}
+
+/// The `data` and `id` of a user frame, checking its shape.
+fn user_frame(v: &Value, user: &str) -> (Value, String) {
+    assert_eq!(v["user"], user, "not a push to {user}: {v}");
+    let id = v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("user frame without an id: {v}"))
+        .to_string();
+    (v["data"].clone(), id)
+}
+
+#[test]
+fn user_sid_and_disconnect_targets_cross_nodes() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut on_a1 = connect(a, "u1", "phone", "");
+    let mut on_a2 = connect(a, "u1", "laptop", "");
+    let mut on_c = connect(c, "u1", "tablet", "");
+    let mut other = connect(b, "u2", "phone", "");
+    for u in [&on_a1, &on_a2, &on_c, &other] {
+        assert_eq!(
+            u.done,
+            json!({"type":"replay","ok":true,"count":0,"last":null})
+        );
+    }
+
+    // A push accepted on B reaches every connection of u1, on A and on C, exactly once, with its stream id.
+    push_user(b, "u1", json!({"n": 1}));
+    let mut ids = Vec::new();
+    for (name, u) in [("a1", &mut on_a1), ("a2", &mut on_a2), ("c", &mut on_c)] {
+        let (data, id) = user_frame(&u.ws.expect_json(&format!("push on {name}")), "u1");
+        assert_eq!(data, json!({"n": 1}), "{name}");
+        ids.push(id);
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one id everywhere: {ids:?}"
+    );
+    // Device filter across nodes.
+    let r = post(
+        b,
+        "/api/publish",
+        json!({"user":"u1","device":"tablet","data":2}),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let (data, _) = user_frame(&on_c.ws.expect_json("push to the tablet"), "u1");
+    assert_eq!(data, json!(2));
+    for (name, u) in [
+        ("a1", &mut on_a1),
+        ("a2", &mut on_a2),
+        ("other", &mut other),
+    ] {
+        u.ws.expect_silence(
+            Duration::from_millis(300),
+            &format!("{name} after the pushes"),
+        );
+    }
+    on_c.ws
+        .expect_silence(Duration::from_millis(50), "c after the pushes");
+
+    // A socket id of node C, published on A: only that connection gets it; no more 404 in cluster mode.
+    let sid_c = on_c.sid();
+    assert_ne!(on_c.node_of(), on_a1.node_of());
+    let r = post(a, "/api/publish", json!({"sid": sid_c, "data": "only you"}));
+    assert_eq!((r.status, r.json()), (200, json!({"ok":true,"sid":sid_c})));
+    assert_eq!(
+        on_c.ws.expect_json("sid push from A"),
+        json!({"sid": sid_c, "data": "only you"})
+    );
+    on_a1
+        .ws
+        .expect_silence(Duration::from_millis(200), "a1 after the sid push");
+
+    // Disconnect one socket of node A from node C, then the whole user from B.
+    let sid_a2 = on_a2.sid();
+    let r = post(
+        c,
+        "/api/disconnect",
+        json!({"sid": sid_a2, "code": 4100, "reason": "bye a2"}),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"ok":true,"disconnected":0,"forwarded":true}))
+    );
+    let f = on_a2.ws.expect_close_code(4100, "a2 disconnected from C");
+    assert_eq!(f.close_reason(), "bye a2");
+    on_a1
+        .ws
+        .expect_silence(Duration::from_millis(200), "a1 keeps its connection");
+
+    let r = post(b, "/api/disconnect", json!({"user": "u1"}));
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"ok":true,"disconnected":0,"forwarded":true}))
+    );
+    on_a1
+        .ws
+        .expect_close_code(4000, "u1 on A disconnected from B");
+    on_c.ws
+        .expect_close_code(4000, "u1 on C disconnected from B");
+    other
+        .ws
+        .expect_silence(Duration::from_millis(200), "u2 stays");
+
+    // Bus entries carry the routing fields of the new kinds.
+    let mut r = redis.client();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("wsgate:bus")
+        .arg("-")
+        .arg("+")
+        .query(&mut r)
+        .unwrap();
+    let kinds: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("kind").unwrap())
+        .collect();
+    assert_eq!(kinds, ["user", "user", "sid", "disconnect", "disconnect"]);
+    let dev: String = entries.ids[1].get("device").unwrap();
+    assert_eq!(dev, "tablet");
+    let nid: String = entries.ids[0].get("nid").unwrap();
+    assert_eq!(nid, ids[0]);
+    let scope: String = entries.ids[3].get("scope").unwrap();
+    assert_eq!(scope, "sid");
+}
+
+#[test]
+fn offline_user_gets_missed_pushes_on_connect_exactly_once_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+
+    // Offline when pushed: replayed at the first connect (no ack stored yet: everything kept).
+    push_user(&a, "u1", json!("while away 1"));
+    push_user(&a, "u1", json!("while away 2"));
+    let first = connect(&b, "u1", "phone", "");
+    let got: Vec<Value> = first.replayed.iter().map(|v| v["data"].clone()).collect();
+    assert_eq!(got, [json!("while away 1"), json!("while away 2")]);
+    assert!(first.replayed.iter().all(|v| v["replay"] == true));
+    let last_id = first.replayed[1]["id"].as_str().unwrap().to_string();
+    assert_eq!(first.done["count"], 2);
+    assert_eq!(first.done["last"], last_id.as_str());
+    let mut ws = first.ws;
+
+    // Live pushes, acknowledged as they are processed.
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    let mut api = Http::connect(a.api);
+    for n in 0..3 {
+        let r = api.post_json(
+            "/api/publish",
+            &json!({"user":"u1","data":{"n":n}}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{r}");
+        let (data, id) = user_frame(&ws.expect_json("live push"), "u1");
+        ws.send_text(&json!({"op":"ack","id":id}).to_string());
+        seen.push((data["n"].as_i64().unwrap(), id));
+    }
+    // Acks are stored per user and device (merged, so only the last one matters).
+    let last_ack = seen.last().unwrap().1.clone();
+    let mut r = redis.client();
+    let stored = eventually(READ_TIMEOUT, || {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg("ws:ack:u1")
+            .arg("phone")
+            .query(&mut r)
+            .ok()?;
+        (v.as_deref() == Some(last_ack.as_str())).then_some(())
+    });
+    assert!(stored.is_some(), "ack {last_ack} not stored");
+    ws.send_close(1000, "");
+    drop(ws);
+
+    // Pushes while offline, and more from another thread while the client reconnects (with its stored ack, to
+    // the other node): every one arrives exactly once and in order, replayed first, then live.
+    for n in 3..6 {
+        let r = api.post_json(
+            "/api/publish",
+            &json!({"user":"u1","data":{"n":n}}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{r}");
+    }
+    let api_addr = a.api;
+    let pusher = std::thread::spawn(move || {
+        let mut api = Http::connect(api_addr);
+        for n in 6..40 {
+            let r = api.post_json(
+                "/api/publish",
+                &json!({"user":"u1","data":{"n":n}}).to_string(),
+            );
+            assert_eq!(r.status, 200, "{r}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let again = connect(&b, "u1", "phone", "");
+    let mut ws = again.ws;
+    let mut got: Vec<i64> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for v in &again.replayed {
+        let (data, id) = user_frame(v, "u1");
+        assert_eq!(v["replay"], true, "{v}");
+        got.push(data["n"].as_i64().unwrap());
+        ids.push(id);
+    }
+    while got.last() != Some(&39) {
+        let v = ws.expect_json(&format!("live after the replay, have {got:?}"));
+        let (data, id) = user_frame(&v, "u1");
+        assert!(v.get("replay").is_none(), "{v}");
+        got.push(data["n"].as_i64().unwrap());
+        ids.push(id);
+    }
+    pusher.join().unwrap();
+    assert_eq!(
+        got,
+        (3..40).collect::<Vec<i64>>(),
+        "no gap, no duplicate, in order"
+    );
+    let mut sorted = ids.clone();
+    sorted.sort_by_key(|id| {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    });
+    assert_eq!(ids, sorted, "ids increase");
+    ws.expect_silence(Duration::from_millis(300), "nothing after the last push");
+
+    // `since` overrides the stored ack; `since=$` skips the replay.
+    let from = connect(&a, "u1", "phone", &format!("since={}", ids[30]));
+    let replayed: Vec<i64> = from
+        .replayed
+        .iter()
+        .map(|v| v["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(replayed, (34..40).collect::<Vec<i64>>());
+    let mut none = RawWs::connect(a.ws, &format!("/ws?since=$&token={}", token("u1", "phone")));
+    none.expect_silence(Duration::from_millis(300), "since=$: no replay frame");
+    let bad = RawWs::connect_with(
+        a.ws,
+        &format!("/ws?since=x-1&token={}", token("u1", "phone")),
+        &[],
+    );
+    assert!(
+        matches!(&bad, Err(e) if e.contains("400")),
+        "since=x-1 must be refused"
+    );
+    // Acks are checked.
+    let mut w = from.ws;
+    let r = w.call(json!({"op":"ack","id":"nope"}));
+    assert_eq!(r["ok"], false, "{r}");
+}

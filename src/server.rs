@@ -96,6 +96,8 @@ impl Server {
             sessions.node_id = c.node_id();
             // Reactors hand session state, replay requests and acks to the bridge.
             sessions.bridge = Some(c.session_link());
+            // Client connects, messages and disconnects go to the upstream stream.
+            sessions.sink = c.upstream_sink();
             cluster = Some(c);
         }
         let sessions = Arc::new(sessions);

@@ -323,3 +323,104 @@ fn offline_user_gets_missed_pushes_on_connect_exactly_once_in_order() {
     let r = w.call(json!({"op":"ack","id":"nope"}));
     assert_eq!(r["ok"], false, "{r}");
 }
+
+/// The fields of one stream entry as strings.
+fn entry_fields(e: &redis::streams::StreamId) -> std::collections::HashMap<String, String> {
+    e.map
+        .iter()
+        .map(|(k, v)| (k.clone(), redis::from_redis_value::<String>(v).unwrap()))
+        .collect()
+}
+
+#[test]
+fn upstream_events_land_in_a_stream_for_consumer_groups() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--set", "cluster.upstream_stream=app:upstream"]);
+    let mut r = redis.client();
+    // A backend's consumer group, created before any traffic.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("app:upstream")
+        .arg("backend")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut r)
+        .unwrap();
+
+    let mut u = connect(&a, "u1", "phone", "v=web-1.2.3&channels=doc:1");
+    let sid = u.sid();
+    let r1 = u
+        .ws
+        .call(json!({"op":"msg","data":{"typing":true},"channel":"doc:1","trace":"t-42","id":1}));
+    assert_eq!(r1, json!({"type":"reply","id":1,"ok":true}));
+    let r2 =
+        u.ws.call(json!({"op":"msg","data":[1,2],"channel":"doc:2","id":2}));
+    assert_eq!(
+        r2["ok"], false,
+        "a channel the client is not subscribed to: {r2}"
+    );
+    u.ws.send_text(&json!({"op":"msg","data":"plain"}).to_string());
+    let token = token("u2", "laptop");
+    let mut by_header = RawWs::connect_with(
+        a.ws,
+        &format!("/ws?since=$&token={token}"),
+        &[("X-Client-Version", "ios-7")],
+    )
+    .unwrap();
+    u.ws.send_close(1000, "");
+    u.ws.expect_close("close handshake");
+    by_header.send_close(1000, "");
+    by_header.expect_close("close handshake");
+
+    // connect u1, message, message, connect u2, disconnect u1, disconnect u2 (u2's connect may come earlier or
+    // later than u1's messages: different connections).
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + READ_TIMEOUT;
+    while got.len() < 6 && std::time::Instant::now() < deadline {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("backend")
+            .arg("worker-1")
+            .arg("COUNT")
+            .arg(10)
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS")
+            .arg("app:upstream")
+            .arg(">")
+            .query(&mut r)
+            .unwrap();
+        for k in reply.keys {
+            got.extend(k.ids.iter().map(entry_fields));
+        }
+    }
+    let of_u1: Vec<_> = got.iter().filter(|f| f["X-ID"] == sid).collect();
+    let events: Vec<&str> = of_u1.iter().map(|f| f["X-Event"].as_str()).collect();
+    assert_eq!(
+        events,
+        ["connect", "message", "message", "disconnect"],
+        "{got:#?}"
+    );
+    for f in &of_u1 {
+        assert_eq!(f["X-Uid"], "u1");
+        assert_eq!(f["X-Client-Version"], "web-1.2.3");
+        assert_eq!(f["X-Device"], "phone");
+        assert!(!f["X-Trace-ID"].is_empty());
+        let ts: u64 = f["ts"].parse().unwrap();
+        assert!(ts > 1_700_000_000_000, "{f:?}");
+    }
+    assert_eq!(of_u1[0]["data"], "null");
+    assert_eq!(of_u1[1]["data"], r#"{"typing":true}"#);
+    assert_eq!(of_u1[1]["X-Guid"], "doc:1");
+    assert_eq!(of_u1[1]["X-Trace-ID"], "t-42");
+    assert_eq!(of_u1[2]["data"], r#""plain""#);
+    assert_eq!(of_u1[2]["X-Guid"], "");
+    assert_ne!(of_u1[2]["X-Trace-ID"], of_u1[0]["X-Trace-ID"]);
+    let of_u2: Vec<_> = got.iter().filter(|f| f["X-Uid"] == "u2").collect();
+    assert_eq!(of_u2.len(), 2, "{got:#?}");
+    assert_eq!(of_u2[0]["X-Client-Version"], "ios-7");
+    let n = a.stats()["cluster"]["upstream_events_total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(n, 6);
+}

@@ -200,20 +200,7 @@ impl RedisConn {
             return Ok(Vec::new());
         }
         match self {
-            RedisConn::Single(c) => {
-                let mut packed = Vec::new();
-                for cmd in cmds {
-                    packed.extend_from_slice(&cmd.get_packed_command());
-                }
-                let replies = c.req_packed_commands(&packed, 0, cmds.len())?;
-                if replies.len() != cmds.len() {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::ResponseError,
-                        "reply count does not match the pipeline",
-                    )));
-                }
-                Ok(replies.into_iter().map(reply_of).collect())
-            }
+            RedisConn::Single(_) => self.exec_one_key(cmds),
             RedisConn::Cluster(c) => {
                 let mut out = Vec::with_capacity(cmds.len());
                 for cmd in cmds {
@@ -234,6 +221,28 @@ impl RedisConn {
                 Ok(out)
             }
         }
+    }
+}
+
+impl RedisConn {
+    /// Runs `cmds`, which all touch the same key, as one pipeline (one round trip, also on Redis Cluster, where
+    /// it goes to the shard of the first command's key).
+    pub fn exec_one_key(&mut self, cmds: &[redis::Cmd]) -> RedisResult<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut packed = Vec::new();
+        for cmd in cmds {
+            packed.extend_from_slice(&cmd.get_packed_command());
+        }
+        let replies = self.like().req_packed_commands(&packed, 0, cmds.len())?;
+        if replies.len() != cmds.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "reply count does not match the pipeline",
+            )));
+        }
+        Ok(replies.into_iter().map(reply_of).collect())
     }
 }
 

@@ -22,6 +22,7 @@ mod reader;
 mod replay;
 mod state;
 mod stats;
+pub mod upstream;
 mod writer;
 
 pub use config::ClusterConfig;
@@ -152,6 +153,8 @@ pub struct Cluster {
     handle: ClusterHandle,
     link: SessionLink,
     link_rx: Option<link::LinkReceivers>,
+    sink: Arc<upstream::ClusterSink>,
+    upstream_rx: Option<Receiver<upstream::UpstreamEvent>>,
     rx: Option<Receiver<OutEvent>>,
     start_id: Option<StreamId>,
     threads: Vec<JoinHandle<()>>,
@@ -252,6 +255,8 @@ impl Cluster {
             outbox_max_bytes: cfg.outbox_max_bytes,
         };
         let (link, link_rx) = SessionLink::new(stats.clone());
+        let (sink, upstream_rx) =
+            upstream::ClusterSink::new(stats.clone(), cfg.outbox_limit, cfg.outbox_max_bytes);
         let shared = Arc::new(Shared {
             cfg,
             connector,
@@ -266,6 +271,8 @@ impl Cluster {
             handle,
             link,
             link_rx: Some(link_rx),
+            sink: Arc::new(sink),
+            upstream_rx: Some(upstream_rx),
             rx: Some(rx),
             start_id,
             threads: Vec::new(),
@@ -285,6 +292,11 @@ impl Cluster {
         self.link.clone()
     }
 
+    /// The upstream sink of cluster mode: connect/message/disconnect events to `cluster.upstream_stream`.
+    pub fn upstream_sink(&self) -> Arc<upstream::ClusterSink> {
+        self.sink.clone()
+    }
+
     /// Starts the bridge threads (writer, reader, heartbeat, state, replay). `connections` feeds the health
     /// record.
     pub fn start(
@@ -292,9 +304,17 @@ impl Cluster {
         deliver: Arc<dyn Deliver>,
         connections: Arc<AtomicUsize>,
     ) -> io::Result<()> {
-        let (Some(rx), Some(link_rx)) = (self.rx.take(), self.link_rx.take()) else {
+        let (Some(rx), Some(link_rx), Some(upstream_rx)) =
+            (self.rx.take(), self.link_rx.take(), self.upstream_rx.take())
+        else {
             return Ok(()); // already started
         };
+        let s = self.shared.clone();
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-upstream".into())
+                .spawn(move || upstream::run(s, upstream_rx))?,
+        );
         let s = self.shared.clone();
         let d = deliver.clone();
         self.threads.push(

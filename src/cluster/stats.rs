@@ -14,9 +14,10 @@ pub enum Link {
     Reader = 1,
     Heartbeat = 2,
     Replay = 3,
+    Upstream = 4,
 }
 
-const LINKS: usize = 4;
+const LINKS: usize = 5;
 
 #[derive(Default)]
 pub struct BridgeStats {

@@ -424,3 +424,114 @@ fn upstream_events_land_in_a_stream_for_consumer_groups() {
         .unwrap();
     assert_eq!(n, 6);
 }
+
+/// Fast session sync and sweep for tests: stale after 3 × 1 s + 3 s.
+const FAST_STATE: [&str; 6] = [
+    "--set",
+    "cluster.sync_interval=1",
+    "--set",
+    "cluster.sweep_interval=1",
+    "--set",
+    "cluster.node_lease_ttl=3",
+];
+
+fn zscore(r: &mut redis::Connection, key: &str, member: &str) -> Option<f64> {
+    redis::cmd("ZSCORE").arg(key).arg(member).query(r).unwrap()
+}
+
+fn hash(r: &mut redis::Connection, key: &str) -> std::collections::HashMap<String, String> {
+    redis::cmd("HGETALL").arg(key).query(r).unwrap()
+}
+
+#[test]
+fn session_state_lives_in_redis_and_a_killed_nodes_sessions_are_swept() {
+    let redis = RedisServer::start();
+    let mut a = node(&redis, &FAST_STATE);
+    let b = node(&redis, &FAST_STATE);
+    let node_a = a.stats()["cluster"]["node_id"].as_u64().unwrap();
+    let mut on_a = connect(&a, "u1", "phone", "channels=doc:1,doc:2");
+    let mut on_b = connect(&b, "u2", "laptop", "channels=doc:1");
+    let (sid_a, sid_b) = (on_a.sid(), on_b.sid());
+    let mut r = redis.client();
+
+    // Written on connect and subscribe, with the seed's keys.
+    let h = eventually(READ_TIMEOUT, || {
+        let h = hash(&mut r, &format!("ws:client:{sid_a}"));
+        (h.get("channels").map(String::as_str) == Some(r#"["doc:1","doc:2"]"#)).then_some(h)
+    })
+    .expect("ws:client hash of the session on A");
+    assert_eq!(h["user"], "u1");
+    assert_eq!(h["device"], "phone");
+    assert_eq!(h["node"], node_a.to_string());
+    assert!(zscore(&mut r, "ws:user:clients:u1", &sid_a).is_some());
+    assert!(zscore(&mut r, "ws:guid:clients:doc:2", &sid_a).is_some());
+    let ok = eventually(READ_TIMEOUT, || {
+        let a = zscore(&mut r, "ws:guid:clients:doc:1", &sid_a)?;
+        let b = zscore(&mut r, "ws:guid:clients:doc:1", &sid_b)?;
+        Some((a, b))
+    });
+    assert!(ok.is_some(), "both members of doc:1");
+
+    // Unsubscribe removes the membership.
+    let reply = on_a
+        .ws
+        .call(json!({"op":"unsubscribe","channels":["doc:2"],"id":1}));
+    assert_eq!(reply["ok"], true);
+    let gone = eventually(READ_TIMEOUT, || {
+        zscore(&mut r, "ws:guid:clients:doc:2", &sid_a)
+            .is_none()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "membership of doc:2 removed");
+
+    // Last-seen moves forward with the batched sync (every second here), not with each heartbeat.
+    let first = zscore(&mut r, "ws:clients", &sid_a).unwrap();
+    let later = eventually(Duration::from_secs(4), || {
+        zscore(&mut r, "ws:user:clients:u1", &sid_a).filter(|&s| s > first)
+    });
+    assert!(later.is_some(), "last-seen of {sid_a} refreshed");
+
+    // A node killed with SIGKILL leaves its entries; another node sweeps them once they are stale
+    // (3 × sync_interval + node_lease_ttl = 6 s); the live node's entries stay.
+    a.signal(libc::SIGKILL);
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some(), "SIGKILL");
+    assert!(
+        zscore(&mut r, "ws:clients", &sid_a).is_some(),
+        "left behind at first"
+    );
+    let swept = eventually(Duration::from_secs(15), || {
+        let all_gone = zscore(&mut r, "ws:clients", &sid_a).is_none()
+            && zscore(&mut r, "ws:user:clients:u1", &sid_a).is_none()
+            && zscore(&mut r, "ws:guid:clients:doc:1", &sid_a).is_none()
+            && hash(&mut r, &format!("ws:client:{sid_a}")).is_empty();
+        all_gone.then_some(())
+    });
+    assert!(
+        swept.is_some(),
+        "the killed node's session was not swept\n{}",
+        b.describe()
+    );
+    assert!(
+        zscore(&mut r, "ws:clients", &sid_b).is_some(),
+        "live session kept"
+    );
+    assert!(zscore(&mut r, "ws:guid:clients:doc:1", &sid_b).is_some());
+    assert_eq!(hash(&mut r, &format!("ws:client:{sid_b}"))["user"], "u2");
+    assert!(
+        b.stats()["cluster"]["sessions_swept_total"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    // A closed connection is deleted at once.
+    on_b.ws.send_close(1000, "");
+    on_b.ws.expect_close("close handshake");
+    let deleted = eventually(READ_TIMEOUT, || {
+        (zscore(&mut r, "ws:clients", &sid_b).is_none()
+            && zscore(&mut r, "ws:user:clients:u2", &sid_b).is_none()
+            && hash(&mut r, &format!("ws:client:{sid_b}")).is_empty())
+        .then_some(())
+    });
+    assert!(deleted.is_some(), "closed session deleted");
+}

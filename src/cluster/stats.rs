@@ -15,9 +15,10 @@ pub enum Link {
     Heartbeat = 2,
     Replay = 3,
     Upstream = 4,
+    State = 5,
 }
 
-const LINKS: usize = 5;
+const LINKS: usize = 6;
 
 #[derive(Default)]
 pub struct BridgeStats {

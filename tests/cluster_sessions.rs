@@ -535,3 +535,98 @@ fn session_state_lives_in_redis_and_a_killed_nodes_sessions_are_swept() {
     });
     assert!(deleted.is_some(), "closed session deleted");
 }
+
+#[test]
+fn presence_and_user_lookups_are_cluster_wide() {
+    let mut redis = RedisServer::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let u1_a = connect(&nodes[0], "u1", "phone", "channels=lobby");
+    let u2_b = connect(&nodes[1], "u2", "phone", "channels=lobby");
+    let u3_c = connect(&nodes[2], "u3", "phone", "channels=lobby");
+    let u1_c = connect(&nodes[2], "u1", "laptop", "channels=other");
+    let mut want: Vec<u64> = [u1_a.sid(), u2_b.sid(), u3_c.sid()]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    want.sort();
+
+    // From every node: all three members, paged by socket id.
+    for n in &nodes {
+        let mut api = Http::connect(n.api);
+        let first = eventually(READ_TIMEOUT, || {
+            let r = api.get("/api/presence?channel=lobby&limit=2");
+            (r.status == 200 && r.json()["total"] == 3).then(|| r.json())
+        })
+        .expect("three members of lobby");
+        assert_eq!(first["scope"], "cluster");
+        let cursor = first["next_cursor"].as_str().unwrap().to_string();
+        let second = api
+            .get(&format!(
+                "/api/presence?channel=lobby&limit=2&cursor={cursor}"
+            ))
+            .json();
+        assert_eq!(second["next_cursor"], Value::Null);
+        let members: Vec<&Value> = first["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(second["members"].as_array().unwrap())
+            .collect();
+        let sids: Vec<u64> = members
+            .iter()
+            .map(|m| m["sid"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(sids, want);
+        let mut users: Vec<&str> = members
+            .iter()
+            .map(|m| m["user"].as_str().unwrap())
+            .collect();
+        users.sort();
+        assert_eq!(users, ["u1", "u2", "u3"]);
+    }
+
+    // A user's connections on every node, asked on a node holding none of them.
+    let mut api = Http::connect(nodes[1].api);
+    let body = eventually(READ_TIMEOUT, || {
+        let b = api.get("/api/user/u1").json();
+        (b["connections"].as_array()?.len() == 2).then_some(b)
+    })
+    .expect("u1 has two connections");
+    assert_eq!(body["scope"], "cluster");
+    let conns = body["connections"].as_array().unwrap();
+    let by_sid = |sid: &str| conns.iter().find(|c| c["sid"] == sid).unwrap().clone();
+    let on_a = by_sid(&u1_a.sid());
+    assert_eq!(on_a["node"], u1_a.node_of());
+    assert_eq!(on_a["device"], "phone");
+    assert_eq!(on_a["channels"], json!(["lobby"]));
+    assert!(on_a["last_seen_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(by_sid(&u1_c.sid())["channels"], json!(["other"]));
+    // On a node that holds one: that one with its full local details.
+    let local = Http::connect(nodes[0].api).get("/api/user/u1").json();
+    let mine = local["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["sid"] == u1_a.sid().as_str())
+        .unwrap()
+        .clone();
+    assert!(mine["exp"].as_u64().is_some() && mine["allowed_channels"] == json!(["*"]));
+    assert_eq!(local["connections"].as_array().unwrap().len(), 2);
+
+    // Redis down: this node's view, quickly, saying so.
+    redis.kill();
+    let t = std::time::Instant::now();
+    let r = api.get("/api/presence?channel=lobby");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let body = r.json();
+    assert_eq!(
+        (r.status, body["scope"].clone()),
+        (200, json!("node")),
+        "{body}"
+    );
+    assert!(body["cluster_error"].as_str().is_some(), "{body}");
+    assert_eq!(body["total"], 1, "u2 on this node: {body}");
+    let body = api.get("/api/user/u2").json();
+    assert_eq!(body["scope"], "node", "{body}");
+    assert_eq!(body["connections"].as_array().unwrap().len(), 1);
+}

@@ -259,52 +259,120 @@ fn presence(query: &str, hub: &Hub) -> Response {
         },
         Some(Err(())) => return Response::error(400, "\"cursor\" must be a socket id"),
     };
+    // Cluster mode: every node's members, from Redis; when Redis cannot be read, this node's (and say so).
+    let mut cluster_error = None;
+    if let Some(cluster) = &hub.cluster {
+        match cluster.read(|r| r.presence(&channel, after, limit)) {
+            Ok((total, members, more)) => {
+                let members: Vec<(u64, Option<String>)> =
+                    members.into_iter().map(|m| (m.sid, m.user)).collect();
+                return presence_page(&channel, total, &members, more, "cluster", None);
+            }
+            Err(e) => cluster_error = Some(e),
+        }
+    }
     match hub.presence(&channel, after, limit) {
         Ok((total, members, more)) => {
-            let next = match (more, members.last()) {
-                (true, Some(m)) => json!(m.sid.to_string()),
-                _ => serde_json::Value::Null,
-            };
-            let members: Vec<_> = members
-                .iter()
-                .map(|m| json!({"sid": m.sid.to_string(), "user": m.user}))
-                .collect();
-            Response::json(
-                200,
-                json!({"ok": true, "channel": channel, "total": total, "members": members, "next_cursor": next})
-                    .to_string(),
+            let members: Vec<(u64, Option<String>)> =
+                members.into_iter().map(|m| (m.sid, m.user)).collect();
+            presence_page(
+                &channel,
+                total,
+                &members,
+                more,
+                "node",
+                cluster_error.as_deref(),
             )
         }
         Err(why) => Response::error(503, why),
     }
 }
 
+/// `{"ok":true,"channel":..,"total":..,"members":[..],"next_cursor":..,"scope":"cluster"|"node"}`, plus
+/// `"cluster_error"` when a cluster node answers from itself alone because Redis could not be read.
+fn presence_page(
+    channel: &str,
+    total: usize,
+    members: &[(u64, Option<String>)],
+    more: bool,
+    scope: &str,
+    cluster_error: Option<&str>,
+) -> Response {
+    let next = match (more, members.last()) {
+        (true, Some((sid, _))) => json!(sid.to_string()),
+        _ => serde_json::Value::Null,
+    };
+    let list: Vec<_> = members
+        .iter()
+        .map(|(sid, user)| json!({"sid": sid.to_string(), "user": user}))
+        .collect();
+    let mut body = json!({"ok": true, "channel": channel, "total": total, "members": list,
+        "next_cursor": next, "scope": scope});
+    if let Some(e) = cluster_error {
+        body["cluster_error"] = json!(e);
+    }
+    Response::json(200, body.to_string())
+}
+
 fn user(raw: &str, hub: &Hub) -> Response {
     let Some(id) = percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) else {
         return Response::error(400, "user id must be 1..=255 bytes, percent-encoded");
     };
-    match hub.user_connections(&id) {
-        Ok(list) => {
-            let connections: Vec<_> = list
-                .iter()
-                .map(|c| {
-                    json!({
+    let list = match hub.user_connections(&id) {
+        Ok(list) => list,
+        Err(why) => return Response::error(503, why),
+    };
+    let node = hub.sessions.node_id;
+    let mut connections: Vec<(u64, serde_json::Value)> = list
+        .iter()
+        .map(|c| {
+            let mut v = json!({
+                "sid": c.sid.to_string(),
+                "reactor": c.reactor,
+                "device": c.device,
+                "tenant": c.tenant,
+                "connected_at_ms": sid::unix_ms_of(c.sid),
+                "exp": c.exp,
+                "channels": c.channels,
+                "allowed_channels": c.allowed,
+            });
+            if hub.cluster.is_some() {
+                v["node"] = json!(node);
+            }
+            (c.sid, v)
+        })
+        .collect();
+    let mut body = json!({"ok": true, "user": id});
+    match &hub.cluster {
+        None => body["scope"] = json!("node"),
+        // Cluster mode: this node's connections in full, the other nodes' as the state in Redis has them.
+        Some(cluster) => match cluster.read(|r| r.user(&id)) {
+            Ok(remote) => {
+                body["scope"] = json!("cluster");
+                for c in remote {
+                    if connections.iter().any(|(s, _)| *s == c.sid) {
+                        continue;
+                    }
+                    let v = json!({
                         "sid": c.sid.to_string(),
-                        "reactor": c.reactor,
+                        "node": c.node,
                         "device": c.device,
                         "tenant": c.tenant,
                         "connected_at_ms": sid::unix_ms_of(c.sid),
-                        "exp": c.exp,
                         "channels": c.channels,
-                        "allowed_channels": c.allowed,
-                    })
-                })
-                .collect();
-            Response::json(
-                200,
-                json!({"ok": true, "user": id, "connections": connections}).to_string(),
-            )
-        }
-        Err(why) => Response::error(503, why),
+                        "last_seen_ms": c.last_seen_ms,
+                    });
+                    connections.push((c.sid, v));
+                }
+                connections.sort_by_key(|(s, _)| *s);
+            }
+            Err(e) => {
+                body["scope"] = json!("node");
+                body["cluster_error"] = json!(e);
+            }
+        },
     }
+    body["connections"] =
+        serde_json::Value::Array(connections.into_iter().map(|(_, v)| v).collect());
+    Response::json(200, body.to_string())
 }

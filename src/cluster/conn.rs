@@ -101,11 +101,21 @@ impl Connector {
     /// Connects; replies must arrive within `read_timeout` (pass the block time plus [`IO_TIMEOUT`] for
     /// connections that issue blocking reads).
     pub fn connect(&self, read_timeout: Duration) -> RedisResult<RedisConn> {
+        self.connect_within(CONNECT_TIMEOUT, read_timeout)
+    }
+
+    /// Like [`Connector::connect`] with a shorter connect timeout (for a single server; Sentinel and Redis Cluster
+    /// keep their own) and the write timeout equal to `read_timeout`: for reads made while someone waits.
+    pub fn connect_within(
+        &self,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> RedisResult<RedisConn> {
         match self {
             Connector::Single(client) => {
-                let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                let conn = client.get_connection_with_timeout(connect_timeout)?;
                 conn.set_read_timeout(Some(read_timeout))?;
-                conn.set_write_timeout(Some(IO_TIMEOUT))?;
+                conn.set_write_timeout(Some(read_timeout.min(IO_TIMEOUT)))?;
                 Ok(RedisConn::Single(conn))
             }
             Connector::Cluster(client) => {

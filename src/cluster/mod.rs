@@ -18,6 +18,7 @@ pub mod event;
 pub mod keys;
 pub mod lease;
 pub mod link;
+pub mod query;
 mod reader;
 mod replay;
 mod state;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
 /// The non-blocking way into the bridge, held by the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
+    /// Cluster-wide session reads for the API (one connection, used by the API thread).
+    reader: Option<Arc<std::sync::Mutex<query::Reader>>>,
     tx: Sender<OutEvent>,
     stats: Arc<BridgeStats>,
     node_id: u16,
@@ -110,6 +113,16 @@ impl ClusterHandle {
     /// Queues a push to connection `sid` of another node.
     pub fn sid(&self, sid: u64, data: &str) -> bool {
         self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
+    }
+
+    /// Runs `f` with the cluster-wide session reader (API thread only: uncontended).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&mut query::Reader) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let reader = self.reader.as_ref().ok_or("no cluster reader")?;
+        let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut r)
     }
 
     /// Queues a disconnect for the other nodes.
@@ -246,26 +259,30 @@ impl Cluster {
         // Unbounded as a queue, bounded by `ClusterHandle::send`'s accounting (which counts what is in the
         // channel and what the writer holds): memory follows what is actually queued, not the limit.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle = ClusterHandle {
-            tx,
-            stats: stats.clone(),
-            node_id,
-            origin: Arc::from(origin.as_str()),
-            outbox_limit: cfg.outbox_limit,
-            outbox_max_bytes: cfg.outbox_max_bytes,
-        };
         let (link, link_rx) = SessionLink::new(stats.clone());
         let (sink, upstream_rx) =
             upstream::ClusterSink::new(stats.clone(), cfg.outbox_limit, cfg.outbox_max_bytes);
+        let (outbox_limit, outbox_max_bytes) = (cfg.outbox_limit, cfg.outbox_max_bytes);
         let shared = Arc::new(Shared {
             cfg,
             connector,
-            stats,
+            stats: stats.clone(),
             node_id,
-            origin,
+            origin: origin.clone(),
             info,
             stop: AtomicBool::new(false),
         });
+        let handle = ClusterHandle {
+            reader: Some(Arc::new(std::sync::Mutex::new(query::Reader::new(
+                shared.clone(),
+            )))),
+            tx,
+            stats,
+            node_id,
+            origin: Arc::from(origin.as_str()),
+            outbox_limit,
+            outbox_max_bytes,
+        };
         Ok(Cluster {
             shared,
             handle,
@@ -400,6 +417,7 @@ mod tests {
     fn handle(limit: usize, max_bytes: usize) -> (ClusterHandle, Receiver<OutEvent>) {
         let (tx, rx) = crossbeam_channel::bounded(limit);
         let h = ClusterHandle {
+            reader: None,
             tx,
             stats: Arc::new(BridgeStats::default()),
             node_id: 1,

@@ -630,3 +630,33 @@ fn presence_and_user_lookups_are_cluster_wide() {
     assert_eq!(body["scope"], "node", "{body}");
     assert_eq!(body["connections"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_large_replay_comes_in_chunks_without_a_slow_consumer_close() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    // 60 pushes of 30 KB while offline: 1.8 MB, more than ws.max_outbound_bytes (1 MiB) at once.
+    let pad = "x".repeat(30_000);
+    let mut api = Http::connect(a.api);
+    for n in 0..60 {
+        let r = api.post_json(
+            "/api/publish",
+            &json!({"user":"big","data":{"n":n,"pad":pad}}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{r}");
+    }
+    let mut u = connect(&a, "big", "phone", "");
+    let got: Vec<i64> = u
+        .replayed
+        .iter()
+        .map(|v| v["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, (0..60).collect::<Vec<i64>>());
+    assert_eq!(u.done["ok"], true, "{}", u.done);
+    assert_eq!(u.done["count"], 60);
+    assert_eq!(u.done["last"], u.replayed[59]["id"]);
+    // Still connected and live.
+    push_user(&a, "big", json!("live"));
+    let (data, _) = user_frame(&u.ws.expect_json("live after a big replay"), "big");
+    assert_eq!(data, json!("live"));
+}

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// Entries per XRANGE page.
 const PAGE: usize = 256;
+/// Bytes of replayed frames per chunk handed to a reactor (at least one message): well below
+/// `ws.max_outbound_bytes`, so a client that reads its replay is never taken for a slow consumer. The reactor asks
+/// for the next chunk (after the last id of this one) when it has queued this one.
+pub const CHUNK_BYTES: usize = 256 << 10;
 /// Merged acks are written this often.
 pub const ACK_FLUSH: Duration = Duration::from_millis(100);
 /// Distinct user/device pairs with a pending ack at most; more are written at once.
@@ -249,14 +253,14 @@ impl Replayer {
                 }
             }
         };
-        let max = self.shared.cfg.offline_maxlen as usize;
+        let mut bytes = 0;
         let mut out = ReplayOutcome {
             floor: Some(floor),
             ..Default::default()
         };
         let mut traces: HashSet<String> = HashSet::new();
         let mut after = floor;
-        loop {
+        'pages: loop {
             let reply = self.query(
                 redis::cmd("XRANGE")
                     .arg(&key)
@@ -270,6 +274,10 @@ impl Replayer {
             };
             let n = entries.len();
             for e in &entries {
+                if bytes >= CHUNK_BYTES {
+                    out.more = true; // the rest comes in the next chunk
+                    break 'pages;
+                }
                 let Value::Array(parts) = e else {
                     return Err("unexpected XRANGE entry".into());
                 };
@@ -303,11 +311,12 @@ impl Replayer {
                         continue; // the same push appended twice (a retried write)
                     }
                 }
-                out.frames
-                    .push(user_message_with_id(&req.user, data, Some(id), true));
+                let frame = user_message_with_id(&req.user, data, Some(id), true);
+                bytes += frame.len();
+                out.frames.push(frame);
                 out.last = Some(id);
             }
-            if n < PAGE || out.frames.len() >= max {
+            if n < PAGE {
                 break;
             }
         }

@@ -16,7 +16,7 @@ use crate::ratelimit::ip_key;
 use crate::session::frames::{self, code};
 use crate::session::heartbeat::Change;
 use crate::session::{
-    sid, Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayBuf, ReplayOutcome,
+    sid, Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayOutcome,
     SessionCommand, SessionInfo, Target, REPLAY_BUFFER_MAX,
 };
 use crate::upstream::{Event, Origin, Refused};
@@ -254,25 +254,17 @@ impl Reactor {
     /// Cluster mode, a user's connection: live user messages are held back until the bridge has read what the
     /// user missed (after `since`, or after the device's stored ack). Without a user there is nothing to replay.
     fn start_replay(&mut self, key: usize, since: Since, response: &mut Vec<u8>) {
-        let Some(link) = self.sess.shared.bridge.clone() else {
+        let has_user = self.conns[key]
+            .session
+            .as_deref()
+            .is_some_and(|s| s.user().is_some());
+        if !has_user {
             return;
-        };
-        let conn = &mut self.conns[key];
-        let Some(s) = conn.session.as_deref_mut() else {
-            return;
-        };
-        let Some(user) = s.user().map(str::to_string) else {
-            return;
-        };
-        let req = ReplayRequest {
-            sid: conn.sid,
-            user,
-            device: s.device.as_deref().map(str::to_string),
-            tenant: s.tenant().map(str::to_string),
-            since,
-        };
-        if link.replay(req) {
-            s.replay = Some(Box::default());
+        }
+        if self.request_replay(key, since) {
+            if let Some(s) = self.conns[key].session.as_deref_mut() {
+                s.replay = Some(Box::default());
+            }
         } else {
             response.extend_from_slice(&frames::replay_done(
                 0,
@@ -280,6 +272,27 @@ impl Reactor {
                 Some("replay queue full; live messages follow"),
             ));
         }
+    }
+
+    /// Asks the bridge for (the next chunk of) the connection's missed messages. False if it could not be asked.
+    fn request_replay(&mut self, key: usize, since: Since) -> bool {
+        let Some(link) = &self.sess.shared.bridge else {
+            return false;
+        };
+        let conn = &self.conns[key];
+        let Some(s) = conn.session.as_deref() else {
+            return false;
+        };
+        let Some(user) = s.user() else {
+            return false;
+        };
+        link.replay(ReplayRequest {
+            sid: conn.sid,
+            user: user.to_string(),
+            device: s.device.as_deref().map(str::to_string),
+            tenant: s.tenant().map(str::to_string),
+            since,
+        })
     }
 
     /// When a gateway connection leaves the open state: unregisters it, frees its per-user slot and reports the
@@ -744,22 +757,42 @@ impl Reactor {
         let Some(s) = conn.session.as_deref_mut() else {
             return;
         };
-        let Some(buf) = s.replay.take() else {
+        let Some(buf) = s.replay.as_deref_mut() else {
             return;
         };
-        let ReplayBuf { live } = *buf;
-        let floor = outcome.last.max(outcome.floor);
+        let floor = outcome.last.max(outcome.floor).max(s.replay_floor);
         s.replay_floor = floor;
-        let count = outcome.frames.len();
-        self.sess.tally.replayed_messages_total += count as u64;
+        buf.replayed += outcome.frames.len();
+        buf.last = outcome.last.or(buf.last);
+        self.sess.tally.replayed_messages_total += outcome.frames.len() as u64;
         for f in outcome.frames {
             self.queue(k, Rc::new(f));
         }
-        self.client_reply(
-            k,
-            frames::replay_done(count, outcome.last, outcome.error.as_deref()),
-        );
-        for (id, f) in live {
+        if !self.conns.get(k).is_some_and(|c| c.state == State::Open) {
+            return; // closed as a slow consumer while queueing
+        }
+        // More to come: ask for the next chunk (live messages stay held back meanwhile).
+        if outcome.more && outcome.error.is_none() {
+            if let Some(since) = floor {
+                if self.request_replay(k, Since::After(since)) {
+                    return;
+                }
+            }
+        }
+        let Some(buf) = self.conns[k]
+            .session
+            .as_deref_mut()
+            .and_then(|s| s.replay.take())
+        else {
+            return;
+        };
+        let error = match (&outcome.error, outcome.more) {
+            (Some(e), _) => Some(e.as_str()),
+            (None, true) => Some("replay queue full; live messages follow"),
+            (None, false) => None,
+        };
+        self.client_reply(k, frames::replay_done(buf.replayed, buf.last, error));
+        for (id, f) in buf.live {
             if let (Some(id), Some(floor)) = (id, floor) {
                 if id <= floor {
                     self.sess.tally.replay_duplicates_dropped_total += 1;

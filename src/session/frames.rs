@@ -101,29 +101,25 @@ pub fn user_message_with_id(
 }
 
 /// `{"type":"replay","ok":true,"count":N,"last":"<id>"|null}` after the replayed messages of a connection (then live
-/// messages follow), or `{"type":"replay","ok":false,"error":"..."}` when the replay could not be read.
+/// messages follow), or with `"ok":false,"error":"..."` when (the rest of) the replay could not be read.
 pub fn replay_done(count: usize, last: Option<StreamId>, error: Option<&str>) -> Vec<u8> {
     let mut json = String::with_capacity(64);
-    match error {
-        None => {
-            let _ = write!(
-                json,
-                "{{\"type\":\"replay\",\"ok\":true,\"count\":{count},\"last\":"
-            );
-            match last {
-                Some(id) => {
-                    let _ = write!(json, "\"{id}\"");
-                }
-                None => json.push_str("null"),
-            }
-            json.push('}');
+    let _ = write!(
+        json,
+        "{{\"type\":\"replay\",\"ok\":{},\"count\":{count},\"last\":",
+        error.is_none()
+    );
+    match last {
+        Some(id) => {
+            let _ = write!(json, "\"{id}\"");
         }
-        Some(e) => {
-            json.push_str("{\"type\":\"replay\",\"ok\":false,\"error\":");
-            json_str(&mut json, e);
-            json.push('}');
-        }
+        None => json.push_str("null"),
     }
+    if let Some(e) = error {
+        json.push_str(",\"error\":");
+        json_str(&mut json, e);
+    }
+    json.push('}');
     frame(&json)
 }
 

@@ -164,10 +164,14 @@ pub struct ConnSession {
     pub replay_floor: Option<StreamId>,
 }
 
-/// Live user messages that arrived while a replay was being read, in arrival order with their stream ids.
+/// Live user messages that arrived while a replay was being read, in arrival order with their stream ids, and
+/// how many messages the replay has delivered so far (it comes in chunks).
 #[derive(Default)]
 pub struct ReplayBuf {
     pub live: Vec<(Option<StreamId>, SharedFrame)>,
+    pub replayed: usize,
+    /// Id of the last message replayed so far.
+    pub last: Option<StreamId>,
 }
 
 /// Live messages held per connection during its replay at most; beyond, the connection is closed (1013) and the
@@ -319,6 +323,8 @@ pub struct ReplayOutcome {
     pub last: Option<StreamId>,
     /// Why the replay could not be read (live delivery continues).
     pub error: Option<String>,
+    /// More messages follow after `last` (the replay comes in chunks of bounded size).
+    pub more: bool,
 }
 
 /// Session work for a reactor (carried by [`Command::Session`]).

@@ -74,6 +74,17 @@ fn push_user(s: &Server, user: &str, data: Value) {
     assert_eq!(r.status, 200, "push to {user}: {r}");
 }
 
+/// Waits until `n` pushes to `user` are stored for replay (the API answers 200 once a push is queued).
+fn wait_stored(redis: &RedisServer, user: &str, n: usize) {
+    let mut r = redis.client();
+    let key = format!("stream:notify:{user}");
+    let stored = eventually(READ_TIMEOUT, || {
+        let len: usize = redis::cmd("XLEN").arg(&key).query(&mut r).ok()?;
+        (len == n).then_some(())
+    });
+    assert!(stored.is_some(), "{n} pushes to {user} stored");
+}
+
 /// The `data` and `id` of a user frame, checking its shape.
 fn user_frame(v: &Value, user: &str) -> (Value, String) {
     assert_eq!(v["user"], user, "not a push to {user}: {v}");
@@ -209,6 +220,9 @@ fn offline_user_gets_missed_pushes_on_connect_exactly_once_in_order() {
     // Offline when pushed: replayed at the first connect (no ack stored yet: everything kept).
     push_user(&a, "u1", json!("while away 1"));
     push_user(&a, "u1", json!("while away 2"));
+    // 200 means queued; wait until both are stored, so both are missed rather than one arriving live.
+    wait_stored(&redis, "u1", 2);
+    let mut r = redis.client();
     let first = connect(&b, "u1", "phone", "");
     let got: Vec<Value> = first.replayed.iter().map(|v| v["data"].clone()).collect();
     assert_eq!(got, [json!("while away 1"), json!("while away 2")]);
@@ -233,7 +247,6 @@ fn offline_user_gets_missed_pushes_on_connect_exactly_once_in_order() {
     }
     // Acks are stored per user and device (merged, so only the last one matters).
     let last_ack = seen.last().unwrap().1.clone();
-    let mut r = redis.client();
     let stored = eventually(READ_TIMEOUT, || {
         let v: Option<String> = redis::cmd("HGET")
             .arg("ws:ack:u1")
@@ -419,9 +432,8 @@ fn upstream_events_land_in_a_stream_for_consumer_groups() {
     let of_u2: Vec<_> = got.iter().filter(|f| f["X-Uid"] == "u2").collect();
     assert_eq!(of_u2.len(), 2, "{got:#?}");
     assert_eq!(of_u2[0]["X-Client-Version"], "ios-7");
-    let n = a.stats()["cluster"]["upstream_events_total"]
-        .as_u64()
-        .unwrap();
+    // Counted once the replies are in (a moment after the entries are readable).
+    let n = a.wait_stat("/cluster/upstream_events_total", 6, READ_TIMEOUT);
     assert_eq!(n, 6);
 }
 
@@ -645,6 +657,7 @@ fn a_large_replay_comes_in_chunks_without_a_slow_consumer_close() {
         );
         assert_eq!(r.status, 200, "{r}");
     }
+    wait_stored(&redis, "big", 60);
     let mut u = connect(&a, "big", "phone", "");
     let got: Vec<i64> = u
         .replayed
@@ -659,4 +672,96 @@ fn a_large_replay_comes_in_chunks_without_a_slow_consumer_close() {
     push_user(&a, "big", json!("live"));
     let (data, _) = user_frame(&u.ws.expect_json("live after a big replay"), "big");
     assert_eq!(data, json!("live"));
+}
+
+#[test]
+fn sessions_replay_and_upstream_work_on_redis_cluster() {
+    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let mut r = redis.client();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut r)
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut r).ok()?;
+        info.contains("cluster_state:ok").then_some(())
+    })
+    .expect("single-node Redis Cluster ready");
+    let mode = ["--set", "cluster.redis_mode=cluster"];
+    let a = node(&redis, &mode);
+    let b = node(&redis, &mode);
+    push_user(&a, "u1", json!("stored"));
+    wait_stored(&redis, "u1", 1);
+    let mut u = connect(&b, "u1", "phone", "channels=room");
+    assert_eq!(u.replayed.len(), 1, "{:?}", u.replayed);
+    assert_eq!(u.replayed[0]["data"], "stored");
+    push_user(&a, "u1", json!("live"));
+    let (data, id) = user_frame(&u.ws.expect_json("live push"), "u1");
+    assert_eq!(data, json!("live"));
+    u.ws.send_text(&json!({"op":"ack","id":id}).to_string());
+    let sid = u.sid();
+    let stored = eventually(READ_TIMEOUT, || {
+        let h = hash(&mut r, &format!("ws:client:{sid}"));
+        let ack: Option<String> = redis::cmd("HGET")
+            .arg("ws:ack:u1")
+            .arg("phone")
+            .query(&mut r)
+            .ok()?;
+        (h.get("user").map(String::as_str) == Some("u1") && ack.as_deref() == Some(id.as_str()))
+            .then_some(())
+    });
+    assert!(stored.is_some(), "session hash and ack in Redis Cluster");
+    let presence = eventually(READ_TIMEOUT, || {
+        let b = Http::connect(a.api)
+            .get("/api/presence?channel=room")
+            .json();
+        (b["total"] == 1).then_some(b)
+    })
+    .expect("presence from the other node");
+    assert_eq!(presence["scope"], "cluster");
+    let len: usize = redis::cmd("XLEN")
+        .arg("wsgate:upstream")
+        .query(&mut r)
+        .unwrap();
+    assert!(len >= 1, "the connect event");
+}
+
+#[test]
+fn redis_outage_user_pushes_still_reach_local_connections_and_state_is_rewritten() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, &FAST_STATE);
+    let mut u = connect(&a, "u1", "phone", "channels=room");
+    let sid = u.sid();
+    let mut r = redis.client();
+    let written = eventually(READ_TIMEOUT, || {
+        (!hash(&mut r, &format!("ws:client:{sid}")).is_empty()).then_some(())
+    });
+    assert!(written.is_some());
+
+    // Redis down: after a second the push goes to this node's connections at once, without an id.
+    redis.kill();
+    push_user(&a, "u1", json!("during the outage"));
+    let v = u.ws.expect_json("local push while Redis is down");
+    assert_eq!(v, json!({"user":"u1","data":"during the outage"}));
+
+    // Redis back without its data: the node rewrites its sessions, and stores the push for replay then.
+    redis.restart();
+    let mut r = redis.client();
+    let back = eventually(Duration::from_secs(15), || {
+        let h = hash(&mut r, &format!("ws:client:{sid}"));
+        let n: usize = redis::cmd("XLEN")
+            .arg("stream:notify:u1")
+            .query(&mut r)
+            .ok()?;
+        (h.get("channels").map(String::as_str) == Some(r#"["room"]"#) && n == 1).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "state rewritten and push stored after the restart\n{}",
+        a.describe()
+    );
+    assert!(zscore(&mut r, "ws:guid:clients:room", &sid).is_some());
+    u.ws.expect_silence(Duration::from_millis(300), "not delivered twice");
 }

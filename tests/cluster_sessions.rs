@@ -459,7 +459,7 @@ fn hash(r: &mut redis::Connection, key: &str) -> std::collections::HashMap<Strin
 fn session_state_lives_in_redis_and_a_killed_nodes_sessions_are_swept() {
     let redis = RedisServer::start();
     let mut a = node(&redis, &FAST_STATE);
-    let b = node(&redis, &FAST_STATE);
+    let mut b = node(&redis, &FAST_STATE);
     let node_a = a.stats()["cluster"]["node_id"].as_u64().unwrap();
     let mut on_a = connect(&a, "u1", "phone", "channels=doc:1,doc:2");
     let mut on_b = connect(&b, "u2", "laptop", "channels=doc:1");
@@ -546,6 +546,19 @@ fn session_state_lives_in_redis_and_a_killed_nodes_sessions_are_swept() {
         .then_some(())
     });
     assert!(deleted.is_some(), "closed session deleted");
+
+    // A graceful stop (SIGTERM) removes the node's sessions on the way out.
+    let on_b2 = connect(&b, "u2", "tablet", "channels=doc:3");
+    let sid_b2 = on_b2.sid();
+    let written = eventually(READ_TIMEOUT, || {
+        zscore(&mut r, "ws:guid:clients:doc:3", &sid_b2).map(|_| ())
+    });
+    assert!(written.is_some());
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(10)).is_some(), "SIGTERM");
+    assert!(zscore(&mut r, "ws:clients", &sid_b2).is_none());
+    assert!(zscore(&mut r, "ws:guid:clients:doc:3", &sid_b2).is_none());
+    assert!(hash(&mut r, &format!("ws:client:{sid_b2}")).is_empty());
 }
 
 #[test]

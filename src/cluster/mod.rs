@@ -1,15 +1,21 @@
 //! The cluster bridge: federates nodes over one Redis stream (event broadcast: every node reads every event and
-//! delivers to its own connections). Enabled by `cluster.redis`; without it nothing here runs. Redis may be one
-//! server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
+//! delivers to its own connections), and keeps what outlives one node in Redis: session state, presence, the
+//! messages a user missed, client → backend events. Enabled by `cluster.redis`; without it nothing here runs.
+//! Redis may be one server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
 //!
 //! Threads, each with its own Redis connection, none of them a reactor:
-//! - writer ([`writer`]): drains the outbox and appends events with pipelined `XADD ... MAXLEN ~ N`;
+//! - writer ([`writer`]): drains the outbox; stores user pushes in their notify streams and delivers them here;
+//!   appends events with pipelined `XADD ... MAXLEN ~ N`;
 //! - reader ([`reader`]): `XREAD BLOCK` from the newest id seen, hands other nodes' events to [`Deliver`];
-//! - heartbeat ([`lease`]): renews the node id lease, which is also the node's health record.
+//! - heartbeat ([`lease`]): renews the node id lease, which is also the node's health record;
+//! - state ([`state`]): session state in Redis, batched last-seen sync, sweeper of dead nodes' sessions;
+//! - replay ([`replay`]): reads the messages a connecting user missed, writes acks;
+//! - upstream ([`upstream`]): appends client connect/message/disconnect events to the upstream stream.
 //!
-//! The API (and later the reactors) reach the bridge through a [`ClusterHandle`], whose `send` never blocks: the
-//! outbox is bounded by `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is
-//! counted as dropped. Layout, guarantees and failure behaviour: docs/CLUSTER.md.
+//! The API reaches the bridge through a [`ClusterHandle`], whose `send` never blocks: the outbox is bounded by
+//! `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is counted as dropped. The
+//! reactors reach it through a [`SessionLink`] (bounded queues, `try_send`) and the upstream sink. Layout,
+//! guarantees and failure behaviour: docs/CLUSTER.md.
 
 pub mod config;
 mod conn;

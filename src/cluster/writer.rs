@@ -15,7 +15,7 @@ use super::keys;
 use super::stats::Link;
 use super::{Deliver, Shared};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,11 @@ const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// After Redis has been unreachable this long, user pushes go to local connections without waiting for their id.
 pub const LOCAL_WITHOUT_ID_AFTER: Duration = Duration::from_secs(1);
+/// A user's notify stream is trimmed by age (`XTRIM MINID`) and its expiry renewed at most this often per node:
+/// two commands fewer for most pushes. (Length is trimmed by every append.)
+const AGE_TRIM_EVERY: Duration = Duration::from_secs(60);
+/// Users whose last age trim this node remembers; beyond, the memory is cleared (and they are trimmed again).
+const AGE_TRIM_USERS: usize = 100_000;
 
 /// An event with the number the writer gave it.
 struct Numbered {
@@ -61,6 +66,8 @@ struct Writer {
     down_since: Option<Instant>,
     /// User pushes not yet handed to local connections.
     undelivered: usize,
+    /// When this node last trimmed each user's notify stream by age.
+    age_trimmed: HashMap<String, Instant>,
 }
 
 pub(crate) fn run(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, rx: Receiver<OutEvent>) {
@@ -78,6 +85,7 @@ pub(crate) fn run(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, rx: Receiver<O
         maxlen,
         down_since: Some(Instant::now()),
         undelivered: 0,
+        age_trimmed: HashMap::new(),
     };
     while !w.shared.stop.load(Ordering::Relaxed) {
         w.step();
@@ -215,7 +223,13 @@ impl Writer {
         let max_age_ms = cfg.offline_max_age.saturating_mul(1000);
         let min_id = format!("{}-0", event::now_ms().saturating_sub(max_age_ms));
         let maxlen = cfg.offline_maxlen.to_string();
+        if self.age_trimmed.len() >= AGE_TRIM_USERS {
+            self.age_trimmed.clear();
+        }
+        let now = Instant::now();
         let mut cmds = Vec::with_capacity(todo.len() * 3);
+        // Index of each push's XADD in `cmds`.
+        let mut xadd_at = Vec::with_capacity(todo.len());
         for &i in &todo {
             let item = &self.pending[i];
             let ev = &item.ev;
@@ -242,13 +256,21 @@ impl Writer {
             if !ev.tenant.is_empty() {
                 xadd.arg(event::F_TENANT).arg(&ev.tenant);
             }
+            xadd_at.push(cmds.len());
             cmds.push(xadd);
-            let mut trim = redis::cmd("XTRIM");
-            trim.arg(&key).arg("MINID").arg("~").arg(&min_id);
-            cmds.push(trim);
-            let mut expire = redis::cmd("PEXPIRE");
-            expire.arg(&key).arg(max_age_ms);
-            cmds.push(expire);
+            let due = self
+                .age_trimmed
+                .get(&ev.target)
+                .is_none_or(|t| now.duration_since(*t) >= AGE_TRIM_EVERY);
+            if due {
+                self.age_trimmed.insert(ev.target.clone(), now);
+                let mut trim = redis::cmd("XTRIM");
+                trim.arg(&key).arg("MINID").arg("~").arg(&min_id);
+                cmds.push(trim);
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(&key).arg(max_age_ms);
+                cmds.push(expire);
+            }
         }
         let Some(conn) = self.conn.as_mut() else {
             return false;
@@ -265,7 +287,7 @@ impl Writer {
         let stats = self.shared.stats.clone();
         for (j, &i) in todo.iter().enumerate() {
             let item = &mut self.pending[i];
-            match &replies[j * 3] {
+            match &replies[xadd_at[j]] {
                 Reply::Value(v) => {
                     item.nid = event::str_of(v).and_then(StreamId::parse);
                     if item.nid.is_some() {

@@ -305,8 +305,7 @@ fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant, user: bool) {
         } else {
             r#""channel":"probe""#
         };
-        let body =
-            format!(r#"{{{target},"data":{{"i":{i},"t":{t},"pad":"0123456789abcdef"}}}}"#);
+        let body = format!(r#"{{{target},"data":{{"i":{i},"t":{t},"pad":"0123456789abcdef"}}}}"#);
         write!(
             w,
             "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -223,6 +223,12 @@ fn offline_user_gets_missed_pushes_on_connect_exactly_once_in_order() {
     // 200 means queued; wait until both are stored, so both are missed rather than one arriving live.
     wait_stored(&redis, "u1", 2);
     let mut r = redis.client();
+    // Kept at most cluster.offline_max_age: the stream expires when the user gets no more pushes.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("stream:notify:u1")
+        .query(&mut r)
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 604_800_000, "PTTL {pttl}");
     let first = connect(&b, "u1", "phone", "");
     let got: Vec<Value> = first.replayed.iter().map(|v| v["data"].clone()).collect();
     assert_eq!(got, [json!("while away 1"), json!("while away 2")]);

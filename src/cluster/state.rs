@@ -94,25 +94,7 @@ pub(crate) fn run(
     rx: Receiver<StateEvent>,
     lost: Arc<AtomicBool>,
 ) {
-    let sync_every = Duration::from_secs(shared.cfg.sync_interval);
-    // Nodes started together should not sweep in lockstep.
-    let jitter = Duration::from_millis(super::random_u64() % 1000);
-    let mut st = StateThread {
-        deliver,
-        lost,
-        conn: None,
-        backoff: Backoff::default(),
-        table: HashMap::new(),
-        dirty: HashSet::new(),
-        left: Vec::new(),
-        closed: Vec::new(),
-        floors: HashMap::new(),
-        full_rewrite: false,
-        next_sync: Instant::now() + sync_every,
-        next_sweep: Instant::now() + Duration::from_secs(shared.cfg.sweep_interval) + jitter,
-        last_io: Instant::now(),
-        shared,
-    };
+    let mut st = StateThread::new(shared, deliver, lost);
     while !st.shared.stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(ev) => {
@@ -139,6 +121,28 @@ pub(crate) fn run(
 }
 
 impl StateThread {
+    fn new(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, lost: Arc<AtomicBool>) -> StateThread {
+        let sync_every = Duration::from_secs(shared.cfg.sync_interval);
+        // Nodes started together should not sweep in lockstep.
+        let jitter = Duration::from_millis(super::random_u64() % 1000);
+        StateThread {
+            deliver,
+            lost,
+            conn: None,
+            backoff: Backoff::default(),
+            table: HashMap::new(),
+            dirty: HashSet::new(),
+            left: Vec::new(),
+            closed: Vec::new(),
+            floors: HashMap::new(),
+            full_rewrite: false,
+            next_sync: Instant::now() + sync_every,
+            next_sweep: Instant::now() + Duration::from_secs(shared.cfg.sweep_interval) + jitter,
+            last_io: Instant::now(),
+            shared,
+        }
+    }
+
     fn connect(&mut self) -> bool {
         if self.conn.is_some() {
             return true;
@@ -566,4 +570,163 @@ fn zadd(key: &str, score: u64, sids: &[u64]) -> redis::Cmd {
         c.arg(score).arg(s);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{ReplayOutcome, SessionInfo};
+    use std::sync::Mutex;
+
+    /// Reactors that answer a snapshot with what the test put there.
+    struct FakeReactors(Mutex<Vec<Answer>>);
+
+    impl Deliver for FakeReactors {
+        fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
+            true
+        }
+        fn deliver_user(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<&str>,
+            _: &str,
+            _: Option<event::StreamId>,
+        ) {
+        }
+        fn replay_done(&self, _: u64, _: ReplayOutcome) {}
+        fn snapshot(&self) -> Option<Vec<Answer>> {
+            Some(std::mem::take(&mut *self.0.lock().unwrap()))
+        }
+    }
+
+    fn thread(snapshot: Vec<Answer>) -> StateThread {
+        let cfg = super::super::ClusterConfig {
+            redis: "redis://127.0.0.1:1/".into(),
+            ..Default::default()
+        };
+        let shared = Arc::new(Shared {
+            connector: super::super::conn::Connector::new(&cfg).unwrap(),
+            cfg,
+            stats: Arc::default(),
+            node_id: 1,
+            origin: "o".into(),
+            info: super::super::lease::NodeInfo {
+                ws: "127.0.0.1:1".parse().unwrap(),
+                api: "127.0.0.1:2".parse().unwrap(),
+                started_ms: 0,
+            },
+            stop: AtomicBool::new(false),
+        });
+        StateThread::new(
+            shared,
+            Arc::new(FakeReactors(Mutex::new(snapshot))),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn ev(seq: u64, change: Change) -> StateEvent {
+        StateEvent {
+            reactor: 0,
+            seq,
+            change,
+        }
+    }
+
+    fn open(sid: u64) -> Change {
+        Change::Open {
+            sid,
+            user: Some("u".into()),
+            device: None,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_table_and_skips_changes_it_already_holds() {
+        // Reactor 0 at the snapshot (its change 5 was the last one before it): session 2 on channel b.
+        let snapshot = vec![Answer::Snapshot {
+            reactor: 0,
+            seq: 5,
+            sessions: vec![SessionInfo {
+                sid: 2,
+                user: Some("u".into()),
+                device: None,
+                tenant: None,
+                channels: vec!["b".into()],
+            }],
+        }];
+        let mut st = thread(snapshot);
+        st.apply(ev(1, open(1)));
+        st.apply(ev(
+            2,
+            Change::Subscribe {
+                sid: 1,
+                channel: "a".into(),
+            },
+        ));
+        st.apply(ev(3, open(2)));
+        // Change 4 (close 1) was dropped; change 5 (subscribe 2 to b) is still queued when the table is rebuilt.
+        st.lost.store(true, Ordering::Relaxed);
+        st.rebuild();
+        assert!(!st.lost.load(Ordering::Relaxed));
+        assert_eq!(st.table.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(st.dirty, HashSet::from([2]));
+        assert_eq!(st.closed.len(), 1);
+        assert_eq!(
+            (st.closed[0].sid, &st.closed[0].channels),
+            (1, &vec!["a".to_string()])
+        );
+        st.apply(ev(
+            5,
+            Change::Subscribe {
+                sid: 2,
+                channel: "b".into(),
+            },
+        ));
+        assert_eq!(st.table[&2].channels, ["b"], "change 5 is in the snapshot");
+        // Later changes apply.
+        st.apply(ev(
+            6,
+            Change::Unsubscribe {
+                sid: 2,
+                channel: "b".into(),
+            },
+        ));
+        assert!(st.table[&2].channels.is_empty());
+        assert_eq!(st.left, [(2, "b".to_string())]);
+        st.apply(ev(7, Change::Close { sid: 2 }));
+        assert!(st.table.is_empty() && st.dirty.is_empty());
+        assert_eq!(st.closed.len(), 2);
+    }
+
+    #[test]
+    fn a_reactor_that_does_not_answer_keeps_the_rebuild_pending() {
+        struct Silent;
+        impl Deliver for Silent {
+            fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
+                true
+            }
+            fn deliver_user(
+                &self,
+                _: &str,
+                _: Option<&str>,
+                _: Option<&str>,
+                _: &str,
+                _: Option<event::StreamId>,
+            ) {
+            }
+            fn replay_done(&self, _: u64, _: ReplayOutcome) {}
+            fn snapshot(&self) -> Option<Vec<Answer>> {
+                None
+            }
+        }
+        let mut st = thread(Vec::new());
+        st.deliver = Arc::new(Silent);
+        st.apply(ev(1, open(9)));
+        st.lost.store(true, Ordering::Relaxed);
+        st.rebuild();
+        assert!(st.lost.load(Ordering::Relaxed), "tried again next round");
+        assert!(st.table.contains_key(&9), "table kept");
+    }
 }

@@ -4,7 +4,9 @@
 //! `--wsgate`), connects `--subs` raw WebSocket subscribers per node to one channel, publishes `--messages`
 //! messages on node 0 through the HTTP API (pipelined; `--rate 0` = as fast as the API takes them), and reports
 //! deliveries/s, latency for subscribers on the publishing node vs the other nodes, loss/duplicates/order, and the
-//! Redis `INFO commandstats` deltas. `--nodes 1 --standalone` gives the single-node baseline.
+//! Redis `INFO commandstats` deltas. `--nodes 1 --standalone` gives the single-node baseline. `--user` publishes
+//! user pushes (`{"user":"probe",...}`) instead, to subscribers that all connect as user `probe` (JWT), so every
+//! push goes through the notify stream and reaches every subscriber on every node.
 //!
 //! Until `wsgate-bench` has a cluster mode: `cargo run --release --example cluster_probe -- --help`.
 //! Every process it starts is killed by its own PID at the end.
@@ -43,6 +45,25 @@ struct Args {
     /// cluster.outbox_limit of every node (default: the gateway's default).
     #[arg(long)]
     outbox: Option<usize>,
+    /// Push to user `probe` (JWT auth on every node) instead of publishing to channel `probe`.
+    #[arg(long)]
+    user: bool,
+}
+
+const SECRET: &str = "cluster-probe-secret-0123456789";
+
+fn probe_token() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "probe", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// PIDs of the processes this probe started: the release profile aborts on panic (no Drop), so a panic hook kills
@@ -107,6 +128,10 @@ fn start_wsgate(a: &Args, redis_port: Option<u16>) -> (Proc, SocketAddr, SocketA
     cmd.args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
         .args(["--threads", &a.threads.to_string()])
         .args(["--set", "log.level=\"warn\""]);
+    if a.user {
+        cmd.args(["--set", "auth.mode=\"jwt\""])
+            .args(["--set", &format!("auth.hs256_secret=\"{SECRET}\"")]);
+    }
     if let Some(p) = redis_port {
         cmd.args(["--set", &format!("cluster.redis=redis://127.0.0.1:{p}/")]);
         if let Some(n) = a.outbox {
@@ -188,11 +213,18 @@ fn subscriber(
     epoch: Instant,
     tally: Arc<Tally>,
     hist: Arc<Mutex<Histogram<u64>>>,
+    token: Option<&str>,
 ) -> std::thread::JoinHandle<()> {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(
-        b"GET /ws?channels=probe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    // As user `probe` (no replay: the probe measures live delivery), or anonymous on channel `probe`.
+    let target = match token {
+        Some(t) => format!("/ws?since=$&token={t}"),
+        None => "/ws?channels=probe".to_string(),
+    };
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);
@@ -238,7 +270,7 @@ fn subscriber(
     })
 }
 
-fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant) {
+fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant, user: bool) {
     let s = TcpStream::connect(api).unwrap();
     s.set_nodelay(true).unwrap();
     let mut reader = BufReader::new(s.try_clone().unwrap());
@@ -268,8 +300,12 @@ fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant) {
             }
         }
         let t = epoch.elapsed().as_micros();
-        let body =
-            format!(r#"{{"channel":"probe","data":{{"i":{i},"t":{t},"pad":"0123456789abcdef"}}}}"#);
+        let target = if user {
+            r#""user":"probe""#
+        } else {
+            r#""channel":"probe""#
+        };
+        let body = format!(r#"{{{target},"data":{{"i":{i},"t":{t},"pad":"0123456789abcdef"}}}}"#);
         write!(
             w,
             "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -328,6 +364,7 @@ fn main() {
     let redis_port = redis.as_ref().map(|(_, p)| *p);
     let nodes: Vec<_> = (0..a.nodes).map(|_| start_wsgate(&a, redis_port)).collect();
     let epoch = Instant::now();
+    let token = a.user.then(probe_token);
     let mut threads = Vec::new();
     let mut groups = Vec::new();
     for (k, (_, ws, _)) in nodes.iter().enumerate() {
@@ -342,6 +379,7 @@ fn main() {
                 epoch,
                 tally.clone(),
                 hist.clone(),
+                token.as_deref(),
             ));
         }
         groups.push((k, tally, hist));
@@ -350,7 +388,7 @@ fn main() {
     let mut rconn = redis_port.and_then(redis_conn);
     let before = rconn.as_mut().map(commandstats).unwrap_or_default();
     let t0 = epoch.elapsed().as_micros() as u64;
-    publisher(nodes[0].2, a.messages, a.rate, epoch);
+    publisher(nodes[0].2, a.messages, a.rate, epoch, a.user);
     let accepted = epoch.elapsed().as_micros() as u64;
     // When the publishing node's outbox is empty, every event it accepted is in the stream (or was dropped).
     let api0 = nodes[0].2;
@@ -389,10 +427,11 @@ fn main() {
             a.rate.to_string()
         },
         a.threads,
-        if a.standalone {
-            "standalone"
-        } else {
-            "cluster"
+        match (a.standalone, a.user) {
+            (true, false) => "standalone",
+            (true, true) => "standalone, user pushes",
+            (false, false) => "cluster",
+            (false, true) => "cluster, user pushes",
         }
     );
     let mut all_last = 0;

@@ -25,6 +25,12 @@ pub struct ClientRequest<'a> {
     /// `msg`: the JSON value for the backend.
     #[serde(default, borrow)]
     pub data: Option<&'a RawValue>,
+    /// `msg`: the channel the message is about (a channel the connection is subscribed to), `X-Guid` upstream.
+    #[serde(default, borrow)]
+    pub channel: Option<std::borrow::Cow<'a, str>>,
+    /// `msg`: a trace id to carry upstream (`X-Trace-ID`); one is made when absent.
+    #[serde(default, borrow)]
+    pub trace: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// A valid channel name: 1..=255 bytes of UTF-8 with no control characters.
@@ -130,6 +136,23 @@ pub fn query_channels(query: &str) -> Result<Vec<String>, &'static str> {
         }
     }
     Ok(out)
+}
+
+/// The percent-decoded value of query parameter `name` (the first occurrence): None when absent, Err for a bad
+/// escape.
+pub fn query_param(query: &str, name: &str) -> Option<Result<String, ()>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v).ok_or(()))
+    })
+}
+
+/// Longest client version string (`?v=` / `X-Client-Version`).
+pub const MAX_CLIENT_VERSION: usize = 64;
+
+/// A client version: 1..=64 printable ASCII characters.
+pub fn valid_client_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_CLIENT_VERSION && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Decodes `%XX` and '+'; None for a bad escape or invalid UTF-8.

@@ -94,6 +94,10 @@ impl Server {
             Arc::make_mut(&mut config).server.node_id = c.node_id();
             // Socket ids carry the leased node id, so they stay unique across the cluster.
             sessions.node_id = c.node_id();
+            // Reactors hand session state, replay requests and acks to the bridge.
+            sessions.bridge = Some(c.session_link());
+            // Client connects, messages and disconnects go to the upstream stream.
+            sessions.sink = c.upstream_sink();
             cluster = Some(c);
         }
         let sessions = Arc::new(sessions);

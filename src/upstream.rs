@@ -14,16 +14,21 @@ pub struct Origin<'a> {
     pub user: Option<&'a str>,
     pub device: Option<&'a str>,
     pub tenant: Option<&'a str>,
+    /// `?v=` or `X-Client-Version` at the upgrade.
+    pub client_version: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     Connect(Origin<'a>),
     Disconnect(Origin<'a>),
-    /// `data` is the client's JSON value, verbatim.
+    /// `data` is the client's JSON value, verbatim; `channel` the channel it is about and `trace` the client's
+    /// trace id, when given.
     Message {
         origin: Origin<'a>,
         data: &'a str,
+        channel: Option<&'a str>,
+        trace: Option<&'a str>,
     },
 }
 
@@ -49,7 +54,7 @@ impl Sink for LogSink {
                 Event::Disconnect(o) => {
                     log::debug!("upstream disconnect sid={} user={:?}", o.sid, o.user)
                 }
-                Event::Message { origin, data } => log::debug!(
+                Event::Message { origin, data, .. } => log::debug!(
                     "upstream message sid={} user={:?} data={}",
                     origin.sid,
                     origin.user,

@@ -326,13 +326,27 @@ fn hostile_bus_entries_are_skipped_and_counted() {
             ("data", b"1"),
         ],
         vec![("foo", b"bar")],
-        // unknown and not-yet-handled kinds
+        // malformed targeted kinds: a socket id that is not a number, a disconnect without a scope
+        vec![
+            ("origin", b"evil"),
+            ("kind", b"sid"),
+            ("target", b"12x"),
+            ("data", b"1"),
+        ],
+        vec![
+            ("origin", b"evil"),
+            ("kind", b"disconnect"),
+            ("target", b"u1"),
+            ("data", br#"{"code":4000}"#),
+        ],
+        // an unknown kind
         vec![
             ("origin", b"evil"),
             ("kind", b"teleport"),
             ("target", b"news"),
             ("data", b"1"),
         ],
+        // a user push for a user without connections here: handled, delivered to nobody
         vec![
             ("origin", b"evil"),
             ("kind", b"user"),
@@ -388,10 +402,10 @@ fn hostile_bus_entries_are_skipped_and_counted() {
     );
     ws.expect_silence(Duration::from_millis(300), "after the good entries");
     wait_metric(&a, "wsgate_cluster_events_in_total", READ_TIMEOUT, |v| {
-        v == 2.0
+        v == 3.0
     });
-    assert_eq!(metric(&a, "wsgate_cluster_events_invalid_total"), 5.0);
-    assert_eq!(metric(&a, "wsgate_cluster_events_ignored_total"), 2.0);
+    assert_eq!(metric(&a, "wsgate_cluster_events_invalid_total"), 7.0);
+    assert_eq!(metric(&a, "wsgate_cluster_events_ignored_total"), 1.0);
     assert_eq!(metric(&a, "wsgate_cluster_events_duplicate_total"), 1.0);
     assert_eq!(metric(&a, "wsgate_cluster_events_missed_total"), 3.0);
     // A key of the wrong type where the stream should be: the node keeps serving locally.

@@ -2,6 +2,7 @@
 //! per-tenant publish rate, `POST /api/disconnect`, `GET /api/presence` and `GET /api/user/{id}`.
 
 use super::http::{Request, Response};
+use crate::cluster::event::Scope;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{percent_decode, valid_channel};
@@ -96,8 +97,19 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
         if user.is_empty() || user.len() > MAX_NAME {
             return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
         }
-        let frame = frames::user_message(user, data.get());
-        hub.publish_user(user, t.device.as_deref(), t.tenant.as_deref(), frame);
+        let (device, tenant) = (t.device.as_deref(), t.tenant.as_deref());
+        match &hub.cluster {
+            // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
+            // it with its id. If the outbox is full, this node's connections still get it (without an id).
+            Some(cluster) => {
+                if !cluster.user(user, device, tenant, data.get()) {
+                    let frame = frames::user_message(user, data.get());
+                    hub.deliver_user(user, device, tenant, frame, None);
+                }
+                hub.count_user_publish();
+            }
+            None => hub.publish_user(user, device, tenant, frames::user_message(user, data.get())),
+        }
         return Some(Response::json(
             200,
             json!({"ok": true, "user": user}).to_string(),
@@ -112,9 +124,28 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
             "\"sid\" must be a socket id (decimal string or integer)",
         ));
     };
+    let ok = || Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}"));
+    // Cluster mode: another node's socket id goes over the bus to that node.
+    if let Some(cluster) = hub
+        .cluster
+        .as_ref()
+        .filter(|_| sid::node_of(sid) != hub.sessions.node_id)
+    {
+        if !cluster.sid(sid, data.get()) {
+            return Some(Response::error(
+                503,
+                "cluster outbox full (cluster.outbox_limit); retry later",
+            ));
+        }
+        hub.sessions
+            .api
+            .sid_publishes_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Some(ok());
+    }
     Some(
         match hub.publish_sid(sid, frames::sid_message(sid, data.get())) {
-            Ok(()) => Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}")),
+            Ok(()) => ok(),
             Err(why) => Response::error(404, why),
         },
     )
@@ -167,19 +198,38 @@ fn disconnect(body: &[u8], hub: &Hub) -> Response {
     if reason.len() > 123 {
         return Response::error(400, "\"reason\" must be at most 123 bytes");
     }
+    // Cluster mode: a user's connections may be on every node, another node's socket id only there. The other
+    // nodes close theirs without this request waiting for them: `disconnected` counts this node's.
+    let forward = hub.cluster.as_ref().and_then(|c| match &target {
+        Target::User(u) => Some((c, Scope::User, u.to_string())),
+        Target::Sid(s) if sid::node_of(*s) != hub.sessions.node_id => {
+            Some((c, Scope::Sid, s.to_string()))
+        }
+        Target::Sid(_) => None,
+    });
+    let forwarded = match forward {
+        Some((cluster, scope, t)) => {
+            if !cluster.disconnect(scope, &t, code, reason) {
+                return Response::error(
+                    503,
+                    "cluster outbox full (cluster.outbox_limit); retry later",
+                );
+            }
+            true
+        }
+        None => false,
+    };
     match hub.disconnect(target, code, reason) {
+        Ok(n) if forwarded => Response::json(
+            200,
+            format!("{{\"ok\":true,\"disconnected\":{n},\"forwarded\":true}}"),
+        ),
         Ok(n) => Response::json(200, format!("{{\"ok\":true,\"disconnected\":{n}}}")),
         Err(why) => Response::error(503, why),
     }
 }
 
-/// Decoded query parameters (`None` for a bad escape).
-fn param(query: &str, name: &str) -> Option<Result<String, ()>> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v).ok_or(()))
-    })
-}
+use crate::protocol::query_param as param;
 
 fn presence(query: &str, hub: &Hub) -> Response {
     let channel = match param(query, "channel") {
@@ -209,52 +259,120 @@ fn presence(query: &str, hub: &Hub) -> Response {
         },
         Some(Err(())) => return Response::error(400, "\"cursor\" must be a socket id"),
     };
+    // Cluster mode: every node's members, from Redis; when Redis cannot be read, this node's (and say so).
+    let mut cluster_error = None;
+    if let Some(cluster) = &hub.cluster {
+        match cluster.read(|r| r.presence(&channel, after, limit)) {
+            Ok((total, members, more)) => {
+                let members: Vec<(u64, Option<String>)> =
+                    members.into_iter().map(|m| (m.sid, m.user)).collect();
+                return presence_page(&channel, total, &members, more, "cluster", None);
+            }
+            Err(e) => cluster_error = Some(e),
+        }
+    }
     match hub.presence(&channel, after, limit) {
         Ok((total, members, more)) => {
-            let next = match (more, members.last()) {
-                (true, Some(m)) => json!(m.sid.to_string()),
-                _ => serde_json::Value::Null,
-            };
-            let members: Vec<_> = members
-                .iter()
-                .map(|m| json!({"sid": m.sid.to_string(), "user": m.user}))
-                .collect();
-            Response::json(
-                200,
-                json!({"ok": true, "channel": channel, "total": total, "members": members, "next_cursor": next})
-                    .to_string(),
+            let members: Vec<(u64, Option<String>)> =
+                members.into_iter().map(|m| (m.sid, m.user)).collect();
+            presence_page(
+                &channel,
+                total,
+                &members,
+                more,
+                "node",
+                cluster_error.as_deref(),
             )
         }
         Err(why) => Response::error(503, why),
     }
 }
 
+/// `{"ok":true,"channel":..,"total":..,"members":[..],"next_cursor":..,"scope":"cluster"|"node"}`, plus
+/// `"cluster_error"` when a cluster node answers from itself alone because Redis could not be read.
+fn presence_page(
+    channel: &str,
+    total: usize,
+    members: &[(u64, Option<String>)],
+    more: bool,
+    scope: &str,
+    cluster_error: Option<&str>,
+) -> Response {
+    let next = match (more, members.last()) {
+        (true, Some((sid, _))) => json!(sid.to_string()),
+        _ => serde_json::Value::Null,
+    };
+    let list: Vec<_> = members
+        .iter()
+        .map(|(sid, user)| json!({"sid": sid.to_string(), "user": user}))
+        .collect();
+    let mut body = json!({"ok": true, "channel": channel, "total": total, "members": list,
+        "next_cursor": next, "scope": scope});
+    if let Some(e) = cluster_error {
+        body["cluster_error"] = json!(e);
+    }
+    Response::json(200, body.to_string())
+}
+
 fn user(raw: &str, hub: &Hub) -> Response {
     let Some(id) = percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) else {
         return Response::error(400, "user id must be 1..=255 bytes, percent-encoded");
     };
-    match hub.user_connections(&id) {
-        Ok(list) => {
-            let connections: Vec<_> = list
-                .iter()
-                .map(|c| {
-                    json!({
+    let list = match hub.user_connections(&id) {
+        Ok(list) => list,
+        Err(why) => return Response::error(503, why),
+    };
+    let node = hub.sessions.node_id;
+    let mut connections: Vec<(u64, serde_json::Value)> = list
+        .iter()
+        .map(|c| {
+            let mut v = json!({
+                "sid": c.sid.to_string(),
+                "reactor": c.reactor,
+                "device": c.device,
+                "tenant": c.tenant,
+                "connected_at_ms": sid::unix_ms_of(c.sid),
+                "exp": c.exp,
+                "channels": c.channels,
+                "allowed_channels": c.allowed,
+            });
+            if hub.cluster.is_some() {
+                v["node"] = json!(node);
+            }
+            (c.sid, v)
+        })
+        .collect();
+    let mut body = json!({"ok": true, "user": id});
+    match &hub.cluster {
+        None => body["scope"] = json!("node"),
+        // Cluster mode: this node's connections in full, the other nodes' as the state in Redis has them.
+        Some(cluster) => match cluster.read(|r| r.user(&id)) {
+            Ok(remote) => {
+                body["scope"] = json!("cluster");
+                for c in remote {
+                    if connections.iter().any(|(s, _)| *s == c.sid) {
+                        continue;
+                    }
+                    let v = json!({
                         "sid": c.sid.to_string(),
-                        "reactor": c.reactor,
+                        "node": c.node,
                         "device": c.device,
                         "tenant": c.tenant,
                         "connected_at_ms": sid::unix_ms_of(c.sid),
-                        "exp": c.exp,
                         "channels": c.channels,
-                        "allowed_channels": c.allowed,
-                    })
-                })
-                .collect();
-            Response::json(
-                200,
-                json!({"ok": true, "user": id, "connections": connections}).to_string(),
-            )
-        }
-        Err(why) => Response::error(503, why),
+                        "last_seen_ms": c.last_seen_ms,
+                    });
+                    connections.push((c.sid, v));
+                }
+                connections.sort_by_key(|(s, _)| *s);
+            }
+            Err(e) => {
+                body["scope"] = json!("node");
+                body["cluster_error"] = json!(e);
+            }
+        },
     }
+    body["connections"] =
+        serde_json::Value::Array(connections.into_iter().map(|(_, v)| v).collect());
+    Response::json(200, body.to_string())
 }

@@ -32,17 +32,17 @@ pub struct ClusterConfig {
     pub outbox_limit: usize,
     /// Bytes of outgoing events buffered at most (payloads included); more are dropped and counted.
     pub outbox_max_bytes: usize,
-    /// Planned (auth integration): stream for connect/message/disconnect events to backends.
+    /// Stream of client connect/message/disconnect events for backends.
     pub upstream_stream: String,
-    /// Planned (auth integration): approximate length the upstream stream is trimmed to.
+    /// Approximate length the upstream stream is trimmed to.
     pub upstream_maxlen: u64,
-    /// Planned (auth integration): seconds between batched writes of session last-seen times to Redis.
+    /// Seconds between batched refreshes of session last-seen times in Redis.
     pub sync_interval: u64,
-    /// Planned (auth integration): seconds between sweeps of sessions left behind by dead nodes.
+    /// Seconds between sweeps of sessions left behind by dead nodes.
     pub sweep_interval: u64,
-    /// Planned (auth integration): messages kept per user in `stream:notify:{uid}` for offline replay.
+    /// Messages kept per user in `stream:notify:{uid}` for offline replay.
     pub offline_maxlen: u64,
-    /// Planned (auth integration): seconds an offline message is kept for replay.
+    /// Seconds an offline message is kept for replay.
     pub offline_max_age: u64,
 }
 

@@ -101,11 +101,21 @@ impl Connector {
     /// Connects; replies must arrive within `read_timeout` (pass the block time plus [`IO_TIMEOUT`] for
     /// connections that issue blocking reads).
     pub fn connect(&self, read_timeout: Duration) -> RedisResult<RedisConn> {
+        self.connect_within(CONNECT_TIMEOUT, read_timeout)
+    }
+
+    /// Like [`Connector::connect`] with a shorter connect timeout (for a single server; Sentinel and Redis Cluster
+    /// keep their own) and the write timeout equal to `read_timeout`: for reads made while someone waits.
+    pub fn connect_within(
+        &self,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> RedisResult<RedisConn> {
         match self {
             Connector::Single(client) => {
-                let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                let conn = client.get_connection_with_timeout(connect_timeout)?;
                 conn.set_read_timeout(Some(read_timeout))?;
-                conn.set_write_timeout(Some(IO_TIMEOUT))?;
+                conn.set_write_timeout(Some(read_timeout.min(IO_TIMEOUT)))?;
                 Ok(RedisConn::Single(conn))
             }
             Connector::Cluster(client) => {
@@ -177,12 +187,82 @@ fn primary_via(
     }
 }
 
+/// The outcome of one command of a batch: its reply, or the error Redis answered it with.
+#[derive(Debug)]
+pub enum Reply {
+    Value(redis::Value),
+    Refused { code: String, details: String },
+}
+
 impl RedisConn {
     pub fn like(&mut self) -> &mut dyn ConnectionLike {
         match self {
             RedisConn::Single(c) => c,
             RedisConn::Cluster(c) => c,
         }
+    }
+
+    /// Runs `cmds`, which may touch many keys: as one pipeline (one round trip) on a single server; one command
+    /// at a time, each routed by its key, on Redis Cluster (a raw pipeline would go to the first key's shard).
+    /// Err means the connection failed and it is unknown which commands took effect.
+    pub fn exec(&mut self, cmds: &[redis::Cmd]) -> RedisResult<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(_) => self.exec_one_key(cmds),
+            RedisConn::Cluster(c) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    match c.req_packed_command(&cmd.get_packed_command()) {
+                        Ok(v) => out.push(reply_of(v)),
+                        Err(e) => match e.code() {
+                            // Answered with an error: the connection is fine.
+                            Some(code) if e.kind() != redis::ErrorKind::IoError => {
+                                out.push(Reply::Refused {
+                                    code: code.to_string(),
+                                    details: e.detail().unwrap_or("").to_string(),
+                                })
+                            }
+                            _ => return Err(e),
+                        },
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl RedisConn {
+    /// Runs `cmds`, which all touch the same key, as one pipeline (one round trip, also on Redis Cluster, where
+    /// it goes to the shard of the first command's key).
+    pub fn exec_one_key(&mut self, cmds: &[redis::Cmd]) -> RedisResult<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut packed = Vec::new();
+        for cmd in cmds {
+            packed.extend_from_slice(&cmd.get_packed_command());
+        }
+        let replies = self.like().req_packed_commands(&packed, 0, cmds.len())?;
+        if replies.len() != cmds.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "reply count does not match the pipeline",
+            )));
+        }
+        Ok(replies.into_iter().map(reply_of).collect())
+    }
+}
+
+fn reply_of(v: redis::Value) -> Reply {
+    match v {
+        redis::Value::ServerError(e) => Reply::Refused {
+            code: e.code().to_string(),
+            details: e.details().unwrap_or("").to_string(),
+        },
+        v => Reply::Value(v),
     }
 }
 

@@ -1,9 +1,12 @@
-//! Incoming events → local connections, through the same encode-once path as a local publish: the frame is built
-//! once here and the hub hands the shared frame to every reactor.
+//! Events → local connections, through the same encode-once path as a local publish: the frame is built once here
+//! and the hub hands the shared frame to every reactor (or, for a socket id, to the one reactor that owns it).
 
+use super::event::{parse_disconnect, Scope, StreamId};
 use super::{Deliver, EventKind, InEvent};
 use crate::hub::Hub;
 use crate::protocol;
+use crate::session::frames::{self, user_message_with_id};
+use crate::session::{sid, Answer, ReplayOutcome, Target};
 
 impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {
@@ -20,8 +23,64 @@ impl Deliver for Hub {
                 self.broadcast(protocol::broadcast_message(event.data));
                 true
             }
-            // Reserved for the auth integration (user and socket targets, remote disconnects).
-            EventKind::User | EventKind::Sid | EventKind::Disconnect => false,
+            // Every node delivers to its own connections of the user (possibly none).
+            EventKind::User => {
+                fn opt(s: &str) -> Option<&str> {
+                    (!s.is_empty()).then_some(s)
+                }
+                Deliver::deliver_user(
+                    self,
+                    event.target,
+                    opt(event.device),
+                    opt(event.tenant),
+                    event.data,
+                    event.nid,
+                );
+                true
+            }
+            // Only the node encoded in the socket id has the connection; the others have nothing to do.
+            EventKind::Sid => {
+                if sid::node_of(event.sid) == self.sessions.node_id {
+                    // A reactor this node does not run: the connection cannot exist (counted nowhere).
+                    let _ = self.deliver_sid(event.sid, frames::sid_message(event.sid, event.data));
+                }
+                true
+            }
+            EventKind::Disconnect => {
+                let Some((code, reason)) = parse_disconnect(event.data) else {
+                    return true; // checked by parse_entry
+                };
+                match event.scope {
+                    Scope::User => {
+                        self.disconnect_async(Target::User(event.target.into()), code, &reason)
+                    }
+                    Scope::Sid if sid::node_of(event.sid) == self.sessions.node_id => {
+                        self.disconnect_async(Target::Sid(event.sid), code, &reason)
+                    }
+                    Scope::Sid => {}
+                }
+                true
+            }
         }
+    }
+
+    fn deliver_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        data: &str,
+        id: Option<StreamId>,
+    ) {
+        let frame = user_message_with_id(user, data, id, false);
+        Hub::deliver_user(self, user, device, tenant, frame, id);
+    }
+
+    fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {
+        Hub::replay_done(self, sid, outcome);
+    }
+
+    fn snapshot(&self) -> Option<Vec<Answer>> {
+        Hub::snapshot(self).ok()
     }
 }

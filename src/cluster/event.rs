@@ -3,7 +3,9 @@
 //!
 //! Fields of one stream entry (all values are strings; see docs/CLUSTER.md):
 //! `origin` (instance id of the writing process), `node` (its node id), `seq` (per-origin sequence number, 1, 2,
-//! ...), `kind`, `target`, `data` (raw JSON), `trace`, `ts` (ms since the Unix epoch at the origin).
+//! ...), `kind`, `target`, `data` (raw JSON), `trace`, `ts` (ms since the Unix epoch at the origin); only when they
+//! apply: `device`, `tenant` (filters of a user push), `nid` (the id of a user push in `stream:notify:{uid}`),
+//! `scope` (`user` or `sid`: what a disconnect's `target` is).
 
 use redis::Value;
 use serde_json::value::RawValue;
@@ -16,7 +18,13 @@ pub const F_TARGET: &str = "target";
 pub const F_DATA: &str = "data";
 pub const F_TRACE: &str = "trace";
 pub const F_TS: &str = "ts";
+pub const F_DEVICE: &str = "device";
+pub const F_TENANT: &str = "tenant";
+pub const F_NID: &str = "nid";
+pub const F_SCOPE: &str = "scope";
 
+/// Longest user, device or tenant name (as in the API and tokens).
+pub const MAX_NAME_LEN: usize = 255;
 /// Longest `target` accepted from the bus (channel names are at most 255 bytes; user and socket ids are short).
 pub const MAX_TARGET_LEN: usize = 1024;
 
@@ -27,11 +35,13 @@ pub enum EventKind {
     Channel,
     /// Every connection; `target` is empty.
     Broadcast,
-    /// Reserved (auth integration): every connection of user `target`.
+    /// Every connection of user `target` (optionally only its `device` / `tenant`); delivered as
+    /// `{"user":target,"data":data,"id":nid}`.
     User,
-    /// Reserved (auth integration): the connection with socket id `target`.
+    /// The connection with socket id `target` (decimal); only the node encoded in the id delivers it.
     Sid,
-    /// Reserved (auth integration): close the connection(s) named by `target`.
+    /// Close the connections of user `target` (`scope` = `user`) or the one with socket id `target` (`scope` =
+    /// `sid`); `data` is `{"code":N,"reason":"..."}`.
     Disconnect,
 }
 
@@ -69,6 +79,27 @@ pub struct OutEvent {
     pub trace: String,
     /// Milliseconds since the Unix epoch when the event was accepted.
     pub ts_ms: u64,
+    /// User pushes: only connections with this device / tenant ("" = any).
+    pub device: String,
+    pub tenant: String,
+    /// Disconnects: what `target` is.
+    pub scope: Scope,
+}
+
+/// What the target of a disconnect is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Sid,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Sid => "sid",
+        }
+    }
 }
 
 impl OutEvent {
@@ -79,13 +110,51 @@ impl OutEvent {
             data: data.to_string(),
             trace: String::new(),
             ts_ms: now_ms(),
+            device: String::new(),
+            tenant: String::new(),
+            scope: Scope::User,
         }
+    }
+
+    /// A push to every connection of `user` (of one device / tenant when given).
+    pub fn user(user: &str, device: Option<&str>, tenant: Option<&str>, data: &str) -> OutEvent {
+        let mut ev = OutEvent::new(EventKind::User, user, data);
+        ev.device = device.unwrap_or("").to_string();
+        ev.tenant = tenant.unwrap_or("").to_string();
+        ev
+    }
+
+    /// Closes the connections of a user or one connection, with a close code and reason.
+    pub fn disconnect(scope: Scope, target: &str, code: u16, reason: &str) -> OutEvent {
+        let data = serde_json::json!({"code": code, "reason": reason}).to_string();
+        let mut ev = OutEvent::new(EventKind::Disconnect, target, &data);
+        ev.scope = scope;
+        ev
     }
 
     /// Bytes this event holds in the outbox (payload plus a fixed overhead), for the `outbox_max_bytes` bound.
     pub fn cost(&self) -> usize {
-        self.target.len() + self.data.len() + self.trace.len() + 128
+        self.target.len()
+            + self.data.len()
+            + self.trace.len()
+            + self.device.len()
+            + self.tenant.len()
+            + 160
     }
+}
+
+/// The close code and reason of a disconnect event's `data`; None unless `{"code":1000 or 3000..=4999,
+/// "reason":"<at most 123 bytes>"}`.
+pub fn parse_disconnect(data: &str) -> Option<(u16, String)> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        code: u16,
+        #[serde(default)]
+        reason: String,
+    }
+    let p: Params = serde_json::from_str(data).ok()?;
+    let code_ok = p.code == 1000 || (3000..=4999).contains(&p.code);
+    (code_ok && p.reason.len() <= 123).then_some((p.code, p.reason))
 }
 
 /// An event read from the bus, borrowing from the Redis reply. Only produced by [`parse_entry`], so the fields
@@ -101,6 +170,14 @@ pub struct InEvent<'a> {
     pub data: &'a str,
     pub trace: &'a str,
     pub ts_ms: Option<u64>,
+    /// User pushes: device / tenant filters ("" = none) and the id in the user's notify stream ("" = not stored).
+    pub device: &'a str,
+    pub tenant: &'a str,
+    pub nid: Option<StreamId>,
+    /// Disconnects: what `target` is.
+    pub scope: Scope,
+    /// Sid and sid-scoped disconnects: the socket id in `target`.
+    pub sid: u64,
 }
 
 /// Why an entry was rejected.
@@ -122,6 +199,16 @@ impl StreamId {
     pub fn parse(s: &str) -> Option<StreamId> {
         let (ms, seq) = s.split_once('-')?;
         Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    /// Like [`StreamId::parse`], also accepting a bare millisecond time (`1700000000000` = `1700000000000-0`), as
+    /// Redis does.
+    pub fn parse_lenient(s: &str) -> Option<StreamId> {
+        if s.contains('-') {
+            StreamId::parse(s)
+        } else {
+            Some(StreamId(s.parse().ok()?, 0))
+        }
     }
 }
 
@@ -156,6 +243,10 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     let mut data = "";
     let mut trace = "";
     let mut ts_ms = None;
+    let mut device = "";
+    let mut tenant = "";
+    let mut nid = "";
+    let mut scope = "";
     let mut visit = |k: &'a Value, v: &'a Value| -> Result<(), Rejected> {
         let k = bytes_of(k).ok_or(Rejected::Malformed("field name is not a string"))?;
         let v = str_of(v).ok_or(Rejected::Malformed("field value is not a UTF-8 string"))?;
@@ -168,6 +259,10 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
             b"data" => data = v,
             b"trace" => trace = v,
             b"ts" => ts_ms = v.parse::<u64>().ok(),
+            b"device" => device = v,
+            b"tenant" => tenant = v,
+            b"nid" => nid = v,
+            b"scope" => scope = v,
             _ => {}
         }
         Ok(())
@@ -196,18 +291,59 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     if target.len() > MAX_TARGET_LEN {
         return Err(Rejected::Malformed("target too long"));
     }
+    let json = |data: &str| serde_json::from_str::<&RawValue>(data).is_ok();
+    let sid_of = |target: &str| {
+        crate::session::sid::parse(target).ok_or(Rejected::Malformed("target is not a socket id"))
+    };
+    let mut sid = 0;
+    let mut parsed_scope = Scope::User;
+    let mut parsed_nid = None;
     match kind {
         EventKind::Channel | EventKind::Broadcast => {
             if kind == EventKind::Channel && !crate::protocol::valid_channel(target) {
                 return Err(Rejected::Malformed("invalid channel name"));
             }
-            if serde_json::from_str::<&RawValue>(data).is_err() {
+            if !json(data) {
                 return Err(Rejected::Malformed("data is not JSON"));
             }
         }
-        EventKind::User | EventKind::Sid | EventKind::Disconnect => {
-            if target.is_empty() {
-                return Err(Rejected::Malformed("no target"));
+        EventKind::User => {
+            if target.is_empty() || target.len() > MAX_NAME_LEN {
+                return Err(Rejected::Malformed("user id must be 1..=255 bytes"));
+            }
+            if device.len() > MAX_NAME_LEN || tenant.len() > MAX_NAME_LEN {
+                return Err(Rejected::Malformed("device or tenant too long"));
+            }
+            if !nid.is_empty() {
+                parsed_nid = Some(
+                    StreamId::parse(nid).ok_or(Rejected::Malformed("nid is not a stream id"))?,
+                );
+            }
+            if !json(data) {
+                return Err(Rejected::Malformed("data is not JSON"));
+            }
+        }
+        EventKind::Sid => {
+            sid = sid_of(target)?;
+            if !json(data) {
+                return Err(Rejected::Malformed("data is not JSON"));
+            }
+        }
+        EventKind::Disconnect => {
+            parsed_scope = match scope {
+                "user" => Scope::User,
+                "sid" => Scope::Sid,
+                _ => return Err(Rejected::Malformed("disconnect scope is not user or sid")),
+            };
+            match parsed_scope {
+                Scope::Sid => sid = sid_of(target)?,
+                Scope::User if target.is_empty() || target.len() > MAX_NAME_LEN => {
+                    return Err(Rejected::Malformed("user id must be 1..=255 bytes"))
+                }
+                Scope::User => {}
+            }
+            if parse_disconnect(data).is_none() {
+                return Err(Rejected::Malformed("disconnect data is not {code, reason}"));
             }
         }
     }
@@ -221,6 +357,11 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
         data,
         trace,
         ts_ms,
+        device,
+        tenant,
+        nid: parsed_nid,
+        scope: parsed_scope,
+        sid,
     })
 }
 

@@ -126,7 +126,7 @@ pub(crate) fn release(conn: &mut RedisConn, id: u16, origin: &str) -> RedisResul
 }
 
 /// The heartbeat thread: renews the lease (and with it the health record) every third of its TTL; on shutdown
-/// deletes it so the id is free at once. Later also the home of the batched session sync and the sweeper.
+/// deletes it so the id is free at once. (Session sync and sweeping have their own thread: src/cluster/state.rs.)
 pub(crate) fn run_heartbeat(shared: Arc<Shared>, connections: Arc<AtomicUsize>) {
     let ttl_ms = shared.cfg.node_lease_ttl * 1000;
     let every = Duration::from_millis(ttl_ms / 3);

@@ -1,27 +1,40 @@
 //! The cluster bridge: federates nodes over one Redis stream (event broadcast: every node reads every event and
-//! delivers to its own connections). Enabled by `cluster.redis`; without it nothing here runs. Redis may be one
-//! server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
+//! delivers to its own connections), and keeps what outlives one node in Redis: session state, presence, the
+//! messages a user missed, client → backend events. Enabled by `cluster.redis`; without it nothing here runs.
+//! Redis may be one server, a Sentinel-watched primary or a Redis Cluster ([`conn`]).
 //!
 //! Threads, each with its own Redis connection, none of them a reactor:
-//! - writer ([`writer`]): drains the outbox and appends events with pipelined `XADD ... MAXLEN ~ N`;
+//! - writer ([`writer`]): drains the outbox; stores user pushes in their notify streams and delivers them here;
+//!   appends events with pipelined `XADD ... MAXLEN ~ N`;
 //! - reader ([`reader`]): `XREAD BLOCK` from the newest id seen, hands other nodes' events to [`Deliver`];
-//! - heartbeat ([`lease`]): renews the node id lease, which is also the node's health record.
+//! - heartbeat ([`lease`]): renews the node id lease, which is also the node's health record;
+//! - state ([`state`]): session state in Redis, batched last-seen sync, sweeper of dead nodes' sessions;
+//! - replay ([`replay`]): reads the messages a connecting user missed, writes acks;
+//! - upstream ([`upstream`]): appends client connect/message/disconnect events to the upstream stream.
 //!
-//! The API (and later the reactors) reach the bridge through a [`ClusterHandle`], whose `send` never blocks: the
-//! outbox is bounded by `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is
-//! counted as dropped. Layout, guarantees and failure behaviour: docs/CLUSTER.md.
+//! The API reaches the bridge through a [`ClusterHandle`], whose `send` never blocks: the outbox is bounded by
+//! `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is counted as dropped. The
+//! reactors reach it through a [`SessionLink`] (bounded queues, `try_send`) and the upstream sink. Layout,
+//! guarantees and failure behaviour: docs/CLUSTER.md.
 
 pub mod config;
 mod conn;
 mod dispatch;
 pub mod event;
+pub mod keys;
 pub mod lease;
+pub mod link;
+pub mod query;
 mod reader;
+mod replay;
+mod state;
 mod stats;
+pub mod upstream;
 mod writer;
 
 pub use config::ClusterConfig;
 pub use event::{EventKind, InEvent, OutEvent};
+pub use link::SessionLink;
 pub use stats::BridgeStats;
 
 use crate::config::Config;
@@ -36,11 +49,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Delivers events from other nodes to this node's connections. The hub implements it (src/cluster/dispatch.rs);
-/// a new event kind is one more arm there.
+/// How the bridge threads reach this node's connections. The hub implements it (src/cluster/dispatch.rs); a new
+/// event kind is one more arm there.
 pub trait Deliver: Send + Sync {
-    /// Delivers `event`; false if this node does not handle its kind (counted as ignored).
+    /// Delivers an event of another node; false if this node does not handle its kind (counted as ignored).
     fn deliver(&self, event: &InEvent<'_>) -> bool;
+    /// Delivers a user push this node accepted (after it was stored for replay: `id`; or without an id).
+    fn deliver_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        data: &str,
+        id: Option<event::StreamId>,
+    );
+    /// Hands the result of reading a connection's missed messages to its reactor.
+    fn replay_done(&self, sid: u64, outcome: crate::session::ReplayOutcome);
+    /// Every open gateway connection, per reactor (None if a reactor did not answer in time).
+    fn snapshot(&self) -> Option<Vec<crate::session::Answer>>;
 }
 
 /// What the bridge threads share.
@@ -58,6 +84,8 @@ pub(crate) struct Shared {
 /// The non-blocking way into the bridge, held by the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
+    /// Cluster-wide session reads for the API (one connection, used by the API thread).
+    reader: Option<Arc<std::sync::Mutex<query::Reader>>>,
     tx: Sender<OutEvent>,
     stats: Arc<BridgeStats>,
     node_id: u16,
@@ -80,6 +108,32 @@ impl ClusterHandle {
     /// Queues a broadcast for the other nodes. False if it was dropped.
     pub fn broadcast(&self, data: &str) -> bool {
         self.send(OutEvent::new(EventKind::Broadcast, "", data))
+    }
+
+    /// Queues a push to user `user` (stored for replay, then delivered on every node, this one included). False if
+    /// it was dropped (outbox full).
+    pub fn user(&self, user: &str, device: Option<&str>, tenant: Option<&str>, data: &str) -> bool {
+        self.send(OutEvent::user(user, device, tenant, data))
+    }
+
+    /// Queues a push to connection `sid` of another node.
+    pub fn sid(&self, sid: u64, data: &str) -> bool {
+        self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
+    }
+
+    /// Runs `f` with the cluster-wide session reader (API thread only: uncontended).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&mut query::Reader) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let reader = self.reader.as_ref().ok_or("no cluster reader")?;
+        let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut r)
+    }
+
+    /// Queues a disconnect for the other nodes.
+    pub fn disconnect(&self, scope: event::Scope, target: &str, code: u16, reason: &str) -> bool {
+        self.send(OutEvent::disconnect(scope, target, code, reason))
     }
 
     /// Queues any event without blocking. Over the outbox bounds it is dropped and counted.
@@ -116,6 +170,10 @@ impl ClusterHandle {
 pub struct Cluster {
     shared: Arc<Shared>,
     handle: ClusterHandle,
+    link: SessionLink,
+    link_rx: Option<link::LinkReceivers>,
+    sink: Arc<upstream::ClusterSink>,
+    upstream_rx: Option<Receiver<upstream::UpstreamEvent>>,
     rx: Option<Receiver<OutEvent>>,
     start_id: Option<StreamId>,
     threads: Vec<JoinHandle<()>>,
@@ -207,26 +265,37 @@ impl Cluster {
         // Unbounded as a queue, bounded by `ClusterHandle::send`'s accounting (which counts what is in the
         // channel and what the writer holds): memory follows what is actually queued, not the limit.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle = ClusterHandle {
-            tx,
-            stats: stats.clone(),
-            node_id,
-            origin: Arc::from(origin.as_str()),
-            outbox_limit: cfg.outbox_limit,
-            outbox_max_bytes: cfg.outbox_max_bytes,
-        };
+        let (link, link_rx) = SessionLink::new(stats.clone());
+        let (sink, upstream_rx) =
+            upstream::ClusterSink::new(stats.clone(), cfg.outbox_limit, cfg.outbox_max_bytes);
+        let (outbox_limit, outbox_max_bytes) = (cfg.outbox_limit, cfg.outbox_max_bytes);
         let shared = Arc::new(Shared {
             cfg,
             connector,
-            stats,
+            stats: stats.clone(),
             node_id,
-            origin,
+            origin: origin.clone(),
             info,
             stop: AtomicBool::new(false),
         });
+        let handle = ClusterHandle {
+            reader: Some(Arc::new(std::sync::Mutex::new(query::Reader::new(
+                shared.clone(),
+            )))),
+            tx,
+            stats,
+            node_id,
+            origin: Arc::from(origin.as_str()),
+            outbox_limit,
+            outbox_max_bytes,
+        };
         Ok(Cluster {
             shared,
             handle,
+            link,
+            link_rx: Some(link_rx),
+            sink: Arc::new(sink),
+            upstream_rx: Some(upstream_rx),
             rx: Some(rx),
             start_id,
             threads: Vec::new(),
@@ -241,20 +310,57 @@ impl Cluster {
         self.handle.clone()
     }
 
-    /// Starts the writer, reader and heartbeat threads. `connections` feeds the health record.
+    /// The reactors' way into the bridge (session state, replays, acks).
+    pub fn session_link(&self) -> SessionLink {
+        self.link.clone()
+    }
+
+    /// The upstream sink of cluster mode: connect/message/disconnect events to `cluster.upstream_stream`.
+    pub fn upstream_sink(&self) -> Arc<upstream::ClusterSink> {
+        self.sink.clone()
+    }
+
+    /// Starts the bridge threads (writer, reader, heartbeat, state, replay). `connections` feeds the health
+    /// record.
     pub fn start(
         &mut self,
         deliver: Arc<dyn Deliver>,
         connections: Arc<AtomicUsize>,
     ) -> io::Result<()> {
-        let Some(rx) = self.rx.take() else {
+        let (Some(rx), Some(link_rx), Some(upstream_rx)) =
+            (self.rx.take(), self.link_rx.take(), self.upstream_rx.take())
+        else {
             return Ok(()); // already started
         };
         let s = self.shared.clone();
         self.threads.push(
             std::thread::Builder::new()
+                .name("cluster-upstream".into())
+                .spawn(move || upstream::run(s, upstream_rx))?,
+        );
+        let s = self.shared.clone();
+        let d = deliver.clone();
+        self.threads.push(
+            std::thread::Builder::new()
                 .name("cluster-writer".into())
-                .spawn(move || writer::run(s, rx))?,
+                .spawn(move || writer::run(s, d, rx))?,
+        );
+        let s = self.shared.clone();
+        let d = deliver.clone();
+        let lost = self.link.state_lost.clone();
+        let state_rx = link_rx.state;
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-state".into())
+                .spawn(move || state::run(s, d, state_rx, lost))?,
+        );
+        let s = self.shared.clone();
+        let d = deliver.clone();
+        let (replay_rx, acks_rx) = (link_rx.replay, link_rx.acks);
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("cluster-replay".into())
+                .spawn(move || replay::run(s, d, replay_rx, acks_rx))?,
         );
         let s = self.shared.clone();
         let start = self.start_id;
@@ -317,6 +423,7 @@ mod tests {
     fn handle(limit: usize, max_bytes: usize) -> (ClusterHandle, Receiver<OutEvent>) {
         let (tx, rx) = crossbeam_channel::bounded(limit);
         let h = ClusterHandle {
+            reader: None,
             tx,
             stats: Arc::new(BridgeStats::default()),
             node_id: 1,

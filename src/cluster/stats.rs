@@ -13,9 +13,12 @@ pub enum Link {
     Writer = 0,
     Reader = 1,
     Heartbeat = 2,
+    Replay = 3,
+    Upstream = 4,
+    State = 5,
 }
 
-const LINKS: usize = 3;
+const LINKS: usize = 6;
 
 #[derive(Default)]
 pub struct BridgeStats {
@@ -41,6 +44,31 @@ pub struct BridgeStats {
     pub outbox_bytes: AtomicUsize,
     /// 1 while this node holds its node id lease.
     pub lease_held: AtomicBool,
+    /// User pushes stored in `stream:notify:{uid}` / refused by Redis (delivered without an id).
+    pub offline_stored_total: AtomicU64,
+    pub offline_store_failed_total: AtomicU64,
+    /// Connections whose missed messages were read / could not be read.
+    pub replays_total: AtomicU64,
+    pub replay_failures_total: AtomicU64,
+    /// Acks written to Redis (after merging per user and device) / dropped (queue full or refused).
+    pub acks_written_total: AtomicU64,
+    pub acks_dropped_total: AtomicU64,
+    /// Session state changes dropped because the state queue was full (repaired from a snapshot).
+    pub state_events_dropped_total: AtomicU64,
+    /// Rebuilds of the session state from a snapshot of the reactors / full rewrites of it to Redis.
+    pub state_resyncs_total: AtomicU64,
+    /// Session state commands sent to Redis (writes, last-seen syncs, deletes).
+    pub state_commands_total: AtomicU64,
+    /// Sessions of dead nodes removed by this node's sweeper.
+    pub sessions_swept_total: AtomicU64,
+    /// Sessions this node holds in its state table (what it keeps fresh in Redis).
+    pub sessions_tracked: AtomicUsize,
+    /// Upstream events written to the upstream stream / dropped (queue full, refused by Redis, left at shutdown).
+    pub upstream_events_total: AtomicU64,
+    pub upstream_dropped_total: AtomicU64,
+    /// Upstream events waiting, and their bytes.
+    pub upstream_queue_events: AtomicUsize,
+    pub upstream_queue_bytes: AtomicUsize,
     links: [AtomicBool; LINKS],
     outage: Mutex<Option<Instant>>,
 }
@@ -81,9 +109,9 @@ impl BridgeStats {
         }
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, bool, u64); 12] {
+    fn counters(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
         let r = Ordering::Relaxed;
-        [
+        vec![
             (
                 "events_out_total",
                 "Events this node wrote to the bus stream.",
@@ -155,6 +183,90 @@ impl BridgeStats {
                 "1 while this node holds its node id lease in Redis.",
                 false,
                 self.lease_held.load(r) as u64,
+            ),
+            (
+                "offline_stored_total",
+                "User pushes stored for replay in stream:notify:{uid}.",
+                true,
+                self.offline_stored_total.load(r),
+            ),
+            (
+                "offline_store_failed_total",
+                "User pushes Redis refused to store for replay (delivered live without an id).",
+                true,
+                self.offline_store_failed_total.load(r),
+            ),
+            (
+                "replays_total",
+                "Connections whose missed user messages were read from Redis at connect.",
+                true,
+                self.replays_total.load(r),
+            ),
+            (
+                "replay_failures_total",
+                "Replays that could not be read (Redis unavailable, queue full); live delivery continued.",
+                true,
+                self.replay_failures_total.load(r),
+            ),
+            (
+                "acks_written_total",
+                "Client acks written to Redis (merged per user and device).",
+                true,
+                self.acks_written_total.load(r),
+            ),
+            (
+                "acks_dropped_total",
+                "Client acks dropped (queue full or refused by Redis).",
+                true,
+                self.acks_dropped_total.load(r),
+            ),
+            (
+                "state_events_dropped_total",
+                "Session state changes dropped because the state queue was full (repaired from a snapshot).",
+                true,
+                self.state_events_dropped_total.load(r),
+            ),
+            (
+                "state_resyncs_total",
+                "Full rewrites of this node's session state to Redis (after an outage, a sweep or dropped changes).",
+                true,
+                self.state_resyncs_total.load(r),
+            ),
+            (
+                "state_commands_total",
+                "Session state commands sent to Redis (writes, batched last-seen syncs, deletes, sweeps).",
+                true,
+                self.state_commands_total.load(r),
+            ),
+            (
+                "sessions_swept_total",
+                "Sessions of dead nodes removed from Redis by this node's sweeper.",
+                true,
+                self.sessions_swept_total.load(r),
+            ),
+            (
+                "sessions_tracked",
+                "Sessions of this node kept fresh in Redis.",
+                false,
+                self.sessions_tracked.load(r) as u64,
+            ),
+            (
+                "upstream_events_total",
+                "Client connect/message/disconnect events written to the upstream stream.",
+                true,
+                self.upstream_events_total.load(r),
+            ),
+            (
+                "upstream_dropped_total",
+                "Upstream events lost (queue full, refused by Redis, or queued at shutdown).",
+                true,
+                self.upstream_dropped_total.load(r),
+            ),
+            (
+                "upstream_queue_events",
+                "Upstream events waiting to be written to Redis.",
+                false,
+                self.upstream_queue_events.load(r) as u64,
             ),
         ]
     }

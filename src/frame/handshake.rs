@@ -30,6 +30,8 @@ pub struct Request<'a> {
     pub protocols: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub host: Option<&'a str>,
+    /// `X-Client-Version` (passed to upstream events).
+    pub client_version: Option<&'a str>,
     /// True if the request is HTTP/1.1 (httparse version 1).
     pub http11: bool,
 }
@@ -115,6 +117,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         protocols: None,
         authorization: None,
         host: None,
+        client_version: None,
         http11: version == 1,
     };
     for h in parsed.headers.iter() {
@@ -148,6 +151,12 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             )?;
         } else if name.eq_ignore_ascii_case("host") {
             set_once(&mut req.host, h.value, "duplicate Host header")?;
+        } else if name.eq_ignore_ascii_case("x-client-version") {
+            set_once(
+                &mut req.client_version,
+                h.value,
+                "duplicate X-Client-Version header",
+            )?;
         }
     }
     Ok(Some(req))

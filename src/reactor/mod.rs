@@ -536,6 +536,17 @@ impl Reactor {
         } else {
             Vec::new()
         };
+        let opts = if endpoint == Endpoint::Gateway {
+            match session::connect_options(req) {
+                Ok(o) => o,
+                Err(msg) => {
+                    self.reject(key, Reject::BadRequest(msg));
+                    return false;
+                }
+            }
+        } else {
+            session::ConnectOptions::default()
+        };
         // Identity, auth and sessions (src/reactor/session.rs): token and per-user limit, then the socket id, the
         // welcome frame and the channel grant.
         let session = if endpoint == Endpoint::Gateway {
@@ -554,7 +565,7 @@ impl Reactor {
         let protocol = crate::auth::token::reply_protocol(req);
         handshake::write_switching(&mut response, ws_key, protocol);
         let channels = if endpoint == Endpoint::Gateway {
-            self.open_session(key, session, channels, &mut response)
+            self.open_session(key, session, channels, opts, &mut response)
         } else {
             channels
         };
@@ -695,7 +706,16 @@ impl Reactor {
                 return self.on_heartbeat(key);
             }
             "refresh" => return self.on_refresh(key, req.id, req.token.as_deref()),
-            "msg" => return self.on_upstream(key, req.id, req.data),
+            "msg" => {
+                return self.on_upstream(
+                    key,
+                    req.id,
+                    req.data,
+                    req.channel.as_deref(),
+                    req.trace.as_deref(),
+                )
+            }
+            "ack" => return self.on_ack(key, req.id),
             "subscribe" | "unsubscribe" => {
                 let Some(names) = req.channels.as_ref().filter(|c| !c.is_empty()) else {
                     return self.client_reply(
@@ -777,6 +797,13 @@ impl Reactor {
         }
         let sub = self.channels.add(name, key as u32);
         self.conns[key].subs.push(sub);
+        if self.sess.shared.bridge.is_some() {
+            let sid = self.conns[key].sid;
+            self.state_change(crate::cluster::link::Change::Subscribe {
+                sid,
+                channel: name.to_string(),
+            });
+        }
     }
 
     fn unsubscribe(&mut self, key: usize, name: &str) {
@@ -785,6 +812,13 @@ impl Reactor {
         };
         if let Some(sub) = self.conns[key].subs.remove(id) {
             self.drop_subscription(sub);
+            if self.sess.shared.bridge.is_some() {
+                let sid = self.conns[key].sid;
+                self.state_change(crate::cluster::link::Change::Unsubscribe {
+                    sid,
+                    channel: name.to_string(),
+                });
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 use super::conn::{flag, State};
 use super::Reactor;
 use crate::auth::token;
+use crate::cluster::event::StreamId;
+use crate::cluster::link::{Ack, Change as StateChange, ReplayRequest, Since, StateEvent};
 use crate::frame::close_code;
 use crate::frame::handshake::{Reject, Request};
 use crate::pool::OutFrame;
@@ -14,12 +16,51 @@ use crate::ratelimit::ip_key;
 use crate::session::frames::{self, code};
 use crate::session::heartbeat::Change;
 use crate::session::{
-    sid, Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, SessionCommand, Target,
+    sid, Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayOutcome,
+    SessionCommand, SessionInfo, Target, REPLAY_BUFFER_MAX,
 };
 use crate::upstream::{Event, Origin, Refused};
 use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::rc::Rc;
+
+/// Close code for a connection whose replay could not keep up with live messages: try again later.
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Options of a gateway upgrade besides channels and token.
+#[derive(Debug, Default)]
+pub(super) struct ConnectOptions {
+    /// Cluster mode: where the replay of missed user messages starts; None = no replay (`since=$`).
+    pub since: Option<Since>,
+    /// `?v=` or `X-Client-Version`.
+    pub client_version: Option<String>,
+}
+
+/// Reads `since` and the client version from an upgrade request.
+pub(super) fn connect_options(req: &Request<'_>) -> Result<ConnectOptions, &'static str> {
+    const BAD_SINCE: &str = "invalid since (a stream id like 1700000000000-0, or $)";
+    let since = match protocol::query_param(req.query, "since") {
+        None => Some(Since::Stored),
+        Some(Ok(v)) if v == "$" => None,
+        Some(Ok(v)) => Some(Since::After(StreamId::parse_lenient(&v).ok_or(BAD_SINCE)?)),
+        Some(Err(())) => return Err(BAD_SINCE),
+    };
+    let client_version = match protocol::query_param(req.query, "v") {
+        Some(Ok(v)) => Some(v),
+        Some(Err(())) => return Err("invalid client version"),
+        None => req.client_version.map(str::to_string),
+    };
+    if client_version
+        .as_deref()
+        .is_some_and(|v| !protocol::valid_client_version(v))
+    {
+        return Err("invalid client version (1..=64 printable ASCII characters)");
+    }
+    Ok(ConnectOptions {
+        since,
+        client_version,
+    })
+}
 
 impl Reactor {
     /// Per-source-address connection rate (`limits.connect_rate`), checked right after accept. False = refuse.
@@ -123,12 +164,14 @@ impl Reactor {
 
     /// After a successful upgrade on the gateway endpoint: gives the connection its socket id, registers it,
     /// appends the welcome frame (and a refusal for connect-time channels the token does not allow) to the 101
-    /// response, and reports the connect upstream. Returns the channels to subscribe.
+    /// response, and reports the connect upstream. In cluster mode also records the session in Redis (through the
+    /// state thread) and starts the replay of the user's missed messages. Returns the channels to subscribe.
     pub(super) fn open_session(
         &mut self,
         key: usize,
         session: Option<Box<ConnSession>>,
         channels: Vec<String>,
+        opts: ConnectOptions,
         response: &mut Vec<u8>,
     ) -> Vec<String> {
         let sid = self.sess.sids.next_id();
@@ -168,13 +211,95 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.sid = sid;
         conn.session = session;
+        if let Some(v) = opts.client_version {
+            let rates = &self.sess.shared.message_rates;
+            let now_ms = self.sess.now_ms();
+            conn.session
+                .get_or_insert_with(|| Box::new(ConnSession::new(rates, now_ms)))
+                .client_version = Some(v.into());
+        }
+        if self.sess.shared.bridge.is_some() {
+            let s = self.conns[key].session.as_deref();
+            let change = StateChange::Open {
+                sid,
+                user: s.and_then(|s| s.user()).map(str::to_string),
+                device: s.and_then(|s| s.device.as_deref()).map(str::to_string),
+                tenant: s.and_then(|s| s.tenant()).map(str::to_string),
+            };
+            self.state_change(change);
+            if let Some(since) = opts.since {
+                self.start_replay(key, since, response);
+            }
+        }
         self.emit_event(key, true);
         allowed
+    }
+
+    /// Cluster mode: hands a session state change to the state thread (never blocks; see src/cluster/link.rs).
+    pub(super) fn state_change(&mut self, change: StateChange) {
+        if self.sess.shared.bridge.is_none() {
+            return;
+        }
+        self.sess.state_seq += 1;
+        let ev = StateEvent {
+            reactor: self.id,
+            seq: self.sess.state_seq,
+            change,
+        };
+        if let Some(link) = &self.sess.shared.bridge {
+            link.state(ev);
+        }
+    }
+
+    /// Cluster mode, a user's connection: live user messages are held back until the bridge has read what the
+    /// user missed (after `since`, or after the device's stored ack). Without a user there is nothing to replay.
+    fn start_replay(&mut self, key: usize, since: Since, response: &mut Vec<u8>) {
+        let has_user = self.conns[key]
+            .session
+            .as_deref()
+            .is_some_and(|s| s.user().is_some());
+        if !has_user {
+            return;
+        }
+        if self.request_replay(key, since) {
+            if let Some(s) = self.conns[key].session.as_deref_mut() {
+                s.replay = Some(Box::default());
+            }
+        } else {
+            response.extend_from_slice(&frames::replay_done(
+                0,
+                None,
+                Some("replay queue full; live messages follow"),
+            ));
+        }
+    }
+
+    /// Asks the bridge for (the next chunk of) the connection's missed messages. False if it could not be asked.
+    fn request_replay(&mut self, key: usize, since: Since) -> bool {
+        let Some(link) = &self.sess.shared.bridge else {
+            return false;
+        };
+        let conn = &self.conns[key];
+        let Some(s) = conn.session.as_deref() else {
+            return false;
+        };
+        let Some(user) = s.user() else {
+            return false;
+        };
+        link.replay(ReplayRequest {
+            sid: conn.sid,
+            user: user.to_string(),
+            device: s.device.as_deref().map(str::to_string),
+            tenant: s.tenant().map(str::to_string),
+            since,
+        })
     }
 
     /// When a gateway connection leaves the open state: unregisters it, frees its per-user slot and reports the
     /// disconnect upstream.
     pub(super) fn end_session(&mut self, key: usize) {
+        let sid = self.conns[key].sid;
+        self.state_change(StateChange::Close { sid });
         let conn = &self.conns[key];
         let s = conn.session.as_deref();
         let user = s.and_then(|s| s.user());
@@ -196,6 +321,7 @@ impl Reactor {
             user: s.and_then(|s| s.user()),
             device: s.and_then(|s| s.device.as_deref()),
             tenant: s.and_then(|s| s.tenant()),
+            client_version: s.and_then(|s| s.client_version.as_deref()),
         }
     }
 
@@ -379,12 +505,15 @@ impl Reactor {
         self.client_reply(key, frames::refresh_ok(id, identity.exp, &dropped));
     }
 
-    /// `{"op":"msg","data":...}`: handed to the upstream sink; acknowledged when the request has an `id`.
+    /// `{"op":"msg","data":...}`: handed to the upstream sink; acknowledged when the request has an `id`. An
+    /// optional `channel` (one the connection is subscribed to) and `trace` go along.
     pub(super) fn on_upstream(
         &mut self,
         key: usize,
         id: Option<&RawValue>,
         data: Option<&RawValue>,
+        channel: Option<&str>,
+        trace: Option<&str>,
     ) {
         let Some(data) = data.filter(|d| d.get() != "null") else {
             return self.client_reply(
@@ -392,9 +521,28 @@ impl Reactor {
                 protocol::reply(id, Some("\"data\" is required (any JSON value but null)")),
             );
         };
+        if let Some(c) = channel {
+            if !self.is_subscribed(key, c) {
+                return self.client_reply(
+                    key,
+                    protocol::reply(id, Some("\"channel\" must be a channel you subscribe to")),
+                );
+            }
+        }
+        if trace.is_some_and(|t| !valid_trace(t)) {
+            return self.client_reply(
+                key,
+                protocol::reply(
+                    id,
+                    Some("\"trace\" must be 1..=128 printable ASCII characters"),
+                ),
+            );
+        }
         let result = self.sess.shared.sink.deliver(&Event::Message {
             origin: self.origin(key),
             data: data.get(),
+            channel,
+            trace,
         });
         match result {
             Ok(()) => {
@@ -410,6 +558,50 @@ impl Reactor {
                     frames::reply_error(id, code::UPSTREAM_UNAVAILABLE, why, None),
                 );
             }
+        }
+    }
+
+    /// `{"op":"ack","id":"<stream id>"}` (cluster mode): the client has processed its user's messages up to this
+    /// id; stored per user and device, it is where the next connect's replay starts. No reply on success.
+    pub(super) fn on_ack(&mut self, key: usize, id: Option<&RawValue>) {
+        let Some(link) = self.sess.shared.bridge.clone() else {
+            return self.client_reply(
+                key,
+                protocol::reply(id, Some("ack needs cluster mode (cluster.redis)")),
+            );
+        };
+        let s = self.conns[key].session.as_deref();
+        let Some(user) = s.and_then(|s| s.user()) else {
+            return self.client_reply(
+                key,
+                protocol::reply(id, Some("ack needs an authenticated user")),
+            );
+        };
+        let Some(stream_id) = id
+            .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
+            .and_then(StreamId::parse)
+        else {
+            return self.client_reply(
+                key,
+                protocol::reply(
+                    id,
+                    Some("\"id\" must be a message id like \"1700000000000-0\""),
+                ),
+            );
+        };
+        let ack = Ack {
+            user: user.to_string(),
+            device: s
+                .and_then(|s| s.device.as_deref())
+                .unwrap_or("")
+                .to_string(),
+            id: stream_id,
+        };
+        if !link.ack(ack) {
+            self.client_reply(
+                key,
+                protocol::reply(id, Some("ack queue full; send a later ack again")),
+            );
         }
     }
 
@@ -466,29 +658,53 @@ impl Reactor {
                 device,
                 tenant,
                 frame,
+                id,
             } => {
                 let mut keys = std::mem::take(&mut self.sess.scratch);
                 keys.clear();
                 keys.extend_from_slice(self.sess.registry.user_keys(&user));
+                let shared = frame.clone();
                 let frame: OutFrame = Rc::new(frame);
                 for &k in &keys {
-                    let Some(conn) = self.conns.get(k as usize) else {
+                    let Some(conn) = self.conns.get_mut(k as usize) else {
                         continue; // closed while delivering (slow consumer)
                     };
-                    let s = conn.session.as_deref();
+                    let s = conn.session.as_deref_mut();
                     let device_ok = device
                         .as_deref()
-                        .is_none_or(|d| s.and_then(|s| s.device.as_deref()) == Some(d));
+                        .is_none_or(|d| s.as_ref().and_then(|s| s.device.as_deref()) == Some(d));
                     let tenant_ok = tenant
                         .as_deref()
-                        .is_none_or(|t| s.and_then(|s| s.tenant()) == Some(t));
-                    if conn.state == State::Open && device_ok && tenant_ok {
-                        self.sess.tally.user_deliveries_total += 1;
-                        self.queue(k as usize, frame.clone());
+                        .is_none_or(|t| s.as_ref().and_then(|s| s.tenant()) == Some(t));
+                    if conn.state != State::Open || !device_ok || !tenant_ok {
+                        continue;
                     }
+                    if let (Some(id), Some(floor)) = (id, s.as_ref().and_then(|s| s.replay_floor)) {
+                        if id <= floor {
+                            self.sess.tally.replay_duplicates_dropped_total += 1;
+                            continue;
+                        }
+                    }
+                    self.sess.tally.user_deliveries_total += 1;
+                    // Replay in flight: hold the live message back until the replayed ones are out.
+                    if let Some(buf) = s.and_then(|s| s.replay.as_deref_mut()) {
+                        if buf.live.len() < REPLAY_BUFFER_MAX {
+                            buf.live.push((id, shared.clone()));
+                        } else {
+                            self.sess.tally.replay_overflow_closes_total += 1;
+                            self.send_close(
+                                k as usize,
+                                TRY_AGAIN_LATER,
+                                "replay overflow; reconnect with since",
+                            );
+                        }
+                        continue;
+                    }
+                    self.queue(k as usize, frame.clone());
                 }
                 self.sess.scratch = keys;
             }
+            SessionCommand::ReplayDone { sid, outcome } => self.finish_replay(sid, outcome),
             SessionCommand::PublishSid { sid, frame } => {
                 match self.sess.registry.by_sid(sid).map(|k| k as usize) {
                     Some(k) if self.conns.get(k).is_some_and(|c| c.state == State::Open) => {
@@ -525,8 +741,97 @@ impl Reactor {
         }
     }
 
+    /// The bridge has read connection `sid`'s missed messages: they go out first, then a `{"type":"replay"}`
+    /// frame, then the live messages held back meanwhile — without those the replay already contained (id at or
+    /// below the last replayed one, or the `since` floor).
+    fn finish_replay(&mut self, sid: u64, outcome: ReplayOutcome) {
+        let Some(k) = self.sess.registry.by_sid(sid).map(|k| k as usize) else {
+            return; // closed meanwhile
+        };
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if conn.state != State::Open {
+            return;
+        }
+        let Some(s) = conn.session.as_deref_mut() else {
+            return;
+        };
+        let Some(buf) = s.replay.as_deref_mut() else {
+            return;
+        };
+        let floor = outcome.last.max(outcome.floor).max(s.replay_floor);
+        s.replay_floor = floor;
+        buf.replayed += outcome.frames.len();
+        buf.last = outcome.last.or(buf.last);
+        self.sess.tally.replayed_messages_total += outcome.frames.len() as u64;
+        for f in outcome.frames {
+            self.queue(k, Rc::new(f));
+        }
+        if !self.conns.get(k).is_some_and(|c| c.state == State::Open) {
+            return; // closed as a slow consumer while queueing
+        }
+        // More to come: ask for the next chunk (live messages stay held back meanwhile).
+        if outcome.more && outcome.error.is_none() {
+            if let Some(since) = floor {
+                if self.request_replay(k, Since::After(since)) {
+                    return;
+                }
+            }
+        }
+        let Some(buf) = self.conns[k]
+            .session
+            .as_deref_mut()
+            .and_then(|s| s.replay.take())
+        else {
+            return;
+        };
+        let error = match (&outcome.error, outcome.more) {
+            (Some(e), _) => Some(e.as_str()),
+            (None, true) => Some("replay queue full; live messages follow"),
+            (None, false) => None,
+        };
+        self.client_reply(k, frames::replay_done(buf.replayed, buf.last, error));
+        for (id, f) in buf.live {
+            if let (Some(id), Some(floor)) = (id, floor) {
+                if id <= floor {
+                    self.sess.tally.replay_duplicates_dropped_total += 1;
+                    continue;
+                }
+            }
+            self.queue(k, Rc::new(f));
+        }
+    }
+
     fn answer(&self, query: Query) -> Answer {
         match query {
+            Query::Snapshot => {
+                let sessions = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.state == State::Open && c.sid != 0)
+                    .map(|(_, c)| {
+                        let s = c.session.as_deref();
+                        SessionInfo {
+                            sid: c.sid,
+                            user: s.and_then(|s| s.user()).map(str::to_string),
+                            device: s.and_then(|s| s.device.as_deref()).map(str::to_string),
+                            tenant: s.and_then(|s| s.tenant()).map(str::to_string),
+                            channels: c
+                                .subs
+                                .as_slice()
+                                .iter()
+                                .map(|sub| self.channels.name(sub.channel).to_string())
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                Answer::Snapshot {
+                    reactor: self.id,
+                    seq: self.sess.state_seq,
+                    sessions,
+                }
+            }
             Query::Presence {
                 channel,
                 after,
@@ -594,4 +899,9 @@ impl Reactor {
             }
         }
     }
+}
+
+/// A client trace id: 1..=128 printable ASCII characters.
+fn valid_trace(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())
 }

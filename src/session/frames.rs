@@ -1,6 +1,7 @@
 //! Server → client frames of the session protocol: welcome, heartbeat changes, targeted deliveries and replies
 //! with an error code. Each is a complete WebSocket text frame.
 
+use crate::cluster::event::StreamId;
 use crate::frame::{encode, OP_TEXT};
 use crate::pool::SharedFrame;
 use crate::protocol::{message_frame, push_id, text_frame};
@@ -63,15 +64,57 @@ pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
 
 /// `{"user":"u1","data":DATA}`, delivered to the user's connections.
 pub fn user_message(user: &str, data: &str) -> SharedFrame {
+    user_message_with_id(user, data, None, false)
+}
+
+/// `{"user":"u1","data":DATA,"id":"<stream id>"}` (cluster mode: the id in the user's notify stream, for acks and
+/// replay), plus `"replay":true` for a replayed message.
+pub fn user_message_with_id(
+    user: &str,
+    data: &str,
+    id: Option<StreamId>,
+    replayed: bool,
+) -> SharedFrame {
     let mut name = String::new();
     json_str(&mut name, user);
+    let mut tail = String::new();
+    if let Some(id) = id {
+        let _ = write!(tail, ",\"id\":\"{id}\"");
+    }
+    if replayed {
+        tail.push_str(",\"replay\":true");
+    }
+    tail.push('}');
     message_frame(&[
         b"{\"user\":",
         name.as_bytes(),
         b",\"data\":",
         data.as_bytes(),
-        b"}",
+        tail.as_bytes(),
     ])
+}
+
+/// `{"type":"replay","ok":true,"count":N,"last":"<id>"|null}` after the replayed messages of a connection (then live
+/// messages follow), or with `"ok":false,"error":"..."` when (the rest of) the replay could not be read.
+pub fn replay_done(count: usize, last: Option<StreamId>, error: Option<&str>) -> Vec<u8> {
+    let mut json = String::with_capacity(64);
+    let _ = write!(
+        json,
+        "{{\"type\":\"replay\",\"ok\":{},\"count\":{count},\"last\":",
+        error.is_none()
+    );
+    match last {
+        Some(id) => {
+            let _ = write!(json, "\"{id}\"");
+        }
+        None => json.push_str("null"),
+    }
+    if let Some(e) = error {
+        json.push_str(",\"error\":");
+        json_str(&mut json, e);
+    }
+    json.push('}');
+    text_frame(&json)
 }
 
 /// `{"sid":"123","data":DATA}`, delivered to one connection.
@@ -139,6 +182,16 @@ mod tests {
         assert_eq!(&f[2..], br#"{"sid":"7","data":{"x":1}}"#);
         let f = user_message("u1", "2");
         assert_eq!(&f[2..], br#"{"user":"u1","data":2}"#);
+        let f = user_message_with_id("u1", "2", Some(StreamId(17, 3)), true);
+        assert_eq!(
+            &f[2..],
+            br#"{"user":"u1","data":2,"id":"17-3","replay":true}"#
+        );
+        let f = replay_done(2, Some(StreamId(5, 0)), None);
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"replay","ok":true,"count":2,"last":"5-0"}"#
+        );
         let id = RawValue::from_string("5".into()).unwrap();
         let f = refresh_ok(Some(&id), 9, &["c".into()]);
         assert_eq!(

@@ -15,6 +15,7 @@ pub mod users;
 
 use crate::auth::grant::Grant;
 use crate::auth::Verifier;
+use crate::cluster::event::StreamId;
 use crate::config::{AuthMode, Config};
 use crate::hub::{Command, Hub, ReactorHandle};
 use crate::pool::SharedFrame;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub sink: Arc<dyn Sink>,
     pub node_id: u16,
     pub api: stats::ApiSessionStats,
+    /// Cluster mode: where reactors hand session state changes, replay requests and acks (never blocking).
+    pub bridge: Option<crate::cluster::SessionLink>,
 }
 
 impl Shared {
@@ -107,6 +110,7 @@ impl Shared {
             sink,
             node_id: config.server.node_id,
             api: stats::ApiSessionStats::default(),
+            bridge: None,
         })
     }
 
@@ -151,7 +155,28 @@ pub struct ConnSession {
     pub strikes: u8,
     pub heartbeat: Heartbeat,
     pub buckets: [TokenBucket; 3],
+    /// `?v=` or `X-Client-Version` at the upgrade, for upstream events.
+    pub client_version: Option<Box<str>>,
+    /// Cluster mode: live user messages held back while the connection's missed messages are read from Redis.
+    pub replay: Option<Box<ReplayBuf>>,
+    /// Cluster mode, after the replay: live user messages with an id at or below it were replayed (or are before
+    /// the client's `since`) and are not delivered again. Stream ids only grow, so nothing newer is ever below it.
+    pub replay_floor: Option<StreamId>,
 }
+
+/// Live user messages that arrived while a replay was being read, in arrival order with their stream ids, and
+/// how many messages the replay has delivered so far (it comes in chunks).
+#[derive(Default)]
+pub struct ReplayBuf {
+    pub live: Vec<(Option<StreamId>, SharedFrame)>,
+    pub replayed: usize,
+    /// Id of the last message replayed so far.
+    pub last: Option<StreamId>,
+}
+
+/// Live messages held per connection during its replay at most; beyond, the connection is closed (1013) and the
+/// client reconnects with the id it has.
+pub const REPLAY_BUFFER_MAX: usize = 1024;
 
 impl ConnSession {
     pub fn new(rates: &[Rate; 3], now_ms: u64) -> ConnSession {
@@ -168,6 +193,9 @@ impl ConnSession {
                 TokenBucket::full(&rates[1], now_ms),
                 TokenBucket::full(&rates[2], now_ms),
             ],
+            client_version: None,
+            replay: None,
+            replay_floor: None,
         }
     }
 
@@ -188,6 +216,9 @@ pub struct ReactorSessions {
     pub tally: stats::SessionTally,
     /// Reusable list of connection keys for targeted deliveries (no allocation per publish).
     pub scratch: Vec<u32>,
+    /// Sequence number of this reactor's session state events (cluster mode), so a snapshot can tell which
+    /// queued events it already contains.
+    pub state_seq: u64,
     clock: Instant,
 }
 
@@ -199,6 +230,7 @@ impl ReactorSessions {
             registry: registry::Registry::default(),
             tally: stats::SessionTally::default(),
             scratch: Vec::new(),
+            state_seq: 0,
             clock: Instant::now(),
         }
     }
@@ -229,6 +261,19 @@ pub enum Query {
     },
     /// The connections of a user.
     User(Arc<str>),
+    /// Every open gateway connection with its identity and channels (cluster mode: repairs the session state in
+    /// Redis after state events were dropped).
+    Snapshot,
+}
+
+/// One connection in a snapshot.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub sid: u64,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub tenant: Option<String>,
+    pub channels: Vec<String>,
 }
 
 /// One subscriber in a presence answer.
@@ -253,8 +298,33 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub enum Answer {
     Disconnected(usize),
-    Presence { total: usize, members: Vec<Member> },
+    Presence {
+        total: usize,
+        members: Vec<Member>,
+    },
     Connections(Vec<ConnInfo>),
+    /// The reactor's connections and the sequence number of its last state event before the snapshot.
+    Snapshot {
+        reactor: usize,
+        seq: u64,
+        sessions: Vec<SessionInfo>,
+    },
+}
+
+/// What reading a connection's missed messages gave (cluster mode), for its reactor.
+#[derive(Debug, Default)]
+pub struct ReplayOutcome {
+    /// The replayed frames, in stream order.
+    pub frames: Vec<SharedFrame>,
+    /// The id the replay started after (the client's `since` or its stored ack); live messages up to it are not
+    /// delivered.
+    pub floor: Option<StreamId>,
+    /// The id of the last replayed message.
+    pub last: Option<StreamId>,
+    /// Why the replay could not be read (live delivery continues).
+    pub error: Option<String>,
+    /// More messages follow after `last` (the replay comes in chunks of bounded size).
+    pub more: bool,
 }
 
 /// Session work for a reactor (carried by [`Command::Session`]).
@@ -265,6 +335,8 @@ pub enum SessionCommand {
         device: Option<Arc<str>>,
         tenant: Option<Arc<str>>,
         frame: SharedFrame,
+        /// Cluster mode: the message's id in the user's notify stream.
+        id: Option<StreamId>,
     },
     /// Deliver to one connection.
     PublishSid {
@@ -281,6 +353,11 @@ pub enum SessionCommand {
     Query {
         query: Query,
         reply: Sender<Answer>,
+    },
+    /// The missed messages of connection `sid`, read by the bridge: delivered before the live ones held back.
+    ReplayDone {
+        sid: u64,
+        outcome: ReplayOutcome,
     },
 }
 
@@ -306,13 +383,34 @@ impl Hub {
         ok
     }
 
-    /// Delivers `frame` to every connection of `user` on every reactor.
+    /// Delivers `frame` to every connection of `user` on every reactor (an API publish: counted).
     pub fn publish_user(
         &self,
         user: &str,
         device: Option<&str>,
         tenant: Option<&str>,
         frame: SharedFrame,
+    ) {
+        self.deliver_user(user, device, tenant, frame, None);
+        self.count_user_publish();
+    }
+
+    pub fn count_user_publish(&self) {
+        self.sessions
+            .api
+            .user_publishes_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Delivers `frame` (with its notify stream id, in cluster mode) to every connection of `user` on every
+    /// reactor.
+    pub fn deliver_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        frame: SharedFrame,
+        id: Option<StreamId>,
     ) {
         let user: Arc<str> = Arc::from(user);
         let device: Option<Arc<str>> = device.map(Arc::from);
@@ -325,27 +423,76 @@ impl Hub {
                     device: device.clone(),
                     tenant: tenant.clone(),
                     frame: frame.clone(),
+                    id,
                 },
             );
         }
-        self.sessions
-            .api
-            .user_publishes_total
-            .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Delivers `frame` to one connection, through the one reactor that owns it.
+    /// Delivers `frame` to one connection, through the one reactor that owns it (an API publish: counted).
     pub fn publish_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
-        let reactor = sid_home(self, sid)?;
-        self.send_to(
-            &self.reactors[reactor],
-            SessionCommand::PublishSid { sid, frame },
-        );
+        self.deliver_sid(sid, frame)?;
         self.sessions
             .api
             .sid_publishes_total
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Delivers `frame` to connection `sid` of this node.
+    pub fn deliver_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
+        let reactor = sid_home(self, sid)?;
+        self.send_to(
+            &self.reactors[reactor],
+            SessionCommand::PublishSid { sid, frame },
+        );
+        Ok(())
+    }
+
+    /// Hands a connection's replay result to its reactor.
+    pub fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {
+        if let Ok(reactor) = sid_home(self, sid) {
+            self.send_to(
+                &self.reactors[reactor],
+                SessionCommand::ReplayDone { sid, outcome },
+            );
+        }
+    }
+
+    /// Closes the target's connections on this node without waiting for the reactors (a disconnect from another
+    /// node).
+    pub fn disconnect_async(&self, target: Target, code: u16, reason: &str) {
+        let only = match &target {
+            Target::Sid(sid) => match sid_home(self, *sid) {
+                Ok(r) => Some(r),
+                Err(_) => return,
+            },
+            Target::User(_) => None,
+        };
+        let reason: Arc<str> = Arc::from(reason);
+        // Nobody reads the answers: the reactors' sends to a dropped receiver fail quietly.
+        let (reply, _) = crossbeam_channel::bounded(self.reactors.len().max(1));
+        for (i, r) in self.reactors.iter().enumerate() {
+            if only.is_none_or(|o| o == i) {
+                self.send_to(
+                    r,
+                    SessionCommand::Disconnect {
+                        target: target.clone(),
+                        code,
+                        reason: reason.clone(),
+                        reply: reply.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every open gateway connection of this node, per reactor with the sequence number of its last state event.
+    pub fn snapshot(&self) -> Result<Vec<Answer>, &'static str> {
+        self.ask(None, |reply| SessionCommand::Query {
+            query: Query::Snapshot,
+            reply,
+        })
     }
 
     /// Asks the reactors (all, or the one owning a sid) and collects their answers within [`QUERY_TIMEOUT`].

@@ -61,6 +61,9 @@ session_counters! {
     api_disconnects_total: "Connections closed through POST /api/disconnect.",
     heartbeat_lengthened_total: "Heartbeat intervals lengthened after healthy beats.",
     heartbeat_snapbacks_total: "Heartbeat intervals reset to the base after a missed beat.",
+    replayed_messages_total: "Missed user messages replayed to connections at connect (cluster mode).",
+    replay_duplicates_dropped_total: "Live user messages not delivered because the replay already contained them.",
+    replay_overflow_closes_total: "Connections closed with 1013 because live messages overflowed during their replay.",
 }
 
 /// Counters of the API side of sessions.

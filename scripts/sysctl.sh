@@ -121,7 +121,9 @@ rec net.ipv4.tcp_mem "ge ge ge" "$tcp_low $tcp_pressure $tcp_high" \
 #                  what a socket may queue before autotuning. 1M x 16 KiB = 16 GiB worst case vs 128 GiB with the
 #                  common 131072 default;
 #   max 4194304  receive autotuning (tcp_moderate_rcvbuf) still grows the rare bulk uploader up to 4 MiB.
-# Lower min/default and higher max are fine.
+# Lower min/default and higher max are fine. This is for a gateway host: on a host that also runs many
+# receiving clients (the bundled load generator on a test box), a 16 KiB default slows *their* receiving several
+# times over (bench/RESULTS.md: 3.7M -> 0.75M deliveries/s); benchmark such a box with the distribution's default.
 rec net.ipv4.tcp_rmem "le le ge" "4096 16384 4194304" \
     "bytes: 1-page floor, small initial buffer for many small-message sockets, autotuning up to >= 4 MiB"
 # net.ipv4.tcp_wmem = "min default max" bytes per socket send buffer: same reasoning for pushes. wsgate keeps

@@ -536,6 +536,8 @@ fn backpressure_resumes_and_slow_consumers_are_closed_over_tls() {
     }
 
     // A client that never reads passes ws.max_outbound_bytes and is closed; a reading one is unaffected.
+    // A fresh API connection: on a loaded machine the phase above can outlast the API's idle timeout (30 s).
+    let mut api = Http::connect(gw.api);
     let mut stuck = wss(&cfg, wss_addr, "s");
     shrink_receive_buffer(&stuck);
     let mut reader = wss(&cfg, wss_addr, "s");

@@ -7,7 +7,7 @@
 //! What differs per stream — how an event becomes entry fields, which counters and gauges it moves, what it logs —
 //! is a [`Stream`].
 
-use super::conn::{self, Backoff, RedisConn, Reply, IO_TIMEOUT};
+use super::conn::{self, Reconnecting, Reply};
 use super::stats::Link;
 use super::{BridgeStats, Shared};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -71,8 +71,7 @@ pub(super) struct StreamWriter<S: Stream> {
     pub stream: S,
     rx: Receiver<S::Event>,
     pub pending: VecDeque<S::Item>,
-    pub conn: Option<RedisConn>,
-    backoff: Backoff,
+    redis: Reconnecting,
     last_io: Instant,
     last_error_log: Option<Instant>,
     /// The stream key and its `MAXLEN ~`.
@@ -95,8 +94,7 @@ pub(super) fn run<S: Stream>(
         stream,
         rx,
         pending: VecDeque::new(),
-        conn: None,
-        backoff: Backoff::default(),
+        redis: Reconnecting::new(S::LINK),
         last_io: Instant::now(),
         last_error_log: None,
         key,
@@ -112,8 +110,8 @@ pub(super) fn run<S: Stream>(
 impl<S: Stream> StreamWriter<S> {
     fn step(&mut self) {
         // Wait for work, but never past the next reconnect attempt or idle ping.
-        let wait = if self.conn.is_none() {
-            self.backoff.remaining()
+        let wait = if self.redis.conn.is_none() {
+            self.redis.backoff_remaining()
         } else if self.pending.is_empty() {
             IDLE_PING.saturating_sub(self.last_io.elapsed())
         } else {
@@ -121,25 +119,13 @@ impl<S: Stream> StreamWriter<S> {
         };
         self.take_new(wait.min(Duration::from_millis(200)));
 
-        if self.conn.is_none() {
+        if self.redis.conn.is_none() {
             S::while_down(self);
-            if !self.backoff.remaining().is_zero() {
+            if !self.redis.connect(&self.shared) {
                 return;
             }
-            match self.shared.connector.connect(IO_TIMEOUT) {
-                Ok(c) => {
-                    self.conn = Some(c);
-                    self.down_since = None;
-                    self.backoff.reset();
-                    self.last_io = Instant::now();
-                    self.shared.stats.set_link(S::LINK, true, &"connected");
-                }
-                Err(e) => {
-                    self.shared.stats.set_link(S::LINK, false, &e);
-                    self.backoff.failed();
-                    return;
-                }
-            }
+            self.down_since = None;
+            self.last_io = Instant::now();
         }
         if !self.pending.is_empty() {
             self.write_batch();
@@ -172,7 +158,7 @@ impl<S: Stream> StreamWriter<S> {
     }
 
     fn ping(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.redis.conn.as_mut() else {
             return;
         };
         self.last_io = Instant::now();
@@ -182,16 +168,14 @@ impl<S: Stream> StreamWriter<S> {
     }
 
     pub fn lost(&mut self, why: &dyn std::fmt::Display) {
-        self.conn = None;
         self.down_since.get_or_insert_with(Instant::now);
-        self.shared.stats.set_link(S::LINK, false, why);
-        self.backoff.failed();
+        self.redis.lost(&self.shared.stats, why);
     }
 
     /// Runs `cmds` (which may touch many keys) on the connection; None if there is none or it failed (then it is
     /// dropped: unknown which commands took effect).
     pub fn exec(&mut self, cmds: &[redis::Cmd]) -> Option<Vec<Reply>> {
-        let conn = self.conn.as_mut()?;
+        let conn = self.redis.conn.as_mut()?;
         self.last_io = Instant::now();
         match conn.exec(cmds) {
             Ok(r) => Some(r),
@@ -245,7 +229,7 @@ impl<S: Stream> StreamWriter<S> {
             self.stream.fields(&self.shared, item, &mut xadd);
             cmds.push(xadd);
         }
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.redis.conn.as_mut() else {
             return;
         };
         self.last_io = Instant::now();
@@ -311,7 +295,7 @@ impl<S: Stream> StreamWriter<S> {
     fn finish(&mut self) {
         self.take_new(Duration::ZERO);
         let deadline = Instant::now() + FLUSH_ON_STOP;
-        while !self.pending.is_empty() && self.conn.is_some() && Instant::now() < deadline {
+        while !self.pending.is_empty() && self.redis.conn.is_some() && Instant::now() < deadline {
             let before = self.pending.len();
             self.write_batch();
             if self.pending.len() == before {

@@ -563,8 +563,8 @@ mod tests {
     use crate::session::{ReplayOutcome, SessionInfo};
     use std::sync::Mutex;
 
-    /// Reactors that answer a snapshot with what the test put there.
-    struct FakeReactors(Mutex<Vec<Answer>>);
+    /// Reactors that answer a snapshot with what the test put there (None: they do not answer).
+    struct FakeReactors(Mutex<Option<Vec<Answer>>>);
 
     impl Deliver for FakeReactors {
         fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
@@ -581,7 +581,7 @@ mod tests {
         }
         fn replay_done(&self, _: u64, _: ReplayOutcome) {}
         fn snapshot(&self) -> Option<Vec<Answer>> {
-            Some(std::mem::take(&mut *self.0.lock().unwrap()))
+            self.0.lock().unwrap().as_mut().map(std::mem::take)
         }
     }
 
@@ -605,7 +605,7 @@ mod tests {
         });
         StateThread::new(
             shared,
-            Arc::new(FakeReactors(Mutex::new(snapshot))),
+            Arc::new(FakeReactors(Mutex::new(Some(snapshot)))),
             Arc::new(AtomicBool::new(false)),
         )
     }
@@ -687,27 +687,8 @@ mod tests {
 
     #[test]
     fn a_reactor_that_does_not_answer_keeps_the_rebuild_pending() {
-        struct Silent;
-        impl Deliver for Silent {
-            fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
-                true
-            }
-            fn deliver_user(
-                &self,
-                _: &str,
-                _: Option<&str>,
-                _: Option<&str>,
-                _: &str,
-                _: Option<event::StreamId>,
-            ) {
-            }
-            fn replay_done(&self, _: u64, _: ReplayOutcome) {}
-            fn snapshot(&self) -> Option<Vec<Answer>> {
-                None
-            }
-        }
         let mut st = thread(Vec::new());
-        st.deliver = Arc::new(Silent);
+        st.deliver = Arc::new(FakeReactors(Mutex::new(None)));
         st.apply(ev(1, open(9)));
         st.lost.store(true, Ordering::Relaxed);
         st.rebuild();

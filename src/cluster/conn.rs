@@ -3,6 +3,8 @@
 //! between reconnect attempts.
 
 use super::config::ClusterConfig;
+use super::stats::Link;
+use super::{BridgeStats, Shared};
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -263,6 +265,63 @@ fn reply_of(v: redis::Value) -> Reply {
             details: e.details().unwrap_or("").to_string(),
         },
         v => Reply::Value(v),
+    }
+}
+
+/// One bridge thread's connection: reconnected with backoff, its state shown in the thread's link gauge.
+pub struct Reconnecting {
+    pub conn: Option<RedisConn>,
+    backoff: Backoff,
+    link: Link,
+}
+
+impl Reconnecting {
+    pub fn new(link: Link) -> Reconnecting {
+        Reconnecting {
+            conn: None,
+            backoff: Backoff::default(),
+            link,
+        }
+    }
+
+    /// True when connected (already, or by a new attempt now); false while the backoff runs or when the attempt
+    /// failed.
+    pub fn connect(&mut self, shared: &Shared) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        if !self.backoff.remaining().is_zero() {
+            return false;
+        }
+        match shared.connector.connect(IO_TIMEOUT) {
+            Ok(c) => {
+                self.connected(&shared.stats, c);
+                true
+            }
+            Err(e) => {
+                self.lost(&shared.stats, &e);
+                false
+            }
+        }
+    }
+
+    /// Takes a connection this thread opened itself.
+    pub fn connected(&mut self, stats: &BridgeStats, conn: RedisConn) {
+        self.conn = Some(conn);
+        self.backoff.reset();
+        stats.set_link(self.link, true, &"connected");
+    }
+
+    /// Drops the connection (failed, or it must be replaced) and schedules the next attempt.
+    pub fn lost(&mut self, stats: &BridgeStats, why: &dyn std::fmt::Display) {
+        self.conn = None;
+        stats.set_link(self.link, false, why);
+        self.backoff.failed();
+    }
+
+    /// Time left before the next attempt may be made.
+    pub fn backoff_remaining(&self) -> Duration {
+        self.backoff.remaining()
     }
 }
 

@@ -3,7 +3,7 @@
 //! nodes may share one. Claim, renewal and release are one Lua script each, so they are atomic: a node only ever
 //! overwrites or deletes a record that names its own instance (`origin`).
 
-use super::conn::{self, Backoff, RedisConn, IO_TIMEOUT};
+use super::conn::{self, Reconnecting, RedisConn};
 use super::event::now_ms;
 use super::stats::Link;
 use super::Shared;
@@ -130,8 +130,7 @@ pub(crate) fn release(conn: &mut RedisConn, id: u16, origin: &str) -> RedisResul
 pub(crate) fn run_heartbeat(shared: Arc<Shared>, connections: Arc<AtomicUsize>) {
     let ttl_ms = shared.cfg.node_lease_ttl * 1000;
     let every = Duration::from_millis(ttl_ms / 3);
-    let mut conn: Option<RedisConn> = None;
-    let mut backoff = Backoff::default();
+    let mut redis = Reconnecting::new(Link::Heartbeat);
     // Renew at once: start-up may have been a while ago, or may not have reached Redis at all (pinned id).
     let mut due = Instant::now();
     let mut warned_conflict = false;
@@ -146,26 +145,17 @@ pub(crate) fn run_heartbeat(shared: Arc<Shared>, connections: Arc<AtomicUsize>) 
         was_connected = connected;
         let wait = due
             .saturating_duration_since(Instant::now())
-            .max(backoff.remaining());
+            .max(redis.backoff_remaining());
         if !wait.is_zero() {
             conn::sleep_unless(&shared.stop, wait.min(Duration::from_millis(200)));
             continue;
         }
-        if conn.is_none() {
-            match shared.connector.connect(IO_TIMEOUT) {
-                Ok(c) => {
-                    conn = Some(c);
-                    backoff.reset();
-                    shared.stats.set_link(Link::Heartbeat, true, &"connected");
-                }
-                Err(e) => {
-                    shared.stats.set_link(Link::Heartbeat, false, &e);
-                    backoff.failed();
-                    continue;
-                }
-            }
+        if !redis.connect(&shared) {
+            continue;
         }
-        let Some(c) = conn.as_mut() else { continue };
+        let Some(c) = redis.conn.as_mut() else {
+            continue;
+        };
         let rec = record(
             shared.node_id,
             &shared.origin,
@@ -195,14 +185,10 @@ pub(crate) fn run_heartbeat(shared: Arc<Shared>, connections: Arc<AtomicUsize>) 
                 }
                 due = Instant::now() + every;
             }
-            Err(e) => {
-                conn = None;
-                shared.stats.set_link(Link::Heartbeat, false, &e);
-                backoff.failed();
-            }
+            Err(e) => redis.lost(&shared.stats, &e),
         }
     }
-    if let Some(c) = conn.as_mut() {
+    if let Some(c) = redis.conn.as_mut() {
         if shared.stats.lease_held.load(Ordering::Relaxed) {
             match release(c, shared.node_id, &shared.origin) {
                 Ok(_) => shared.stats.lease_held.store(false, Ordering::Relaxed),

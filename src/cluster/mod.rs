@@ -29,6 +29,7 @@ mod reader;
 mod replay;
 mod state;
 mod stats;
+mod stream_writer;
 pub mod upstream;
 mod writer;
 

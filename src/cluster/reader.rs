@@ -7,7 +7,7 @@
 //! the stream from the start. Per-origin sequence numbers drop duplicates (an origin retrying a batch) and count
 //! gaps (events this node never saw).
 
-use super::conn::{self, Backoff, RedisConn, IO_TIMEOUT};
+use super::conn::{self, Reconnecting, RedisConn, IO_TIMEOUT};
 use super::event::{self, parse_entry, Rejected, StreamId};
 use super::stats::Link;
 use super::{Deliver, Shared};
@@ -54,9 +54,8 @@ struct OriginState {
 struct Reader {
     shared: Arc<Shared>,
     deliver: Arc<dyn Deliver>,
-    conn: Option<RedisConn>,
+    redis: Reconnecting,
     last: Option<StreamId>,
-    backoff: Backoff,
     origins: HashMap<String, OriginState>,
     last_warn: Option<Instant>,
 }
@@ -65,14 +64,13 @@ pub(crate) fn run(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, start: Option<
     let mut r = Reader {
         shared,
         deliver,
-        conn: None,
+        redis: Reconnecting::new(Link::Reader),
         last: start,
-        backoff: Backoff::default(),
         origins: HashMap::new(),
         last_warn: None,
     };
     while !r.shared.stop.load(Ordering::Relaxed) {
-        if r.conn.is_none() && !r.connect() {
+        if r.redis.conn.is_none() && !r.connect() {
             continue;
         }
         r.read_once();
@@ -81,7 +79,7 @@ pub(crate) fn run(shared: Arc<Shared>, deliver: Arc<dyn Deliver>, start: Option<
 
 impl Reader {
     fn connect(&mut self) -> bool {
-        let wait = self.backoff.remaining();
+        let wait = self.redis.backoff_remaining();
         if !wait.is_zero() {
             conn::sleep_unless(&self.shared.stop, wait);
             return false;
@@ -101,9 +99,7 @@ impl Reader {
                 return false;
             }
         }
-        self.conn = Some(c);
-        self.backoff.reset();
-        self.shared.stats.set_link(Link::Reader, true, &"connected");
+        self.redis.connected(&self.shared.stats, c);
         true
     }
 
@@ -123,13 +119,11 @@ impl Reader {
     }
 
     fn lost(&mut self, why: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.shared.stats.set_link(Link::Reader, false, why);
-        self.backoff.failed();
+        self.redis.lost(&self.shared.stats, why);
     }
 
     fn read_once(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.redis.conn.as_mut() else {
             return;
         };
         let from = self.last.unwrap_or(StreamId::ZERO).to_string();

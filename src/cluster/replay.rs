@@ -8,7 +8,7 @@
 //! - Acks: merged per user and device (only the highest id matters) and written every [`ACK_FLUSH`] with a script
 //!   that never moves a stored id backwards.
 
-use super::conn::{self, Backoff, RedisConn, Reply, IO_TIMEOUT};
+use super::conn::{self, Reconnecting, Reply};
 use super::event::{self, StreamId};
 use super::keys;
 use super::link::{Ack, ReplayRequest, Since};
@@ -62,8 +62,7 @@ return 1
 struct Replayer {
     shared: Arc<Shared>,
     deliver: Arc<dyn Deliver>,
-    conn: Option<RedisConn>,
-    backoff: Backoff,
+    redis: Reconnecting,
     last_io: Instant,
     acks: HashMap<(String, String), StreamId>,
     acks_since: Option<Instant>,
@@ -78,8 +77,7 @@ pub(crate) fn run(
     let mut r = Replayer {
         shared,
         deliver,
-        conn: None,
-        backoff: Backoff::default(),
+        redis: Reconnecting::new(Link::Replay),
         last_io: Instant::now(),
         acks: HashMap::new(),
         acks_since: None,
@@ -95,9 +93,9 @@ pub(crate) fn run(
         match requests.recv_timeout(Duration::from_millis(20)) {
             Ok(req) => r.replay(req),
             Err(RecvTimeoutError::Timeout) => {
-                if r.conn.is_some() && r.last_io.elapsed() >= IDLE_PING {
+                if r.redis.conn.is_some() && r.last_io.elapsed() >= IDLE_PING {
                     r.ping();
-                } else if r.conn.is_none() {
+                } else if r.redis.conn.is_none() {
                     r.connect();
                 }
             }
@@ -115,35 +113,24 @@ pub(crate) fn run(
 
 impl Replayer {
     fn connect(&mut self) -> bool {
-        if self.conn.is_some() {
+        if self.redis.conn.is_some() {
             return true;
         }
-        if !self.backoff.remaining().is_zero() {
+        if !self.redis.connect(&self.shared) {
             return false;
         }
-        match self.shared.connector.connect(IO_TIMEOUT) {
-            Ok(c) => {
-                self.conn = Some(c);
-                self.backoff.reset();
-                self.last_io = Instant::now();
-                self.shared.stats.set_link(Link::Replay, true, &"connected");
-                true
-            }
-            Err(e) => {
-                self.lost(&e);
-                false
-            }
-        }
+        self.last_io = Instant::now();
+        true
     }
 
     fn lost(&mut self, why: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.shared.stats.set_link(Link::Replay, false, why);
-        self.backoff.failed();
+        self.redis.lost(&self.shared.stats, why);
     }
 
     fn ping(&mut self) {
-        let Some(c) = self.conn.as_mut() else { return };
+        let Some(c) = self.redis.conn.as_mut() else {
+            return;
+        };
         self.last_io = Instant::now();
         if let Err(e) = redis::cmd("PING").query::<Value>(c.like()) {
             self.lost(&e);
@@ -187,7 +174,9 @@ impl Replayer {
                 c
             })
             .collect();
-        let Some(c) = self.conn.as_mut() else { return };
+        let Some(c) = self.redis.conn.as_mut() else {
+            return;
+        };
         self.last_io = Instant::now();
         match c.exec(&cmds) {
             Ok(replies) => {
@@ -324,7 +313,7 @@ impl Replayer {
     }
 
     fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, String> {
-        let Some(c) = self.conn.as_mut() else {
+        let Some(c) = self.redis.conn.as_mut() else {
             return Err("Redis unavailable".into());
         };
         self.last_io = Instant::now();

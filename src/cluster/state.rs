@@ -20,7 +20,7 @@
 //! the reactors (changes queued before the snapshot are recognised by their per-reactor sequence numbers) and
 //! rewrites the state.
 
-use super::conn::{Backoff, RedisConn, Reply, IO_TIMEOUT};
+use super::conn::{Reconnecting, Reply};
 use super::event::{self, now_ms};
 use super::keys;
 use super::link::{Change, StateEvent};
@@ -71,8 +71,7 @@ struct StateThread {
     shared: Arc<Shared>,
     deliver: Arc<dyn Deliver>,
     lost: Arc<AtomicBool>,
-    conn: Option<RedisConn>,
-    backoff: Backoff,
+    redis: Reconnecting,
     table: HashMap<u64, Sess>,
     /// Sessions whose hash and memberships must be (re)written.
     dirty: HashSet<u64>,
@@ -128,8 +127,7 @@ impl StateThread {
         StateThread {
             deliver,
             lost,
-            conn: None,
-            backoff: Backoff::default(),
+            redis: Reconnecting::new(Link::State),
             table: HashMap::new(),
             dirty: HashSet::new(),
             left: Vec::new(),
@@ -144,32 +142,19 @@ impl StateThread {
     }
 
     fn connect(&mut self) -> bool {
-        if self.conn.is_some() {
+        if self.redis.conn.is_some() {
             return true;
         }
-        if !self.backoff.remaining().is_zero() {
+        if !self.redis.connect(&self.shared) {
             return false;
         }
-        match self.shared.connector.connect(IO_TIMEOUT) {
-            Ok(c) => {
-                self.conn = Some(c);
-                self.backoff.reset();
-                self.shared.stats.set_link(Link::State, true, &"connected");
-                // Whatever happened while we were away (sweeps, a Redis restart), rewrite it all.
-                self.full_rewrite = true;
-                true
-            }
-            Err(e) => {
-                self.lost_conn(&e);
-                false
-            }
-        }
+        // Whatever happened while we were away (sweeps, a Redis restart), rewrite it all.
+        self.full_rewrite = true;
+        true
     }
 
     fn lost_conn(&mut self, why: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.shared.stats.set_link(Link::State, false, why);
-        self.backoff.failed();
+        self.redis.lost(&self.shared.stats, why);
     }
 
     fn apply(&mut self, ev: StateEvent) {
@@ -319,7 +304,7 @@ impl StateThread {
             self.next_sweep = now + Duration::from_secs(self.shared.cfg.sweep_interval);
             self.sweep();
         }
-        if self.conn.is_some() && self.last_io.elapsed() >= Duration::from_secs(1) {
+        if self.redis.conn.is_some() && self.last_io.elapsed() >= Duration::from_secs(1) {
             let ok = self
                 .run(&[redis::cmd("PING")])
                 .is_some_and(|r| r.len() == 1);
@@ -333,7 +318,7 @@ impl StateThread {
     fn run(&mut self, cmds: &[redis::Cmd]) -> Option<Vec<Reply>> {
         let mut out = Vec::with_capacity(cmds.len());
         for chunk in cmds.chunks(CHUNK) {
-            let conn = self.conn.as_mut()?;
+            let conn = self.redis.conn.as_mut()?;
             self.last_io = Instant::now();
             match conn.exec(chunk) {
                 Ok(r) => out.extend(r),
@@ -578,8 +563,8 @@ mod tests {
     use crate::session::{ReplayOutcome, SessionInfo};
     use std::sync::Mutex;
 
-    /// Reactors that answer a snapshot with what the test put there.
-    struct FakeReactors(Mutex<Vec<Answer>>);
+    /// Reactors that answer a snapshot with what the test put there (None: they do not answer).
+    struct FakeReactors(Mutex<Option<Vec<Answer>>>);
 
     impl Deliver for FakeReactors {
         fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
@@ -596,7 +581,7 @@ mod tests {
         }
         fn replay_done(&self, _: u64, _: ReplayOutcome) {}
         fn snapshot(&self) -> Option<Vec<Answer>> {
-            Some(std::mem::take(&mut *self.0.lock().unwrap()))
+            self.0.lock().unwrap().as_mut().map(std::mem::take)
         }
     }
 
@@ -620,7 +605,7 @@ mod tests {
         });
         StateThread::new(
             shared,
-            Arc::new(FakeReactors(Mutex::new(snapshot))),
+            Arc::new(FakeReactors(Mutex::new(Some(snapshot)))),
             Arc::new(AtomicBool::new(false)),
         )
     }
@@ -702,27 +687,8 @@ mod tests {
 
     #[test]
     fn a_reactor_that_does_not_answer_keeps_the_rebuild_pending() {
-        struct Silent;
-        impl Deliver for Silent {
-            fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
-                true
-            }
-            fn deliver_user(
-                &self,
-                _: &str,
-                _: Option<&str>,
-                _: Option<&str>,
-                _: &str,
-                _: Option<event::StreamId>,
-            ) {
-            }
-            fn replay_done(&self, _: u64, _: ReplayOutcome) {}
-            fn snapshot(&self) -> Option<Vec<Answer>> {
-                None
-            }
-        }
         let mut st = thread(Vec::new());
-        st.deliver = Arc::new(Silent);
+        st.deliver = Arc::new(FakeReactors(Mutex::new(None)));
         st.apply(ev(1, open(9)));
         st.lost.store(true, Ordering::Relaxed);
         st.rebuild();

@@ -13,22 +13,14 @@
 //! `X-Node` (node id), `ts` (ms since the Unix epoch when the gateway took the event), `data` (the message's JSON;
 //! `null` for connect and disconnect).
 
-use super::conn::{self, Backoff, RedisConn, Reply, IO_TIMEOUT};
 use super::event::now_ms;
 use super::stats::Link;
+use super::stream_writer::{self, Stream};
 use super::{BridgeStats, Shared};
 use crate::upstream::{Event, Refused, Sink};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-const BATCH_MAX: usize = 256;
-const BATCH_BYTES: usize = 1 << 20;
-const IDLE_PING: Duration = Duration::from_secs(1);
-const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
-const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// One upstream event, owned (it leaves the reactor thread).
 #[derive(Debug)]
@@ -132,231 +124,77 @@ impl Sink for ClusterSink {
     }
 }
 
-struct Appender {
-    shared: Arc<Shared>,
-    rx: Receiver<UpstreamEvent>,
-    pending: VecDeque<UpstreamEvent>,
-    conn: Option<RedisConn>,
-    backoff: Backoff,
-    last_io: Instant,
+/// The upstream stream (`cluster.upstream_stream`); the loop around it is [`stream_writer::StreamWriter`].
+struct Upstream {
     next_trace: u64,
-    last_error_log: Option<Instant>,
-    maxlen: String,
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<UpstreamEvent>) {
-    let maxlen = shared.cfg.upstream_maxlen.to_string();
-    let mut a = Appender {
-        shared,
-        rx,
-        pending: VecDeque::new(),
-        conn: None,
-        backoff: Backoff::default(),
-        last_io: Instant::now(),
-        next_trace: 1,
-        last_error_log: None,
-        maxlen,
-    };
-    while !a.shared.stop.load(Ordering::Relaxed) {
-        a.step();
-    }
-    a.finish();
+    let key = shared.cfg.upstream_stream.clone();
+    let maxlen = shared.cfg.upstream_maxlen;
+    stream_writer::run(shared, Upstream { next_trace: 1 }, rx, key, maxlen);
 }
 
-impl Appender {
-    fn step(&mut self) {
-        let wait = if self.conn.is_none() {
-            self.backoff.remaining()
-        } else if self.pending.is_empty() {
-            IDLE_PING.saturating_sub(self.last_io.elapsed())
-        } else {
-            Duration::ZERO
-        };
-        self.take_new(wait.min(Duration::from_millis(200)));
-        if self.conn.is_none() {
-            if !self.backoff.remaining().is_zero() {
-                return;
-            }
-            match self.shared.connector.connect(IO_TIMEOUT) {
-                Ok(c) => {
-                    self.conn = Some(c);
-                    self.backoff.reset();
-                    self.last_io = Instant::now();
-                    self.shared
-                        .stats
-                        .set_link(Link::Upstream, true, &"connected");
-                }
-                Err(e) => {
-                    self.shared.stats.set_link(Link::Upstream, false, &e);
-                    self.backoff.failed();
-                    return;
-                }
-            }
-        }
-        if !self.pending.is_empty() {
-            self.write_batch();
-        } else if self.last_io.elapsed() >= IDLE_PING {
-            let Some(c) = self.conn.as_mut() else { return };
-            self.last_io = Instant::now();
-            if let Err(e) = redis::cmd("PING").query::<redis::Value>(c.like()) {
-                self.lost(&e);
-            }
-        }
-    }
+impl Stream for Upstream {
+    type Event = UpstreamEvent;
+    type Item = UpstreamEvent;
+    const LINK: Link = Link::Upstream;
+    const NOUN: &'static str = "upstream";
 
-    fn take_new(&mut self, wait: Duration) {
-        if !wait.is_zero() {
-            if self.pending.is_empty() {
-                match self.rx.recv_timeout(wait) {
-                    Ok(ev) => self.push(ev),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                conn::sleep_unless(&self.shared.stop, wait);
-            }
-        }
-        while let Ok(ev) = self.rx.try_recv() {
-            self.push(ev);
-        }
-    }
-
-    fn push(&mut self, mut ev: UpstreamEvent) {
+    fn take(&mut self, shared: &Shared, mut ev: UpstreamEvent) -> UpstreamEvent {
         if ev.trace.is_empty() {
-            ev.trace = format!("{}-u{}", self.shared.origin, self.next_trace);
+            ev.trace = format!("{}-u{}", shared.origin, self.next_trace);
             self.next_trace += 1;
         }
-        self.pending.push_back(ev);
+        ev
     }
 
-    fn lost(&mut self, why: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.shared.stats.set_link(Link::Upstream, false, why);
-        self.backoff.failed();
+    fn cost(ev: &UpstreamEvent) -> usize {
+        ev.cost()
     }
 
-    fn write_batch(&mut self) {
-        let s = &self.shared;
-        let mut cmds = Vec::new();
-        let mut bytes = 0;
-        for ev in self.pending.iter().take(BATCH_MAX) {
-            if !cmds.is_empty() && bytes + ev.cost() > BATCH_BYTES {
-                break;
-            }
-            bytes += ev.cost();
-            let mut c = redis::cmd("XADD");
-            c.arg(&s.cfg.upstream_stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(&self.maxlen)
-                .arg("*")
-                .arg("X-ID")
-                .arg(ev.sid.to_string())
-                .arg("X-Uid")
-                .arg(&ev.user)
-                .arg("X-Guid")
-                .arg(&ev.guid)
-                .arg("X-Event")
-                .arg(ev.event)
-                .arg("X-Trace-ID")
-                .arg(&ev.trace)
-                .arg("X-Client-Version")
-                .arg(&ev.client_version)
-                .arg("X-Device")
-                .arg(&ev.device)
-                .arg("X-Tenant")
-                .arg(&ev.tenant)
-                .arg("X-Node")
-                .arg(s.node_id)
-                .arg("ts")
-                .arg(ev.ts_ms)
-                .arg("data")
-                .arg(&ev.data);
-            cmds.push(c);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        self.last_io = Instant::now();
-        // One key: one round trip, also on Redis Cluster. On a connection failure all are kept and retried, so
-        // a backend may see an event twice (same X-Trace-ID) but never miss one the gateway accepted.
-        let replies = match conn.exec_one_key(&cmds) {
-            Ok(r) => r,
-            Err(e) => return self.lost(&e),
-        };
-        let mut done = 0;
-        for r in &replies {
-            if let Reply::Refused { code, details } = r {
-                if conn::transient_code(code) {
-                    let msg = format!("{code} {details}");
-                    if conn::reconnect_code(code) {
-                        self.lost(&msg);
-                    } else {
-                        self.log_error(&format!(
-                            "cluster: Redis busy ({msg}); retrying upstream events"
-                        ));
-                        conn::sleep_unless(&self.shared.stop, Duration::from_millis(100));
-                    }
-                    break;
-                }
-                let stats = &self.shared.stats;
-                stats.upstream_dropped_total.fetch_add(1, Ordering::Relaxed);
-                stats.redis_errors_total.fetch_add(1, Ordering::Relaxed);
-                let msg = format!(
-                    "cluster: Redis refused an upstream event on stream {:?} ({code} {details}); dropped",
-                    self.shared.cfg.upstream_stream
-                );
-                self.log_error(&msg);
-            } else {
-                self.shared
-                    .stats
-                    .upstream_events_total
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            done += 1;
-        }
-        self.settle(done);
+    fn fields(&self, s: &Shared, ev: &UpstreamEvent, xadd: &mut redis::Cmd) {
+        xadd.arg("X-ID")
+            .arg(ev.sid.to_string())
+            .arg("X-Uid")
+            .arg(&ev.user)
+            .arg("X-Guid")
+            .arg(&ev.guid)
+            .arg("X-Event")
+            .arg(ev.event)
+            .arg("X-Trace-ID")
+            .arg(&ev.trace)
+            .arg("X-Client-Version")
+            .arg(&ev.client_version)
+            .arg("X-Device")
+            .arg(&ev.device)
+            .arg("X-Tenant")
+            .arg(&ev.tenant)
+            .arg("X-Node")
+            .arg(s.node_id)
+            .arg("ts")
+            .arg(ev.ts_ms)
+            .arg("data")
+            .arg(&ev.data);
     }
 
-    fn settle(&mut self, n: usize) {
-        let mut bytes = 0;
-        for ev in self.pending.drain(..n) {
-            bytes += ev.cost();
-        }
-        let stats = &self.shared.stats;
-        stats.upstream_queue_events.fetch_sub(n, Ordering::Relaxed);
-        stats
-            .upstream_queue_bytes
-            .fetch_sub(bytes, Ordering::Relaxed);
+    fn queue(stats: &BridgeStats) -> (&AtomicUsize, &AtomicUsize) {
+        (&stats.upstream_queue_events, &stats.upstream_queue_bytes)
     }
 
-    fn log_error(&mut self, msg: &str) {
-        if self
-            .last_error_log
-            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
-        {
-            self.last_error_log = Some(Instant::now());
-            log::error!("{}", super::one_line(&msg));
-        }
+    fn written(stats: &BridgeStats) -> &AtomicU64 {
+        &stats.upstream_events_total
     }
 
-    fn finish(&mut self) {
-        self.take_new(Duration::ZERO);
-        let deadline = Instant::now() + FLUSH_ON_STOP;
-        while !self.pending.is_empty() && self.conn.is_some() && Instant::now() < deadline {
-            let before = self.pending.len();
-            self.write_batch();
-            if self.pending.len() == before {
-                break;
-            }
-        }
-        let left = self.pending.len();
-        if left > 0 {
-            self.shared
-                .stats
-                .upstream_dropped_total
-                .fetch_add(left as u64, Ordering::Relaxed);
-            self.settle(left);
-            log::warn!("cluster: {left} upstream events not written to Redis at shutdown");
-        }
+    fn dropped(stats: &BridgeStats) -> &AtomicU64 {
+        &stats.upstream_dropped_total
+    }
+
+    fn refused(stream: &str, code: &str, details: &str) -> String {
+        format!("cluster: Redis refused an upstream event on stream {stream:?} ({code} {details}); dropped")
+    }
+
+    fn busy(_: &BridgeStats, code: &str, details: &str) -> String {
+        format!("cluster: Redis busy ({code} {details}); retrying upstream events")
     }
 }

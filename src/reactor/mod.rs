@@ -307,20 +307,23 @@ impl Reactor {
             };
             let (fd, rbuf) = (conn.fd, conn.rbuf);
             let lent = rbuf != NO_BUF;
+            let state = conn.state;
             let mut buf = if lent {
+                // Detached while in use: closing the connection during decoding must not free it under us.
+                self.conns[key].rbuf = NO_BUF;
                 self.bufs.take(rbuf)
             } else {
                 std::mem::take(&mut self.scratch)
             };
             let want = if lent {
-                read_size(conn.state, &buf)
+                read_size(state, &buf)
             } else {
                 SCRATCH
             };
             let result = crate::pool::read_into(fd, &mut buf, want);
             match result {
                 Ok(0) => {
-                    self.restore(rbuf, buf);
+                    self.restore(key, rbuf, buf);
                     self.close(key);
                     return;
                 }
@@ -331,15 +334,15 @@ impl Reactor {
                     conn.flags &= !flag::PING_SENT;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.restore(rbuf, buf);
+                    self.restore(key, rbuf, buf);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.restore(rbuf, buf);
+                    self.restore(key, rbuf, buf);
                     continue;
                 }
                 Err(_) => {
-                    self.restore(rbuf, buf);
+                    self.restore(key, rbuf, buf);
                     self.close(key);
                     return;
                 }
@@ -351,9 +354,10 @@ impl Reactor {
     }
 
     /// Puts a buffer back where it came from, untouched (a lent buffer always holds a partial frame).
-    fn restore(&mut self, rbuf: u32, mut buf: Vec<u8>) {
+    fn restore(&mut self, key: usize, rbuf: u32, mut buf: Vec<u8>) {
         if rbuf != NO_BUF {
             self.bufs.put(rbuf, buf);
+            self.conns[key].rbuf = rbuf;
         } else {
             buf.clear();
             self.scratch = buf;
@@ -367,10 +371,10 @@ impl Reactor {
             buf.drain(..consumed.min(buf.len()));
             let empty = buf.is_empty();
             self.bufs.put(rbuf, buf);
-            if !alive {
+            if alive && !empty {
+                self.conns[key].rbuf = rbuf;
+            } else {
                 self.bufs.give_back(rbuf);
-            } else if empty {
-                self.release_rbuf(key);
             }
         } else {
             if alive && consumed < buf.len() {
@@ -380,13 +384,6 @@ impl Reactor {
             }
             buf.clear();
             self.scratch = buf;
-        }
-    }
-
-    fn release_rbuf(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            let id = std::mem::replace(&mut conn.rbuf, NO_BUF);
-            self.bufs.give_back(id);
         }
     }
 

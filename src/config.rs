@@ -16,6 +16,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub debug: DebugConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +114,24 @@ impl Default for ApiConfig {
 pub struct DebugConfig {
     /// If not empty, a WebSocket endpoint at this path echoes every message (for conformance tests).
     pub echo_path: String,
+}
+
+/// TLS termination (wss). With `cert` and `key` set, `server.listen` speaks TLS.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (empty = no TLS).
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; RSA, ECDSA or Ed25519).
+    pub key: String,
+    /// Extra plaintext (ws) client listener next to the TLS one, e.g. "127.0.0.1:8082" (empty = none).
+    pub plain_listen: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +322,7 @@ impl Config {
         if self.ws.max_channels_per_connection == 0 {
             return Err(err("ws.max_channels_per_connection", "must be at least 1"));
         }
+        self.validate_tls()?;
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -314,6 +334,39 @@ impl Config {
         }
         Ok(())
     }
+
+    // ---- tls (issue 5) ----
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        match (t.cert.is_empty(), t.key.is_empty()) {
+            (false, true) => return Err(err("tls.key", "must be set when tls.cert is set")),
+            (true, false) => return Err(err("tls.cert", "must be set when tls.key is set")),
+            _ => {}
+        }
+        if !t.plain_listen.is_empty() {
+            if !t.enabled() {
+                return Err(err(
+                    "tls.plain_listen",
+                    "is an extra plaintext listener next to TLS: set tls.cert and tls.key (or use server.listen)",
+                ));
+            }
+            let addr = parse_addr("tls.plain_listen", &t.plain_listen)?;
+            if addr == self.listen_addr() && addr.port() != 0 {
+                return Err(err("tls.plain_listen", "must differ from server.listen"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The extra plaintext client listener, if configured.
+    pub fn plain_listen_addr(&self) -> Option<SocketAddr> {
+        if self.tls.plain_listen.is_empty() {
+            None
+        } else {
+            parse_addr("tls.plain_listen", &self.tls.plain_listen).ok()
+        }
+    }
+    // ---- end tls ----
 
     /// Reactor threads to run.
     pub fn reactor_threads(&self) -> usize {
@@ -395,6 +448,54 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(e.key, "server.listen");
+    }
+
+    #[test]
+    fn tls_keys_are_validated_together() {
+        let c = ConfigBuilder::new().build().unwrap();
+        assert!(!c.tls.enabled());
+        let e = ConfigBuilder::new()
+            .set("tls.cert=/x/cert.pem")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "tls.key");
+        let e = ConfigBuilder::new()
+            .set("tls.key=/x/key.pem")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "tls.cert");
+        let e = ConfigBuilder::new()
+            .set("tls.plain_listen=127.0.0.1:9000")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "tls.plain_listen");
+        let c = ConfigBuilder::new()
+            .set("tls.cert=/x/cert.pem")
+            .unwrap()
+            .set("tls.key=/x/key.pem")
+            .unwrap()
+            .set("tls.plain_listen=127.0.0.1:9000")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(c.tls.enabled());
+        assert_eq!(
+            c.plain_listen_addr(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        let e = ConfigBuilder::new()
+            .set("tls.cert=/x/cert.pem")
+            .unwrap()
+            .set("tls.key=/x/key.pem")
+            .unwrap()
+            .set("tls.plain_listen=nowhere")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "tls.plain_listen");
     }
 
     #[test]

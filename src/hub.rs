@@ -39,6 +39,8 @@ pub struct ReactorStats {
     pub refused_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub read_buffers_lent: AtomicU64,
+    pub tls_handshakes_total: AtomicU64,
+    pub tls_failures_total: AtomicU64,
 }
 
 /// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
@@ -60,6 +62,10 @@ pub struct Tally {
     pub refused_total: u64,
     pub publishes_total: u64,
     pub read_buffers_lent: u64,
+    /// Completed TLS handshakes.
+    pub tls_handshakes_total: u64,
+    /// TLS connections closed for a TLS failure: bad or plaintext records, unknown SNI, handshake timeout.
+    pub tls_failures_total: u64,
 }
 
 impl ReactorStats {
@@ -82,6 +88,8 @@ impl ReactorStats {
         self.refused_total.store(t.refused_total, r);
         self.publishes_total.store(t.publishes_total, r);
         self.read_buffers_lent.store(t.read_buffers_lent, r);
+        self.tls_handshakes_total.store(t.tls_handshakes_total, r);
+        self.tls_failures_total.store(t.tls_failures_total, r);
     }
 
     pub fn load(&self) -> Tally {
@@ -102,6 +110,8 @@ impl ReactorStats {
             refused_total: self.refused_total.load(r),
             publishes_total: self.publishes_total.load(r),
             read_buffers_lent: self.read_buffers_lent.load(r),
+            tls_handshakes_total: self.tls_handshakes_total.load(r),
+            tls_failures_total: self.tls_failures_total.load(r),
         }
     }
 }
@@ -129,6 +139,8 @@ pub struct Hub {
     /// Connections open across all reactors (enforces `server.max_connections`).
     pub live_connections: Arc<AtomicUsize>,
     pub started: std::time::Instant,
+    /// The reloadable TLS configuration, when `tls.cert` is set (for `POST /api/reload-tls`).
+    pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
 }
 
 impl Hub {

@@ -11,3 +11,4 @@ pub mod protocol;
 pub mod reactor;
 pub mod server;
 pub mod signals;
+pub mod tls;

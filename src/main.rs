@@ -91,23 +91,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let scheme = if server.tls.is_some() { "wss" } else { "ws" };
     log::info!(
-        "listening: ws://{}{} ({} reactors), api http://{}",
+        "listening: {scheme}://{}{} ({} reactors), api http://{}",
         server.ws_addr,
         config.server.ws_path,
         config.reactor_threads(),
         server.api_addr
     );
+    if let Some(addr) = server.plain_addr {
+        log::info!(
+            "listening: ws://{addr}{} (plaintext)",
+            config.server.ws_path
+        );
+    }
     if !config.debug.echo_path.is_empty() {
         log::warn!("debug echo endpoint enabled at {}", config.debug.echo_path);
     }
     // The one machine-readable line: tests and bench/run.sh read the bound ports from it.
-    eprintln!("wsgate ready ws={} api={}", server.ws_addr, server.api_addr);
+    // With TLS: `wsgate ready wss=IP:PORT api=IP:PORT[ ws=IP:PORT]` (ws= only for tls.plain_listen).
+    match (&server.tls, server.plain_addr) {
+        (None, _) => eprintln!("wsgate ready ws={} api={}", server.ws_addr, server.api_addr),
+        (Some(_), None) => eprintln!(
+            "wsgate ready wss={} api={}",
+            server.ws_addr, server.api_addr
+        ),
+        (Some(_), Some(plain)) => eprintln!(
+            "wsgate ready wss={} api={} ws={plain}",
+            server.ws_addr, server.api_addr
+        ),
+    }
 
     loop {
         match signals.wait() {
             wsgate::signals::Signal::Terminate => break,
-            wsgate::signals::Signal::Reload => log::info!("SIGHUP: nothing to reload"),
+            wsgate::signals::Signal::Reload => {
+                if server.tls.is_some() {
+                    let _ = server.reload_tls(); // logs the outcome; a failure keeps the old certificate
+                } else {
+                    log::info!("SIGHUP: nothing to reload (TLS is not configured)");
+                }
+            }
         }
     }
     log::info!(

@@ -4,6 +4,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::hub::{Hub, ReactorHandle, ReactorStats};
 use crate::reactor::{self, net, ReactorSetup, Waker};
+use crate::tls::TlsAcceptor;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,8 +16,13 @@ const BACKLOG: i32 = 65535;
 
 /// A running gateway.
 pub struct Server {
+    /// The client listener (`server.listen`); it speaks TLS when `tls` is set.
     pub ws_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The extra plaintext client listener (`tls.plain_listen`), if any.
+    pub plain_addr: Option<SocketAddr>,
+    /// The reloadable TLS configuration, if `tls.cert` is set.
+    pub tls: Option<Arc<TlsAcceptor>>,
     pub hub: Arc<Hub>,
     config: Arc<Config>,
     reactors: Vec<JoinHandle<()>>,
@@ -28,6 +34,15 @@ impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
         let config = Arc::new(config);
         let threads = config.reactor_threads();
+
+        // TLS first: a missing or broken certificate stops start-up before anything listens.
+        let tls = if config.tls.enabled() {
+            let acceptor = TlsAcceptor::load(&config.tls.cert, &config.tls.key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Some(Arc::new(acceptor))
+        } else {
+            None
+        };
 
         // The first bind resolves port 0; the other reactors join the same port through SO_REUSEPORT.
         let first = net::listen_reuseport(config.listen_addr(), BACKLOG).map_err(|e| {
@@ -41,6 +56,23 @@ impl Server {
         for _ in 1..threads {
             listeners.push(net::listen_reuseport(ws_addr, BACKLOG)?);
         }
+        let mut plain_listeners = Vec::new();
+        let mut plain_addr = None;
+        if let Some(addr) = config.plain_listen_addr() {
+            let first = net::listen_reuseport(addr, BACKLOG).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("tls.plain_listen {}: {e}", config.tls.plain_listen),
+                )
+            })?;
+            let bound = net::local_addr(first)?;
+            plain_listeners.push(first);
+            for _ in 1..threads {
+                plain_listeners.push(net::listen_reuseport(bound, BACKLOG)?);
+            }
+            plain_addr = Some(bound);
+        }
+        let mut plain_listeners = plain_listeners.into_iter();
         let api_fd = net::listen_reuseport(config.api_addr(), 1024).map_err(|e| {
             io::Error::new(e.kind(), format!("api.listen {}: {e}", config.api.listen))
         })?;
@@ -66,6 +98,8 @@ impl Server {
                 stats,
                 config: config.clone(),
                 live_connections: live.clone(),
+                tls: tls.clone(),
+                plain_listener: plain_listeners.next(),
             });
         }
         let hub = Arc::new(Hub {
@@ -73,6 +107,7 @@ impl Server {
             api: Default::default(),
             live_connections: live,
             started: std::time::Instant::now(),
+            tls: tls.clone(),
         });
 
         let mut reactors = Vec::new();
@@ -102,12 +137,20 @@ impl Server {
         Ok(Server {
             ws_addr,
             api_addr,
+            plain_addr,
+            tls,
             hub,
             config,
             reactors,
             api: Some(api),
             api_stop,
         })
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP, `POST /api/reload-tls`). Existing connections keep their
+    /// sessions; new handshakes use the new certificate. On error the old one stays and the error is returned.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        reload_tls(self.tls.as_deref())
     }
 
     /// Stops accepting, closes every client with 1001 and waits for the reactors to drain (bounded by
@@ -135,5 +178,22 @@ fn pin_to_cpu(id: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(id % cpus, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Reloads the TLS certificate, logging the outcome; shared by SIGHUP and the API.
+pub fn reload_tls(tls: Option<&TlsAcceptor>) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return Err("TLS is not configured (set tls.cert and tls.key)".into());
+    };
+    match tls.reload() {
+        Ok(()) => {
+            log::info!("TLS certificate reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("TLS reload failed, keeping the current certificate: {e}");
+            Err(e.to_string())
+        }
     }
 }

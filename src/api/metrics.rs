@@ -87,6 +87,18 @@ const FIELDS: &[Field] = &[
         true,
         |t| t.publishes_total,
     ),
+    (
+        "tls_handshakes_total",
+        "Completed TLS handshakes.",
+        true,
+        |t| t.tls_handshakes_total,
+    ),
+    (
+        "tls_failures_total",
+        "TLS connections closed for a TLS failure (bad records, plaintext, unknown SNI, handshake timeout).",
+        true,
+        |t| t.tls_failures_total,
+    ),
 ];
 
 pub fn stats_json(hub: &Hub) -> String {

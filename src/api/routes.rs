@@ -17,6 +17,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/stats", "GET"),
     ("/healthz", "GET"),
     ("/metrics", "GET"),
+    ("/api/reload-tls", "POST"),
 ];
 
 pub fn handle(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
@@ -45,6 +46,7 @@ fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
         "/api/broadcast" => broadcast(req.body, hub),
         "/api/stats" => Response::json(200, metrics::stats_json(hub)),
         "/healthz" => Response::json(200, "{\"ok\":true}"),
+        "/api/reload-tls" => reload_tls(hub),
         "/metrics" => {
             let mut r = Response::json(200, metrics::prometheus(hub));
             r.content_type = "text/plain; version=0.0.4";
@@ -141,4 +143,19 @@ fn broadcast(body: &[u8], hub: &Hub) -> Response {
     hub.broadcast(protocol::broadcast_message(data.get()));
     hub.api.broadcasts_total.fetch_add(1, Ordering::Relaxed);
     Response::json(200, "{\"ok\":true}")
+}
+
+/// `POST /api/reload-tls`: re-reads tls.cert and tls.key (like SIGHUP). 400 without TLS, 500 if the new files
+/// are unusable (the old certificate stays in use).
+fn reload_tls(hub: &Hub) -> Response {
+    if hub.tls.is_none() {
+        return Response::error(400, "TLS is not configured (set tls.cert and tls.key)");
+    }
+    match crate::server::reload_tls(hub.tls.as_deref()) {
+        Ok(()) => Response::json(200, "{\"ok\":true}"),
+        Err(e) => Response::error(
+            500,
+            &format!("TLS reload failed, old certificate kept: {e}"),
+        ),
+    }
 }

@@ -96,6 +96,19 @@ impl OutQueue {
         Ok(Flush::Done)
     }
 
+    /// The unsent bytes of the first queued frame (for a writer that transforms bytes before sending them, TLS).
+    pub fn front_unsent(&self) -> Option<&[u8]> {
+        self.frames.front().map(|f| &f[self.head_sent as usize..])
+    }
+
+    /// Marks `n` bytes from the front of the queue as sent (no more than [`Self::front_unsent`] returned).
+    pub fn consume(&mut self, n: usize) {
+        self.advance(n);
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            self.frames.shrink_to(4);
+        }
+    }
+
     fn advance(&mut self, mut written: usize) {
         self.queued = self.queued.saturating_sub(written as u32);
         while written > 0 {

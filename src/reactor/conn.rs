@@ -41,6 +41,11 @@ pub mod flag {
     pub const BLOCKED: u8 = 8;
 }
 
+/// Index of a connection's TLS state in the reactor's session slab; [`NO_TLS`] for a plaintext connection.
+/// An index, not a pointer, so a plaintext connection pays 4 bytes that fit in padding (Conn stays 128 bytes).
+pub type TlsId = u32;
+pub const NO_TLS: TlsId = u32::MAX;
+
 pub struct Conn {
     pub fd: RawFd,
     pub state: State,
@@ -55,6 +60,8 @@ pub struct Conn {
     pub rbuf: BufId,
     /// Lent buffer assembling a fragmented message, or NO_BUF.
     pub msg: BufId,
+    /// TLS state (issue 5), or NO_TLS.
+    pub tls: TlsId,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub subs: Vec<Subscription>,
@@ -72,6 +79,7 @@ impl Conn {
             timer: TimerLink::default(),
             rbuf: NO_BUF,
             msg: NO_BUF,
+            tls: NO_TLS,
             decoder: Decoder::default(),
             out: OutQueue::default(),
             subs: Vec::new(),
@@ -86,5 +94,14 @@ impl Conn {
 impl Timed for Conn {
     fn link(&mut self) -> &mut TimerLink {
         &mut self.timer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conn_stays_two_cache_lines() {
+        // An idle plaintext connection is this struct; TLS state lives elsewhere and costs an index here.
+        assert!(std::mem::size_of::<super::Conn>() <= 128);
     }
 }

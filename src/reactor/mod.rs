@@ -8,6 +8,7 @@ mod conn;
 pub mod net;
 mod poller;
 mod timer;
+mod tls_io;
 mod waker;
 
 pub use poller::{Epoll, Poller, Ready};
@@ -21,7 +22,7 @@ use crate::frame::{close_code, encode, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::hub::{Command, ReactorStats, Tally};
 use crate::pool::{BufPool, Flush, OutFrame, SharedFrame, NO_BUF};
 use crate::protocol;
-use conn::{flag, Conn, Endpoint, State};
+use conn::{flag, Conn, Endpoint, State, NO_TLS};
 use crossbeam_channel::Receiver;
 use slab::Slab;
 use std::io;
@@ -34,6 +35,7 @@ use timer::TimerWheel;
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
 const TOKEN_WAKER: u64 = u64::MAX - 2;
+const TOKEN_PLAIN_LISTENER: u64 = u64::MAX - 3;
 /// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
 const SCRATCH: usize = 64 * 1024;
 /// Reads per readiness event before the connection yields to others (continued next iteration).
@@ -52,6 +54,10 @@ pub struct ReactorSetup {
     pub stats: Arc<ReactorStats>,
     pub config: Arc<Config>,
     pub live_connections: Arc<AtomicUsize>,
+    /// When set, `listener` speaks TLS with this configuration.
+    pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    /// An extra plaintext client listener next to a TLS one (`tls.plain_listen`).
+    pub plain_listener: Option<RawFd>,
 }
 
 /// Runs a reactor until it is shut down and its connections are drained.
@@ -101,6 +107,10 @@ struct Reactor {
     accept_paused_until: u32,
     shutdown_deadline: Option<Instant>,
     ping_frame: OutFrame,
+    // ---- tls (issue 5): see tls_io.rs ----
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    plain_listener: Option<RawFd>,
+    tls_io: tls_io::TlsIo,
 }
 
 impl Reactor {
@@ -108,6 +118,9 @@ impl Reactor {
         let poller = Epoll::new(1024)?;
         poller.add(s.listener, TOKEN_LISTENER)?;
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
+        if let Some(fd) = s.plain_listener {
+            poller.add(fd, TOKEN_PLAIN_LISTENER)?;
+        }
         let c = &s.config;
         let limits = Limits {
             max_message: c.ws.max_message_size,
@@ -149,14 +162,18 @@ impl Reactor {
             accept_paused_until: 0,
             shutdown_deadline: None,
             ping_frame: Rc::new(Arc::new(ping)),
+            tls_io: tls_io::TlsIo::new(s.tls.is_some()),
+            tls: s.tls,
+            plain_listener: s.plain_listener,
         })
     }
 
     fn run(&mut self) -> io::Result<()> {
         let mut accept_ready = false;
+        let mut plain_accept_ready = false;
         loop {
-            let busy =
-                !self.pending_reads.is_empty() || accept_ready && self.accept_paused_until == 0;
+            let busy = !self.pending_reads.is_empty()
+                || (accept_ready || plain_accept_ready) && self.accept_paused_until == 0;
             let mut timeout = if busy { 0 } else { self.ms_to_next_tick() };
             if timeout > 0 {
                 self.waker.arm();
@@ -173,6 +190,7 @@ impl Reactor {
                 match ev.token {
                     TOKEN_WAKER => self.waker.drain(),
                     TOKEN_LISTENER => accept_ready = true,
+                    TOKEN_PLAIN_LISTENER => plain_accept_ready = true,
                     key => self.on_ready(key as usize, ev),
                 }
             }
@@ -187,7 +205,10 @@ impl Reactor {
             // Accept after all events of this batch: a key freed above cannot be reused while stale events for it
             // are still being handled.
             if accept_ready && self.now >= self.accept_paused_until {
-                accept_ready = self.accept_all();
+                accept_ready = self.accept_all(false);
+            }
+            if plain_accept_ready && self.now >= self.accept_paused_until {
+                plain_accept_ready = self.accept_all(true);
             }
 
             self.run_commands();
@@ -234,10 +255,17 @@ impl Reactor {
     // ---- accepting -------------------------------------------------------------------------------------------
 
     /// Accepts until the backlog is empty. Returns true if accepting should be retried later (fd exhaustion).
-    fn accept_all(&mut self) -> bool {
-        let Some(listener) = self.listener else {
+    /// `plain` picks the extra plaintext listener; the main one speaks TLS when TLS is configured.
+    fn accept_all(&mut self, plain: bool) -> bool {
+        let listener = if plain {
+            self.plain_listener
+        } else {
+            self.listener
+        };
+        let Some(listener) = listener else {
             return false;
         };
+        let tls = !plain && self.tls.is_some();
         loop {
             let fd = match net::accept(listener) {
                 Ok(fd) => fd,
@@ -263,13 +291,19 @@ impl Reactor {
             {
                 self.live_connections.fetch_sub(1, Ordering::Relaxed);
                 self.tally.refused_total += 1;
-                net::write_all_nonblocking(fd, REFUSED_RESPONSE);
+                if !tls {
+                    net::write_all_nonblocking(fd, REFUSED_RESPONSE);
+                }
                 net::close(fd);
                 continue;
             }
             let key = self.conns.insert(Conn::new(fd, self.now));
             if let Err(e) = self.poller.add(fd, key as u64) {
                 log::error!("reactor {}: epoll add: {e}", self.id);
+                self.close(key);
+                continue;
+            }
+            if tls && !self.tls_attach(key) {
                 self.close(key);
                 continue;
             }
@@ -291,7 +325,7 @@ impl Reactor {
         if ev.writable {
             let conn = &mut self.conns[key];
             conn.flags &= !flag::BLOCKED;
-            if !conn.out.is_empty() {
+            if !conn.out.is_empty() || conn.tls != NO_TLS {
                 self.mark_dirty(key);
             }
         }
@@ -305,9 +339,8 @@ impl Reactor {
             let Some(conn) = self.conns.get(key) else {
                 return;
             };
-            let (fd, rbuf) = (conn.fd, conn.rbuf);
+            let (fd, rbuf, tls) = (conn.fd, conn.rbuf, conn.tls != NO_TLS);
             let lent = rbuf != NO_BUF;
-            let state = conn.state;
             let mut buf = if lent {
                 // Detached while in use: closing the connection during decoding must not free it under us.
                 self.conns[key].rbuf = NO_BUF;
@@ -315,10 +348,12 @@ impl Reactor {
             } else {
                 std::mem::take(&mut self.scratch)
             };
-            let want = if lent {
-                read_size(state, &buf)
-            } else {
+            let want = if !lent {
                 SCRATCH
+            } else if tls {
+                crate::pool::block_size()
+            } else {
+                read_size(self.conns[key].state, &buf)
             };
             let result = crate::pool::read_into(fd, &mut buf, want);
             match result {
@@ -347,7 +382,11 @@ impl Reactor {
                     return;
                 }
             }
-            let consumed = self.process_input(key, &mut buf);
+            let consumed = if tls {
+                self.tls_input(key, &mut buf)
+            } else {
+                self.process_input(key, &mut buf)
+            };
             self.keep_leftover(key, rbuf, buf, consumed);
         }
         self.pending_reads.push(key);
@@ -507,7 +546,11 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.state = State::Lingering;
         let fd = conn.fd;
-        net::write_all_nonblocking(fd, &response);
+        if conn.tls != NO_TLS {
+            self.tls_write_now(key, &response, true);
+        } else {
+            net::write_all_nonblocking(fd, &response);
+        }
         net::shutdown_write(fd);
         let deadline = self.now + CLOSE_GRACE;
         self.timers.schedule(&mut self.conns, key, deadline);
@@ -750,7 +793,10 @@ impl Reactor {
             return;
         }
         self.shutdown_deadline = Some(Instant::now() + Duration::from_millis(drain_ms));
-        if let Some(fd) = self.listener.take() {
+        for fd in [self.listener.take(), self.plain_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.poller.remove(fd);
             net::close(fd);
         }
@@ -805,6 +851,9 @@ impl Reactor {
             return;
         }
         conn.flags &= !flag::DIRTY;
+        if conn.tls != NO_TLS {
+            return self.tls_flush(key);
+        }
         let before = conn.out.queued_bytes();
         match conn.out.flush(conn.fd, &mut self.iov) {
             Ok(Flush::Done) => {
@@ -830,7 +879,11 @@ impl Reactor {
         conn.out.clear();
         if !mid_frame {
             let frame = encode::close_frame(close_code::POLICY_VIOLATION, "slow consumer");
-            net::write_all_nonblocking(conn.fd, &frame);
+            if conn.tls != NO_TLS {
+                self.tls_write_now(key, &frame, false);
+            } else {
+                net::write_all_nonblocking(conn.fd, &frame);
+            }
         }
         self.close(key);
     }
@@ -860,7 +913,7 @@ impl Reactor {
     fn close_after_flush(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.flags |= flag::CLOSE_AFTER_FLUSH;
-            if conn.out.is_empty() {
+            if conn.out.is_empty() && !self.tls_pending(key) {
                 self.close(key);
             } else {
                 self.mark_dirty(key);
@@ -878,6 +931,9 @@ impl Reactor {
         let conn = self.conns.remove(key);
         self.bufs.give_back(conn.rbuf);
         self.bufs.give_back(conn.msg);
+        if conn.tls != NO_TLS {
+            self.tls_release(conn.tls, conn.fd, conn.state);
+        }
         net::close(conn.fd);
         self.live_connections.fetch_sub(1, Ordering::Relaxed);
         self.tally.closed_total += 1;
@@ -903,6 +959,9 @@ impl Reactor {
         match conn.state {
             State::Handshake => {
                 self.tally.handshake_failures_total += 1;
+                if self.tls_handshaking(key) {
+                    self.tally.tls_failures_total += 1;
+                }
                 self.close(key);
             }
             State::Closing | State::Lingering => self.close(key),

@@ -72,6 +72,21 @@ pub fn write_all_nonblocking(fd: RawFd, bytes: &[u8]) {
     unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
 }
 
+/// One write(2) of `bytes` on a non-blocking socket, retried on EINTR. Returns the bytes the socket took.
+pub fn write_some(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: writes from a live slice of the given length; write(2) only reads from it.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: plain syscall on a descriptor we own.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };

@@ -1,0 +1,349 @@
+//! The reactor's TLS path (issue 5). A TLS connection is an ordinary [`Conn`](super::conn::Conn) plus an entry
+//! in the reactor's session slab:
+//!
+//! - in: ciphertext is read into the same scratch / lent buffer as plaintext connections (a partial record stays
+//!   in `Conn::rbuf`), rustls decrypts it, and the plaintext goes through the usual `process_input` (a partial
+//!   frame stays in [`TlsConn::plain`]);
+//! - out: frames stay shared references in the `OutQueue` until the flush, which encrypts them straight from the
+//!   shared frame into a reactor-wide scratch buffer (the encryption is the one per-connection copy) and writes
+//!   it. Only what the socket does not take is copied into a pooled buffer ([`TlsConn::pending`]).
+//!
+//! An idle TLS connection therefore holds the rustls session and no buffer.
+
+use super::conn::{flag, State, NO_TLS};
+use super::{net, Reactor};
+use crate::pool::{BufId, NO_BUF};
+use crate::tls::{Session, RECORD_OVERHEAD};
+use std::io;
+
+/// Plaintext encrypted per record: the TLS maximum.
+const PIECE: usize = 16 * 1024;
+/// Encrypted bytes prepared per write: four full records.
+const OUT_SCRATCH: usize = 4 * (PIECE + RECORD_OVERHEAD);
+/// Ciphertext a peer may leave unprocessed (a handshake message rustls is still assembling, up to 64 KiB, plus a
+/// record); more is an attack on memory.
+const MAX_CIPHERTEXT_BACKLOG: usize = 64 * 1024 + 2 * PIECE;
+
+/// One connection's TLS state.
+pub(super) struct TlsConn {
+    session: Session,
+    /// Plaintext holding a partial WebSocket frame or request head, or NO_BUF.
+    plain: BufId,
+    /// Ciphertext the socket has not taken yet, or NO_BUF; `pending_off` bytes of it are already written.
+    pending: BufId,
+    pending_off: u32,
+    /// The session failed: send nothing more on it (rustls queued the alert already).
+    failed: bool,
+}
+
+/// The reactor's TLS sessions and scratch buffers.
+pub(super) struct TlsIo {
+    sessions: slab::Slab<Box<TlsConn>>,
+    /// Encryption target, allocated and zeroed once (rustls writes into initialised memory).
+    out: Vec<u8>,
+    /// Decrypted bytes of one read, when the connection holds no partial frame.
+    plain: Vec<u8>,
+    /// Handshake, ticket and alert records rustls asks to send while reading.
+    control: Vec<u8>,
+}
+
+impl TlsIo {
+    pub fn new(enabled: bool) -> Self {
+        TlsIo {
+            sessions: slab::Slab::new(),
+            out: if enabled {
+                vec![0; OUT_SCRATCH]
+            } else {
+                Vec::new()
+            },
+            plain: Vec::new(),
+            control: Vec::new(),
+        }
+    }
+}
+
+/// What a flush step left to do once its borrows end.
+enum Next {
+    Again,
+    Stop,
+    Close,
+    Fail(crate::tls::SessionError),
+}
+
+impl Reactor {
+    /// Gives a just-accepted connection on the TLS listener its session. False if that failed (close it).
+    pub(super) fn tls_attach(&mut self, key: usize) -> bool {
+        let Some(acceptor) = &self.tls else {
+            return true;
+        };
+        match acceptor.session() {
+            Ok(session) => {
+                let id = self.tls_io.sessions.insert(Box::new(TlsConn {
+                    session,
+                    plain: NO_BUF,
+                    pending: NO_BUF,
+                    pending_off: 0,
+                    failed: false,
+                }));
+                self.conns[key].tls = id as u32;
+                true
+            }
+            Err(e) => {
+                log::error!("reactor {}: TLS session: {e}", self.id);
+                false
+            }
+        }
+    }
+
+    /// True while the connection's TLS handshake is not complete (for the handshake timer).
+    pub(super) fn tls_handshaking(&self, key: usize) -> bool {
+        let id = self.conns[key].tls;
+        id != NO_TLS && self.tls_io.sessions[id as usize].session.is_handshaking()
+    }
+
+    /// True if encrypted bytes still wait for the socket.
+    pub(super) fn tls_pending(&self, key: usize) -> bool {
+        let id = self.conns[key].tls;
+        id != NO_TLS && self.tls_io.sessions[id as usize].pending != NO_BUF
+    }
+
+    /// Decrypts the ciphertext in `buf` and decodes the plaintext; returns the ciphertext bytes consumed.
+    pub(super) fn tls_input(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let id = self.conns[key].tls as usize;
+        let t = &mut self.tls_io.sessions[id];
+        // The partial frame's buffer is detached while decoding: closing the connection meanwhile must not free
+        // it under us.
+        let plain_id = std::mem::replace(&mut t.plain, NO_BUF);
+        let mut plain = if plain_id != NO_BUF {
+            self.bufs.take(plain_id)
+        } else {
+            std::mem::take(&mut self.tls_io.plain)
+        };
+        let mut control = std::mem::take(&mut self.tls_io.control);
+        control.clear();
+
+        let was_handshaking = t.session.is_handshaking();
+        let outcome = t.session.read(buf, &mut plain, &mut control);
+        if outcome.error.is_some() {
+            t.failed = true;
+        } else if was_handshaking && !t.session.is_handshaking() {
+            self.tally.tls_handshakes_total += 1;
+        }
+        if !control.is_empty() {
+            self.tls_send(key, &control);
+        }
+        self.tls_io.control = control;
+
+        let backlog = buf.len() - outcome.consumed.min(buf.len());
+        let failure = match outcome.error {
+            Some(e) => Some(e.to_string()),
+            None if backlog > MAX_CIPHERTEXT_BACKLOG => {
+                Some(format!("{backlog} bytes of incomplete TLS records"))
+            }
+            None => None,
+        };
+        if let Some(reason) = failure {
+            self.tally.tls_failures_total += 1;
+            log::debug!("reactor {}: TLS connection closed: {reason}", self.id);
+            self.put_plain(key, plain_id, plain, usize::MAX);
+            self.close(key);
+            return buf.len();
+        }
+
+        let used = if plain.is_empty() || !self.conns.contains(key) {
+            0
+        } else {
+            self.process_input(key, &mut plain)
+        };
+        self.put_plain(key, plain_id, plain, used);
+        if outcome.peer_closed {
+            // close_notify: the TLS equivalent of EOF.
+            self.close(key);
+            return buf.len();
+        }
+        outcome.consumed
+    }
+
+    /// Keeps the undecoded rest of the plaintext on the connection (if it is still open), else recycles it.
+    fn put_plain(&mut self, key: usize, id: BufId, mut buf: Vec<u8>, consumed: usize) {
+        let consumed = consumed.min(buf.len());
+        let owner = match self.conns.get(key) {
+            Some(c) if c.tls != NO_TLS => Some(c.tls as usize),
+            _ => None,
+        };
+        if id != NO_BUF {
+            buf.drain(..consumed);
+            let keep = !buf.is_empty() && owner.is_some();
+            self.bufs.put(id, buf);
+            match owner {
+                Some(t) if keep => self.tls_io.sessions[t].plain = id,
+                _ => self.bufs.give_back(id),
+            }
+        } else {
+            if let Some(t) = owner {
+                if consumed < buf.len() {
+                    let lent = self.bufs.lend();
+                    self.bufs.get(lent).extend_from_slice(&buf[consumed..]);
+                    self.tls_io.sessions[t].plain = lent;
+                }
+            }
+            buf.clear();
+            self.tls_io.plain = buf;
+        }
+    }
+
+    /// Sends ciphertext after anything still pending; what the socket does not take waits for EPOLLOUT.
+    fn tls_send(&mut self, key: usize, bytes: &[u8]) {
+        let conn = &mut self.conns[key];
+        let t = &mut self.tls_io.sessions[conn.tls as usize];
+        if t.pending != NO_BUF {
+            self.bufs.get(t.pending).extend_from_slice(bytes);
+            return;
+        }
+        let written = match net::write_some(conn.fd, bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return self.close(key),
+        };
+        self.tally.bytes_out_total += written as u64;
+        if written < bytes.len() {
+            let lent = self.bufs.lend();
+            self.bufs.get(lent).extend_from_slice(&bytes[written..]);
+            t.pending = lent;
+            t.pending_off = 0;
+            conn.flags |= flag::BLOCKED;
+        }
+    }
+
+    /// Writes what is pending, then encrypts and writes queued frames until the queue is empty or the socket is
+    /// full.
+    pub(super) fn tls_flush(&mut self, key: usize) {
+        loop {
+            let next = self.tls_flush_step(key);
+            match next {
+                Next::Again => continue,
+                Next::Stop => return,
+                Next::Close => return self.close(key),
+                Next::Fail(e) => {
+                    log::debug!("reactor {}: TLS write failed: {e}", self.id);
+                    if let Some(conn) = self.conns.get(key) {
+                        self.tls_io.sessions[conn.tls as usize].failed = true;
+                    }
+                    self.tally.tls_failures_total += 1;
+                    return self.close(key);
+                }
+            }
+        }
+    }
+
+    fn tls_flush_step(&mut self, key: usize) -> Next {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Next::Stop;
+        };
+        let t = &mut self.tls_io.sessions[conn.tls as usize];
+
+        if t.pending != NO_BUF {
+            let pending = self.bufs.get(t.pending);
+            let rest = &pending[t.pending_off as usize..];
+            let written = match net::write_some(conn.fd, rest) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return Next::Close,
+            };
+            self.tally.bytes_out_total += written as u64;
+            if written < rest.len() {
+                t.pending_off += written as u32;
+                conn.flags |= flag::BLOCKED;
+                return Next::Stop;
+            }
+            self.bufs
+                .give_back(std::mem::replace(&mut t.pending, NO_BUF));
+            t.pending_off = 0;
+        }
+
+        if conn.out.is_empty() {
+            return if conn.has(flag::CLOSE_AFTER_FLUSH) {
+                Next::Close
+            } else {
+                Next::Stop
+            };
+        }
+        if t.session.is_handshaking() {
+            return Next::Stop; // nothing may be encrypted yet; the handshake's progress flushes again
+        }
+
+        let out = &mut self.tls_io.out;
+        let mut used = 0;
+        while let Some(bytes) = conn.out.front_unsent() {
+            let piece = bytes.len().min(PIECE);
+            if used + piece + RECORD_OVERHEAD > out.len() {
+                break;
+            }
+            match t.session.encrypt(&bytes[..piece], &mut out[used..]) {
+                Ok(n) => used += n,
+                Err(e) => return Next::Fail(e),
+            }
+            conn.out.consume(piece);
+        }
+
+        let written = match net::write_some(conn.fd, &out[..used]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return Next::Close,
+        };
+        self.tally.bytes_out_total += written as u64;
+        if written < used {
+            let lent = self.bufs.lend();
+            self.bufs.get(lent).extend_from_slice(&out[written..used]);
+            t.pending = lent;
+            t.pending_off = 0;
+            conn.flags |= flag::BLOCKED;
+            return Next::Stop;
+        }
+        Next::Again
+    }
+
+    /// Best effort, bypassing the queue: encrypts `data` (and a close_notify if asked) and writes it once. For
+    /// HTTP refusals and slow-consumer closes right before the socket is shut or closed.
+    pub(super) fn tls_write_now(&mut self, key: usize, data: &[u8], close_notify: bool) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let t = &mut self.tls_io.sessions[conn.tls as usize];
+        if t.failed || t.pending != NO_BUF || t.session.is_handshaking() {
+            return;
+        }
+        let out = &mut self.tls_io.out;
+        let mut used = 0;
+        for piece in data.chunks(PIECE) {
+            if used + piece.len() + 2 * RECORD_OVERHEAD > out.len() {
+                break;
+            }
+            match t.session.encrypt(piece, &mut out[used..]) {
+                Ok(n) => used += n,
+                Err(_) => return,
+            }
+        }
+        if close_notify {
+            used += t.session.close_notify(&mut out[used..]);
+        }
+        let _ = net::write_some(conn.fd, &out[..used]);
+    }
+
+    /// Frees a closing connection's TLS state, with a close_notify if the stream is at a record boundary.
+    pub(super) fn tls_release(&mut self, id: u32, fd: std::os::fd::RawFd, state: State) {
+        let Some(mut t) = self.tls_io.sessions.try_remove(id as usize) else {
+            return;
+        };
+        if !t.failed
+            && t.pending == NO_BUF
+            && !t.session.is_handshaking()
+            && state != State::Lingering
+        {
+            let n = t.session.close_notify(&mut self.tls_io.out);
+            let _ = net::write_some(fd, &self.tls_io.out[..n]);
+        }
+        self.bufs.give_back(t.plain);
+        self.bufs.give_back(t.pending);
+    }
+}

@@ -1,0 +1,586 @@
+//! TLS (wss) end to end: the binary with certificates generated here, a real rustls client and tungstenite on
+//! top. Covers fan-out over wss, TLS 1.2 and 1.3, ECDSA/RSA/Ed25519 keys, resumption, bad input, the handshake
+//! timeout, unknown SNI, hot reload (API and SIGHUP) and start-up errors.
+
+mod common;
+
+use common::Gateway;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tungstenite::{Message, WebSocket};
+
+type Wss = WebSocket<StreamOwned<ClientConnection, TcpStream>>;
+
+/// A certificate for `names`, its key, written as PEM files into a fresh temp dir.
+struct Cert {
+    dir: PathBuf,
+    der: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Cert {
+    fn new(tag: &str, alg: &str, names: &[&str]) -> Cert {
+        let key = match alg {
+            "ecdsa" => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            "ed25519" => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+            // ring cannot generate RSA keys: a fixed test-only key, certificates still made here.
+            "rsa" => rcgen::KeyPair::from_pem(include_str!("fixtures/test-only-rsa2048-key.pem"))
+                .unwrap(),
+            _ => unreachable!(),
+        };
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-tls-{}-{tag}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Cert {
+            dir,
+            der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        c.install(&c.cert_path(), &c.key_path());
+        c
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    /// Writes this certificate and key to the given paths (atomically, as a deploy tool would).
+    fn install(&self, cert: &Path, key: &Path) {
+        write_atomic(cert, &self.cert_pem);
+        write_atomic(key, &self.key_pem);
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--set".into(),
+            format!("tls.cert={}", self.cert_path().display()),
+            "--set".into(),
+            format!("tls.key={}", self.key_path().display()),
+        ]
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    t ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
+}
+
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn start(cert: &Cert, extra: &[&str]) -> Gateway {
+    let mut args: Vec<String> = cert.args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Gateway::start(&refs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client trusting `certs`, speaking the given versions, offering ALPN http/1.1.
+fn client_config(
+    certs: &[&Cert],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c.der.clone()).unwrap();
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+fn all_versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
+    rustls::ALL_VERSIONS
+}
+
+/// TCP + TLS handshake to `addr` naming `sni`.
+fn tls_connect(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = ClientConnection::new(cfg.clone(), name).unwrap();
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// A wss connection subscribed to `channels` (comma-separated).
+fn wss(cfg: &Arc<ClientConfig>, addr: SocketAddr, channels: &str) -> Wss {
+    let stream = tls_connect(cfg, addr, "localhost").expect("TLS handshake");
+    let url = format!("ws://localhost:{}/ws?channels={channels}", addr.port());
+    let (ws, response) = tungstenite::client::client(url, stream).expect("upgrade over TLS");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn peer_cert(ws: &Wss) -> CertificateDer<'static> {
+    ws.get_ref().conn.peer_certificates().unwrap()[0].clone()
+}
+
+fn recv_text(ws: &mut Wss) -> String {
+    loop {
+        match ws.read().expect("read a message") {
+            Message::Text(t) => return t,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Publishes on `channel` and checks `ws` receives it.
+fn assert_delivery(gw: &Gateway, ws: &mut Wss, channel: &str, n: u32) {
+    gw.publish(channel, &format!("{{\"n\":{n}}}"));
+    let got = recv_text(ws);
+    assert_eq!(
+        got,
+        format!("{{\"channel\":\"{channel}\",\"data\":{{\"n\":{n}}}}}")
+    );
+}
+
+/// Sends raw bytes to the TLS port and returns what the server sent back before closing (bounded).
+fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("server did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn wss_subscribe_and_fan_out_with_plain_listener_alongside() {
+    let cert = Cert::new("fanout", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &["--set", "tls.plain_listen=127.0.0.1:0"]);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut a = wss(&cfg, gw.addr("wss"), "news,doc:1");
+    let mut b = wss(&cfg, gw.addr("wss"), "news");
+    assert_eq!(a.get_ref().conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(
+        a.get_ref().conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    // The plaintext listener serves the same channels.
+    let (mut plain, _) =
+        tungstenite::connect(format!("ws://{}/ws?channels=news", gw.addr("ws"))).expect("plain ws");
+
+    for n in 0..20 {
+        gw.publish("news", &format!("{{\"n\":{n}}}"));
+    }
+    for ws in [&mut a, &mut b] {
+        for n in 0..20 {
+            assert_eq!(
+                recv_text(ws),
+                format!("{{\"channel\":\"news\",\"data\":{{\"n\":{n}}}}}")
+            );
+        }
+    }
+    for n in 0..20 {
+        match plain.read().unwrap() {
+            Message::Text(t) => {
+                assert_eq!(
+                    t,
+                    format!("{{\"channel\":\"news\",\"data\":{{\"n\":{n}}}}}")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_delivery(&gw, &mut a, "doc:1", 7);
+
+    // The client protocol works over TLS too.
+    a.send(Message::text(r#"{"op":"ping","id":5}"#)).unwrap();
+    assert_eq!(recv_text(&mut a), r#"{"type":"pong","id":5}"#);
+
+    // A large publish is split into several TLS records and arrives whole.
+    let big = format!("\"{}\"", "x".repeat(200_000));
+    gw.publish("news", &big);
+    assert_eq!(
+        recv_text(&mut b),
+        format!("{{\"channel\":\"news\",\"data\":{big}}}")
+    );
+
+    assert!(gw.stat("tls_handshakes_total") >= 2);
+    a.close(None).unwrap();
+}
+
+#[test]
+fn large_messages_both_ways_on_the_echo_endpoint() {
+    let cert = Cert::new("echo", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &["--echo-path", "/echo"]);
+    let cfg = client_config(&[&cert], all_versions());
+    let stream = tls_connect(&cfg, gw.addr("wss"), "localhost").unwrap();
+    let url = format!("ws://localhost:{}/echo", gw.addr("wss").port());
+    let (mut ws, _) = tungstenite::client::client(url, stream).unwrap();
+    for size in [1usize, 125, 16_000, 16_384, 70_000, 300_000] {
+        let text: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        ws.send(Message::text(text.clone())).unwrap();
+        assert_eq!(recv_text(&mut ws).len(), size);
+    }
+}
+
+#[test]
+fn tls12_and_tls13_with_ecdsa_rsa_and_ed25519_keys_and_resumption() {
+    for alg in ["ecdsa", "rsa", "ed25519"] {
+        let cert = Cert::new(alg, alg, &["localhost"]);
+        let gw = start(&cert, &[]);
+        for (version, label) in [
+            (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+            (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        ] {
+            let cfg = client_config(&[&cert], &[version]);
+            let mut ws = wss(&cfg, gw.addr("wss"), "v");
+            assert_eq!(ws.get_ref().conn.protocol_version(), Some(label), "{alg}");
+            assert_delivery(&gw, &mut ws, "v", 1);
+            ws.close(None).unwrap();
+            // The same client config holds the ticket / session id: the next handshake resumes.
+            let mut again = wss(&cfg, gw.addr("wss"), "v");
+            assert_eq!(
+                again.get_ref().conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "{alg} {label:?} resumption"
+            );
+            assert_delivery(&gw, &mut again, "v", 2);
+        }
+    }
+}
+
+#[test]
+fn plaintext_http_and_garbage_on_the_tls_port_are_closed_and_counted() {
+    let cert = Cert::new("bad", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &[]);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut ok = wss(&cfg, gw.addr("wss"), "c");
+
+    let reply = raw_exchange(
+        gw.addr("wss"),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    assert!(
+        !reply.starts_with(b"HTTP/"),
+        "no plaintext answer on the TLS port"
+    );
+    let reply = raw_exchange(
+        gw.addr("wss"),
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5],
+    );
+    assert!(reply.len() < 64, "at most an alert: {reply:?}");
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    raw_exchange(gw.addr("wss"), &garbage);
+
+    assert!(gw.wait_stat("tls_failures_total", 3, Duration::from_secs(5)) >= 3);
+    // The established connection is unaffected.
+    assert_delivery(&gw, &mut ok, "c", 1);
+    let mut fresh = wss(&cfg, gw.addr("wss"), "c");
+    assert_delivery(&gw, &mut fresh, "c", 2);
+}
+
+#[test]
+fn stalled_handshake_is_closed_by_the_handshake_timeout() {
+    let cert = Cert::new("stall", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &["--set", "server.handshake_timeout=1"]);
+    // Silent, and half a ClientHello.
+    let mut silent = TcpStream::connect(gw.addr("wss")).unwrap();
+    let mut half = TcpStream::connect(gw.addr("wss")).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    let started = std::time::Instant::now();
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break 0,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break 0,
+                Err(e) => panic!("not closed: {e}"),
+            }
+        };
+        assert_eq!(n, 0);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(gw.wait_stat("tls_failures_total", 2, Duration::from_secs(5)) >= 2);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut ws = wss(&cfg, gw.addr("wss"), "t");
+    assert_delivery(&gw, &mut ws, "t", 1);
+}
+
+#[test]
+fn unknown_sni_is_refused_and_counted() {
+    let cert = Cert::new("sni", "ecdsa", &["localhost", "*.example.test"]);
+    let gw = start(&cert, &[]);
+    // The client trusts the cert; only the name is unknown to the server.
+    let cfg = client_config(&[&cert], all_versions());
+    let err = tls_connect(&cfg, gw.addr("wss"), "other.invalid");
+    assert!(err.is_err(), "handshake with an unknown name must fail");
+    assert!(gw.wait_stat("tls_failures_total", 1, Duration::from_secs(5)) >= 1);
+    // Names the certificate covers, including through a wildcard, work.
+    let ok = tls_connect(&cfg, gw.addr("wss"), "a.example.test");
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let mut ws = wss(&cfg, gw.addr("wss"), "s");
+    assert_delivery(&gw, &mut ws, "s", 1);
+}
+
+/// Installs `new` over the gateway's certificate files and reloads with `reload`; the old connection keeps
+/// working and a new one sees the new certificate.
+fn reload_case(reload: impl Fn(&Gateway)) {
+    let old = Cert::new("old", "ecdsa", &["localhost"]);
+    let new = Cert::new("new", "rsa", &["localhost"]);
+    let gw = start(&old, &[]);
+    let cfg = client_config(&[&old, &new], all_versions());
+    let mut before = wss(&cfg, gw.addr("wss"), "r");
+    assert_eq!(peer_cert(&before), old.der);
+
+    new.install(&old.cert_path(), &old.key_path());
+    reload(&gw);
+
+    // A fresh client (one with a cached ticket would resume the old session, which is allowed and shows no
+    // certificate).
+    let fresh_cfg = client_config(&[&old, &new], all_versions());
+    let mut after = wss(&fresh_cfg, gw.addr("wss"), "r");
+    assert_eq!(
+        peer_cert(&after),
+        new.der,
+        "new handshakes use the new certificate"
+    );
+    gw.publish("r", "1");
+    assert_eq!(recv_text(&mut before), r#"{"channel":"r","data":1}"#);
+    assert_eq!(recv_text(&mut after), r#"{"channel":"r","data":1}"#);
+    before.send(Message::text(r#"{"op":"ping"}"#)).unwrap();
+    assert_eq!(recv_text(&mut before), r#"{"type":"pong"}"#);
+}
+
+#[test]
+fn reload_via_api_keeps_connections_and_serves_the_new_certificate() {
+    reload_case(|gw| {
+        let (status, body) = gw.api("POST", "/api/reload-tls", "");
+        assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    });
+}
+
+#[test]
+fn reload_via_sighup_keeps_connections_and_serves_the_new_certificate() {
+    reload_case(|gw| {
+        // SAFETY: signalling the child process this test started, by its PID.
+        assert_eq!(unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) }, 0);
+        assert!(gw.wait_log("TLS certificate reloaded", Duration::from_secs(10)));
+    });
+}
+
+#[test]
+fn broken_certificate_on_reload_is_rejected_and_the_old_one_kept() {
+    let cert = Cert::new("keep", "ecdsa", &["localhost"]);
+    let other = Cert::new("other", "ecdsa", &["localhost"]);
+    let mut gw = start(&cert, &[]);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut ws = wss(&cfg, gw.addr("wss"), "k");
+
+    // Not PEM at all.
+    write_atomic(&cert.cert_path(), "garbage\n");
+    let (status, body) = gw.api("POST", "/api/reload-tls", "");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("tls.cert"), "{body}");
+    // A valid certificate with a key that does not belong to it.
+    write_atomic(&cert.cert_path(), &other.cert_pem);
+    let (status, body) = gw.api("POST", "/api/reload-tls", "");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    // Missing key file, by SIGHUP: logged, old certificate kept.
+    std::fs::remove_file(cert.key_path()).unwrap();
+    // SAFETY: signalling the child process this test started, by its PID.
+    assert_eq!(unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) }, 0);
+    assert!(gw.wait_log("TLS reload failed", Duration::from_secs(10)));
+
+    let fresh_cfg = client_config(&[&cert], all_versions());
+    let mut fresh = wss(&fresh_cfg, gw.addr("wss"), "k2");
+    assert_eq!(peer_cert(&fresh), cert.der, "old certificate still served");
+    assert_delivery(&gw, &mut ws, "k", 1);
+    assert_delivery(&gw, &mut fresh, "k2", 2);
+    assert!(gw.alive());
+}
+
+#[test]
+fn reload_without_tls_is_a_400() {
+    let gw = Gateway::start(&[]);
+    assert!(gw.addrs.contains_key("ws") && !gw.addrs.contains_key("wss"));
+    let (status, body) = gw.api("POST", "/api/reload-tls", "");
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn missing_or_broken_files_at_start_up_exit_non_zero_naming_the_file() {
+    let cert = Cert::new("start", "ecdsa", &["localhost"]);
+    let missing = cert.dir.join("nope.pem");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![
+                "--set".into(),
+                format!("tls.cert={}", missing.display()),
+                "--set".into(),
+                format!("tls.key={}", cert.key_path().display()),
+            ],
+            missing.display().to_string(),
+        ),
+        (
+            vec![
+                "--set".into(),
+                format!("tls.cert={}", cert.cert_path().display()),
+                "--set".into(),
+                format!("tls.key={}", missing.display()),
+            ],
+            missing.display().to_string(),
+        ),
+        (
+            // Key and certificate swapped: neither file holds what it should.
+            vec![
+                "--set".into(),
+                format!("tls.cert={}", cert.key_path().display()),
+                "--set".into(),
+                format!("tls.key={}", cert.cert_path().display()),
+            ],
+            cert.key_path().display().to_string(),
+        ),
+        (
+            vec![
+                "--set".into(),
+                format!("tls.cert={}", cert.cert_path().display()),
+            ],
+            "tls.key".into(),
+        ),
+    ];
+    for (args, needle) in cases {
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        match Gateway::try_start(&refs) {
+            Ok(_) => panic!("started with {args:?}"),
+            Err((code, log)) => {
+                assert!(code.is_some_and(|c| c != 0), "exit code {code:?}");
+                assert!(log.contains(&needle), "{needle} not named in: {log}");
+            }
+        }
+    }
+}
+
+fn shrink_receive_buffer(ws: &Wss) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: setsockopt on a socket this test owns, reading a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            ws.get_ref().sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn backpressure_resumes_and_slow_consumers_are_closed_over_tls() {
+    let cert = Cert::new("slow", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &["--set", "ws.max_outbound_bytes=8388608"]);
+    let cfg = client_config(&[&cert], all_versions());
+    // A client that pauses: everything queued while it does not read arrives later, in order.
+    let mut paused = wss(&cfg, gw.addr("wss"), "p");
+    shrink_receive_buffer(&paused);
+    let chunk = "y".repeat(100_000);
+    // More than a loopback socket's largest send buffer (tcp_wmem max, 4 MiB by default).
+    for n in 0..60 {
+        gw.publish("p", &format!("[{n},\"{chunk}\"]"));
+    }
+    // The socket is full: the ciphertext it refused waits in a pooled buffer (counted with the lent buffers).
+    assert!(gw.wait_stat("read_buffers_lent", 1, Duration::from_secs(5)) >= 1);
+    for n in 0..60 {
+        let got = recv_text(&mut paused);
+        assert_eq!(
+            got,
+            format!("{{\"channel\":\"p\",\"data\":[{n},\"{chunk}\"]}}")
+        );
+    }
+
+    // A client that never reads passes ws.max_outbound_bytes and is closed; a reading one is unaffected.
+    let mut stuck = wss(&cfg, gw.addr("wss"), "s");
+    shrink_receive_buffer(&stuck);
+    let mut reader = wss(&cfg, gw.addr("wss"), "s");
+    let before = gw.stat("slow_consumer_closes_total");
+    let big = "z".repeat(1_000_000);
+    let mut closed = false;
+    for n in 0..40 {
+        gw.publish("s", &format!("[{n},\"{big}\"]"));
+        let got = recv_text(&mut reader);
+        assert!(got.starts_with(&format!("{{\"channel\":\"s\",\"data\":[{n},")));
+        if gw.stat("slow_consumer_closes_total") > before {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the stuck client was never closed");
+    // The stuck client sees its stream end (after whatever was already in flight).
+    stuck
+        .get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    loop {
+        match stuck.read() {
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_delivery(&gw, &mut reader, "s", 99);
+}

@@ -101,6 +101,11 @@ impl OutQueue {
         self.frames.front().map(|f| &f[self.head_sent as usize..])
     }
 
+    /// Frames queued (the first may be partly sent).
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Marks `n` bytes from the front of the queue as sent (no more than [`Self::front_unsent`] returned).
     pub fn consume(&mut self, n: usize) {
         self.advance(n);

@@ -18,6 +18,9 @@ use std::io;
 
 /// Plaintext encrypted per record: the TLS maximum.
 const PIECE: usize = 16 * 1024;
+/// Frames shorter than this are gathered into one record when several are queued: a record costs rustls an
+/// allocation, a header and a tag, which for small frames outweighs copying them once more.
+const COALESCE_BELOW: usize = 1024;
 /// Encrypted bytes prepared per write: four full records.
 const OUT_SCRATCH: usize = 4 * (PIECE + RECORD_OVERHEAD);
 /// Ciphertext a peer may leave unprocessed (a handshake message rustls is still assembling, up to 64 KiB, plus a
@@ -45,6 +48,8 @@ pub(super) struct TlsIo {
     plain: Vec<u8>,
     /// Handshake, ticket and alert records rustls asks to send while reading.
     control: Vec<u8>,
+    /// Small frames gathered into one record.
+    stage: Vec<u8>,
 }
 
 impl TlsIo {
@@ -58,6 +63,7 @@ impl TlsIo {
             },
             plain: Vec::new(),
             control: Vec::new(),
+            stage: Vec::new(),
         }
     }
 }
@@ -273,17 +279,35 @@ impl Reactor {
         }
 
         let out = &mut self.tls_io.out;
+        let stage = &mut self.tls_io.stage;
         let mut used = 0;
         while let Some(bytes) = conn.out.front_unsent() {
-            let piece = bytes.len().min(PIECE);
-            if used + piece + RECORD_OVERHEAD > out.len() {
+            if used + PIECE + RECORD_OVERHEAD > out.len() {
                 break;
             }
-            match t.session.encrypt(&bytes[..piece], &mut out[used..]) {
+            let result = if bytes.len() < COALESCE_BELOW && conn.out.frame_count() > 1 {
+                // A burst of small frames: one record for as many as fit.
+                stage.clear();
+                while let Some(b) = conn.out.front_unsent() {
+                    if b.len() >= COALESCE_BELOW || stage.len() + b.len() > PIECE {
+                        break;
+                    }
+                    stage.extend_from_slice(b);
+                    let n = b.len();
+                    conn.out.consume(n);
+                }
+                t.session.encrypt(stage, &mut out[used..])
+            } else {
+                // Straight from the shared frame: encryption is the only copy.
+                let piece = bytes.len().min(PIECE);
+                let r = t.session.encrypt(&bytes[..piece], &mut out[used..]);
+                conn.out.consume(piece);
+                r
+            };
+            match result {
                 Ok(n) => used += n,
                 Err(e) => return Next::Fail(e),
             }
-            conn.out.consume(piece);
         }
 
         let written = match net::write_some(conn.fd, &out[..used]) {

@@ -3,10 +3,11 @@
 #   1. user-space RSS per idle connection: server VmRSS with BASE idle connections, then BASE+N; the slope
 #      (delta / N) excludes fixed costs (threads, scratch buffers, pools). Connections are upgraded WebSockets
 #      subscribed to one channel; with TLS the handshake is complete and the session idle.
-#   2. fan-out: SUBS subscribers of one channel, MSGS small publishes (~90-byte frames); deliveries per second
+#   2. encryption per record (examples/tls_load.rs `encrypt`): the gateway's Session::encrypt in memory.
+#   3. fan-out: SUBS subscribers of one channel, MSGS small publishes (~90-byte frames); deliveries per second
 #      (wall, client included) and the server's CPU time per delivery (utime+stime from /proc, the figure to
-#      compare). "pipelined" sends all publishes at once (many frames per write); "paced" one at a time (one
-#      frame, and with TLS one record, per write).
+#      compare). "pipelined" sends all publishes at once (many frames per write, small frames share a TLS
+#      record); "paced" one per millisecond (one frame, and with TLS one record, per write: the common case).
 # Loopback only; everything is bounded; only the PIDs started here are signalled.
 # Usage: bench/tls_memory.sh            (env: N=10000 BASE=1000 SUBS=1000 MSGS=1000 THREADS=2)
 set -euo pipefail
@@ -153,6 +154,10 @@ fanout_case() {
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus; N=$N BASE=$BASE SUBS=$SUBS MSGS=$MSGS THREADS=$THREADS"
 idle_case plain
 idle_case tls "${TLS_ARGS[@]}"
+# The per-record encryption the reactor adds per TLS delivery, in memory (no syscalls, no scheduler noise).
+for size in 95 1000 16000; do
+    "$LOAD" encrypt "$WORK" "$size" 200000
+done
 for mode in pipelined paced; do
     fanout_case plain "$mode"
     fanout_case tls "$mode" "${TLS_ARGS[@]}"

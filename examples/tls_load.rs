@@ -1,6 +1,9 @@
 //! Load helper for bench/tls_memory.sh (TLS memory and fan-out figures). Not part of the gateway.
 //!
 //! - `tls_load cert DIR` writes an ECDSA P-256 certificate for localhost (cert.pem, key.pem) into DIR.
+//! - `tls_load encrypt DIR SIZE COUNT` times the gateway's per-record encryption (wsgate::tls::Session, the
+//!   code the reactor runs per frame per connection) for COUNT frames of SIZE bytes, in memory, after a real
+//!   handshake with a rustls client: the TLS cost per delivery without syscalls or scheduling noise.
 //! - `tls_load idle ADDR COUNT [--tls CERT] [--report FILE]` opens COUNT WebSocket connections (wss with --tls),
 //!   each subscribed to channel `idle`, keeps only the sockets (the client's TLS state is dropped: the server
 //!   sees idle connections), prints `open N` after every 1000 and `holding N`, then waits for stdin to close.
@@ -8,8 +11,8 @@
 //!   MESSAGES small messages through the API, waits until every subscriber got all of them and prints
 //!   `deliveries=D seconds=S`. It prints `subscribed N` and waits for a line on stdin before publishing, so a
 //!   driver can sample the server between set-up and fan-out. Unpaced, all publishes are pipelined (many frames
-//!   per connection per write); `--paced` waits for each publish's response before the next, so a frame
-//!   usually leaves alone (one write, and with TLS one record, per frame per connection).
+//!   per connection per write); `--paced` waits for each publish's response and 1 ms more before the next, so
+//!   each message leaves alone (one write, and with TLS one record, per frame per connection).
 //!
 //! Loopback only; every loop is bounded by its arguments and a deadline.
 
@@ -29,6 +32,9 @@ fn main() {
     };
     match args.first().map(String::as_str) {
         Some("cert") => cert(&args[1]),
+        Some("encrypt") => {
+            encrypt_bench(&args[1], args[2].parse().unwrap(), args[3].parse().unwrap())
+        }
         Some("idle") => idle(
             args[1].parse().unwrap(),
             args[2].parse().unwrap(),
@@ -239,6 +245,8 @@ fn fanout(
                         }
                     }
                 }
+                // Let the reactors send this message before the next one arrives.
+                std::thread::sleep(Duration::from_millis(1));
             }
             return;
         }
@@ -305,4 +313,50 @@ fn fanout(
     publisher.join().unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!("deliveries={deliveries} seconds={secs:.3}");
+}
+
+fn encrypt_bench(dir: &str, size: usize, count: usize) {
+    let acceptor =
+        wsgate::tls::TlsAcceptor::load(&format!("{dir}/cert.pem"), &format!("{dir}/key.pem"))
+            .unwrap();
+    let mut server = acceptor.session().unwrap();
+    let mut client = ClientConnection::new(
+        client_config(&format!("{dir}/cert.pem")),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    // In-memory handshake.
+    let (mut to_server, mut plain, mut to_client) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..20 {
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
+        let outcome = server.read(&mut to_server, &mut plain, &mut to_client);
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        to_server.drain(..outcome.consumed);
+        let mut rd = &to_client[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+        }
+        to_client.clear();
+        client.process_new_packets().unwrap();
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+    }
+    assert!(!server.is_handshaking());
+    let frame = vec![b'x'; size];
+    let mut out = vec![0u8; size + 1024];
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..count {
+        bytes += server.encrypt(&frame, &mut out).unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "encrypt size={size} count={count} version={:?} per_record={:.3} us wire_bytes_per_record={}",
+        server.protocol_version(),
+        secs * 1e6 / count as f64,
+        bytes / count
+    );
 }

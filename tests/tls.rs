@@ -579,3 +579,22 @@ fn backpressure_resumes_and_slow_consumers_are_closed_over_tls() {
     while stuck.read().is_ok() {}
     assert_delivery(&gw, &mut reader, "s", 99);
 }
+
+#[test]
+fn key_update_requested_by_the_client_keeps_the_stream_decryptable() {
+    let cert = Cert::new("keyupdate", "ecdsa", &["localhost"]);
+    let gw = start(&cert, &[]);
+    let cfg = client_config(&[&cert], &[&rustls::version::TLS13]);
+    let mut ws = wss(&cfg, gw.addr("wss"), "ku");
+    assert_delivery(&gw, &mut ws, "ku", 0);
+    for round in 1..=3 {
+        // KeyUpdate(update_requested): the server must answer with its own KeyUpdate, sealed under its old key,
+        // before any record under the new one.
+        ws.get_mut().conn.refresh_traffic_keys().unwrap();
+        ws.send(Message::text(r#"{"op":"ping","id":1}"#)).unwrap();
+        assert_eq!(recv_text(&mut ws), r#"{"type":"pong","id":1}"#);
+        for n in 0..5 {
+            assert_delivery(&gw, &mut ws, "ku", round * 10 + n);
+        }
+    }
+}

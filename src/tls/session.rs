@@ -168,9 +168,10 @@ impl Session {
     pub fn encrypt(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
         let mut empty: [u8; 0] = [];
         let mut written = 0;
-        // Records rustls queued earlier go first.
+        // Records rustls queued earlier go first. (A key update rustls queues while encrypting — its own key
+        // rotation, or the answer to a peer's request — is written by `encrypt` itself ahead of the data.)
         let mut steps = 0;
-        let app_start = loop {
+        loop {
             steps += 1;
             if steps > MAX_CONTROL_STEPS {
                 return Err(SessionError::NotWritable);
@@ -178,9 +179,8 @@ impl Session {
             let status = self.conn.process_tls_records(&mut empty);
             match status.state? {
                 ConnectionState::WriteTraffic(mut w) => {
-                    let start = written;
                     written += w.encrypt(data, &mut out[written..]).map_err(encrypt_err)?;
-                    break start;
+                    break;
                 }
                 ConnectionState::EncodeTlsData(mut e) => {
                     written += e.encode(&mut out[written..]).map_err(encode_err)?;
@@ -188,25 +188,6 @@ impl Session {
                 ConnectionState::TransmitTlsData(t) => t.done(),
                 _ => return Err(SessionError::NotWritable),
             }
-        };
-        // Encrypting may make rustls queue a key update (its own key rotation, or the answer to a peer's
-        // request) that was sealed under the previous key: it must reach the peer before the record just
-        // written under the new key, so it is moved in front of it.
-        let app_end = written;
-        let mut steps = 0;
-        while steps < MAX_CONTROL_STEPS {
-            steps += 1;
-            let status = self.conn.process_tls_records(&mut empty);
-            match status.state? {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    written += e.encode(&mut out[written..]).map_err(encode_err)?;
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                _ => break,
-            }
-        }
-        if written > app_end {
-            out[app_start..written].rotate_right(written - app_end);
         }
         Ok(written)
     }

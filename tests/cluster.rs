@@ -696,19 +696,7 @@ fn cluster_config_errors_and_unreachable_redis_at_start() {
 
 #[test]
 fn redis_cluster_mode_federates() {
-    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
-    let mut r = redis.client();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("ADDSLOTSRANGE")
-        .arg(0)
-        .arg(16383)
-        .query(&mut r)
-        .unwrap();
-    eventually(Duration::from_secs(10), || {
-        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut r).ok()?;
-        info.contains("cluster_state:ok").then_some(())
-    })
-    .expect("single-node Redis Cluster ready");
+    let redis = RedisServer::start_cluster();
     let mode = ["--set", "cluster.redis_mode=cluster"];
     let nodes: Vec<Server> = (0..2).map(|_| node(&redis, &mode)).collect();
     let ids: HashSet<u64> = nodes

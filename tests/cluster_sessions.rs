@@ -695,19 +695,8 @@ fn a_large_replay_comes_in_chunks_without_a_slow_consumer_close() {
 
 #[test]
 fn sessions_replay_and_upstream_work_on_redis_cluster() {
-    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let redis = RedisServer::start_cluster();
     let mut r = redis.client();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("ADDSLOTSRANGE")
-        .arg(0)
-        .arg(16383)
-        .query(&mut r)
-        .unwrap();
-    eventually(Duration::from_secs(10), || {
-        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut r).ok()?;
-        info.contains("cluster_state:ok").then_some(())
-    })
-    .expect("single-node Redis Cluster ready");
     let mode = ["--set", "cluster.redis_mode=cluster"];
     let a = node(&redis, &mode);
     let b = node(&redis, &mode);

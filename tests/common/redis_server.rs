@@ -27,6 +27,24 @@ impl RedisServer {
     }
 
     /// Starts with extra `redis-server` arguments (e.g. `["--cluster-enabled", "yes"]`).
+    /// A single-node Redis Cluster owning all 16384 slots, ready to serve.
+    pub fn start_cluster() -> RedisServer {
+        let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+        let mut r = redis.client();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query(&mut r)
+            .unwrap();
+        super::eventually(Duration::from_secs(10), || {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut r).ok()?;
+            info.contains("cluster_state:ok").then_some(())
+        })
+        .expect("single-node Redis Cluster ready");
+        redis
+    }
+
     pub fn start_with(extra: &[&str]) -> RedisServer {
         RedisServer::start_inner(extra, None)
     }

@@ -3,7 +3,6 @@
 /// Largest request head the API accepts.
 const MAX_HEAD: usize = 16 * 1024;
 
-#[allow(dead_code)]
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,

@@ -102,17 +102,33 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
         .map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
 }
 
+/// The checks every delivery request shares, in order: `data` present (400), then the tenant's publish rate (429).
+fn admit<'a>(
+    data: Option<&'a RawValue>,
+    tenant: Option<&str>,
+    hub: &Hub,
+) -> Result<&'a RawValue, Response> {
+    let Some(data) = data else {
+        return Err(Response::error(
+            400,
+            "\"data\" is required (any JSON value but null)",
+        ));
+    };
+    if let Some(r) = super::session_routes::rate_limited(hub, tenant) {
+        return Err(r);
+    }
+    Ok(data)
+}
+
 fn publish(body: &[u8], hub: &Hub) -> Response {
     let req: PublishBody = match parse_body(body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some(data) = req.data else {
-        return Response::error(400, "\"data\" is required (any JSON value but null)");
+    let data = match admit(req.data, req.tenant.as_deref(), hub) {
+        Ok(d) => d,
+        Err(resp) => return resp,
     };
-    if let Some(r) = super::session_routes::rate_limited(hub, req.tenant.as_deref()) {
-        return r;
-    }
     let targets = super::session_routes::Targets {
         user: req.user,
         sid: req.sid,
@@ -169,12 +185,10 @@ fn broadcast(body: &[u8], hub: &Hub) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some(data) = req.data else {
-        return Response::error(400, "\"data\" is required (any JSON value but null)");
+    let data = match admit(req.data, req.tenant.as_deref(), hub) {
+        Ok(d) => d,
+        Err(resp) => return resp,
     };
-    if let Some(r) = super::session_routes::rate_limited(hub, req.tenant.as_deref()) {
-        return r;
-    }
     hub.broadcast(protocol::broadcast_message(data.get()));
     if let Some(cluster) = &hub.cluster {
         cluster.broadcast(data.get());

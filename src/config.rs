@@ -321,7 +321,7 @@ impl Config {
             return Err(err("server.node_id", "must be 0..=1023"));
         }
         self.cluster.validate()?;
-        if self.server.threads > crate::session::sid::MAX_REACTORS {
+        if self.server.threads > crate::ids::sid::MAX_REACTORS {
             // Socket ids give the reactor 6 bits.
             return Err(err("server.threads", "must be 0..=64"));
         }
@@ -389,7 +389,7 @@ impl Config {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .min(crate::session::sid::MAX_REACTORS)
+                .min(crate::ids::sid::MAX_REACTORS)
         }
     }
 

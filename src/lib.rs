@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod hub;
+pub mod ids;
 pub mod limits;
 pub mod logging;
 pub mod pool;

@@ -247,7 +247,7 @@ mod tests {
     use serde_json::json;
 
     fn now() -> u64 {
-        crate::session::sid::unix_ms() / 1000
+        crate::ids::sid::unix_ms() / 1000
     }
 
     fn verifier(secret: &str) -> Verifier {

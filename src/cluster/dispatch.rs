@@ -1,12 +1,14 @@
 //! Events → local connections, through the same encode-once path as a local publish: the frame is built once here
 //! and the hub hands the shared frame to every reactor (or, for a socket id, to the one reactor that owns it).
 
-use super::event::{parse_disconnect, Scope, StreamId};
+use super::event::{parse_disconnect, Scope};
 use super::{Deliver, EventKind, InEvent};
 use crate::hub::Hub;
+use crate::ids::sid;
+use crate::ids::StreamId;
 use crate::protocol;
 use crate::session::frames::{self, user_message_with_id};
-use crate::session::{sid, Answer, ReplayOutcome, Target};
+use crate::session::{Answer, ReplayOutcome, Target};
 
 impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {

@@ -7,6 +7,7 @@
 //! apply: `device`, `tenant` (filters of a user push), `nid` (the id of a user push in `stream:notify:{uid}`),
 //! `scope` (`user` or `sid`: what a disconnect's `target` is).
 
+use crate::ids::StreamId;
 use redis::Value;
 use serde_json::value::RawValue;
 
@@ -189,35 +190,6 @@ pub enum Rejected {
     Malformed(&'static str),
 }
 
-/// A stream entry id `ms-seq`, ordered like Redis orders them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StreamId(pub u64, pub u64);
-
-impl StreamId {
-    pub const ZERO: StreamId = StreamId(0, 0);
-
-    pub fn parse(s: &str) -> Option<StreamId> {
-        let (ms, seq) = s.split_once('-')?;
-        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
-    }
-
-    /// Like [`StreamId::parse`], also accepting a bare millisecond time (`1700000000000` = `1700000000000-0`), as
-    /// Redis does.
-    pub fn parse_lenient(s: &str) -> Option<StreamId> {
-        if s.contains('-') {
-            StreamId::parse(s)
-        } else {
-            Some(StreamId(s.parse().ok()?, 0))
-        }
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
 /// The bytes of a string reply (bulk or simple), if it is one.
 pub fn bytes_of(v: &Value) -> Option<&[u8]> {
     match v {
@@ -293,7 +265,7 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     }
     let json = |data: &str| serde_json::from_str::<&RawValue>(data).is_ok();
     let sid_of = |target: &str| {
-        crate::session::sid::parse(target).ok_or(Rejected::Malformed("target is not a socket id"))
+        crate::ids::sid::parse(target).ok_or(Rejected::Malformed("target is not a socket id"))
     };
     let mut sid = 0;
     let mut parsed_scope = Scope::User;
@@ -447,17 +419,5 @@ mod tests {
             ("data", b"1"),
         ]);
         assert!(parse_entry("1-0", &f).is_err());
-    }
-
-    #[test]
-    fn stream_ids_order_numerically() {
-        assert!(StreamId::parse("10-0").unwrap() > StreamId::parse("9-5").unwrap());
-        assert!(StreamId::parse("9-10").unwrap() > StreamId::parse("9-9").unwrap());
-        assert_eq!(StreamId::parse("x-1"), None);
-        assert_eq!(
-            StreamId::parse("5").unwrap_or(StreamId::ZERO),
-            StreamId::ZERO
-        );
-        assert_eq!(StreamId(3, 4).to_string(), "3-4");
     }
 }

@@ -5,8 +5,8 @@
 //! - a replay request that does not fit is answered at once with a failed replay (live delivery continues);
 //! - a dropped ack is superseded by the client's next one (acks are cumulative).
 
-use super::event::StreamId;
 use super::BridgeStats;
+use crate::ids::StreamId;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

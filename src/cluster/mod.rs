@@ -39,9 +39,9 @@ pub use link::SessionLink;
 pub use stats::BridgeStats;
 
 use crate::config::Config;
+use crate::ids::StreamId;
 use conn::{Backoff, Connector, IO_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
-use event::StreamId;
 use lease::NodeInfo;
 use std::io;
 use std::net::SocketAddr;
@@ -62,7 +62,7 @@ pub trait Deliver: Send + Sync {
         device: Option<&str>,
         tenant: Option<&str>,
         data: &str,
-        id: Option<event::StreamId>,
+        id: Option<StreamId>,
     );
     /// Hands the result of reading a connection's missed messages to its reactor.
     fn replay_done(&self, sid: u64, outcome: crate::session::ReplayOutcome);

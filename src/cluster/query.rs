@@ -11,7 +11,7 @@ use super::conn::{Backoff, RedisConn, Reply};
 use super::event::{self, now_ms};
 use super::keys;
 use super::Shared;
-use crate::session::sid;
+use crate::ids::sid;
 use redis::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,9 +8,10 @@
 //! gaps (events this node never saw).
 
 use super::conn::{self, Reconnecting, RedisConn, IO_TIMEOUT};
-use super::event::{self, parse_entry, Rejected, StreamId};
+use super::event::{self, parse_entry, Rejected};
 use super::stats::Link;
 use super::{Deliver, Shared};
+use crate::ids::StreamId;
 use redis::{RedisResult, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -9,11 +9,12 @@
 //!   that never moves a stored id backwards.
 
 use super::conn::{self, Reconnecting, Reply};
-use super::event::{self, StreamId};
+use super::event;
 use super::keys;
 use super::link::{Ack, ReplayRequest, Since};
 use super::stats::Link;
 use super::{Deliver, Shared};
+use crate::ids::StreamId;
 use crate::session::frames::user_message_with_id;
 use crate::session::ReplayOutcome;
 use crossbeam_channel::{Receiver, RecvTimeoutError};

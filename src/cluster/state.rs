@@ -26,7 +26,8 @@ use super::keys;
 use super::link::{Change, StateEvent};
 use super::stats::Link;
 use super::{Deliver, Shared};
-use crate::session::{sid, Answer};
+use crate::ids::sid;
+use crate::session::Answer;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 use std::collections::{HashMap, HashSet};
@@ -576,7 +577,7 @@ mod tests {
             _: Option<&str>,
             _: Option<&str>,
             _: &str,
-            _: Option<event::StreamId>,
+            _: Option<crate::ids::StreamId>,
         ) {
         }
         fn replay_done(&self, _: u64, _: ReplayOutcome) {}

@@ -10,11 +10,12 @@
 //! back).
 
 use super::conn::{self, Reply};
-use super::event::{self, EventKind, OutEvent, StreamId};
+use super::event::{self, EventKind, OutEvent};
 use super::keys;
 use super::stats::Link;
 use super::stream_writer::{self, Stream, StreamWriter};
 use super::{BridgeStats, Deliver, Shared};
+use crate::ids::StreamId;
 use crossbeam_channel::Receiver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

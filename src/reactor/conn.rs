@@ -66,7 +66,7 @@ pub struct Conn {
     pub decoder: Decoder,
     pub out: OutQueue,
     pub subs: SubList,
-    /// Socket id (src/session/sid.rs), given at the upgrade on the gateway endpoint; 0 before.
+    /// Socket id (src/ids/sid.rs), given at the upgrade on the gateway endpoint; 0 before.
     pub sid: u64,
     /// Identity, token expiry, heartbeat and message rates; None for an anonymous connection that has not sent a
     /// request yet (src/session/mod.rs).

@@ -6,18 +6,19 @@
 use super::conn::{flag, State};
 use super::Reactor;
 use crate::auth::token;
-use crate::cluster::event::StreamId;
 use crate::cluster::link::{Ack, Change as StateChange, ReplayRequest, Since, StateEvent};
 use crate::frame::close_code;
 use crate::frame::handshake::{Reject, Request};
+use crate::ids::sid;
+use crate::ids::StreamId;
 use crate::pool::OutFrame;
 use crate::protocol;
 use crate::ratelimit::ip_key;
 use crate::session::frames::{self, code};
 use crate::session::heartbeat::Change;
 use crate::session::{
-    sid, Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayOutcome,
-    SessionCommand, SessionInfo, Target, REPLAY_BUFFER_MAX,
+    Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayOutcome, SessionCommand,
+    SessionInfo, Target, REPLAY_BUFFER_MAX,
 };
 use crate::upstream::{Event, Origin, Refused};
 use serde_json::value::RawValue;

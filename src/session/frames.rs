@@ -1,8 +1,8 @@
 //! Server → client frames of the session protocol: welcome, heartbeat changes, targeted deliveries and replies
 //! with an error code. Each is a complete WebSocket text frame.
 
-use crate::cluster::event::StreamId;
 use crate::frame::{encode, OP_TEXT};
+use crate::ids::StreamId;
 use crate::pool::SharedFrame;
 use crate::protocol::{message_frame, push_id, text_frame};
 use serde_json::value::RawValue;

@@ -9,15 +9,14 @@
 pub mod frames;
 pub mod heartbeat;
 pub mod registry;
-pub mod sid;
 pub mod stats;
 pub mod users;
 
 use crate::auth::grant::Grant;
 use crate::auth::Verifier;
-use crate::cluster::event::StreamId;
 use crate::config::{AuthMode, Config};
 use crate::hub::{Command, Hub, ReactorHandle};
+use crate::ids::{sid, StreamId};
 use crate::pool::SharedFrame;
 use crate::ratelimit::{KeyedLimiter, Rate, TokenBucket};
 use crate::upstream::{LogSink, Sink};

@@ -36,7 +36,7 @@ struct Cli {
 }
 
 fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
-    let mut builder = ConfigBuilder::new();
+    let mut builder = ConfigBuilder::new().key_check(wsgate::auth::check_keys);
     if let Some(path) = &cli.config {
         builder = builder.file(path)?;
     }

@@ -8,7 +8,7 @@
 pub mod grant;
 pub mod token;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ConfigError};
 use grant::Grant;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -75,6 +75,15 @@ struct Claims {
     channels: Option<Vec<String>>,
     #[serde(default)]
     exp: Option<f64>,
+}
+
+/// Opens the key files `[auth]` names, for [`crate::config::ConfigBuilder::key_check`]: a key that cannot be
+/// loaded is a configuration error, reported before anything starts.
+pub fn check_keys(c: &AuthConfig) -> Result<(), ConfigError> {
+    Verifier::from_config(c).map(drop).map_err(|e| ConfigError {
+        key: e.key.to_string(),
+        message: e.message,
+    })
 }
 
 /// Verifies tokens against the configured keys. Built once at start-up, shared read-only by the reactors.

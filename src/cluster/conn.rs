@@ -2,9 +2,9 @@
 //! with connect/read/write timeouts so no thread ever waits on a dead server for long, and exponential backoff
 //! between reconnect attempts.
 
-use super::config::ClusterConfig;
 use super::stats::Link;
 use super::{BridgeStats, Shared};
+use crate::config::ClusterConfig;
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -17,7 +17,6 @@
 //! reactors reach it through a [`SessionLink`] (bounded queues, `try_send`) and the upstream sink. Layout,
 //! guarantees and failure behaviour: docs/CLUSTER.md.
 
-pub mod config;
 mod conn;
 mod dispatch;
 pub mod event;
@@ -33,12 +32,11 @@ mod stream_writer;
 pub mod upstream;
 mod writer;
 
-pub use config::ClusterConfig;
 pub use event::{EventKind, InEvent, OutEvent};
 pub use link::SessionLink;
 pub use stats::BridgeStats;
 
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config};
 use crate::ids::StreamId;
 use conn::{Backoff, Connector, IO_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};

@@ -5,9 +5,13 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 
-// Identity, auth and sessions: the [auth], [heartbeat] and [limits] sections.
-mod sessions;
-pub use sessions::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
+// The [cluster] section (Redis federation).
+mod cluster;
+pub use cluster::ClusterConfig;
+
+// What client connections may do: the [auth], [heartbeat] and [limits] sections.
+mod gateway;
+pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
 
 /// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
@@ -25,7 +29,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
     /// Redis Streams federation (src/cluster/); standalone when `cluster.redis` is empty.
-    pub cluster: crate::cluster::ClusterConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,16 +189,31 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Opens the key files named by `[auth]` (see [`ConfigBuilder::key_check`]).
+pub type KeyCheck = fn(&AuthConfig) -> Result<(), ConfigError>;
+
 /// Builds the effective configuration from its layers.
 #[derive(Default)]
 pub struct ConfigBuilder {
     table: toml::Table,
+    key_check: Option<KeyCheck>,
 }
 
 impl ConfigBuilder {
     pub fn new() -> Self {
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
-        ConfigBuilder { table: defaults }
+        ConfigBuilder {
+            table: defaults,
+            key_check: None,
+        }
+    }
+
+    /// Also opens the key files of `[auth]` while validating (with `auth.mode = "jwt"`), so that a bad key is
+    /// a configuration error. Loading keys is the auth layer's job: it supplies the check
+    /// (`crate::auth::check_keys`), which keeps this module free of the layers that read the configuration.
+    pub fn key_check(mut self, check: KeyCheck) -> Self {
+        self.key_check = Some(check);
+        self
     }
 
     /// Merges a TOML file.
@@ -261,7 +280,7 @@ impl ConfigBuilder {
             let inner = e.into_inner();
             err(&key, inner.message().to_string())
         })?;
-        config.validate()?;
+        config.validate(self.key_check)?;
         Ok(config)
     }
 }
@@ -278,7 +297,7 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 }
 
 impl Config {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, key_check: Option<KeyCheck>) -> Result<(), ConfigError> {
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("api.listen", &self.api.listen)?;
         if !self.server.ws_path.starts_with('/') {
@@ -344,7 +363,7 @@ impl Config {
                 "must be one of error, warn, info, debug, trace",
             ));
         }
-        sessions::validate(self)?;
+        gateway::validate(self, key_check)?;
         Ok(())
     }
 

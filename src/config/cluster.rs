@@ -1,6 +1,6 @@
 //! The `[cluster]` config section. Empty `cluster.redis` = standalone (no Redis, exactly as without this module).
 
-use crate::config::ConfigError;
+use super::ConfigError;
 use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 

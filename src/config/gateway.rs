@@ -1,7 +1,7 @@
-//! Configuration sections of identity, auth and sessions: `[auth]`, `[heartbeat]` and `[limits]`.
+//! Configuration of what client connections may do: `[auth]`, `[heartbeat]` and `[limits]`.
 //! Every default keeps the out-of-the-box run as it was: anonymous clients, no connection rate limit.
 
-use super::{err, Config, ConfigError};
+use super::{err, Config, ConfigError, KeyCheck};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +115,8 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Checks the sections above (key files are opened by `crate::auth::Verifier::from_config`).
-pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+/// Checks the sections above; key files are opened by `key_check` when the builder was given one.
+pub(super) fn validate(c: &Config, key_check: Option<KeyCheck>) -> Result<(), ConfigError> {
     let a = &c.auth;
     if a.mode == AuthMode::Jwt && a.hs256_secret.is_empty() && a.public_keys.is_empty() {
         return Err(err(
@@ -135,12 +135,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if a.mode == AuthMode::Jwt {
-        crate::auth::Verifier::from_config(a).map_err(|e| err(e.key, e.message))?;
+    if let (AuthMode::Jwt, Some(check)) = (a.mode, key_check) {
+        check(a)?;
     }
 
     // The heartbeat keys never make an older [ws] configuration invalid: the maximum is raised to
-    // ws.ping_interval and the tolerance capped below the grace period where needed (src/session/heartbeat.rs).
+    // ws.ping_interval and the tolerance capped below the grace period where needed (src/gateway/heartbeat.rs).
     let h = &c.heartbeat;
     if h.healthy_beats == 0 || h.healthy_beats > 255 {
         return Err(err("heartbeat.healthy_beats", "must be 1..=255"));

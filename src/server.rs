@@ -182,7 +182,7 @@ impl Server {
     /// Re-reads the TLS certificate and key (SIGHUP, `POST /api/reload-tls`). Existing connections keep their
     /// sessions; new handshakes use the new certificate. On error the old one stays and the error is returned.
     pub fn reload_tls(&self) -> Result<(), String> {
-        reload_tls(self.tls.as_deref())
+        crate::tls::reload(self.tls.as_deref())
     }
 
     /// Stops accepting, closes every client with 1001 and waits for the reactors to drain (bounded by
@@ -200,23 +200,6 @@ impl Server {
         // Last: nothing queues events any more, so the bridge can flush its outbox and release the node id.
         if let Some(cluster) = self.cluster.take() {
             cluster.stop();
-        }
-    }
-}
-
-/// Reloads the TLS certificate, logging the outcome; shared by SIGHUP and the API.
-pub fn reload_tls(tls: Option<&TlsAcceptor>) -> Result<(), String> {
-    let Some(tls) = tls else {
-        return Err("TLS is not configured (set tls.cert and tls.key)".into());
-    };
-    match tls.reload() {
-        Ok(()) => {
-            log::info!("TLS certificate reloaded");
-            Ok(())
-        }
-        Err(e) => {
-            log::error!("TLS reload failed, keeping the current certificate: {e}");
-            Err(e.to_string())
         }
     }
 }

@@ -203,7 +203,7 @@ fn reload_tls(hub: &Hub) -> Response {
     if hub.tls.is_none() {
         return Response::error(400, "TLS is not configured (set tls.cert and tls.key)");
     }
-    match crate::server::reload_tls(hub.tls.as_deref()) {
+    match crate::tls::reload(hub.tls.as_deref()) {
         Ok(()) => Response::json(200, "{\"ok\":true}"),
         Err(e) => Response::error(
             500,

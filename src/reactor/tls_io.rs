@@ -13,7 +13,7 @@
 use super::conn::{flag, State, NO_TLS};
 use super::{net, Reactor};
 use crate::pool::{BufId, NO_BUF};
-use crate::tls::{Session, RECORD_OVERHEAD};
+use crate::tls::{TlsConnection, RECORD_OVERHEAD};
 use std::io;
 
 /// Plaintext encrypted per record: the TLS maximum.
@@ -29,7 +29,7 @@ const MAX_CIPHERTEXT_BACKLOG: usize = 64 * 1024 + 2 * PIECE;
 
 /// One connection's TLS state.
 pub(super) struct TlsConn {
-    session: Session,
+    session: TlsConnection,
     /// Plaintext holding a partial WebSocket frame or request head, or NO_BUF.
     plain: BufId,
     /// Ciphertext the socket has not taken yet, or NO_BUF; `pending_off` bytes of it are already written.
@@ -73,7 +73,7 @@ enum Next {
     Again,
     Stop,
     Close,
-    Fail(crate::tls::SessionError),
+    Fail(crate::tls::TlsError),
 }
 
 impl Reactor {

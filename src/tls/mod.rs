@@ -5,15 +5,15 @@
 //!   current config once per accepted connection, and [`TlsAcceptor::reload`] swaps in a new one, so existing
 //!   connections keep their session while new handshakes see the new certificate. A broken new certificate is
 //!   rejected and the old one stays.
-//! - [`Session`]: one connection's rustls state, driven through rustls's *unbuffered* API. The reactor owns
+//! - [`TlsConnection`]: one connection's rustls state, driven through rustls's *unbuffered* API. The reactor owns
 //!   every buffer (ciphertext in, plaintext out, records to send), so an idle TLS connection holds rustls's state
 //!   and nothing else — no 4 KiB read buffer, no queue of encrypted records.
 
 mod certs;
-mod session;
+mod connection;
 
 pub use certs::LoadError;
-pub use session::{ReadOutcome, Session, SessionError, RECORD_OVERHEAD};
+pub use connection::{ReadOutcome, TlsConnection, TlsError, RECORD_OVERHEAD};
 
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
@@ -75,9 +75,28 @@ impl TlsAcceptor {
         Ok(())
     }
 
-    /// A new connection's session with the current config.
-    pub fn session(&self) -> Result<Session, SessionError> {
-        Session::new(self.config())
+    /// A new connection's TLS state with the current config.
+    pub fn session(&self) -> Result<TlsConnection, TlsError> {
+        TlsConnection::new(self.config())
+    }
+}
+
+/// Reloads the TLS certificate, logging the outcome; shared by SIGHUP and `POST /api/reload-tls`. Existing
+/// connections keep their TLS state; new handshakes use the new certificate. On error the old one stays and the
+/// error is returned.
+pub fn reload(tls: Option<&TlsAcceptor>) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return Err("TLS is not configured (set tls.cert and tls.key)".into());
+    };
+    match tls.reload() {
+        Ok(()) => {
+            log::info!("TLS certificate reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("TLS reload failed, keeping the current certificate: {e}");
+            Err(e.to_string())
+        }
     }
 }
 

@@ -17,7 +17,7 @@ const MAX_CONTROL_STEPS: usize = 64;
 
 /// A TLS failure on one connection (it is closed; others are unaffected).
 #[derive(Debug)]
-pub enum SessionError {
+pub enum TlsError {
     /// The peer broke the protocol, or the handshake failed (bad records, plaintext, unknown SNI, ...).
     Tls(rustls::Error),
     /// The caller's buffer was too small (a bug in the caller's sizing; the connection is closed).
@@ -28,42 +28,42 @@ pub enum SessionError {
     Exhausted,
 }
 
-impl fmt::Display for SessionError {
+impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::Tls(e) => write!(f, "{e}"),
-            SessionError::Buffer(n) => write!(f, "output buffer too small ({n} bytes needed)"),
-            SessionError::NotWritable => f.write_str("connection not writable"),
-            SessionError::Exhausted => f.write_str("record sequence exhausted"),
+            TlsError::Tls(e) => write!(f, "{e}"),
+            TlsError::Buffer(n) => write!(f, "output buffer too small ({n} bytes needed)"),
+            TlsError::NotWritable => f.write_str("connection not writable"),
+            TlsError::Exhausted => f.write_str("record sequence exhausted"),
         }
     }
 }
 
-impl From<rustls::Error> for SessionError {
+impl From<rustls::Error> for TlsError {
     fn from(e: rustls::Error) -> Self {
-        SessionError::Tls(e)
+        TlsError::Tls(e)
     }
 }
 
-/// What [`Session::read`] did with the ciphertext it was given.
+/// What [`TlsConnection::read`] did with the ciphertext it was given.
 #[derive(Debug)]
 pub struct ReadOutcome {
     /// Bytes to remove from the front of the input; the rest (a partial record) must be passed again, unchanged,
     /// at the front of the next call's input.
     pub consumed: usize,
     /// The connection failed; records in `out` (an alert) should still be sent before closing.
-    pub error: Option<SessionError>,
+    pub error: Option<TlsError>,
     /// The peer sent close_notify: no more data will come.
     pub peer_closed: bool,
 }
 
-pub struct Session {
+pub struct TlsConnection {
     conn: UnbufferedServerConnection,
 }
 
-impl Session {
-    pub fn new(config: Arc<ServerConfig>) -> Result<Self, SessionError> {
-        Ok(Session {
+impl TlsConnection {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        Ok(TlsConnection {
             conn: UnbufferedServerConnection::new(config)?,
         })
     }
@@ -165,7 +165,7 @@ impl Session {
 
     /// Encrypts `data` (one record's worth at most is efficient: the caller passes up to 16 KiB) into `out`,
     /// returning the bytes written. `out` needs `data.len() + RECORD_OVERHEAD` bytes per 16 KiB of data.
-    pub fn encrypt(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
+    pub fn encrypt(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, TlsError> {
         let mut empty: [u8; 0] = [];
         let mut written = 0;
         // Records rustls queued earlier go first. (A key update rustls queues while encrypting — its own key
@@ -174,7 +174,7 @@ impl Session {
         loop {
             steps += 1;
             if steps > MAX_CONTROL_STEPS {
-                return Err(SessionError::NotWritable);
+                return Err(TlsError::NotWritable);
             }
             let status = self.conn.process_tls_records(&mut empty);
             match status.state? {
@@ -186,7 +186,7 @@ impl Session {
                     written += e.encode(&mut out[written..]).map_err(encode_err)?;
                 }
                 ConnectionState::TransmitTlsData(t) => t.done(),
-                _ => return Err(SessionError::NotWritable),
+                _ => return Err(TlsError::NotWritable),
             }
         }
         Ok(written)
@@ -237,16 +237,16 @@ fn encode_into<Data>(
     Ok(())
 }
 
-fn encrypt_err(e: EncryptError) -> SessionError {
+fn encrypt_err(e: EncryptError) -> TlsError {
     match e {
-        EncryptError::InsufficientSize(s) => SessionError::Buffer(s.required_size),
-        _ => SessionError::Exhausted,
+        EncryptError::InsufficientSize(s) => TlsError::Buffer(s.required_size),
+        _ => TlsError::Exhausted,
     }
 }
 
-fn encode_err(e: EncodeError) -> SessionError {
+fn encode_err(e: EncodeError) -> TlsError {
     match e {
-        EncodeError::InsufficientSize(s) => SessionError::Buffer(s.required_size),
-        EncodeError::AlreadyEncoded => SessionError::NotWritable,
+        EncodeError::InsufficientSize(s) => TlsError::Buffer(s.required_size),
+        EncodeError::AlreadyEncoded => TlsError::NotWritable,
     }
 }

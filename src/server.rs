@@ -1,6 +1,6 @@
 //! Start-up: bind the listeners, start one reactor per core and the API thread, and shut them down in order.
 
-use crate::api::Api;
+use crate::api::{self, Api};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, ReactorHandle, ReactorStats};
@@ -41,7 +41,7 @@ impl Server {
         let mut config = Arc::new(config);
         let threads = config.reactor_threads();
         // Built (and its key files checked) before anything listens; shared once the node id is final.
-        let mut sessions = crate::session::Shared::from_config(&config)
+        let mut sessions = crate::gateway::Shared::from_config(&config)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
 
         // TLS first: a missing or broken certificate stops start-up before anything listens.
@@ -95,7 +95,7 @@ impl Server {
             // Socket ids carry the leased node id, so they stay unique across the cluster.
             sessions.node_id = c.node_id();
             // Reactors hand session state, replay requests and acks to the bridge.
-            sessions.bridge = Some(c.session_link());
+            sessions.bridge = Some(Arc::new(c.link()));
             // Client connects, messages and disconnects go to the upstream stream.
             sessions.sink = c.upstream_sink();
             cluster = Some(c);
@@ -129,12 +129,9 @@ impl Server {
         }
         let hub = Arc::new(Hub {
             reactors: handles,
-            api: Default::default(),
             live_connections: live,
             started: std::time::Instant::now(),
-            sessions,
-            tls: tls.clone(),
-            cluster: cluster.as_ref().map(|c| c.handle()),
+            gateway: sessions,
         });
 
         let mut reactors = Vec::new();
@@ -152,7 +149,13 @@ impl Server {
         }
 
         let api_stop = Arc::new(AtomicBool::new(false));
-        let mut api = Api::new(api_fd, hub.clone(), config.clone(), api_stop.clone())?;
+        let ctx = api::Context::new(
+            hub.clone(),
+            config.clone(),
+            tls.clone(),
+            cluster.as_ref().map(|c| c.handle()),
+        );
+        let mut api = Api::new(api_fd, ctx, api_stop.clone())?;
         let api = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {

@@ -1,5 +1,7 @@
 //! /api/stats (JSON) and /metrics (Prometheus text) from the reactors' published counters.
 
+use super::Context;
+use crate::gateway::stats::{self, GatewayTally};
 use crate::hub::{Hub, Tally};
 use serde_json::json;
 use std::fmt::Write;
@@ -101,8 +103,8 @@ const FIELDS: &[Field] = &[
     ),
 ];
 
-pub fn stats_json(hub: &Hub) -> String {
-    let per: Vec<Tally> = hub.totals();
+pub fn stats_json(ctx: &Context) -> String {
+    let per: Vec<Tally> = ctx.hub.totals();
     let reactors: Vec<serde_json::Value> = per
         .iter()
         .enumerate()
@@ -122,23 +124,23 @@ pub fn stats_json(hub: &Hub) -> String {
     let r = Ordering::Relaxed;
     json!({
         "ok": true,
-        "uptime_seconds": hub.started.elapsed().as_secs(),
+        "uptime_seconds": ctx.hub.started.elapsed().as_secs(),
         "totals": totals,
         "reactors": reactors,
         "api": {
-            "requests_total": hub.api.requests_total.load(r),
-            "errors_total": hub.api.errors_total.load(r),
-            "publishes_total": hub.api.publishes_total.load(r),
-            "broadcasts_total": hub.api.broadcasts_total.load(r),
+            "requests_total": ctx.stats.requests_total.load(r),
+            "errors_total": ctx.stats.errors_total.load(r),
+            "publishes_total": ctx.stats.publishes_total.load(r),
+            "broadcasts_total": ctx.stats.broadcasts_total.load(r),
         },
-        "sessions": crate::session::stats::json(hub),
-        "cluster": hub.cluster.as_ref().map(|c| c.stats_json()),
+        "sessions": gateway_json(&ctx.hub),
+        "cluster": ctx.cluster.as_ref().map(|c| c.stats_json()),
     })
     .to_string()
 }
 
-pub fn prometheus(hub: &Hub) -> String {
-    let per = hub.totals();
+pub fn prometheus(ctx: &Context) -> String {
+    let per = ctx.hub.totals();
     let mut out = String::with_capacity(4096);
     for (name, help, counter, get) in FIELDS {
         let kind = if *counter { "counter" } else { "gauge" };
@@ -155,22 +157,22 @@ pub fn prometheus(hub: &Hub) -> String {
         (
             "api_requests_total",
             "HTTP API requests.",
-            hub.api.requests_total.load(r),
+            ctx.stats.requests_total.load(r),
         ),
         (
             "api_errors_total",
             "HTTP API requests answered with an error.",
-            hub.api.errors_total.load(r),
+            ctx.stats.errors_total.load(r),
         ),
         (
             "api_publishes_total",
             "Channel publishes accepted by the API.",
-            hub.api.publishes_total.load(r),
+            ctx.stats.publishes_total.load(r),
         ),
         (
             "api_broadcasts_total",
             "Broadcasts accepted by the API.",
-            hub.api.broadcasts_total.load(r),
+            ctx.stats.broadcasts_total.load(r),
         ),
     ];
     for (name, help, v) in api {
@@ -179,8 +181,8 @@ pub fn prometheus(hub: &Hub) -> String {
             "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
         );
     }
-    crate::session::stats::prometheus(hub, &mut out);
-    if let Some(cluster) = &hub.cluster {
+    gateway_prometheus(&ctx.hub, &mut out);
+    if let Some(cluster) = &ctx.cluster {
         cluster.write_prometheus(&mut out);
     }
     let _ = writeln!(
@@ -190,7 +192,59 @@ pub fn prometheus(hub: &Hub) -> String {
     let _ = writeln!(
         out,
         "wsgate_uptime_seconds {}",
-        hub.started.elapsed().as_secs()
+        ctx.hub.started.elapsed().as_secs()
     );
     out
+}
+fn gateway_per_reactor(hub: &Hub) -> Vec<GatewayTally> {
+    hub.reactors
+        .iter()
+        .map(|r| r.stats.sessions.load())
+        .collect()
+}
+
+/// The `"sessions"` object of `/api/stats`: totals over reactors plus the API counters.
+fn gateway_json(hub: &Hub) -> serde_json::Value {
+    let per = gateway_per_reactor(hub);
+    let mut m = serde_json::Map::new();
+    for (name, _, get) in stats::FIELDS {
+        m.insert((*name).into(), per.iter().map(get).sum::<u64>().into());
+    }
+    for (name, _, v) in hub.gateway.api.fields() {
+        m.insert(name.into(), v.into());
+    }
+    m.insert(
+        "auth_mode".into(),
+        match hub.gateway.verifier {
+            Some(_) => "jwt",
+            None => "none",
+        }
+        .into(),
+    );
+    serde_json::Value::Object(m)
+}
+
+/// Appends the gateway series to the Prometheus text.
+fn gateway_prometheus(hub: &Hub, out: &mut String) {
+    let per = gateway_per_reactor(hub);
+    for (name, help, get) in stats::FIELDS {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}"
+        );
+        for (i, t) in per.iter().enumerate() {
+            let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {}", get(t));
+        }
+    }
+    for (name, help, v) in hub.gateway.api.fields() {
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
+        );
+    }
 }

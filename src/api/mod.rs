@@ -1,18 +1,20 @@
 //! The HTTP/1.1 API listener: one thread with its own epoll loop, keep-alive and pipelining. Handlers encode a
 //! publish once and hand it to the reactors through the hub.
 
+mod connection_routes;
 mod http;
 mod metrics;
 mod routes;
-mod session_routes;
 
+use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::reactor::{Epoll, Poller, Ready};
+use crate::tls::TlsAcceptor;
 use http::Parsed;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,30 +37,60 @@ struct Client {
     last_active: Instant,
 }
 
+/// Counters of the HTTP API.
+#[derive(Default)]
+pub struct ApiStats {
+    pub requests_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    pub publishes_total: AtomicU64,
+    pub broadcasts_total: AtomicU64,
+}
+
+/// What the API handlers reach: the reactors (through the hub), and what only the API uses.
+pub struct Context {
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+    /// The reloadable TLS configuration, when `tls.cert` is set (for `POST /api/reload-tls`).
+    pub tls: Option<Arc<TlsAcceptor>>,
+    /// The bridge to the other nodes; None when standalone (`cluster.redis` empty).
+    pub cluster: Option<ClusterHandle>,
+    pub stats: ApiStats,
+}
+
+impl Context {
+    pub fn new(
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        tls: Option<Arc<TlsAcceptor>>,
+        cluster: Option<ClusterHandle>,
+    ) -> Self {
+        Context {
+            hub,
+            config,
+            tls,
+            cluster,
+            stats: ApiStats::default(),
+        }
+    }
+}
+
 pub struct Api {
     poller: Epoll,
     listener: RawFd,
     clients: slab::Slab<Client>,
-    hub: Arc<Hub>,
-    config: Arc<Config>,
+    ctx: Context,
     stop: Arc<AtomicBool>,
 }
 
 impl Api {
-    pub fn new(
-        listener: RawFd,
-        hub: Arc<Hub>,
-        config: Arc<Config>,
-        stop: Arc<AtomicBool>,
-    ) -> io::Result<Self> {
+    pub fn new(listener: RawFd, ctx: Context, stop: Arc<AtomicBool>) -> io::Result<Self> {
         let poller = Epoll::new(256)?;
         poller.add(listener, TOKEN_LISTENER)?;
         Ok(Api {
             poller,
             listener,
             clients: slab::Slab::new(),
-            hub,
-            config,
+            ctx,
             stop,
         })
     }
@@ -177,7 +209,7 @@ impl Api {
 
     /// Handles every complete request in the read buffer (pipelining), appending responses in order.
     fn answer(&mut self, key: usize) {
-        let max_body = self.config.api.max_body;
+        let max_body = self.ctx.config.api.max_body;
         loop {
             let client = &mut self.clients[key];
             if client.close_after_write || client.rbuf.is_empty() {
@@ -192,10 +224,13 @@ impl Api {
                     true,
                 ),
                 Parsed::Request(req) => {
-                    self.hub.api.requests_total.fetch_add(1, Ordering::Relaxed);
+                    self.ctx
+                        .stats
+                        .requests_total
+                        .fetch_add(1, Ordering::Relaxed);
                     let consumed = req.total_len;
                     let close = !req.keep_alive;
-                    let response = routes::handle(&req, &self.hub, &self.config);
+                    let response = routes::handle(&req, &self.ctx);
                     (consumed, response.to_bytes(close), close)
                 }
             };

@@ -2,8 +2,8 @@
 
 use super::http::{Request, Response};
 use super::metrics;
+use super::Context;
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::protocol;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,17 +20,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/reload-tls", "POST"),
 ];
 
-pub fn handle(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
-    let response = route(req, hub, config);
+pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
+    let response = route(req, ctx, &ctx.config);
     if response.status >= 400 {
-        hub.api.errors_total.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
     }
     response
 }
 
-fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
-    // Disconnect, presence and user lookups (src/api/session_routes.rs).
-    if let Some(response) = super::session_routes::route(req, hub, config) {
+fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
+    // Disconnect, presence and user lookups (src/api/connection_routes.rs).
+    if let Some(response) = super::connection_routes::route(req, ctx, config) {
         return response;
     }
     let Some(&(_, method)) = ROUTES.iter().find(|(p, _)| *p == req.path) else {
@@ -46,13 +46,13 @@ fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Response {
         return Response::error(401, "missing or wrong API key (Authorization: apikey KEY)");
     }
     match req.path {
-        "/api/publish" => publish(req.body, hub),
-        "/api/broadcast" => broadcast(req.body, hub),
-        "/api/stats" => Response::json(200, metrics::stats_json(hub)),
+        "/api/publish" => publish(req.body, ctx),
+        "/api/broadcast" => broadcast(req.body, ctx),
+        "/api/stats" => Response::json(200, metrics::stats_json(ctx)),
         "/healthz" => Response::json(200, "{\"ok\":true}"),
-        "/api/reload-tls" => reload_tls(hub),
+        "/api/reload-tls" => reload_tls(ctx),
         "/metrics" => {
-            let mut r = Response::json(200, metrics::prometheus(hub));
+            let mut r = Response::json(200, metrics::prometheus(ctx));
             r.content_type = "text/plain; version=0.0.4";
             r
         }
@@ -86,7 +86,7 @@ struct PublishBody<'a> {
     channels: Option<Vec<Cow<'a, str>>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    // Targets and tenant of identity and sessions (src/api/session_routes.rs).
+    // Targets and tenant of identity and sessions (src/api/connection_routes.rs).
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -106,7 +106,7 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
 fn admit<'a>(
     data: Option<&'a RawValue>,
     tenant: Option<&str>,
-    hub: &Hub,
+    ctx: &Context,
 ) -> Result<&'a RawValue, Response> {
     let Some(data) = data else {
         return Err(Response::error(
@@ -114,29 +114,29 @@ fn admit<'a>(
             "\"data\" is required (any JSON value but null)",
         ));
     };
-    if let Some(r) = super::session_routes::rate_limited(hub, tenant) {
+    if let Some(r) = super::connection_routes::rate_limited(ctx, tenant) {
         return Err(r);
     }
     Ok(data)
 }
 
-fn publish(body: &[u8], hub: &Hub) -> Response {
+fn publish(body: &[u8], ctx: &Context) -> Response {
     let req: PublishBody = match parse_body(body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let data = match admit(req.data, req.tenant.as_deref(), hub) {
+    let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    let targets = super::session_routes::Targets {
+    let targets = super::connection_routes::Targets {
         user: req.user,
         sid: req.sid,
         device: req.device,
         tenant: req.tenant,
         has_channels: req.channel.is_some() || req.channels.is_some(),
     };
-    if let Some(r) = super::session_routes::publish(hub, &targets, data) {
+    if let Some(r) = super::connection_routes::publish(ctx, &targets, data) {
         return r;
     }
     let names: Vec<Cow<str>> = match (req.channel, req.channels) {
@@ -160,13 +160,14 @@ fn publish(body: &[u8], hub: &Hub) -> Response {
         return Response::error(400, &msg);
     }
     for name in &names {
-        hub.publish(name, protocol::channel_message(name, data.get()));
+        ctx.hub
+            .publish(name, protocol::channel_message(name, data.get()));
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
-        if let Some(cluster) = &hub.cluster {
+        if let Some(cluster) = &ctx.cluster {
             cluster.publish(name, data.get());
         }
     }
-    hub.api
+    ctx.stats
         .publishes_total
         .fetch_add(names.len() as u64, Ordering::Relaxed);
     Response::json(200, format!("{{\"ok\":true,\"channels\":{}}}", names.len()))
@@ -180,30 +181,30 @@ struct BroadcastBody<'a> {
     tenant: Option<Cow<'a, str>>,
 }
 
-fn broadcast(body: &[u8], hub: &Hub) -> Response {
+fn broadcast(body: &[u8], ctx: &Context) -> Response {
     let req: BroadcastBody = match parse_body(body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let data = match admit(req.data, req.tenant.as_deref(), hub) {
+    let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    hub.broadcast(protocol::broadcast_message(data.get()));
-    if let Some(cluster) = &hub.cluster {
+    ctx.hub.broadcast(protocol::broadcast_message(data.get()));
+    if let Some(cluster) = &ctx.cluster {
         cluster.broadcast(data.get());
     }
-    hub.api.broadcasts_total.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.broadcasts_total.fetch_add(1, Ordering::Relaxed);
     Response::json(200, "{\"ok\":true}")
 }
 
 /// `POST /api/reload-tls`: re-reads tls.cert and tls.key (like SIGHUP). 400 without TLS, 500 if the new files
 /// are unusable (the old certificate stays in use).
-fn reload_tls(hub: &Hub) -> Response {
-    if hub.tls.is_none() {
+fn reload_tls(ctx: &Context) -> Response {
+    if ctx.tls.is_none() {
         return Response::error(400, "TLS is not configured (set tls.cert and tls.key)");
     }
-    match crate::tls::reload(hub.tls.as_deref()) {
+    match crate::tls::reload(ctx.tls.as_deref()) {
         Ok(()) => Response::json(200, "{\"ok\":true}"),
         Err(e) => Response::error(
             500,

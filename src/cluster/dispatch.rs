@@ -3,12 +3,12 @@
 
 use super::event::{parse_disconnect, Scope};
 use super::{Deliver, EventKind, InEvent};
+use crate::gateway::frames::{self, user_message_with_id};
+use crate::gateway::{Answer, ReplayOutcome, Target};
 use crate::hub::Hub;
 use crate::ids::sid;
 use crate::ids::StreamId;
 use crate::protocol;
-use crate::session::frames::{self, user_message_with_id};
-use crate::session::{Answer, ReplayOutcome, Target};
 
 impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {
@@ -42,7 +42,7 @@ impl Deliver for Hub {
             }
             // Only the node encoded in the socket id has the connection; the others have nothing to do.
             EventKind::Sid => {
-                if sid::node_of(event.sid) == self.sessions.node_id {
+                if sid::node_of(event.sid) == self.gateway.node_id {
                     // A reactor this node does not run: the connection cannot exist (counted nowhere).
                     let _ = self.deliver_sid(event.sid, frames::sid_message(event.sid, event.data));
                 }
@@ -56,7 +56,7 @@ impl Deliver for Hub {
                     Scope::User => {
                         self.disconnect_async(Target::User(event.target.into()), code, &reason)
                     }
-                    Scope::Sid if sid::node_of(event.sid) == self.sessions.node_id => {
+                    Scope::Sid if sid::node_of(event.sid) == self.gateway.node_id => {
                         self.disconnect_async(Target::Sid(event.sid), code, &reason)
                     }
                     Scope::Sid => {}

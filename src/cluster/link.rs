@@ -6,7 +6,7 @@
 //! - a dropped ack is superseded by the client's next one (acks are cumulative).
 
 use super::BridgeStats;
-use crate::ids::StreamId;
+use crate::gateway::cluster_link::{Ack, ClusterLink, ReplayRequest, StateEvent};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,64 +18,6 @@ const REPLAY_QUEUE: usize = 4096;
 /// Acks queued before they are merged per user and device.
 const ACK_QUEUE: usize = 65_536;
 
-/// A change of a connection's session state.
-#[derive(Debug)]
-pub enum Change {
-    Open {
-        sid: u64,
-        user: Option<String>,
-        device: Option<String>,
-        tenant: Option<String>,
-    },
-    Subscribe {
-        sid: u64,
-        channel: String,
-    },
-    Unsubscribe {
-        sid: u64,
-        channel: String,
-    },
-    Close {
-        sid: u64,
-    },
-}
-
-/// A change, numbered per reactor so that a snapshot can tell which queued changes it already contains.
-#[derive(Debug)]
-pub struct StateEvent {
-    pub reactor: usize,
-    pub seq: u64,
-    pub change: Change,
-}
-
-/// Where a replay starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    /// After the id this user's device acknowledged last (everything kept when it never did).
-    Stored,
-    /// After this id (`?since=`).
-    After(StreamId),
-}
-
-/// Read the messages user `user` missed and hand them to connection `sid`.
-#[derive(Debug)]
-pub struct ReplayRequest {
-    pub sid: u64,
-    pub user: String,
-    pub device: Option<String>,
-    pub tenant: Option<String>,
-    pub since: Since,
-}
-
-/// A client's `{"op":"ack"}`: it has processed the messages of its user up to `id`.
-#[derive(Debug)]
-pub struct Ack {
-    pub user: String,
-    /// "" for a token without a device.
-    pub device: String,
-    pub id: StreamId,
-}
-
 /// The receiving ends, taken by the bridge threads at start.
 pub(crate) struct LinkReceivers {
     pub state: Receiver<StateEvent>,
@@ -83,9 +25,10 @@ pub(crate) struct LinkReceivers {
     pub acks: Receiver<Ack>,
 }
 
-/// Held by every reactor (through `session::Shared::bridge`). Cheap to clone.
+/// The bridge's end of the gateway's [`ClusterLink`], held by every reactor (through `gateway::Shared::bridge`).
+/// Cheap to clone.
 #[derive(Clone)]
-pub struct SessionLink {
+pub struct BridgeLink {
     state: Sender<StateEvent>,
     replay: Sender<ReplayRequest>,
     acks: Sender<Ack>,
@@ -94,13 +37,13 @@ pub struct SessionLink {
     stats: Arc<BridgeStats>,
 }
 
-impl SessionLink {
-    pub(crate) fn new(stats: Arc<BridgeStats>) -> (SessionLink, LinkReceivers) {
+impl BridgeLink {
+    pub(crate) fn new(stats: Arc<BridgeStats>) -> (BridgeLink, LinkReceivers) {
         let (state, state_rx) = crossbeam_channel::bounded(STATE_QUEUE);
         let (replay, replay_rx) = crossbeam_channel::bounded(REPLAY_QUEUE);
         let (acks, acks_rx) = crossbeam_channel::bounded(ACK_QUEUE);
         (
-            SessionLink {
+            BridgeLink {
                 state,
                 replay,
                 acks,
@@ -114,9 +57,11 @@ impl SessionLink {
             },
         )
     }
+}
 
+impl ClusterLink for BridgeLink {
     /// Hands over a state change; when the queue is full it is dropped, counted, and the state is rebuilt later.
-    pub fn state(&self, ev: StateEvent) {
+    fn state(&self, ev: StateEvent) {
         if self.state.try_send(ev).is_err() {
             self.stats
                 .state_events_dropped_total
@@ -126,7 +71,7 @@ impl SessionLink {
     }
 
     /// Asks for a replay; false if the queue is full (the caller fails the replay at once).
-    pub fn replay(&self, req: ReplayRequest) -> bool {
+    fn replay(&self, req: ReplayRequest) -> bool {
         let ok = self.replay.try_send(req).is_ok();
         if !ok {
             self.stats
@@ -137,7 +82,7 @@ impl SessionLink {
     }
 
     /// Records an ack; false (counted) if the queue is full.
-    pub fn ack(&self, ack: Ack) -> bool {
+    fn ack(&self, ack: Ack) -> bool {
         let ok = self.acks.try_send(ack).is_ok();
         if !ok {
             self.stats

@@ -14,7 +14,7 @@
 //!
 //! The API reaches the bridge through a [`ClusterHandle`], whose `send` never blocks: the outbox is bounded by
 //! `cluster.outbox_limit` events and `cluster.outbox_max_bytes`, and what does not fit is counted as dropped. The
-//! reactors reach it through a [`SessionLink`] (bounded queues, `try_send`) and the upstream sink. Layout,
+//! reactors reach it through a [`BridgeLink`] (the gateway's `ClusterLink`, bounded queues, `try_send`) and the upstream sink. Layout,
 //! guarantees and failure behaviour: docs/CLUSTER.md.
 
 mod conn;
@@ -33,7 +33,7 @@ pub mod upstream;
 mod writer;
 
 pub use event::{EventKind, InEvent, OutEvent};
-pub use link::SessionLink;
+pub use link::BridgeLink;
 pub use stats::BridgeStats;
 
 use crate::config::{ClusterConfig, Config};
@@ -63,9 +63,9 @@ pub trait Deliver: Send + Sync {
         id: Option<StreamId>,
     );
     /// Hands the result of reading a connection's missed messages to its reactor.
-    fn replay_done(&self, sid: u64, outcome: crate::session::ReplayOutcome);
+    fn replay_done(&self, sid: u64, outcome: crate::gateway::ReplayOutcome);
     /// Every open gateway connection, per reactor (None if a reactor did not answer in time).
-    fn snapshot(&self) -> Option<Vec<crate::session::Answer>>;
+    fn snapshot(&self) -> Option<Vec<crate::gateway::Answer>>;
 }
 
 /// What the bridge threads share.
@@ -169,7 +169,7 @@ impl ClusterHandle {
 pub struct Cluster {
     shared: Arc<Shared>,
     handle: ClusterHandle,
-    link: SessionLink,
+    link: BridgeLink,
     link_rx: Option<link::LinkReceivers>,
     sink: Arc<upstream::ClusterSink>,
     upstream_rx: Option<Receiver<upstream::UpstreamEvent>>,
@@ -264,7 +264,7 @@ impl Cluster {
         // Unbounded as a queue, bounded by `ClusterHandle::send`'s accounting (which counts what is in the
         // channel and what the writer holds): memory follows what is actually queued, not the limit.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (link, link_rx) = SessionLink::new(stats.clone());
+        let (link, link_rx) = BridgeLink::new(stats.clone());
         let (sink, upstream_rx) =
             upstream::ClusterSink::new(stats.clone(), cfg.outbox_limit, cfg.outbox_max_bytes);
         let (outbox_limit, outbox_max_bytes) = (cfg.outbox_limit, cfg.outbox_max_bytes);
@@ -310,7 +310,7 @@ impl Cluster {
     }
 
     /// The reactors' way into the bridge (session state, replays, acks).
-    pub fn session_link(&self) -> SessionLink {
+    pub fn link(&self) -> BridgeLink {
         self.link.clone()
     }
 

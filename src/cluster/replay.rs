@@ -11,12 +11,12 @@
 use super::conn::{self, Reconnecting, Reply};
 use super::event;
 use super::keys;
-use super::link::{Ack, ReplayRequest, Since};
 use super::stats::Link;
 use super::{Deliver, Shared};
+use crate::gateway::cluster_link::{Ack, ReplayRequest, Since};
+use crate::gateway::frames::user_message_with_id;
+use crate::gateway::ReplayOutcome;
 use crate::ids::StreamId;
-use crate::session::frames::user_message_with_id;
-use crate::session::ReplayOutcome;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 use serde_json::value::RawValue;

@@ -23,11 +23,11 @@
 use super::conn::{Reconnecting, Reply};
 use super::event::{self, now_ms};
 use super::keys;
-use super::link::{Change, StateEvent};
 use super::stats::Link;
 use super::{Deliver, Shared};
+use crate::gateway::cluster_link::{Change, StateEvent};
+use crate::gateway::Answer;
 use crate::ids::sid;
-use crate::session::Answer;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 use std::collections::{HashMap, HashSet};
@@ -561,7 +561,7 @@ fn zadd(key: &str, score: u64, sids: &[u64]) -> redis::Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{ReplayOutcome, SessionInfo};
+    use crate::gateway::{ConnSnapshot, ReplayOutcome};
     use std::sync::Mutex;
 
     /// Reactors that answer a snapshot with what the test put there (None: they do not answer).
@@ -634,7 +634,7 @@ mod tests {
         let snapshot = vec![Answer::Snapshot {
             reactor: 0,
             seq: 5,
-            sessions: vec![SessionInfo {
+            sessions: vec![ConnSnapshot {
                 sid: 2,
                 user: Some("u".into()),
                 device: None,

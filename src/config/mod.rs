@@ -210,7 +210,7 @@ impl ConfigBuilder {
 
     /// Also opens the key files of `[auth]` while validating (with `auth.mode = "jwt"`), so that a bad key is
     /// a configuration error. Loading keys is the auth layer's job: it supplies the check
-    /// (`crate::auth::check_keys`), which keeps this module free of the layers that read the configuration.
+    /// (`auth::check_keys`), which keeps this module free of the layers that read the configuration.
     pub fn key_check(mut self, check: KeyCheck) -> Self {
         self.key_check = Some(check);
         self
@@ -367,7 +367,7 @@ impl Config {
         Ok(())
     }
 
-    // ---- tls (issue 5) ----
+    // ---- tls: cert and key go together, plain_listen only beside TLS ----
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let t = &self.tls;
         match (t.cert.is_empty(), t.key.is_empty()) {

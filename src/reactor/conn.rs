@@ -4,8 +4,8 @@
 use super::timer::{Timed, TimerLink};
 use crate::channels::SubList;
 use crate::frame::decode::Decoder;
+use crate::gateway::ClientState as ConnSession;
 use crate::pool::{BufId, OutQueue, NO_BUF};
-use crate::session::ConnSession;
 use std::os::fd::RawFd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub struct Conn {
     /// Socket id (src/ids/sid.rs), given at the upgrade on the gateway endpoint; 0 before.
     pub sid: u64,
     /// Identity, token expiry, heartbeat and message rates; None for an anonymous connection that has not sent a
-    /// request yet (src/session/mod.rs).
+    /// request yet (src/gateway/mod.rs).
     pub session: Option<Box<ConnSession>>,
 }
 

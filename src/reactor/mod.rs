@@ -58,8 +58,8 @@ pub struct ReactorSetup {
     pub stats: Arc<ReactorStats>,
     pub config: Arc<Config>,
     pub live_connections: Arc<AtomicUsize>,
-    /// Identity, auth and sessions state shared by all reactors (src/session/).
-    pub sessions: Arc<crate::session::Shared>,
+    /// Identity, auth and sessions state shared by all reactors (src/gateway/).
+    pub sessions: Arc<crate::gateway::Shared>,
     /// When set, `listener` speaks TLS with this configuration.
     pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
     /// An extra plaintext client listener next to a TLS one (`tls.plain_listen`).
@@ -113,7 +113,7 @@ struct Reactor {
     shutdown_deadline: Option<Instant>,
     ping_frame: OutFrame,
     /// Socket ids, session registry and session counters (src/reactor/session.rs).
-    sess: crate::session::ReactorSessions,
+    sess: crate::gateway::ReactorState,
     // ---- tls (issue 5): see tls_io.rs ----
     tls: Option<Arc<crate::tls::TlsAcceptor>>,
     plain_listener: Option<RawFd>,
@@ -168,7 +168,7 @@ impl Reactor {
             accept_paused_until: 0,
             shutdown_deadline: None,
             ping_frame: Rc::new(Arc::new(ping)),
-            sess: crate::session::ReactorSessions::new(s.sessions, s.id),
+            sess: crate::gateway::ReactorState::new(s.sessions, s.id),
             tls_io: tls_io::TlsIo::new(s.tls.is_some()),
             tls: s.tls,
             plain_listener: s.plain_listener,
@@ -733,9 +733,9 @@ impl Reactor {
                 if req.op == "subscribe" {
                     let forbidden = self.forbidden(key, names);
                     if !forbidden.is_empty() {
-                        let reply = crate::session::frames::reply_error(
+                        let reply = crate::gateway::frames::reply_error(
                             req.id,
-                            crate::session::frames::code::FORBIDDEN,
+                            crate::gateway::frames::code::FORBIDDEN,
                             "channel not allowed",
                             Some(&forbidden),
                         );
@@ -799,7 +799,7 @@ impl Reactor {
         self.conns[key].subs.push(sub);
         if self.sess.shared.bridge.is_some() {
             let sid = self.conns[key].sid;
-            self.state_change(crate::cluster::link::Change::Subscribe {
+            self.state_change(crate::gateway::cluster_link::Change::Subscribe {
                 sid,
                 channel: name.to_string(),
             });
@@ -814,7 +814,7 @@ impl Reactor {
             self.drop_subscription(sub);
             if self.sess.shared.bridge.is_some() {
                 let sid = self.conns[key].sid;
-                self.state_change(crate::cluster::link::Change::Unsubscribe {
+                self.state_change(crate::gateway::cluster_link::Change::Unsubscribe {
                     sid,
                     channel: name.to_string(),
                 });

@@ -1,25 +1,26 @@
 //! The reactor's side of identity, auth and sessions: the per-source connection rate at accept, token checks and
 //! the welcome frame at the upgrade, channel grants, per-type message rates, the adaptive heartbeat and token
 //! expiry on the timer, `refresh` and `msg` requests, and the session commands from the API. The shared pieces
-//! live in src/session/ and src/auth/; this file only wires them to the connections this reactor owns.
+//! live in src/gateway/ and src/auth/; this file only wires them to the connections this reactor owns.
 
 use super::conn::{flag, State};
 use super::Reactor;
 use crate::auth::token;
-use crate::cluster::link::{Ack, Change as StateChange, ReplayRequest, Since, StateEvent};
 use crate::frame::close_code;
 use crate::frame::handshake::{Reject, Request};
+use crate::gateway::cluster_link::{Ack, Change as StateChange, ReplayRequest, Since, StateEvent};
+use crate::gateway::command::{Command as SessionCommand, ConnSnapshot as SessionInfo};
+use crate::gateway::frames::{self, code};
+use crate::gateway::heartbeat::Change;
+use crate::gateway::{
+    Answer, ClientState as ConnSession, ConnInfo, Member, MsgKind, Profile, Query, ReplayOutcome,
+    Target, REPLAY_BUFFER_MAX,
+};
 use crate::ids::sid;
 use crate::ids::StreamId;
 use crate::pool::OutFrame;
 use crate::protocol;
 use crate::ratelimit::ip_key;
-use crate::session::frames::{self, code};
-use crate::session::heartbeat::Change;
-use crate::session::{
-    Answer, ConnInfo, ConnSession, Member, MsgKind, Profile, Query, ReplayOutcome, SessionCommand,
-    SessionInfo, Target, REPLAY_BUFFER_MAX,
-};
 use crate::upstream::{Event, Origin, Refused};
 use serde_json::value::RawValue;
 use std::net::IpAddr;

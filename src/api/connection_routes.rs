@@ -1,14 +1,14 @@
-//! API routes of identity and sessions: user- and socket-targeted publishes (through `POST /api/publish`), the
+//! API routes of client connections: user- and socket-targeted publishes (through `POST /api/publish`), the
 //! per-tenant publish rate, `POST /api/disconnect`, `GET /api/presence` and `GET /api/user/{id}`.
 
 use super::http::{Request, Response};
+use super::Context;
 use crate::cluster::event::Scope;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::gateway::frames::{self, code};
+use crate::gateway::Target;
 use crate::ids::sid;
 use crate::protocol::{percent_decode, valid_channel};
-use crate::session::frames::{self, code};
-use crate::session::Target;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -20,8 +20,8 @@ const MAX_NAME: usize = 255;
 const PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// Answers the session routes; None for any other path.
-pub fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Option<Response> {
+/// Answers the connection routes; None for any other path.
+pub fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Option<Response> {
     let method = match req.path {
         "/api/disconnect" => "POST",
         "/api/presence" => "GET",
@@ -40,13 +40,13 @@ pub fn route(req: &Request<'_>, hub: &Hub, config: &Config) -> Option<Response> 
         ));
     }
     Some(match req.path {
-        "/api/disconnect" => disconnect(req.body, hub),
-        "/api/presence" => presence(req.query, hub),
-        p => user(&p["/api/user/".len()..], hub),
+        "/api/disconnect" => disconnect(req.body, ctx),
+        "/api/presence" => presence(req.query, ctx),
+        p => user(&p["/api/user/".len()..], ctx),
     })
 }
 
-/// The session fields of a publish body.
+/// The connection-targeting fields of a publish body.
 pub struct Targets<'a> {
     pub user: Option<Cow<'a, str>>,
     pub sid: Option<&'a RawValue>,
@@ -57,9 +57,9 @@ pub struct Targets<'a> {
 }
 
 /// The per-tenant publish rate (`limits.publish_rate`): Some(429) when over it.
-pub fn rate_limited(hub: &Hub, tenant: Option<&str>) -> Option<Response> {
+pub fn rate_limited(ctx: &Context, tenant: Option<&str>) -> Option<Response> {
     let tenant = tenant.unwrap_or("");
-    if hub.sessions.allow_publish(tenant) {
+    if ctx.hub.gateway.allow_publish(tenant) {
         return None;
     }
     Some(Response::error(
@@ -69,7 +69,7 @@ pub fn rate_limited(hub: &Hub, tenant: Option<&str>) -> Option<Response> {
 }
 
 /// A user- or socket-targeted publish; None when the body targets channels (handled by the caller).
-pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> {
+pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Response> {
     if t.user.is_none() && t.sid.is_none() {
         if t.device.is_some() {
             return Some(Response::error(400, "\"device\" needs \"user\""));
@@ -99,17 +99,20 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
             return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
         }
         let (device, tenant) = (t.device.as_deref(), t.tenant.as_deref());
-        match &hub.cluster {
+        match &ctx.cluster {
             // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
             // it with its id. If the outbox is full, this node's connections still get it (without an id).
             Some(cluster) => {
                 if !cluster.user(user, device, tenant, data.get()) {
                     let frame = frames::user_message(user, data.get());
-                    hub.deliver_user(user, device, tenant, frame, None);
+                    ctx.hub.deliver_user(user, device, tenant, frame, None);
                 }
-                hub.count_user_publish();
+                ctx.hub.count_user_publish();
             }
-            None => hub.publish_user(user, device, tenant, frames::user_message(user, data.get())),
+            None => {
+                ctx.hub
+                    .publish_user(user, device, tenant, frames::user_message(user, data.get()))
+            }
         }
         return Some(Response::json(
             200,
@@ -127,10 +130,10 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
     };
     let ok = || Response::json(200, format!("{{\"ok\":true,\"sid\":\"{sid}\"}}"));
     // Cluster mode: another node's socket id goes over the bus to that node.
-    if let Some(cluster) = hub
+    if let Some(cluster) = ctx
         .cluster
         .as_ref()
-        .filter(|_| sid::node_of(sid) != hub.sessions.node_id)
+        .filter(|_| sid::node_of(sid) != ctx.hub.gateway.node_id)
     {
         if !cluster.sid(sid, data.get()) {
             return Some(Response::error(
@@ -138,14 +141,18 @@ pub fn publish(hub: &Hub, t: &Targets<'_>, data: &RawValue) -> Option<Response> 
                 "cluster outbox full (cluster.outbox_limit); retry later",
             ));
         }
-        hub.sessions
+        ctx.hub
+            .gateway
             .api
             .sid_publishes_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Some(ok());
     }
     Some(
-        match hub.publish_sid(sid, frames::sid_message(sid, data.get())) {
+        match ctx
+            .hub
+            .publish_sid(sid, frames::sid_message(sid, data.get()))
+        {
             Ok(()) => ok(),
             Err(why) => Response::error(404, why),
         },
@@ -172,7 +179,7 @@ struct DisconnectBody<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
-fn disconnect(body: &[u8], hub: &Hub) -> Response {
+fn disconnect(body: &[u8], ctx: &Context) -> Response {
     let req: DisconnectBody = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Response::error(400, &format!("invalid JSON body: {e}")),
@@ -201,9 +208,9 @@ fn disconnect(body: &[u8], hub: &Hub) -> Response {
     }
     // Cluster mode: a user's connections may be on every node, another node's socket id only there. The other
     // nodes close theirs without this request waiting for them: `disconnected` counts this node's.
-    let forward = hub.cluster.as_ref().and_then(|c| match &target {
+    let forward = ctx.cluster.as_ref().and_then(|c| match &target {
         Target::User(u) => Some((c, Scope::User, u.to_string())),
-        Target::Sid(s) if sid::node_of(*s) != hub.sessions.node_id => {
+        Target::Sid(s) if sid::node_of(*s) != ctx.hub.gateway.node_id => {
             Some((c, Scope::Sid, s.to_string()))
         }
         Target::Sid(_) => None,
@@ -220,7 +227,7 @@ fn disconnect(body: &[u8], hub: &Hub) -> Response {
         }
         None => false,
     };
-    match hub.disconnect(target, code, reason) {
+    match ctx.hub.disconnect(target, code, reason) {
         Ok(n) if forwarded => Response::json(
             200,
             format!("{{\"ok\":true,\"disconnected\":{n},\"forwarded\":true}}"),
@@ -232,7 +239,7 @@ fn disconnect(body: &[u8], hub: &Hub) -> Response {
 
 use crate::protocol::query_param as param;
 
-fn presence(query: &str, hub: &Hub) -> Response {
+fn presence(query: &str, ctx: &Context) -> Response {
     let channel = match param(query, "channel") {
         Some(Ok(c)) if valid_channel(&c) => c,
         Some(Ok(_)) | Some(Err(())) => {
@@ -262,7 +269,7 @@ fn presence(query: &str, hub: &Hub) -> Response {
     };
     // Cluster mode: every node's members, from Redis; when Redis cannot be read, this node's (and say so).
     let mut cluster_error = None;
-    if let Some(cluster) = &hub.cluster {
+    if let Some(cluster) = &ctx.cluster {
         match cluster.read(|r| r.presence(&channel, after, limit)) {
             Ok((total, members, more)) => {
                 let members: Vec<(u64, Option<String>)> =
@@ -272,7 +279,7 @@ fn presence(query: &str, hub: &Hub) -> Response {
             Err(e) => cluster_error = Some(e),
         }
     }
-    match hub.presence(&channel, after, limit) {
+    match ctx.hub.presence(&channel, after, limit) {
         Ok((total, members, more)) => {
             let members: Vec<(u64, Option<String>)> =
                 members.into_iter().map(|m| (m.sid, m.user)).collect();
@@ -315,15 +322,15 @@ fn presence_page(
     Response::json(200, body.to_string())
 }
 
-fn user(raw: &str, hub: &Hub) -> Response {
+fn user(raw: &str, ctx: &Context) -> Response {
     let Some(id) = percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) else {
         return Response::error(400, "user id must be 1..=255 bytes, percent-encoded");
     };
-    let list = match hub.user_connections(&id) {
+    let list = match ctx.hub.user_connections(&id) {
         Ok(list) => list,
         Err(why) => return Response::error(503, why),
     };
-    let node = hub.sessions.node_id;
+    let node = ctx.hub.gateway.node_id;
     let mut connections: Vec<(u64, serde_json::Value)> = list
         .iter()
         .map(|c| {
@@ -337,14 +344,14 @@ fn user(raw: &str, hub: &Hub) -> Response {
                 "channels": c.channels,
                 "allowed_channels": c.allowed,
             });
-            if hub.cluster.is_some() {
+            if ctx.cluster.is_some() {
                 v["node"] = json!(node);
             }
             (c.sid, v)
         })
         .collect();
     let mut body = json!({"ok": true, "user": id});
-    match &hub.cluster {
+    match &ctx.cluster {
         None => body["scope"] = json!("node"),
         // Cluster mode: this node's connections in full, the other nodes' as the state in Redis has them.
         Some(cluster) => match cluster.read(|r| r.user(&id)) {

@@ -1,44 +1,43 @@
-//! Counters of identity, auth and sessions: a plain tally per reactor (copied into atomics once per loop
-//! iteration, like the core counters), API-side atomics, and their JSON / Prometheus output.
+//! Counters of identity, auth and client connections: a plain tally per reactor (copied into atomics once per
+//! loop iteration, like the core counters) and API-side atomics. Their JSON / Prometheus output is in
+//! src/api/metrics.rs (the `"sessions"` object of /api/stats).
 
-use crate::hub::Hub;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! session_counters {
+macro_rules! gateway_counters {
     ($($name:ident: $help:literal,)*) => {
-        /// The reactor's private session counters.
+        /// The reactor's private gateway counters.
         #[derive(Debug, Default, Clone, Copy)]
-        pub struct SessionTally {
+        pub struct GatewayTally {
             $(pub $name: u64,)*
         }
 
         /// The published copy other threads read.
         #[derive(Debug, Default)]
-        pub struct SessionStats {
+        pub struct GatewayStats {
             $(pub $name: AtomicU64,)*
         }
 
-        impl SessionStats {
-            pub fn store(&self, t: &SessionTally) {
+        impl GatewayStats {
+            pub fn store(&self, t: &GatewayTally) {
                 $(self.$name.store(t.$name, Ordering::Relaxed);)*
             }
 
-            pub fn load(&self) -> SessionTally {
-                SessionTally {
+            pub fn load(&self) -> GatewayTally {
+                GatewayTally {
                     $($name: self.$name.load(Ordering::Relaxed),)*
                 }
             }
         }
 
         /// (name, help, accessor); names ending in `_total` are counters, the others gauges.
-        const FIELDS: &[(&str, &str, fn(&SessionTally) -> u64)] = &[
+        pub const FIELDS: &[(&str, &str, fn(&GatewayTally) -> u64)] = &[
             $((stringify!($name), $help, |t| t.$name),)*
         ];
     };
 }
 
-session_counters! {
+gateway_counters! {
     authenticated: "Open connections with a verified token.",
     auth_failures_total: "Upgrades refused with 401 (missing, invalid or expired token).",
     user_limit_refusals_total: "Upgrades refused with 429 over auth.max_connections_per_user.",
@@ -66,17 +65,17 @@ session_counters! {
     replay_overflow_closes_total: "Connections closed with 1013 because live messages overflowed during their replay.",
 }
 
-/// Counters of the API side of sessions.
+/// Counters of the API side of the gateway (targeted publishes, disconnects).
 #[derive(Debug, Default)]
-pub struct ApiSessionStats {
+pub struct ApiGatewayStats {
     pub user_publishes_total: AtomicU64,
     pub sid_publishes_total: AtomicU64,
     pub publish_rate_limited_total: AtomicU64,
     pub disconnect_requests_total: AtomicU64,
 }
 
-impl ApiSessionStats {
-    fn fields(&self) -> [(&'static str, &'static str, u64); 4] {
+impl ApiGatewayStats {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 4] {
         let r = Ordering::Relaxed;
         [
             (
@@ -100,58 +99,5 @@ impl ApiSessionStats {
                 self.disconnect_requests_total.load(r),
             ),
         ]
-    }
-}
-
-fn per_reactor(hub: &Hub) -> Vec<SessionTally> {
-    hub.reactors
-        .iter()
-        .map(|r| r.stats.sessions.load())
-        .collect()
-}
-
-/// The `"sessions"` object of `/api/stats`: totals over reactors plus the API counters.
-pub fn json(hub: &Hub) -> serde_json::Value {
-    let per = per_reactor(hub);
-    let mut m = serde_json::Map::new();
-    for (name, _, get) in FIELDS {
-        m.insert((*name).into(), per.iter().map(get).sum::<u64>().into());
-    }
-    for (name, _, v) in hub.sessions.api.fields() {
-        m.insert(name.into(), v.into());
-    }
-    m.insert(
-        "auth_mode".into(),
-        match hub.sessions.verifier {
-            Some(_) => "jwt",
-            None => "none",
-        }
-        .into(),
-    );
-    serde_json::Value::Object(m)
-}
-
-/// Appends the session series to the Prometheus text.
-pub fn prometheus(hub: &Hub, out: &mut String) {
-    let per = per_reactor(hub);
-    for (name, help, get) in FIELDS {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(
-            out,
-            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}"
-        );
-        for (i, t) in per.iter().enumerate() {
-            let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {}", get(t));
-        }
-    }
-    for (name, help, v) in hub.sessions.api.fields() {
-        let _ = writeln!(
-            out,
-            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
-        );
     }
 }

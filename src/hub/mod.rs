@@ -1,11 +1,15 @@
 //! Routing between threads. A publish is encoded once into a [`SharedFrame`] and handed to every reactor through
 //! its command channel; each reactor queues it on its own local subscribers. No global lock on this path.
+//! Targeted publishes, disconnects and queries of the gateway state go the same way ([`targeted`]).
 
 use crate::pool::SharedFrame;
 use crate::reactor::Waker;
 use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+mod targeted;
+pub use targeted::sid_home;
 
 /// Work for a reactor from other threads.
 pub enum Command {
@@ -18,8 +22,8 @@ pub enum Command {
     Broadcast { frame: SharedFrame },
     /// Stop accepting, close everyone with 1001, drain until `deadline_ms` (reactor clock, ms from now).
     Shutdown { drain_ms: u64 },
-    /// Targeted publishes, disconnects and queries (src/session/).
-    Session(crate::session::SessionCommand),
+    /// Targeted publishes, disconnects, queries and replay results for the gateway state (src/gateway/).
+    Session(crate::gateway::command::Command),
 }
 
 /// Counters one reactor publishes (single writer: the reactor; readers: the API). Gauges and totals.
@@ -41,8 +45,8 @@ pub struct ReactorStats {
     pub refused_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub read_buffers_lent: AtomicU64,
-    /// Session counters (src/session/stats.rs).
-    pub sessions: crate::session::stats::SessionStats,
+    /// Gateway counters (src/gateway/stats.rs).
+    pub sessions: crate::gateway::stats::GatewayStats,
     pub tls_handshakes_total: AtomicU64,
     pub tls_failures_total: AtomicU64,
 }
@@ -127,28 +131,14 @@ pub struct ReactorHandle {
     pub stats: Arc<ReactorStats>,
 }
 
-/// Counters of the HTTP API.
-#[derive(Default)]
-pub struct ApiStats {
-    pub requests_total: AtomicU64,
-    pub errors_total: AtomicU64,
-    pub publishes_total: AtomicU64,
-    pub broadcasts_total: AtomicU64,
-}
-
-/// Everything the API (and later the cluster bridge) needs to reach the reactors.
+/// Everything the API and the cluster bridge need to reach the reactors.
 pub struct Hub {
     pub reactors: Vec<ReactorHandle>,
-    pub api: ApiStats,
     /// Connections open across all reactors (enforces `server.max_connections`).
     pub live_connections: Arc<AtomicUsize>,
     pub started: std::time::Instant,
-    /// Identity, auth and sessions state shared with the reactors (src/session/).
-    pub sessions: Arc<crate::session::Shared>,
-    /// The reloadable TLS configuration, when `tls.cert` is set (for `POST /api/reload-tls`).
-    pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
-    /// The bridge to the other nodes; None when standalone (`cluster.redis` empty).
-    pub cluster: Option<crate::cluster::ClusterHandle>,
+    /// Gateway state shared with the reactors: verifier, limits, per-user counts (src/gateway/).
+    pub gateway: Arc<crate::gateway::Shared>,
 }
 
 impl Hub {

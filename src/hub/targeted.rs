@@ -1,0 +1,271 @@
+//! Targeted publishes, disconnects and queries: the API's and the bridge's way to the gateway state of the
+//! reactors. Each is a command on the reactor's queue; queries collect one answer per reactor.
+
+use super::{Command, Hub, ReactorHandle};
+use crate::gateway::command::{
+    Answer, Command as GatewayCommand, ConnInfo, Member, Query, ReplayOutcome, Target,
+};
+use crate::ids::{sid, StreamId};
+use crate::pool::SharedFrame;
+use crossbeam_channel::Sender;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the API waits for the reactors to answer a query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a sid cannot be on this node.
+pub fn sid_home(hub: &Hub, sid: u64) -> Result<usize, &'static str> {
+    if sid::node_of(sid) != hub.gateway.node_id {
+        return Err("socket id belongs to another node");
+    }
+    let reactor = sid::reactor_of(sid);
+    if reactor >= hub.reactors.len() {
+        return Err("no such connection");
+    }
+    Ok(reactor)
+}
+
+/// Targeted publishes, disconnects and queries: the API's and the bridge's side of the gateway state.
+impl Hub {
+    fn send_to(&self, r: &ReactorHandle, cmd: GatewayCommand) -> bool {
+        let ok = r.tx.send(Command::Session(cmd)).is_ok();
+        if ok {
+            r.waker.wake();
+        }
+        ok
+    }
+
+    /// Delivers `frame` to every connection of `user` on every reactor (an API publish: counted).
+    pub fn publish_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        frame: SharedFrame,
+    ) {
+        self.deliver_user(user, device, tenant, frame, None);
+        self.count_user_publish();
+    }
+
+    pub fn count_user_publish(&self) {
+        self.gateway
+            .api
+            .user_publishes_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Delivers `frame` (with its notify stream id, in cluster mode) to every connection of `user` on every
+    /// reactor.
+    pub fn deliver_user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        frame: SharedFrame,
+        id: Option<StreamId>,
+    ) {
+        let user: Arc<str> = Arc::from(user);
+        let device: Option<Arc<str>> = device.map(Arc::from);
+        let tenant: Option<Arc<str>> = tenant.map(Arc::from);
+        for r in &self.reactors {
+            self.send_to(
+                r,
+                GatewayCommand::PublishUser {
+                    user: user.clone(),
+                    device: device.clone(),
+                    tenant: tenant.clone(),
+                    frame: frame.clone(),
+                    id,
+                },
+            );
+        }
+    }
+
+    /// Delivers `frame` to one connection, through the one reactor that owns it (an API publish: counted).
+    pub fn publish_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
+        self.deliver_sid(sid, frame)?;
+        self.gateway
+            .api
+            .sid_publishes_total
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Delivers `frame` to connection `sid` of this node.
+    pub fn deliver_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
+        let reactor = sid_home(self, sid)?;
+        self.send_to(
+            &self.reactors[reactor],
+            GatewayCommand::PublishSid { sid, frame },
+        );
+        Ok(())
+    }
+
+    /// Hands a connection's replay result to its reactor.
+    pub fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {
+        if let Ok(reactor) = sid_home(self, sid) {
+            self.send_to(
+                &self.reactors[reactor],
+                GatewayCommand::ReplayDone { sid, outcome },
+            );
+        }
+    }
+
+    /// Closes the target's connections on this node without waiting for the reactors (a disconnect from another
+    /// node).
+    pub fn disconnect_async(&self, target: Target, code: u16, reason: &str) {
+        let only = match &target {
+            Target::Sid(sid) => match sid_home(self, *sid) {
+                Ok(r) => Some(r),
+                Err(_) => return,
+            },
+            Target::User(_) => None,
+        };
+        let reason: Arc<str> = Arc::from(reason);
+        // Nobody reads the answers: the reactors' sends to a dropped receiver fail quietly.
+        let (reply, _) = crossbeam_channel::bounded(self.reactors.len().max(1));
+        for (i, r) in self.reactors.iter().enumerate() {
+            if only.is_none_or(|o| o == i) {
+                self.send_to(
+                    r,
+                    GatewayCommand::Disconnect {
+                        target: target.clone(),
+                        code,
+                        reason: reason.clone(),
+                        reply: reply.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every open gateway connection of this node, per reactor with the sequence number of its last state event.
+    pub fn snapshot(&self) -> Result<Vec<Answer>, &'static str> {
+        self.ask(None, |reply| GatewayCommand::Query {
+            query: Query::Snapshot,
+            reply,
+        })
+    }
+
+    /// Asks the reactors (all, or the one owning a sid) and collects their answers within [`QUERY_TIMEOUT`].
+    fn ask(
+        &self,
+        only: Option<usize>,
+        make: impl Fn(Sender<Answer>) -> GatewayCommand,
+    ) -> Result<Vec<Answer>, &'static str> {
+        let (tx, rx) = crossbeam_channel::bounded(self.reactors.len().max(1));
+        let mut asked = 0;
+        for (i, r) in self.reactors.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            if self.send_to(r, make(tx.clone())) {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + QUERY_TIMEOUT;
+        let mut answers = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(a) => answers.push(a),
+                // Disconnected: a reactor stopped (shutdown) without answering; use what arrived.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    return Err("a reactor did not answer in time")
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Closes the target's connections; returns how many were closed.
+    pub fn disconnect(
+        &self,
+        target: Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<usize, &'static str> {
+        self.gateway
+            .api
+            .disconnect_requests_total
+            .fetch_add(1, Ordering::Relaxed);
+        let only = match &target {
+            Target::Sid(sid) => match sid_home(self, *sid) {
+                Ok(r) => Some(r),
+                Err(_) => return Ok(0),
+            },
+            Target::User(_) => None,
+        };
+        let reason: Arc<str> = Arc::from(reason);
+        let answers = self.ask(only, |reply| GatewayCommand::Disconnect {
+            target: target.clone(),
+            code,
+            reason: reason.clone(),
+            reply,
+        })?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                Answer::Disconnected(n) => n,
+                _ => 0,
+            })
+            .sum())
+    }
+
+    /// Subscribers of `channel` with a socket id above `after`, lowest first, at most `limit`; also the total
+    /// number of subscribers and whether more follow.
+    pub fn presence(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(usize, Vec<Member>, bool), &'static str> {
+        let channel: Arc<str> = Arc::from(channel);
+        // One more than asked tells whether there is a next page.
+        let answers = self.ask(None, |reply| GatewayCommand::Query {
+            query: Query::Presence {
+                channel: channel.clone(),
+                after,
+                limit: limit + 1,
+            },
+            reply,
+        })?;
+        let mut total = 0;
+        let mut members = Vec::new();
+        for a in answers {
+            if let Answer::Presence {
+                total: t,
+                members: m,
+            } = a
+            {
+                total += t;
+                members.extend(m);
+            }
+        }
+        members.sort_unstable_by_key(|m| m.sid);
+        let more = members.len() > limit;
+        members.truncate(limit);
+        Ok((total, members, more))
+    }
+
+    /// The connections of `user` on this node, by socket id.
+    pub fn user_connections(&self, user: &str) -> Result<Vec<ConnInfo>, &'static str> {
+        let user: Arc<str> = Arc::from(user);
+        let answers = self.ask(None, |reply| GatewayCommand::Query {
+            query: Query::User(user.clone()),
+            reply,
+        })?;
+        let mut all: Vec<ConnInfo> = answers
+            .into_iter()
+            .flat_map(|a| match a {
+                Answer::Connections(c) => c,
+                _ => Vec::new(),
+            })
+            .collect();
+        all.sort_unstable_by_key(|c| c.sid);
+        Ok(all)
+    }
+}

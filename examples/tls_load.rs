@@ -319,7 +319,7 @@ fn encrypt_bench(dir: &str, size: usize, count: usize) {
     let acceptor =
         wsgate::tls::TlsAcceptor::load(&format!("{dir}/cert.pem"), &format!("{dir}/key.pem"))
             .unwrap();
-    let mut server = acceptor.session().unwrap();
+    let mut server = acceptor.connection().unwrap();
     let mut client = ClientConnection::new(
         client_config(&format!("{dir}/cert.pem")),
         ServerName::try_from("localhost").unwrap(),

@@ -1,7 +1,6 @@
 //! wsgate: an epoll-native, zero-copy WebSocket edge gateway.
 pub mod api;
 pub mod auth;
-pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod frame;

@@ -3,8 +3,10 @@
 use crate::api::{self, Api};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Hub, ReactorHandle, ReactorStats};
-use crate::reactor::{self, net, ReactorSetup, Waker};
+use crate::gateway::{stats::GatewayStats, Gateway};
+use crate::hub::{Hub, ReactorHandle};
+use crate::reactor::sys::{net, Epoll, Waker};
+use crate::reactor::{self, ReactorSetup, ReactorStats};
 use crate::tls::TlsAcceptor;
 use std::io;
 use std::net::SocketAddr;
@@ -105,14 +107,17 @@ impl Server {
         let live = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         let mut setups = Vec::new();
+        let mut gateways = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
             let waker = Arc::new(Waker::new()?);
             let stats = Arc::new(ReactorStats::default());
+            let gateway_stats = Arc::new(GatewayStats::default());
             handles.push(ReactorHandle {
                 tx,
                 waker: waker.clone(),
                 stats: stats.clone(),
+                gateway: gateway_stats.clone(),
             });
             setups.push(ReactorSetup {
                 id,
@@ -122,10 +127,10 @@ impl Server {
                 stats,
                 config: config.clone(),
                 live_connections: live.clone(),
-                sessions: sessions.clone(),
                 tls: tls.clone(),
                 plain_listener: plain_listeners.next(),
             });
+            gateways.push((sessions.clone(), gateway_stats));
         }
         let hub = Arc::new(Hub {
             reactors: handles,
@@ -135,13 +140,15 @@ impl Server {
         });
 
         let mut reactors = Vec::new();
-        for setup in setups {
+        for (setup, (shared, stats)) in setups.into_iter().zip(gateways) {
             let id = setup.id;
+            let config = config.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
                 .spawn(move || {
                     net::pin_to_cpu(id);
-                    if let Err(e) = reactor::run(setup) {
+                    let gateway = || Gateway::new(&config, shared, id, stats);
+                    if let Err(e) = reactor::run::<Epoll, Gateway>(setup, gateway) {
                         log::error!("reactor {id} stopped: {e}");
                     }
                 })?;

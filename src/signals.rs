@@ -22,7 +22,7 @@ pub fn block() -> nix::Result<Signals> {
     set.add(NixSignal::SIGTERM);
     set.add(NixSignal::SIGHUP);
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    crate::reactor::net::ignore_sigpipe();
+    crate::reactor::sys::net::ignore_sigpipe();
     Ok(Signals { set })
 }
 

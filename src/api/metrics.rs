@@ -2,7 +2,8 @@
 
 use super::Context;
 use crate::gateway::stats::{self, GatewayTally};
-use crate::hub::{Hub, Tally};
+use crate::hub::Hub;
+use crate::reactor::Tally;
 use serde_json::json;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -197,10 +198,7 @@ pub fn prometheus(ctx: &Context) -> String {
     out
 }
 fn gateway_per_reactor(hub: &Hub) -> Vec<GatewayTally> {
-    hub.reactors
-        .iter()
-        .map(|r| r.stats.sessions.load())
-        .collect()
+    hub.reactors.iter().map(|r| r.gateway.load()).collect()
 }
 
 /// The `"sessions"` object of `/api/stats`: totals over reactors plus the API counters.

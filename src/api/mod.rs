@@ -9,7 +9,7 @@ mod routes;
 use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::reactor::{Epoll, Poller, Ready};
+use crate::reactor::sys::{net, Epoll, Poller, Ready};
 use crate::tls::TlsAcceptor;
 use http::Parsed;
 use std::io;
@@ -125,10 +125,10 @@ impl Api {
 
     fn accept_all(&mut self) {
         loop {
-            match crate::reactor::net::accept(self.listener) {
+            match net::accept(self.listener) {
                 Ok(fd) => {
                     if self.clients.len() >= MAX_API_CONNECTIONS {
-                        crate::reactor::net::close(fd);
+                        net::close(fd);
                         continue;
                     }
                     let key = self.clients.insert(Client {
@@ -246,7 +246,7 @@ impl Api {
     fn write(&mut self, key: usize) {
         let client = &mut self.clients[key];
         while client.written < client.wbuf.len() {
-            match crate::reactor::net::write(client.fd, &client.wbuf[client.written..]) {
+            match net::write(client.fd, &client.wbuf[client.written..]) {
                 Ok(n) => client.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -268,7 +268,7 @@ impl Api {
 
     fn close(&mut self, key: usize) {
         if let Some(client) = self.clients.try_remove(key) {
-            crate::reactor::net::close(client.fd);
+            net::close(client.fd);
         }
     }
 }

@@ -9,11 +9,18 @@
 
 pub mod cluster_link;
 pub mod command;
+mod deliver;
 pub mod frames;
+mod handler;
 pub mod heartbeat;
 pub mod registry;
+mod requests;
 pub mod stats;
+mod timer;
+mod upgrade;
 pub mod users;
+
+pub use handler::{Client, Endpoint, Gateway};
 
 use crate::auth::grant::Grant;
 use crate::auth::Verifier;
@@ -153,6 +160,8 @@ pub struct ClientState {
     pub counted: bool,
     /// Rate-limited messages in a row.
     pub strikes: u8,
+    /// Malformed requests so far (the error budget).
+    pub errors: u8,
     pub heartbeat: Heartbeat,
     pub buckets: [TokenBucket; 3],
     /// `?v=` or `X-Client-Version` at the upgrade, for upstream events.
@@ -187,6 +196,7 @@ impl ClientState {
             expires_at: u32::MAX,
             counted: false,
             strikes: 0,
+            errors: 0,
             heartbeat: Heartbeat::default(),
             buckets: [
                 TokenBucket::full(&rates[0], now_ms),
@@ -219,6 +229,8 @@ pub struct ReactorState {
     /// Sequence number of this reactor's session state events (cluster mode), so a snapshot can tell which
     /// queued events it already contains.
     pub state_seq: u64,
+    /// The reactor this state belongs to.
+    pub reactor: usize,
     clock: Instant,
 }
 
@@ -231,6 +243,7 @@ impl ReactorState {
             tally: stats::GatewayTally::default(),
             scratch: Vec::new(),
             state_seq: 0,
+            reactor,
             clock: Instant::now(),
         }
     }

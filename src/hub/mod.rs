@@ -2,133 +2,26 @@
 //! its command channel; each reactor queues it on its own local subscribers. No global lock on this path.
 //! Targeted publishes, disconnects and queries of the gateway state go the same way ([`targeted`]).
 
+use crate::gateway::{self, stats::GatewayStats};
 use crate::pool::SharedFrame;
-use crate::reactor::Waker;
+use crate::reactor::{self, ReactorStats, Tally, Waker};
 use crossbeam_channel::Sender;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 mod targeted;
 pub use targeted::sid_home;
 
-/// Work for a reactor from other threads.
-pub enum Command {
-    /// Deliver `frame` to every local subscriber of `channel`.
-    Publish {
-        channel: Arc<str>,
-        frame: SharedFrame,
-    },
-    /// Deliver `frame` to every local WebSocket connection.
-    Broadcast { frame: SharedFrame },
-    /// Stop accepting, close everyone with 1001, drain until `deadline_ms` (reactor clock, ms from now).
-    Shutdown { drain_ms: u64 },
-    /// Targeted publishes, disconnects, queries and replay results for the gateway state (src/gateway/).
-    Session(crate::gateway::command::Command),
-}
-
-/// Counters one reactor publishes (single writer: the reactor; readers: the API). Gauges and totals.
-#[derive(Default)]
-#[repr(align(64))]
-pub struct ReactorStats {
-    pub connections: AtomicU64,
-    pub channels: AtomicU64,
-    pub handshakes_total: AtomicU64,
-    pub handshake_failures_total: AtomicU64,
-    pub closed_total: AtomicU64,
-    pub messages_in_total: AtomicU64,
-    pub messages_out_total: AtomicU64,
-    pub bytes_in_total: AtomicU64,
-    pub bytes_out_total: AtomicU64,
-    pub slow_consumer_closes_total: AtomicU64,
-    pub protocol_errors_total: AtomicU64,
-    pub idle_timeouts_total: AtomicU64,
-    pub refused_total: AtomicU64,
-    pub publishes_total: AtomicU64,
-    pub read_buffers_lent: AtomicU64,
-    /// Gateway counters (src/gateway/stats.rs).
-    pub sessions: crate::gateway::stats::GatewayStats,
-    pub tls_handshakes_total: AtomicU64,
-    pub tls_failures_total: AtomicU64,
-}
-
-/// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
-/// does plain additions instead of atomic read-modify-writes.
-#[derive(Default, Clone, Copy)]
-pub struct Tally {
-    pub connections: u64,
-    pub channels: u64,
-    pub handshakes_total: u64,
-    pub handshake_failures_total: u64,
-    pub closed_total: u64,
-    pub messages_in_total: u64,
-    pub messages_out_total: u64,
-    pub bytes_in_total: u64,
-    pub bytes_out_total: u64,
-    pub slow_consumer_closes_total: u64,
-    pub protocol_errors_total: u64,
-    pub idle_timeouts_total: u64,
-    pub refused_total: u64,
-    pub publishes_total: u64,
-    pub read_buffers_lent: u64,
-    /// Completed TLS handshakes.
-    pub tls_handshakes_total: u64,
-    /// TLS connections closed for a TLS failure: bad or plaintext records, unknown SNI, handshake timeout.
-    pub tls_failures_total: u64,
-}
-
-impl ReactorStats {
-    pub fn store(&self, t: &Tally) {
-        let r = Ordering::Relaxed;
-        self.connections.store(t.connections, r);
-        self.channels.store(t.channels, r);
-        self.handshakes_total.store(t.handshakes_total, r);
-        self.handshake_failures_total
-            .store(t.handshake_failures_total, r);
-        self.closed_total.store(t.closed_total, r);
-        self.messages_in_total.store(t.messages_in_total, r);
-        self.messages_out_total.store(t.messages_out_total, r);
-        self.bytes_in_total.store(t.bytes_in_total, r);
-        self.bytes_out_total.store(t.bytes_out_total, r);
-        self.slow_consumer_closes_total
-            .store(t.slow_consumer_closes_total, r);
-        self.protocol_errors_total.store(t.protocol_errors_total, r);
-        self.idle_timeouts_total.store(t.idle_timeouts_total, r);
-        self.refused_total.store(t.refused_total, r);
-        self.publishes_total.store(t.publishes_total, r);
-        self.read_buffers_lent.store(t.read_buffers_lent, r);
-        self.tls_handshakes_total.store(t.tls_handshakes_total, r);
-        self.tls_failures_total.store(t.tls_failures_total, r);
-    }
-
-    pub fn load(&self) -> Tally {
-        let r = Ordering::Relaxed;
-        Tally {
-            connections: self.connections.load(r),
-            channels: self.channels.load(r),
-            handshakes_total: self.handshakes_total.load(r),
-            handshake_failures_total: self.handshake_failures_total.load(r),
-            closed_total: self.closed_total.load(r),
-            messages_in_total: self.messages_in_total.load(r),
-            messages_out_total: self.messages_out_total.load(r),
-            bytes_in_total: self.bytes_in_total.load(r),
-            bytes_out_total: self.bytes_out_total.load(r),
-            slow_consumer_closes_total: self.slow_consumer_closes_total.load(r),
-            protocol_errors_total: self.protocol_errors_total.load(r),
-            idle_timeouts_total: self.idle_timeouts_total.load(r),
-            refused_total: self.refused_total.load(r),
-            publishes_total: self.publishes_total.load(r),
-            read_buffers_lent: self.read_buffers_lent.load(r),
-            tls_handshakes_total: self.tls_handshakes_total.load(r),
-            tls_failures_total: self.tls_failures_total.load(r),
-        }
-    }
-}
+/// A command for a reactor running the gateway.
+pub type Command = reactor::Command<gateway::command::Command>;
 
 /// How other threads reach one reactor.
 pub struct ReactorHandle {
     pub tx: Sender<Command>,
     pub waker: Arc<Waker>,
     pub stats: Arc<ReactorStats>,
+    /// The counters of the reactor's gateway (sessions, auth, rates, upstream).
+    pub gateway: Arc<GatewayStats>,
 }
 
 /// Everything the API and the cluster bridge need to reach the reactors.
@@ -138,7 +31,7 @@ pub struct Hub {
     pub live_connections: Arc<AtomicUsize>,
     pub started: std::time::Instant,
     /// Gateway state shared with the reactors: verifier, limits, per-user counts (src/gateway/).
-    pub gateway: Arc<crate::gateway::Shared>,
+    pub gateway: Arc<gateway::Shared>,
 }
 
 impl Hub {

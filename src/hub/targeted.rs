@@ -1,12 +1,13 @@
 //! Targeted publishes, disconnects and queries: the API's and the bridge's way to the gateway state of the
 //! reactors. Each is a command on the reactor's queue; queries collect one answer per reactor.
 
-use super::{Command, Hub, ReactorHandle};
+use super::{Hub, ReactorHandle};
 use crate::gateway::command::{
     Answer, Command as GatewayCommand, ConnInfo, Member, Query, ReplayOutcome, Target,
 };
 use crate::ids::{sid, StreamId};
 use crate::pool::SharedFrame;
+use crate::reactor::Command;
 use crossbeam_channel::Sender;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub fn sid_home(hub: &Hub, sid: u64) -> Result<usize, &'static str> {
 /// Targeted publishes, disconnects and queries: the API's and the bridge's side of the gateway state.
 impl Hub {
     fn send_to(&self, r: &ReactorHandle, cmd: GatewayCommand) -> bool {
-        let ok = r.tx.send(Command::Session(cmd)).is_ok();
+        let ok = r.tx.send(Command::App(cmd)).is_ok();
         if ok {
             r.waker.wake();
         }

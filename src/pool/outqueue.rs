@@ -60,6 +60,16 @@ impl OutQueue {
         self.queued = 0;
     }
 
+    /// Drops every frame not yet started; a frame already partly written stays (nothing may cut into it).
+    pub fn drop_unsent(&mut self) {
+        if self.head_sent == 0 {
+            return self.clear();
+        }
+        self.frames.truncate(1);
+        self.frames.shrink_to(4);
+        self.queued = (self.frames[0].len() - self.head_sent as usize) as u32;
+    }
+
     /// Writes as much as the socket takes, IOV_MAX frames per writev, using `iov` as reusable scratch.
     pub fn flush(&mut self, fd: RawFd, iov: &mut Vec<libc::iovec>) -> io::Result<Flush> {
         while !self.frames.is_empty() {
@@ -159,6 +169,22 @@ mod tests {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+    }
+
+    #[test]
+    fn drop_unsent_keeps_only_a_partly_written_frame() {
+        let mut q = OutQueue::default();
+        q.push(frame(b"abc"));
+        q.push(frame(b"defg"));
+        q.drop_unsent();
+        assert!(q.is_empty());
+        q.push(frame(b"abc"));
+        q.push(frame(b"defg"));
+        q.advance(1);
+        q.drop_unsent();
+        assert_eq!(q.frame_count(), 1);
+        assert_eq!(q.queued_bytes(), 2);
+        assert_eq!(q.front_unsent(), Some(&b"bc"[..]));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The reactor's TLS path (issue 5). A TLS connection is an ordinary [`Conn`](super::conn::Conn) plus an entry
+//! The reactor's TLS path. A TLS connection is an ordinary [`Conn`](super::conn::Conn) plus an entry
 //! in the reactor's session slab:
 //!
 //! - in: ciphertext is read into the same scratch / lent buffer as plaintext connections (a partial record stays
@@ -11,9 +11,12 @@
 //! An idle TLS connection therefore holds the rustls session and no buffer.
 
 use super::conn::{flag, State, NO_TLS};
-use super::{net, Reactor};
+use super::core::Core;
+use super::handler::{Handler, Key};
+use super::sys::{net, Poller};
+use super::Reactor;
 use crate::pool::{BufId, NO_BUF};
-use crate::tls::{TlsConnection, RECORD_OVERHEAD};
+use crate::tls::{TlsAcceptor, TlsConnection, TlsError, RECORD_OVERHEAD};
 use std::io;
 
 /// Plaintext encrypted per record: the TLS maximum.
@@ -72,19 +75,18 @@ impl TlsIo {
 enum Next {
     Again,
     Stop,
+    /// The queue and the pending ciphertext are written.
+    Drained,
     Close,
-    Fail(crate::tls::TlsError),
+    Fail(TlsError),
 }
 
-impl Reactor {
-    /// Gives a just-accepted connection on the TLS listener its session. False if that failed (close it).
-    pub(super) fn tls_attach(&mut self, key: usize) -> bool {
-        let Some(acceptor) = &self.tls else {
-            return true;
-        };
-        match acceptor.session() {
+impl<A> Core<A> {
+    /// Gives a just-accepted connection on the TLS listener its TLS state. False if that failed (doom it).
+    pub(super) fn tls_attach(&mut self, key: Key, acceptor: &TlsAcceptor) -> bool {
+        match acceptor.connection() {
             Ok(session) => {
-                let id = self.tls_io.sessions.insert(Box::new(TlsConn {
+                let id = self.tls.sessions.insert(Box::new(TlsConn {
                     session,
                     plain: NO_BUF,
                     pending: NO_BUF,
@@ -102,106 +104,47 @@ impl Reactor {
     }
 
     /// True while the connection's TLS handshake is not complete (for the handshake timer).
-    pub(super) fn tls_handshaking(&self, key: usize) -> bool {
+    pub(super) fn tls_handshaking(&self, key: Key) -> bool {
         let id = self.conns[key].tls;
-        id != NO_TLS && self.tls_io.sessions[id as usize].session.is_handshaking()
+        id != NO_TLS && self.tls.sessions[id as usize].session.is_handshaking()
     }
 
     /// True if encrypted bytes still wait for the socket.
-    pub(super) fn tls_pending(&self, key: usize) -> bool {
+    pub(super) fn tls_pending(&self, key: Key) -> bool {
         let id = self.conns[key].tls;
-        id != NO_TLS && self.tls_io.sessions[id as usize].pending != NO_BUF
+        id != NO_TLS && self.tls.sessions[id as usize].pending != NO_BUF
     }
 
-    /// Decrypts the ciphertext in `buf` and decodes the plaintext; returns the ciphertext bytes consumed.
-    pub(super) fn tls_input(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let id = self.conns[key].tls as usize;
-        let t = &mut self.tls_io.sessions[id];
-        // The partial frame's buffer is detached while decoding: closing the connection meanwhile must not free
-        // it under us.
-        let plain_id = std::mem::replace(&mut t.plain, NO_BUF);
-        let mut plain = if plain_id != NO_BUF {
-            self.bufs.take(plain_id)
-        } else {
-            std::mem::take(&mut self.tls_io.plain)
-        };
-        let mut control = std::mem::take(&mut self.tls_io.control);
-        control.clear();
-
-        let was_handshaking = t.session.is_handshaking();
-        let outcome = t.session.read(buf, &mut plain, &mut control);
-        if outcome.error.is_some() {
-            t.failed = true;
-        } else if was_handshaking && !t.session.is_handshaking() {
-            self.tally.tls_handshakes_total += 1;
-        }
-        if !control.is_empty() {
-            self.tls_send(key, &control);
-        }
-        self.tls_io.control = control;
-
-        let backlog = buf.len() - outcome.consumed.min(buf.len());
-        let failure = match outcome.error {
-            Some(e) => Some(e.to_string()),
-            None if backlog > MAX_CIPHERTEXT_BACKLOG => {
-                Some(format!("{backlog} bytes of incomplete TLS records"))
-            }
-            None => None,
-        };
-        if let Some(reason) = failure {
-            self.tally.tls_failures_total += 1;
-            log::debug!("reactor {}: TLS connection closed: {reason}", self.id);
-            self.put_plain(key, plain_id, plain, usize::MAX);
-            self.close(key);
-            return buf.len();
-        }
-
-        let used = if plain.is_empty() || !self.conns.contains(key) {
-            0
-        } else {
-            self.process_input(key, &mut plain)
-        };
-        self.put_plain(key, plain_id, plain, used);
-        if outcome.peer_closed {
-            // close_notify: the TLS equivalent of EOF.
-            self.close(key);
-            return buf.len();
-        }
-        outcome.consumed
-    }
-
-    /// Keeps the undecoded rest of the plaintext on the connection (if it is still open), else recycles it.
-    fn put_plain(&mut self, key: usize, id: BufId, mut buf: Vec<u8>, consumed: usize) {
+    /// Keeps the undecoded rest of the plaintext on the connection (unless it takes no more input), else
+    /// recycles it.
+    fn put_plain(&mut self, key: Key, id: BufId, mut buf: Vec<u8>, consumed: usize) {
         let consumed = consumed.min(buf.len());
-        let owner = match self.conns.get(key) {
-            Some(c) if c.tls != NO_TLS => Some(c.tls as usize),
-            _ => None,
-        };
+        let conn = &self.conns[key];
+        let t = conn.tls as usize;
+        let keep =
+            consumed < buf.len() && !conn.has(flag::DOOMED) && conn.state != State::Lingering;
         if id != NO_BUF {
             buf.drain(..consumed);
-            let keep = !buf.is_empty() && owner.is_some();
             self.bufs.put(id, buf);
-            match owner {
-                Some(t) if keep => self.tls_io.sessions[t].plain = id,
-                _ => self.bufs.give_back(id),
+            if !keep {
+                self.bufs.give_back(id);
+                self.tls.sessions[t].plain = NO_BUF;
             }
         } else {
-            if let Some(t) = owner {
-                if consumed < buf.len() {
-                    let lent = self.bufs.lend();
-                    self.bufs.get(lent).extend_from_slice(&buf[consumed..]);
-                    self.tls_io.sessions[t].plain = lent;
-                }
+            if keep {
+                let lent = self.bufs.lend();
+                self.bufs.get(lent).extend_from_slice(&buf[consumed..]);
+                self.tls.sessions[t].plain = lent;
             }
             buf.clear();
-            self.tls_io.plain = buf;
+            self.tls.plain = buf;
         }
     }
 
     /// Sends ciphertext after anything still pending; what the socket does not take waits for EPOLLOUT.
-    fn tls_send(&mut self, key: usize, bytes: &[u8]) {
+    fn tls_send(&mut self, key: Key, bytes: &[u8]) {
         let conn = &mut self.conns[key];
-        let t = &mut self.tls_io.sessions[conn.tls as usize];
+        let t = &mut self.tls.sessions[conn.tls as usize];
         if t.pending != NO_BUF {
             self.bufs.get(t.pending).extend_from_slice(bytes);
             return;
@@ -209,7 +152,7 @@ impl Reactor {
         let written = match net::write_some(conn.fd, bytes) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(_) => return self.close(key),
+            Err(_) => return self.doom(key),
         };
         self.tally.bytes_out_total += written as u64;
         if written < bytes.len() {
@@ -223,30 +166,27 @@ impl Reactor {
 
     /// Writes what is pending, then encrypts and writes queued frames until the queue is empty or the socket is
     /// full.
-    pub(super) fn tls_flush(&mut self, key: usize) {
+    pub(super) fn tls_flush(&mut self, key: Key) {
         loop {
-            let next = self.tls_flush_step(key);
-            match next {
+            match self.tls_flush_step(key) {
                 Next::Again => continue,
                 Next::Stop => return,
-                Next::Close => return self.close(key),
+                Next::Drained => return self.drained(key),
+                Next::Close => return self.doom(key),
                 Next::Fail(e) => {
                     log::debug!("reactor {}: TLS write failed: {e}", self.id);
-                    if let Some(conn) = self.conns.get(key) {
-                        self.tls_io.sessions[conn.tls as usize].failed = true;
-                    }
+                    let id = self.conns[key].tls as usize;
+                    self.tls.sessions[id].failed = true;
                     self.tally.tls_failures_total += 1;
-                    return self.close(key);
+                    return self.doom(key);
                 }
             }
         }
     }
 
     fn tls_flush_step(&mut self, key: usize) -> Next {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return Next::Stop;
-        };
-        let t = &mut self.tls_io.sessions[conn.tls as usize];
+        let conn = &mut self.conns[key];
+        let t = &mut self.tls.sessions[conn.tls as usize];
 
         if t.pending != NO_BUF {
             let pending = self.bufs.get(t.pending);
@@ -268,18 +208,14 @@ impl Reactor {
         }
 
         if conn.out.is_empty() {
-            return if conn.has(flag::CLOSE_AFTER_FLUSH) {
-                Next::Close
-            } else {
-                Next::Stop
-            };
+            return Next::Drained;
         }
         if t.session.is_handshaking() {
             return Next::Stop; // nothing may be encrypted yet; the handshake's progress flushes again
         }
 
-        let out = &mut self.tls_io.out;
-        let stage = &mut self.tls_io.stage;
+        let out = &mut self.tls.out;
+        let stage = &mut self.tls.stage;
         let mut used = 0;
         while let Some(bytes) = conn.out.front_unsent() {
             if used + PIECE + RECORD_OVERHEAD > out.len() {
@@ -330,14 +266,12 @@ impl Reactor {
     /// Best effort, bypassing the queue: encrypts `data` (and a close_notify if asked) and writes it once. For
     /// HTTP refusals and slow-consumer closes right before the socket is shut or closed.
     pub(super) fn tls_write_now(&mut self, key: usize, data: &[u8], close_notify: bool) {
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        let t = &mut self.tls_io.sessions[conn.tls as usize];
+        let conn = &self.conns[key];
+        let t = &mut self.tls.sessions[conn.tls as usize];
         if t.failed || t.pending != NO_BUF || t.session.is_handshaking() {
             return;
         }
-        let out = &mut self.tls_io.out;
+        let out = &mut self.tls.out;
         let mut used = 0;
         for piece in data.chunks(PIECE) {
             if used + piece.len() + 2 * RECORD_OVERHEAD > out.len() {
@@ -356,7 +290,7 @@ impl Reactor {
 
     /// Frees a closing connection's TLS state, with a close_notify if the stream is at a record boundary.
     pub(super) fn tls_release(&mut self, id: u32, fd: std::os::fd::RawFd, state: State) {
-        let Some(mut t) = self.tls_io.sessions.try_remove(id as usize) else {
+        let Some(mut t) = self.tls.sessions.try_remove(id as usize) else {
             return;
         };
         if !t.failed
@@ -364,10 +298,71 @@ impl Reactor {
             && !t.session.is_handshaking()
             && state != State::Lingering
         {
-            let n = t.session.close_notify(&mut self.tls_io.out);
-            let _ = net::write_some(fd, &self.tls_io.out[..n]);
+            let n = t.session.close_notify(&mut self.tls.out);
+            let _ = net::write_some(fd, &self.tls.out[..n]);
         }
         self.bufs.give_back(t.plain);
         self.bufs.give_back(t.pending);
+    }
+}
+
+impl<P: Poller, H: Handler> Reactor<P, H> {
+    /// Decrypts the ciphertext in `buf` and decodes the plaintext; returns the ciphertext bytes consumed.
+    pub(super) fn tls_input(&mut self, key: Key, buf: &mut [u8]) -> usize {
+        let core = &mut self.core;
+        let id = core.conns[key].tls as usize;
+        let t = &mut core.tls.sessions[id];
+        // The partial frame's buffer stays lent to the connection (nothing frees it before the reap); its bytes
+        // are moved out only while the reactor decodes them.
+        let plain_id = t.plain;
+        let mut plain = if plain_id != NO_BUF {
+            core.bufs.take(plain_id)
+        } else {
+            std::mem::take(&mut core.tls.plain)
+        };
+        let mut control = std::mem::take(&mut core.tls.control);
+        control.clear();
+
+        let t = &mut core.tls.sessions[id];
+        let was_handshaking = t.session.is_handshaking();
+        let outcome = t.session.read(buf, &mut plain, &mut control);
+        if outcome.error.is_some() {
+            t.failed = true;
+        } else if was_handshaking && !t.session.is_handshaking() {
+            core.tally.tls_handshakes_total += 1;
+        }
+        if !control.is_empty() {
+            core.tls_send(key, &control);
+        }
+        core.tls.control = control;
+
+        let backlog = buf.len() - outcome.consumed.min(buf.len());
+        let failure = match outcome.error {
+            Some(e) => Some(e.to_string()),
+            None if backlog > MAX_CIPHERTEXT_BACKLOG => {
+                Some(format!("{backlog} bytes of incomplete TLS records"))
+            }
+            None => None,
+        };
+        if let Some(reason) = failure {
+            core.tally.tls_failures_total += 1;
+            log::debug!("reactor {}: TLS connection closed: {reason}", core.id);
+            core.put_plain(key, plain_id, plain, usize::MAX);
+            core.doom(key);
+            return buf.len();
+        }
+
+        let used = if plain.is_empty() {
+            0
+        } else {
+            self.process_input(key, &mut plain)
+        };
+        self.core.put_plain(key, plain_id, plain, used);
+        if outcome.peer_closed {
+            // close_notify: the TLS equivalent of EOF.
+            self.core.doom(key);
+            return buf.len();
+        }
+        outcome.consumed
     }
 }

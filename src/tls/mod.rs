@@ -76,7 +76,7 @@ impl TlsAcceptor {
     }
 
     /// A new connection's TLS state with the current config.
-    pub fn session(&self) -> Result<TlsConnection, TlsError> {
+    pub fn connection(&self) -> Result<TlsConnection, TlsError> {
         TlsConnection::new(self.config())
     }
 }

@@ -1,27 +1,8 @@
-//! The readiness source behind a reactor. The reactor only needs "register a socket with a token" and "wait for
-//! ready tokens", so an io_uring backend can implement [`Poller`] without touching framing or routing.
+//! The epoll backend: edge-triggered readiness for every socket a reactor owns.
 
+use super::{Poller, Ready};
 use std::io;
 use std::os::fd::RawFd;
-
-/// Readiness bits reported for a token.
-#[derive(Debug, Clone, Copy)]
-pub struct Ready {
-    pub token: u64,
-    pub readable: bool,
-    pub writable: bool,
-    /// Error or hang-up on the socket.
-    pub error: bool,
-}
-
-pub trait Poller {
-    /// Registers `fd` for edge-triggered read and write readiness under `token`.
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()>;
-    /// Stops watching `fd` (closing it does that too).
-    fn remove(&self, fd: RawFd) -> io::Result<()>;
-    /// Waits up to `timeout_ms` (-1 = forever) and fills `out` with ready tokens.
-    fn wait(&mut self, out: &mut Vec<Ready>, timeout_ms: i32) -> io::Result<()>;
-}
 
 /// Linux epoll, edge-triggered: a socket is registered once and never modified, so a busy reactor makes no
 /// epoll_ctl calls per message.
@@ -31,7 +12,7 @@ pub struct Epoll {
 }
 
 impl Epoll {
-    pub fn new(capacity: usize) -> io::Result<Self> {
+    fn create(capacity: usize) -> io::Result<Self> {
         // SAFETY: plain syscall with a flag argument; the result is checked.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -54,6 +35,10 @@ impl Epoll {
 }
 
 impl Poller for Epoll {
+    fn new(capacity: usize) -> io::Result<Self> {
+        Epoll::create(capacity)
+    }
+
     fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
         self.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, token)

@@ -43,10 +43,6 @@ impl SubList {
         self.as_slice().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        matches!(self, SubList::Empty)
-    }
-
     pub fn push(&mut self, sub: Subscription) {
         *self = match std::mem::take(self) {
             SubList::Empty => SubList::One(sub),
@@ -106,10 +102,6 @@ impl ChannelIndex {
 
     pub fn len(&self) -> usize {
         self.channels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
     }
 
     /// Adds connection `conn` to the channel named `name`, creating it if needed.
@@ -177,7 +169,7 @@ mod tests {
         );
         assert_eq!(idx.remove(c), None);
         assert!(idx.lookup("doc").is_none());
-        assert!(idx.is_empty());
+        assert_eq!(idx.len(), 0);
     }
 
     #[test]
@@ -194,6 +186,6 @@ mod tests {
         assert_eq!(l.remove(1), Some(sub(1)));
         assert!(matches!(l, SubList::One(_)));
         assert_eq!(l.remove(3), Some(sub(3)));
-        assert!(l.is_empty());
+        assert_eq!(l.len(), 0);
     }
 }

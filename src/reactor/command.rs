@@ -1,0 +1,19 @@
+//! Work other threads hand a reactor through its bounded command channel.
+
+use crate::pool::SharedFrame;
+use std::sync::Arc;
+
+/// A command for one reactor. `A` is the application's own command type (see [`super::Handler::Command`]).
+pub enum Command<A> {
+    /// Deliver `frame` to every local subscriber of `channel`.
+    Publish {
+        channel: Arc<str>,
+        frame: SharedFrame,
+    },
+    /// Deliver `frame` to every open connection the application accepts broadcasts on.
+    Broadcast { frame: SharedFrame },
+    /// Stop accepting, close everyone with 1001, and stop after at most `drain_ms`.
+    Shutdown { drain_ms: u64 },
+    /// Handed to the application's [`super::Handler::on_command`].
+    App(A),
+}

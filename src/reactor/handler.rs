@@ -1,0 +1,69 @@
+//! The seam between the event loop and the application. The loop owns sockets, buffers, framing, queues,
+//! timers and teardown; the application (src/gateway/) decides what an upgrade may do and what a message means,
+//! and acts only through [`Core`]. Dispatch is static: the reactor is generic over its handler.
+//!
+//! Re-entrancy rules, which the teardown design makes simple:
+//! - every hook runs at a point of the loop where no connection is being walked, so a hook may queue, close or
+//!   (un)subscribe any connection, including the one it was called for;
+//! - closing never frees anything during the hook: the connection stays readable through [`Core`] until the end
+//!   of the loop iteration, where [`Handler::on_close`] runs (once) and the reactor frees it.
+
+use super::command::Command;
+use super::core::Core;
+use crate::frame::handshake::{Reject, Request};
+use std::net::IpAddr;
+
+/// Index of a connection in its reactor's slab: valid from acceptance until the end of the iteration in which
+/// [`Handler::on_close`] ran (or the connection was dropped before it opened).
+pub type Key = usize;
+
+pub trait Handler {
+    /// The application's state of one connection, kept inline in the reactor's slab (keep it small: every idle
+    /// connection pays for it).
+    type Conn: Default;
+    /// The application's commands, carried by [`Command::App`].
+    type Command: Send + 'static;
+
+    /// A connection was accepted from `peer` (before any byte is read). `Err` refuses it with that HTTP status.
+    fn on_accept(
+        &mut self,
+        core: &mut Core<Self::Conn>,
+        peer: Option<IpAddr>,
+    ) -> Result<(), Reject>;
+
+    /// A complete HTTP request head on a new connection. The handler routes it and checks it as an upgrade
+    /// (`frame::handshake::check_upgrade`, after its own routing so an unknown path is a 404, not a 400). To
+    /// accept, write the 101 response (`frame::handshake::write_switching`) and any first frames into `response`,
+    /// set up the connection (app state, subscriptions, its timer) and return Ok: the connection is then open and
+    /// `response` is sent. Refuse with `Err` before changing anything; the core answers with that HTTP error.
+    fn on_upgrade(
+        &mut self,
+        core: &mut Core<Self::Conn>,
+        key: Key,
+        req: &Request<'_>,
+        response: &mut Vec<u8>,
+    ) -> Result<(), Reject>;
+
+    /// A complete text or binary message on an open connection (fragments already joined, text already valid
+    /// UTF-8).
+    fn on_message(&mut self, core: &mut Core<Self::Conn>, key: Key, opcode: u8, payload: &[u8]);
+
+    /// The timer of an open connection (set with [`Core::schedule`]) fired.
+    fn on_timer(&mut self, core: &mut Core<Self::Conn>, key: Key);
+
+    /// An open connection left the open state (closed by either side, or dropped). Its app state, subscriptions
+    /// and identity are still readable; queueing on it does nothing. Runs once, at the end of the iteration.
+    fn on_close(&mut self, core: &mut Core<Self::Conn>, key: Key);
+
+    /// An application command from another thread.
+    fn on_command(&mut self, core: &mut Core<Self::Conn>, cmd: Self::Command);
+
+    /// Whether a broadcast goes to this open connection.
+    fn takes_broadcast(conn: &Self::Conn) -> bool;
+
+    /// Once per loop iteration, after teardown (publish counters).
+    fn on_iteration(&mut self, core: &Core<Self::Conn>);
+}
+
+/// The reactor's command type for handler `H`.
+pub type CommandFor<H> = Command<<H as Handler>::Command>;

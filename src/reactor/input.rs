@@ -1,0 +1,278 @@
+//! Reading and decoding: socket bytes → upgrade request or frames → the handler's hooks. Input stops at the
+//! first sign that a connection is ending: a doomed connection is not read, a lingering one's bytes are discarded,
+//! and after a protocol violation nothing more of the buffer is decoded.
+
+use super::conn::{flag, State, NO_TLS};
+use super::handler::{Handler, Key};
+use super::sys::{net, Poller, Ready};
+use super::Reactor;
+use crate::frame::decode::{Decoder, Frame};
+use crate::frame::handshake;
+use crate::frame::{encode, OP_CLOSE, OP_PONG};
+use crate::pool::{self, NO_BUF};
+use std::io;
+
+/// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
+pub(super) const SCRATCH: usize = 64 * 1024;
+/// Reads per readiness event before the connection yields to others (continued next iteration).
+const READS_PER_EVENT: usize = 16;
+
+impl<P: Poller, H: Handler> Reactor<P, H> {
+    pub(super) fn on_ready(&mut self, key: Key, ev: &Ready) {
+        // Tokens come from the kernel for registered sockets, and a socket is closed only when its slot is freed,
+        // after the batch: the key is live. Checked anyway, because a wrong index would abort the process.
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if ev.error {
+            return self.core.doom(key);
+        }
+        if ev.writable {
+            conn.flags &= !flag::BLOCKED;
+            if !conn.out.is_empty() || conn.tls != NO_TLS {
+                self.core.mark_dirty(key);
+            }
+        }
+        if ev.readable {
+            self.on_readable(key);
+        }
+    }
+
+    pub(super) fn on_readable(&mut self, key: Key) {
+        for _ in 0..READS_PER_EVENT {
+            let conn = &self.core.conns[key];
+            if conn.has(flag::DOOMED) {
+                return;
+            }
+            let (fd, rbuf, tls, state) = (conn.fd, conn.rbuf, conn.tls != NO_TLS, conn.state);
+            let lent = rbuf != NO_BUF;
+            // The bytes move out of their buffer while the handler runs; the buffer itself stays lent to the
+            // connection (nothing frees it before the reap).
+            let mut buf = if lent {
+                self.core.bufs.take(rbuf)
+            } else {
+                std::mem::take(&mut self.scratch)
+            };
+            let want = if !lent {
+                SCRATCH
+            } else if tls {
+                pool::block_size()
+            } else {
+                read_size(state, &buf)
+            };
+            match pool::read_into(fd, &mut buf, want) {
+                Ok(0) => {
+                    self.keep_leftover(key, rbuf, buf, usize::MAX);
+                    return self.core.doom(key);
+                }
+                Ok(n) => {
+                    self.core.tally.bytes_in_total += n as u64;
+                    let conn = &mut self.core.conns[key];
+                    conn.last_rx = self.core.now;
+                    conn.flags &= !flag::PING_SENT;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.keep_leftover(key, rbuf, buf, 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.keep_leftover(key, rbuf, buf, 0);
+                    continue;
+                }
+                Err(_) => {
+                    self.keep_leftover(key, rbuf, buf, usize::MAX);
+                    return self.core.doom(key);
+                }
+            }
+            let consumed = if state == State::Lingering {
+                buf.len()
+            } else if tls {
+                self.tls_input(key, &mut buf)
+            } else {
+                self.process_input(key, &mut buf)
+            };
+            self.keep_leftover(key, rbuf, buf, consumed);
+        }
+        self.core.pending_reads.push(key);
+    }
+
+    /// After decoding: the connection keeps a lent buffer only for a partial frame (or request head) it will
+    /// still decode; the scratch buffer goes back for the next read.
+    fn keep_leftover(&mut self, key: Key, rbuf: u32, mut buf: Vec<u8>, consumed: usize) {
+        let consumed = consumed.min(buf.len());
+        let conn = &self.core.conns[key];
+        let keep =
+            consumed < buf.len() && !conn.has(flag::DOOMED) && conn.state != State::Lingering;
+        let bufs = &mut self.core.bufs;
+        if rbuf != NO_BUF {
+            buf.drain(..consumed);
+            bufs.put(rbuf, buf);
+            if !keep {
+                bufs.give_back(rbuf);
+                self.core.conns[key].rbuf = NO_BUF;
+            }
+        } else {
+            if keep {
+                let id = bufs.lend();
+                bufs.get(id).extend_from_slice(&buf[consumed..]);
+                self.core.conns[key].rbuf = id;
+            }
+            buf.clear();
+            self.scratch = buf;
+        }
+    }
+
+    /// Decodes what `buf` holds for connection `key`; returns the bytes consumed (all of them once the connection
+    /// takes no more input).
+    pub(super) fn process_input(&mut self, key: Key, buf: &mut [u8]) -> usize {
+        let mut off = 0;
+        loop {
+            let conn = &mut self.core.conns[key];
+            if conn.has(flag::DOOMED) {
+                return buf.len();
+            }
+            match conn.state {
+                State::Handshake => {
+                    match handshake::parse_request(&buf[off..], self.core.limits.max_head) {
+                        Ok(None) => return off,
+                        Ok(Some(req)) => {
+                            off += req.head_len;
+                            self.upgrade(key, &req);
+                        }
+                        Err(reject) => {
+                            self.core.reject(key, reject);
+                            return buf.len();
+                        }
+                    }
+                }
+                State::Open | State::Closing => {
+                    if off == buf.len() {
+                        return off;
+                    }
+                    match conn
+                        .decoder
+                        .next(&mut buf[off..], self.core.limits.max_message)
+                    {
+                        Ok(Some((frame, used))) => {
+                            off += used;
+                            self.on_frame(key, frame);
+                        }
+                        Ok(None) => return off,
+                        Err(v) => {
+                            self.core.fail(key, v.code, v.reason);
+                            return buf.len();
+                        }
+                    }
+                }
+                State::Lingering => return buf.len(),
+            }
+        }
+    }
+
+    /// Completes the upgrade or refuses it: the handler decides, the core sends.
+    fn upgrade(&mut self, key: Key, req: &handshake::Request<'_>) {
+        let mut response = Vec::with_capacity(256);
+        if let Err(reject) = self
+            .handler
+            .on_upgrade(&mut self.core, key, req, &mut response)
+        {
+            return self.core.reject(key, reject);
+        }
+        let core = &mut self.core;
+        let conn = &mut core.conns[key];
+        conn.state = State::Open;
+        core.tally.handshakes_total += 1;
+        core.tally.connections += 1;
+        // A plain connection writes it straight away: on a fresh socket it always fits, and an idle connection
+        // then never allocates its outbound ring. Only a short write falls back to the queue. A TLS connection
+        // must encrypt it, so it goes through the queue and the TLS flush.
+        let written = if conn.tls == NO_TLS {
+            net::write_nonblocking(conn.fd, &response)
+        } else {
+            0
+        };
+        if written < response.len() {
+            response.drain(..written);
+            core.send(key, response);
+        }
+    }
+
+    fn on_frame(&mut self, key: Key, frame: Frame<'_>) {
+        let core = &mut self.core;
+        let conn = &mut core.conns[key];
+        let open = conn.state == State::Open;
+        match frame {
+            Frame::Data {
+                opcode,
+                first,
+                fin,
+                payload,
+            } => {
+                if !open {
+                    return; // data after our close frame is ignored (RFC 6455 §5.5.1)
+                }
+                if first && fin {
+                    return self.on_message(key, opcode, payload);
+                }
+                if conn.msg == NO_BUF {
+                    conn.msg = core.bufs.lend();
+                }
+                let id = conn.msg;
+                core.bufs.get(id).extend_from_slice(payload);
+                if fin {
+                    // The buffer stays lent to the connection while the handler runs (nothing frees it before the
+                    // reap); only its bytes move out.
+                    let message = core.bufs.take(id);
+                    self.on_message(key, opcode, &message);
+                    let core = &mut self.core;
+                    core.bufs.put(id, message);
+                    core.bufs.give_back(id);
+                    core.conns[key].msg = NO_BUF;
+                }
+            }
+            Frame::Ping(payload) => {
+                if open {
+                    let mut pong = Vec::with_capacity(payload.len() + 2);
+                    encode::push_frame(&mut pong, OP_PONG, payload);
+                    core.send(key, pong);
+                }
+            }
+            Frame::Pong(_) => {}
+            Frame::Close { code, .. } => {
+                if open {
+                    // Echo the client's code (RFC 6455 §5.5.1), then close the TCP connection ourselves.
+                    let reply = match code {
+                        Some(code) => encode::close_frame(code, ""),
+                        None => {
+                            let mut f = Vec::with_capacity(2);
+                            encode::push_frame(&mut f, OP_CLOSE, b"");
+                            f
+                        }
+                    };
+                    core.send(key, reply);
+                    core.closed_by_peer(key);
+                } else {
+                    core.close_after_flush(key);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, key: Key, opcode: u8, payload: &[u8]) {
+        self.core.tally.messages_in_total += 1;
+        self.handler
+            .on_message(&mut self.core, key, opcode, payload);
+    }
+}
+
+/// How much room to make in a lent buffer before reading: enough for the frame in progress (so a large frame is
+/// read in few syscalls), at least one pool block.
+fn read_size(state: State, buf: &[u8]) -> usize {
+    let block = pool::block_size();
+    if matches!(state, State::Open | State::Closing) {
+        if let Some(total) = Decoder::frame_len(buf) {
+            let missing = (total as usize).saturating_sub(buf.len());
+            return missing.clamp(block, 4 << 20);
+        }
+    }
+    block
+}

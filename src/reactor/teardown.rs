@@ -1,0 +1,192 @@
+//! How connections end, in one place. Deciding that a connection must go (a close frame, a protocol violation,
+//! EOF, an error, a timer, a slow consumer, shutdown) never frees anything: it changes the connection's state and
+//! puts it on a list. Once per loop iteration, after everything else, [`Core::reap`] frees what is doomed — socket,
+//! buffers, TLS state, subscriptions, slab slot — so no code ever holds a key or a buffer of a freed connection.
+//!
+//! The states a connection ends through:
+//! - `close` (the application, shutdown, a slow consumer): Open → Closing. Our close frame is queued; the client's
+//!   close frame, or the grace timer, dooms it.
+//! - `fail` (a protocol violation): the input can no longer be decoded, so it is discarded. Open → Lingering with
+//!   the violation's close frame queued (Closing → Lingering keeps the one already queued); once it is written our
+//!   side shuts down, and EOF or the grace timer dooms it.
+//! - `reject` (an HTTP error during the handshake): Handshake → Lingering, the response written, our side shut.
+//! - `doom`: straight to the reap list (EOF, socket errors, timers, a finished close handshake).
+//!
+//! Leaving the open state puts a connection on `leaving`: the application's `on_close` runs for it at the end of
+//! the iteration (the reactor's `teardown`), before `reap`.
+
+use super::conn::{flag, State, NO_TLS};
+use super::core::Core;
+use super::handler::Key;
+use super::sys::net;
+use crate::frame::encode;
+use crate::frame::handshake::{self, Reject};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Seconds to wait for the client's close frame, or for EOF after an HTTP error or a violation, before dropping
+/// the socket.
+pub(super) const CLOSE_GRACE: u32 = 2;
+
+impl<A> Core<A> {
+    /// Closes an open connection with a close frame (after what is already queued) and waits, at most the grace
+    /// period, for the client's close. Does nothing if the connection is not open.
+    pub fn close(&mut self, key: Key, code: u16, reason: &str) {
+        if !self.conns[key].accepts_frames() {
+            return;
+        }
+        self.leave_open(key, State::Closing);
+        self.push_last(key, encode::close_frame(code, reason));
+        self.schedule_grace(key);
+    }
+
+    /// Like [`Self::close`], without waiting for the client's close frame: the socket closes as soon as ours is
+    /// written (for a client that has gone silent, or whose token expired).
+    pub fn close_without_wait(&mut self, key: Key, code: u16, reason: &str) {
+        if self.conns[key].accepts_frames() {
+            self.close(key, code, reason);
+            self.close_after_flush(key);
+        }
+    }
+
+    /// A protocol violation: the rest of the input cannot be decoded and is discarded. The violation's close
+    /// frame still leaves (unless a close frame already did), then our side shuts down.
+    pub(super) fn fail(&mut self, key: Key, code: u16, reason: &str) {
+        self.tally.protocol_errors_total += 1;
+        let conn = &self.conns[key];
+        if conn.has(flag::DOOMED) {
+            return;
+        }
+        match conn.state {
+            State::Open => {
+                self.leave_open(key, State::Lingering);
+                self.push_last(key, encode::close_frame(code, reason));
+            }
+            State::Closing => self.conns[key].state = State::Lingering,
+            State::Handshake | State::Lingering => return self.doom(key),
+        }
+        self.shut_after_flush(key);
+        self.schedule_grace(key);
+    }
+
+    /// Refuses an upgrade with an HTTP error: the response is written at once, our side shuts down, and the
+    /// client's EOF (or the grace timer) ends it, so the response is not lost to a reset.
+    pub(super) fn reject(&mut self, key: Key, reject: Reject) {
+        self.tally.handshake_failures_total += 1;
+        let mut response = Vec::with_capacity(256);
+        handshake::write_reject(&mut response, reject);
+        let conn = &mut self.conns[key];
+        conn.state = State::Lingering;
+        let fd = conn.fd;
+        if conn.tls != NO_TLS {
+            self.tls_write_now(key, &response, true);
+        } else {
+            net::write_all_nonblocking(fd, &response);
+        }
+        net::shutdown_write(fd);
+        self.schedule_grace(key);
+    }
+
+    /// The client's close frame on an open connection was answered (our reply is queued): the close handshake is
+    /// complete once the reply is written.
+    pub(super) fn closed_by_peer(&mut self, key: Key) {
+        self.leave_open(key, State::Closing);
+        self.close_after_flush(key);
+    }
+
+    /// Dooms the connection once everything queued is written (at once if nothing is).
+    pub(super) fn close_after_flush(&mut self, key: Key) {
+        if self.conns[key].out.is_empty() && !self.tls_pending(key) {
+            return self.doom(key);
+        }
+        self.conns[key].flags |= flag::CLOSE_AFTER_FLUSH;
+        self.mark_dirty(key);
+    }
+
+    /// Puts the connection on the reap list: no more input, nothing new queued, freed at the end of the iteration.
+    pub(super) fn doom(&mut self, key: Key) {
+        let conn = &mut self.conns[key];
+        if conn.has(flag::DOOMED) {
+            return;
+        }
+        conn.flags |= flag::DOOMED;
+        let state = conn.state;
+        if state == State::Open {
+            self.leave_open(key, State::Closing);
+        }
+        self.doomed.push(key);
+    }
+
+    /// The outbound queue was written completely.
+    pub(super) fn drained(&mut self, key: Key) {
+        let conn = &mut self.conns[key];
+        if conn.has(flag::CLOSE_AFTER_FLUSH) {
+            self.doom(key);
+        } else if conn.has(flag::SHUT_AFTER_FLUSH) {
+            conn.flags &= !flag::SHUT_AFTER_FLUSH;
+            net::shutdown_write(conn.fd);
+        }
+    }
+
+    fn leave_open(&mut self, key: Key, next: State) {
+        let conn = &mut self.conns[key];
+        if conn.state == State::Open {
+            self.tally.connections -= 1;
+            self.leaving.push(key);
+        }
+        conn.state = next;
+    }
+
+    /// Queues a connection's last frame (its close frame), past the open-state check of `queue`.
+    fn push_last(&mut self, key: Key, frame: Vec<u8>) {
+        self.conns[key].out.push(Rc::new(Arc::new(frame)));
+        self.tally.messages_out_total += 1;
+        self.mark_dirty(key);
+    }
+
+    fn shut_after_flush(&mut self, key: Key) {
+        if self.conns[key].out.is_empty() && !self.tls_pending(key) {
+            net::shutdown_write(self.conns[key].fd);
+        } else {
+            self.conns[key].flags |= flag::SHUT_AFTER_FLUSH;
+            self.mark_dirty(key);
+        }
+    }
+
+    fn schedule_grace(&mut self, key: Key) {
+        let deadline = self.now + CLOSE_GRACE;
+        self.timers.schedule(&mut self.conns, key, deadline);
+    }
+
+    /// Frees every doomed connection. The only place a connection's resources are released. Runs after the
+    /// handler's `on_close` for the connections that left the open state (see the reactor's `teardown`).
+    pub(super) fn reap(&mut self) {
+        if self.doomed.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        // The read and flush lists carry keys into the next iteration; a freed key may be reused by then.
+        self.pending_reads.retain(|&k| !conns[k].has(flag::DOOMED));
+        self.dirty.retain(|&k| !conns[k].has(flag::DOOMED));
+        let mut doomed = std::mem::take(&mut self.doomed);
+        for key in doomed.drain(..) {
+            self.release(key);
+        }
+        self.doomed = doomed;
+    }
+
+    fn release(&mut self, key: Key) {
+        self.drop_subscriptions(key);
+        self.timers.cancel(&mut self.conns, key);
+        let conn = self.conns.remove(key);
+        self.bufs.give_back(conn.rbuf);
+        self.bufs.give_back(conn.msg);
+        if conn.tls != NO_TLS {
+            self.tls_release(conn.tls, conn.fd, conn.state);
+        }
+        net::close(conn.fd);
+        self.live_connections.fetch_sub(1, Ordering::Relaxed);
+        self.tally.closed_total += 1;
+    }
+}

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh — the standard wsgate benchmark suite, scaled to a 2-core machine (a few minutes in all).
 #
-# Builds nothing: run `cargo build --release` first (wsgate and wsgate-bench). For every scenario it starts a fresh
-# gateway on ephemeral loopback ports, reads the ports from its "wsgate ready ws=IP:PORT api=IP:PORT" line, runs
-# wsgate-bench against it, and stops that gateway by its PID (SIGTERM, then SIGKILL after 15 s). Every load is
-# bounded in count and time and targets 127.0.0.x only.
+# Builds nothing: run `cargo build --release --workspace` first (wsgate and wsgate-bench; without --workspace only
+# wsgate is built). For every scenario it starts a fresh gateway on ephemeral loopback ports, reads the ports from its
+# "wsgate ready ws=IP:PORT api=IP:PORT" line, runs wsgate-bench against it, and stops that gateway by its PID
+# (SIGTERM, then SIGKILL after 15 s). Every load is bounded in count and time and targets 127.0.0.x only.
 #
 # Results: the human summaries on stdout and in bench/out/, one JSON line per scenario in bench/out/results.jsonl,
 # a dated section appended to bench/RESULTS.md (earlier sections are kept) and bench/latency.svg (latest run).
@@ -40,7 +40,7 @@ done
 
 for bin in "$GW" "$BENCH"; do
     if [ ! -x "$bin" ]; then
-        echo "run.sh: $bin not found; run 'cargo build --release' first (or set WSGATE / WSGATE_BENCH)" >&2
+        echo "run.sh: $bin not found; run 'cargo build --release --workspace' first (or set WSGATE / WSGATE_BENCH)" >&2
         exit 2
     fi
 done

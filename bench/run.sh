@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh — the standard wsgate benchmark suite, scaled to a 2-core machine (a few minutes in all).
 #
-# Builds nothing: run `cargo build --release` first (wsgate and wsgate-bench). For every scenario it starts a fresh
-# gateway on ephemeral loopback ports, reads the ports from its "wsgate ready ws=IP:PORT api=IP:PORT" line, runs
-# wsgate-bench against it, and stops that gateway by its PID (SIGTERM, then SIGKILL after 15 s). Every load is
-# bounded in count and time and targets 127.0.0.x only.
+# Builds nothing: run `cargo build --release --workspace` first (wsgate and wsgate-bench; without --workspace only
+# wsgate is built). For every scenario it starts a fresh gateway on ephemeral loopback ports, reads the ports from its
+# "wsgate ready ws=IP:PORT api=IP:PORT" line, runs wsgate-bench against it, and stops that gateway by its PID
+# (SIGTERM, then SIGKILL after 15 s). Every load is bounded in count and time and targets 127.0.0.x only.
 #
 # Results: the human summaries on stdout and in bench/out/, one JSON line per scenario in bench/out/results.jsonl,
 # a dated section appended to bench/RESULTS.md (earlier sections are kept) and bench/latency.svg (latest run).
@@ -40,92 +40,27 @@ done
 
 for bin in "$GW" "$BENCH"; do
     if [ ! -x "$bin" ]; then
-        echo "run.sh: $bin not found; run 'cargo build --release' first (or set WSGATE / WSGATE_BENCH)" >&2
+        echo "run.sh: $bin not found; run 'cargo build --release --workspace' first (or set WSGATE / WSGATE_BENCH)" >&2
         exit 2
     fi
 done
 
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+PROG=run.sh
+
 # Identify what is measured now: another build may replace the binary while the suite runs.
-COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]; then
-    COMMIT="$COMMIT+dirty"
-fi
+COMMIT="$(git_commit "$ROOT")"
 gw_id() { echo "sha256 $(sha256sum "$GW" | cut -c1-12), built $(date -u -r "$GW" '+%Y-%m-%d %H:%M:%SZ')"; }
 GW_ID="$(gw_id)"
 
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
-GW_PID=""
-WS_ADDR=""
-API_ADDR=""
 FAILED=()
 
-stop_gateway() {
-    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$GW_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$GW_PID" 2>/dev/null; then
-            echo "run.sh: gateway $GW_PID did not stop within 15 s; sending SIGKILL" >&2
-            kill -KILL "$GW_PID" 2>/dev/null || true
-        fi
-        wait "$GW_PID" 2>/dev/null || true
-    fi
-    GW_PID=""
-}
 trap stop_gateway EXIT
 trap 'stop_gateway; exit 130' INT TERM
-
-start_gateway() {
-    local log="$OUT/gateway-$1.log"
-    "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
-    GW_PID=$!
-    local line=""
-    for _ in $(seq 1 100); do
-        line="$(grep -m1 '^wsgate ready ' "$log" || true)"
-        [ -n "$line" ] && break
-        if ! kill -0 "$GW_PID" 2>/dev/null; then
-            echo "run.sh: gateway exited before it was ready:" >&2
-            cat "$log" >&2
-            GW_PID=""
-            return 1
-        fi
-        sleep 0.1
-    done
-    if [ -z "$line" ]; then
-        echo "run.sh: no ready line from the gateway within 10 s" >&2
-        return 1
-    fi
-    WS_ADDR="$(sed -n 's/^wsgate ready ws=\([^ ]*\) api=\([^ ]*\).*$/\1/p' <<<"$line")"
-    API_ADDR="$(sed -n 's/^wsgate ready ws=\([^ ]*\) api=\([^ ]*\).*$/\2/p' <<<"$line")"
-    echo "run.sh: gateway pid $GW_PID ready: ws=$WS_ADDR api=$API_ADDR"
-}
-
-# Percentage of CPU time idle over one second, whole machine.
-idle_pct() {
-    local a b
-    read -r -a a </proc/stat
-    sleep 1
-    read -r -a b </proc/stat
-    local total=0 i
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    local idle=$((b[4] + b[5] - a[4] - a[5]))
-    [ "$total" -gt 0 ] && echo $((100 * idle / total)) || echo 100
-}
-
-wait_quiet() {
-    local deadline=$((SECONDS + WAIT_QUIET)) idle
-    idle="$(idle_pct)"
-    while [ "$idle" -lt 90 ] && [ "$SECONDS" -lt "$deadline" ]; do
-        echo "run.sh: machine only ${idle}% idle; waiting (at most ${WAIT_QUIET}s per scenario)"
-        sleep 5
-        idle="$(idle_pct)"
-    done
-    echo "run.sh: machine ${idle}% idle before the run"
-}
 
 wanted() {
     [ -z "$ONLY" ] && return 0
@@ -133,26 +68,10 @@ wanted() {
     return 1
 }
 
-# run NAME SCENARIO PATH ARGS...: fresh gateway, one wsgate-bench run, gateway stopped.
+# run NAME SCENARIO PATH ARGS...: fresh gateway, one wsgate-bench run, gateway stopped (bench/lib.sh).
 run() {
-    local name="$1" scenario="$2" path="$3"
-    shift 3
-    wanted "$name" || return 0
-    echo
-    echo "=== $name ==="
-    wait_quiet
-    if ! start_gateway "$name"; then
-        FAILED+=("$name (gateway did not start)")
-        stop_gateway
-        return 0
-    fi
-    local log="$OUT/$name.txt" rc=0
-    "$BENCH" "$scenario" --label "$name" --url "ws://$WS_ADDR$path" --api "http://$API_ADDR" --server-pid "$GW_PID" "$@" \
-        >"$log" 2>"$OUT/$name.progress" || rc=$?
-    grep -v '^{' "$log" || true
-    tail -n 1 "$log" | grep '^{' >>"$RESULTS" || true
-    [ "$rc" -eq 0 ] || FAILED+=("$name (wsgate-bench exit $rc; see $OUT/$name.progress)")
-    stop_gateway
+    wanted "$1" || return 0
+    run_scenario "$@"
 }
 
 if [ "$QUICK" -eq 1 ]; then
@@ -169,7 +88,7 @@ else
     MD="$ROOT/bench/RESULTS.md"
     SVG="$ROOT/bench/latency.svg"
     # The TCP settings change these figures (the generator's sockets share the kernel): record them.
-    NOTE="bench/run.sh; sysctl net.core.somaxconn=$(sysctl -n net.core.somaxconn) net.ipv4.tcp_rmem=\"$(sysctl -n net.ipv4.tcp_rmem | tr -s '[:space:]' ' ')\" net.ipv4.tcp_wmem=\"$(sysctl -n net.ipv4.tcp_wmem | tr -s '[:space:]' ' ')\""
+    NOTE="bench/run.sh; $(tcp_sysctls)"
     # 15000 connections: under the gateway's fd budget; two generator processes on two source addresses.
     run connect connect /ws --conns 15000 --procs 2 --source-ips 2 --rate 5000 --duration 30 --timeout 10
     # Handshakes/s: the same 15000 as fast as they can be opened (needs net.core.somaxconn above the burst, see

@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -582,12 +583,44 @@ fn assert_ends(ws: &mut RawWs, codes: &[u16], ctx: &str, s: &Server) {
 fn half_written_reply_then_slow_consumer_close_releases_the_connection() {
     let mut s = big_echo_server(&["--set", "ws.max_outbound_bytes=65536"]);
     let mut ws = half_written_echo(&s);
-    // Another message: its echo joins a queue far over the budget → slow consumer, closed mid-frame (no close
-    // frame possible: docs/PROTOCOL.md "dropped without a close frame").
+    // Another message: its echo joins a queue far over the budget → slow consumer, closed mid-frame. The client
+    // never reads, so the 1008 behind the half-written frame may never leave: a TCP close is enough.
     ws.send_raw(&masked_frame(true, OP_BINARY, b"more"));
     assert_ends(&mut ws, &[1008], "slow consumer mid-frame", &s);
     assert_released(&s, "slow consumer mid-frame");
     assert_still_serving(&mut s, "slow consumer mid-frame");
+}
+
+#[test]
+fn slow_consumer_in_the_middle_of_a_frame_gets_the_rest_of_it_then_1008() {
+    // docs/PROTOCOL.md: a frame already partly written is finished, what was queued behind it is dropped, and
+    // close 1008 follows, when the client reads again within the close grace period (2 s).
+    let s = big_echo_server(&["--set", "ws.max_outbound_bytes=65536"]);
+    let mut ws = half_written_echo(&s);
+    ws.send_raw(&masked_frame(true, OP_BINARY, b"more"));
+    s.wait_stat(
+        "/totals/slow_consumer_closes_total",
+        1,
+        Duration::from_secs(10),
+    );
+    // A wide window again, so the rest of the frame leaves well within the grace period.
+    set_rcvbuf(ws.stream.as_raw_fd(), 4 << 20);
+    let end = raw_end(&mut ws, Duration::from_secs(8));
+    let sizes: Vec<usize> = end.data.iter().map(|f| f.payload.len()).collect();
+    assert_eq!(
+        sizes,
+        vec![BIG],
+        "the half-written echo, whole, and nothing queued after it; got {end}\n{}",
+        s.describe()
+    );
+    assert_eq!(
+        end.close.as_ref().and_then(|f| f.close_code()),
+        Some(1008),
+        "close 1008 after the finished frame; got {end}\n{}",
+        s.describe()
+    );
+    assert!(end.tcp.starts_with("eof"), "then EOF; got {end}");
+    assert_released(&s, "slow consumer mid-frame");
 }
 
 #[test]

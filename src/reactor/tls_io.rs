@@ -1,5 +1,5 @@
 //! The reactor's TLS path. A TLS connection is an ordinary [`Conn`](super::conn::Conn) plus an entry
-//! in the reactor's session slab:
+//! in the reactor's TLS slab:
 //!
 //! - in: ciphertext is read into the same scratch / lent buffer as plaintext connections (a partial record stays
 //!   in `Conn::rbuf`), rustls decrypts it, and the plaintext goes through the usual `process_input` (a partial
@@ -8,7 +8,7 @@
 //!   shared frame into a reactor-wide scratch buffer (the encryption is the one per-connection copy) and writes
 //!   it. Only what the socket does not take is copied into a pooled buffer ([`TlsConn::pending`]).
 //!
-//! An idle TLS connection therefore holds the rustls session and no buffer.
+//! An idle TLS connection therefore holds its rustls connection state and no buffer.
 
 use super::conn::{flag, State, NO_TLS};
 use super::core::Core;
@@ -32,19 +32,19 @@ const MAX_CIPHERTEXT_BACKLOG: usize = 64 * 1024 + 2 * PIECE;
 
 /// One connection's TLS state.
 pub(super) struct TlsConn {
-    session: TlsConnection,
+    connection: TlsConnection,
     /// Plaintext holding a partial WebSocket frame or request head, or NO_BUF.
     plain: BufId,
     /// Ciphertext the socket has not taken yet, or NO_BUF; `pending_off` bytes of it are already written.
     pending: BufId,
     pending_off: u32,
-    /// The session failed: send nothing more on it (rustls queued the alert already).
+    /// The connection failed: send nothing more on it (rustls queued the alert already).
     failed: bool,
 }
 
-/// The reactor's TLS sessions and scratch buffers.
+/// The reactor's TLS connections and scratch buffers.
 pub(super) struct TlsIo {
-    sessions: slab::Slab<Box<TlsConn>>,
+    conns: slab::Slab<Box<TlsConn>>,
     /// Encryption target, allocated and zeroed once (rustls writes into initialised memory).
     out: Vec<u8>,
     /// Decrypted bytes of one read, when the connection holds no partial frame.
@@ -58,7 +58,7 @@ pub(super) struct TlsIo {
 impl TlsIo {
     pub fn new(enabled: bool) -> Self {
         TlsIo {
-            sessions: slab::Slab::new(),
+            conns: slab::Slab::new(),
             out: if enabled {
                 vec![0; OUT_SCRATCH]
             } else {
@@ -85,9 +85,9 @@ impl<A> Core<A> {
     /// Gives a just-accepted connection on the TLS listener its TLS state. False if that failed (doom it).
     pub(super) fn tls_attach(&mut self, key: Key, acceptor: &TlsAcceptor) -> bool {
         match acceptor.connection() {
-            Ok(session) => {
-                let id = self.tls.sessions.insert(Box::new(TlsConn {
-                    session,
+            Ok(connection) => {
+                let id = self.tls.conns.insert(Box::new(TlsConn {
+                    connection,
                     plain: NO_BUF,
                     pending: NO_BUF,
                     pending_off: 0,
@@ -97,7 +97,7 @@ impl<A> Core<A> {
                 true
             }
             Err(e) => {
-                log::error!("reactor {}: TLS session: {e}", self.id);
+                log::error!("reactor {}: TLS connection: {e}", self.id);
                 false
             }
         }
@@ -106,13 +106,13 @@ impl<A> Core<A> {
     /// True while the connection's TLS handshake is not complete (for the handshake timer).
     pub(super) fn tls_handshaking(&self, key: Key) -> bool {
         let id = self.conns[key].tls;
-        id != NO_TLS && self.tls.sessions[id as usize].session.is_handshaking()
+        id != NO_TLS && self.tls.conns[id as usize].connection.is_handshaking()
     }
 
     /// True if encrypted bytes still wait for the socket.
     pub(super) fn tls_pending(&self, key: Key) -> bool {
         let id = self.conns[key].tls;
-        id != NO_TLS && self.tls.sessions[id as usize].pending != NO_BUF
+        id != NO_TLS && self.tls.conns[id as usize].pending != NO_BUF
     }
 
     /// Keeps the undecoded rest of the plaintext on the connection (unless it takes no more input), else
@@ -128,13 +128,13 @@ impl<A> Core<A> {
             self.bufs.put(id, buf);
             if !keep {
                 self.bufs.give_back(id);
-                self.tls.sessions[t].plain = NO_BUF;
+                self.tls.conns[t].plain = NO_BUF;
             }
         } else {
             if keep {
                 let lent = self.bufs.lend();
                 self.bufs.get(lent).extend_from_slice(&buf[consumed..]);
-                self.tls.sessions[t].plain = lent;
+                self.tls.conns[t].plain = lent;
             }
             buf.clear();
             self.tls.plain = buf;
@@ -144,7 +144,7 @@ impl<A> Core<A> {
     /// Sends ciphertext after anything still pending; what the socket does not take waits for EPOLLOUT.
     fn tls_send(&mut self, key: Key, bytes: &[u8]) {
         let conn = &mut self.conns[key];
-        let t = &mut self.tls.sessions[conn.tls as usize];
+        let t = &mut self.tls.conns[conn.tls as usize];
         if t.pending != NO_BUF {
             self.bufs.get(t.pending).extend_from_slice(bytes);
             return;
@@ -176,7 +176,7 @@ impl<A> Core<A> {
                 Next::Fail(e) => {
                     log::debug!("reactor {}: TLS write failed: {e}", self.id);
                     let id = self.conns[key].tls as usize;
-                    self.tls.sessions[id].failed = true;
+                    self.tls.conns[id].failed = true;
                     self.tally.tls_failures_total += 1;
                     return self.doom(key);
                 }
@@ -186,7 +186,7 @@ impl<A> Core<A> {
 
     fn tls_flush_step(&mut self, key: usize) -> Next {
         let conn = &mut self.conns[key];
-        let t = &mut self.tls.sessions[conn.tls as usize];
+        let t = &mut self.tls.conns[conn.tls as usize];
 
         if t.pending != NO_BUF {
             let pending = self.bufs.get(t.pending);
@@ -210,7 +210,7 @@ impl<A> Core<A> {
         if conn.out.is_empty() {
             return Next::Drained;
         }
-        if t.session.is_handshaking() {
+        if t.connection.is_handshaking() {
             return Next::Stop; // nothing may be encrypted yet; the handshake's progress flushes again
         }
 
@@ -232,11 +232,11 @@ impl<A> Core<A> {
                     let n = b.len();
                     conn.out.consume(n);
                 }
-                t.session.encrypt(stage, &mut out[used..])
+                t.connection.encrypt(stage, &mut out[used..])
             } else {
                 // Straight from the shared frame: encryption is the only copy.
                 let piece = bytes.len().min(PIECE);
-                let r = t.session.encrypt(&bytes[..piece], &mut out[used..]);
+                let r = t.connection.encrypt(&bytes[..piece], &mut out[used..]);
                 conn.out.consume(piece);
                 r
             };
@@ -267,8 +267,8 @@ impl<A> Core<A> {
     /// HTTP refusals and slow-consumer closes right before the socket is shut or closed.
     pub(super) fn tls_write_now(&mut self, key: usize, data: &[u8], close_notify: bool) {
         let conn = &self.conns[key];
-        let t = &mut self.tls.sessions[conn.tls as usize];
-        if t.failed || t.pending != NO_BUF || t.session.is_handshaking() {
+        let t = &mut self.tls.conns[conn.tls as usize];
+        if t.failed || t.pending != NO_BUF || t.connection.is_handshaking() {
             return;
         }
         let out = &mut self.tls.out;
@@ -277,28 +277,28 @@ impl<A> Core<A> {
             if used + piece.len() + 2 * RECORD_OVERHEAD > out.len() {
                 break;
             }
-            match t.session.encrypt(piece, &mut out[used..]) {
+            match t.connection.encrypt(piece, &mut out[used..]) {
                 Ok(n) => used += n,
                 Err(_) => return,
             }
         }
         if close_notify {
-            used += t.session.close_notify(&mut out[used..]);
+            used += t.connection.close_notify(&mut out[used..]);
         }
         let _ = net::write_some(conn.fd, &out[..used]);
     }
 
     /// Frees a closing connection's TLS state, with a close_notify if the stream is at a record boundary.
     pub(super) fn tls_release(&mut self, id: u32, fd: std::os::fd::RawFd, state: State) {
-        let Some(mut t) = self.tls.sessions.try_remove(id as usize) else {
+        let Some(mut t) = self.tls.conns.try_remove(id as usize) else {
             return;
         };
         if !t.failed
             && t.pending == NO_BUF
-            && !t.session.is_handshaking()
+            && !t.connection.is_handshaking()
             && state != State::Lingering
         {
-            let n = t.session.close_notify(&mut self.tls.out);
+            let n = t.connection.close_notify(&mut self.tls.out);
             let _ = net::write_some(fd, &self.tls.out[..n]);
         }
         self.bufs.give_back(t.plain);
@@ -311,7 +311,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     pub(super) fn tls_input(&mut self, key: Key, buf: &mut [u8]) -> usize {
         let core = &mut self.core;
         let id = core.conns[key].tls as usize;
-        let t = &mut core.tls.sessions[id];
+        let t = &mut core.tls.conns[id];
         // The partial frame's buffer stays lent to the connection (nothing frees it before the reap); its bytes
         // are moved out only while the reactor decodes them.
         let plain_id = t.plain;
@@ -323,12 +323,12 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         let mut control = std::mem::take(&mut core.tls.control);
         control.clear();
 
-        let t = &mut core.tls.sessions[id];
-        let was_handshaking = t.session.is_handshaking();
-        let outcome = t.session.read(buf, &mut plain, &mut control);
+        let t = &mut core.tls.conns[id];
+        let was_handshaking = t.connection.is_handshaking();
+        let outcome = t.connection.read(buf, &mut plain, &mut control);
         if outcome.error.is_some() {
             t.failed = true;
-        } else if was_handshaking && !t.session.is_handshaking() {
+        } else if was_handshaking && !t.connection.is_handshaking() {
             core.tally.tls_handshakes_total += 1;
         }
         if !control.is_empty() {

@@ -170,13 +170,21 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
 
     /// Completes the upgrade or refuses it: the handler decides, the core sends.
     fn upgrade(&mut self, key: Key, req: &handshake::Request<'_>) {
-        let mut response = Vec::with_capacity(256);
-        if let Err(reject) = self
+        // One reusable buffer for every 101 response: a handshake allocates no response.
+        let mut response = std::mem::take(&mut self.response);
+        response.clear();
+        match self
             .handler
             .on_upgrade(&mut self.core, key, req, &mut response)
         {
-            return self.core.reject(key, reject);
+            Ok(()) => self.open(key, &response),
+            Err(reject) => self.core.reject(key, reject),
         }
+        self.response = response;
+    }
+
+    /// Sends the 101 response of an accepted upgrade; from now on the connection takes frames.
+    fn open(&mut self, key: Key, response: &[u8]) {
         let core = &mut self.core;
         let conn = &mut core.conns[key];
         conn.state = State::Open;
@@ -186,13 +194,12 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         // then never allocates its outbound ring. Only a short write falls back to the queue. A TLS connection
         // must encrypt it, so it goes through the queue and the TLS flush.
         let written = if conn.tls == NO_TLS {
-            net::write_nonblocking(conn.fd, &response)
+            net::write_nonblocking(conn.fd, response)
         } else {
             0
         };
         if written < response.len() {
-            response.drain(..written);
-            core.send(key, response);
+            core.send(key, response[written..].to_vec());
         }
     }
 

@@ -90,6 +90,8 @@ struct Reactor<P, H: Handler> {
     waker: Arc<Waker>,
     stats: Arc<ReactorStats>,
     scratch: Vec<u8>,
+    /// The 101 response being built (reused).
+    response: Vec<u8>,
     ready: Vec<Ready>,
     due: Vec<Key>,
     clock: Instant,
@@ -124,6 +126,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             waker: s.waker,
             stats: s.stats,
             scratch: Vec::with_capacity(input::SCRATCH),
+            response: Vec::with_capacity(512),
             ready: Vec::with_capacity(EVENTS_PER_WAIT),
             due: Vec::new(),
             clock: Instant::now(),

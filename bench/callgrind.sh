@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# bench/callgrind.sh — instructions a gateway build executes for a fixed, bounded load, counted by
+# valgrind --tool=callgrind (instruction counts repeat on a noisy machine where timings do not).
+#
+# Usage: bench/callgrind.sh WSGATE_BINARY connect|fanout [OUT_FILE]
+#   connect  3000 connections opened at 1000/s and held, then SIGTERM (handshake, idle and shutdown paths)
+#   fanout   2000 subscribers, 200 publishes of 1 KiB, 4 in flight (the fan-out hot path): 400k deliveries
+# Prints the generator's counts and the program total; OUT_FILE (default bench/out/callgrind-SCENARIO.out) can be
+# read with callgrind_annotate. One reactor thread, loopback only, bounded in count and time (~1 minute).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+GW="${1:?usage: bench/callgrind.sh WSGATE_BINARY connect|fanout [OUT_FILE]}"
+SCENARIO="${2:?usage: bench/callgrind.sh WSGATE_BINARY connect|fanout [OUT_FILE]}"
+BENCH="${WSGATE_BENCH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/wsgate-bench}"
+mkdir -p "$ROOT/bench/out"
+OUT="${3:-$ROOT/bench/out/callgrind-$SCENARIO.out}"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+valgrind --tool=callgrind --callgrind-out-file="$OUT" "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
+    --threads 1 >"$LOG" 2>&1 &
+GW_PID=$!
+for _ in $(seq 300); do grep -q "wsgate ready" "$LOG" && break; sleep 0.2; done
+WS=$(grep -o "ws=[0-9.:]*" "$LOG" | head -1 | cut -d= -f2)
+API=$(grep -o "api=[0-9.:]*" "$LOG" | head -1 | cut -d= -f2)
+case "$SCENARIO" in
+    connect) "$BENCH" connect --url "ws://$WS/ws" --api "http://$API" --conns 3000 --rate 1000 --duration 10 \
+        --timeout 30 | tail -1 | jq -c '.results | {connected, failed}' ;;
+    fanout) "$BENCH" fanout --url "ws://$WS/ws" --api "http://$API" --conns 2000 --rate 1000 --messages 200 \
+        --size 1024 --inflight 4 --duration 60 --timeout 60 | tail -1 | jq -c '.results | {connected, deliveries, lost}' ;;
+    *) echo "callgrind.sh: unknown scenario $SCENARIO" >&2; kill "$GW_PID"; exit 2 ;;
+esac
+kill -TERM "$GW_PID"
+wait "$GW_PID" || true
+callgrind_annotate "$OUT" 2>/dev/null | grep -m1 "PROGRAM TOTALS"

@@ -5,6 +5,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::gateway::{stats::GatewayStats, Gateway};
 use crate::hub::{Hub, ReactorHandle};
+use crate::pool::MemoryBudget;
 use crate::reactor::sys::{net, Epoll, Waker};
 use crate::reactor::{self, ReactorSetup, ReactorStats};
 use crate::tls::TlsAcceptor;
@@ -105,6 +106,7 @@ impl Server {
         let sessions = Arc::new(sessions);
 
         let live = Arc::new(AtomicUsize::new(0));
+        let budget = Arc::new(MemoryBudget::new(config.buffered_bytes_limit()));
         let mut handles = Vec::new();
         let mut setups = Vec::new();
         let mut gateways = Vec::new();
@@ -129,6 +131,7 @@ impl Server {
                 live_connections: live.clone(),
                 tls: tls.clone(),
                 plain_listener: plain_listeners.next(),
+                budget: budget.clone(),
             });
             gateways.push((sessions.clone(), gateway_stats));
         }

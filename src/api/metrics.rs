@@ -28,6 +28,12 @@ const FIELDS: &[Field] = &[
         |t| t.read_buffers_lent,
     ),
     (
+        "buffered_bytes",
+        "Bytes of input buffers lent to connections (partial frames, fragmented messages, request heads).",
+        false,
+        |t| t.buffered_bytes,
+    ),
+    (
         "handshakes_total",
         "Completed WebSocket upgrades.",
         true,
@@ -65,6 +71,18 @@ const FIELDS: &[Field] = &[
         "Connections closed because their outbound queue was full.",
         true,
         |t| t.slow_consumer_closes_total,
+    ),
+    (
+        "memory_budget_closes_total",
+        "Connections closed with 1008 because buffered input exceeded server.max_buffered_bytes.",
+        true,
+        |t| t.memory_budget_closes_total,
+    ),
+    (
+        "message_timeouts_total",
+        "Connections closed with 1008 for a message not completed within ws.message_timeout.",
+        true,
+        |t| t.message_timeouts_total,
     ),
     (
         "protocol_errors_total",

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Seconds to drain connections on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
+    /// Bytes of buffered input the whole process may hold (partial frames, fragmented messages, request heads, API
+    /// bodies); past it the connections holding the most are closed (1008 "memory budget"). 0 = a quarter of the
+    /// machine's memory.
+    pub max_buffered_bytes: u64,
     /// Node id (0..=1023) used in socket ids. In cluster mode 0 means "lease a free id from Redis" (the effective
     /// id is written back here at start-up).
     pub node_id: u16,
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             max_request_head: 8192,
             allowed_origins: Vec::new(),
             shutdown_timeout: 10,
+            max_buffered_bytes: 0,
             node_id: 0,
         }
     }
@@ -87,6 +92,9 @@ pub struct WsConfig {
     pub error_budget: u32,
     /// Channels one connection may subscribe to.
     pub max_channels_per_connection: usize,
+    /// Seconds a client has to complete a message (all its fragments) or a frame once it started sending it;
+    /// later → close 1008 "message timeout".
+    pub message_timeout: u64,
 }
 
 impl Default for WsConfig {
@@ -98,6 +106,7 @@ impl Default for WsConfig {
             idle_timeout: 60,
             error_budget: 10,
             max_channels_per_connection: 256,
+            message_timeout: 30,
         }
     }
 }
@@ -330,6 +339,9 @@ impl Config {
                 "must be greater than ws.ping_interval",
             ));
         }
+        if self.ws.message_timeout == 0 || self.ws.message_timeout > 86_400 {
+            return Err(err("ws.message_timeout", "must be 1..=86400 seconds"));
+        }
         if self.server.handshake_timeout == 0 {
             return Err(err("server.handshake_timeout", "must be at least 1 second"));
         }
@@ -401,6 +413,23 @@ impl Config {
     // ---- end tls ----
 
     /// Reactor threads to run.
+    /// `server.max_buffered_bytes`, with 0 resolved to a quarter of the machine's physical memory.
+    pub fn buffered_bytes_limit(&self) -> usize {
+        if self.server.max_buffered_bytes > 0 {
+            return usize::try_from(self.server.max_buffered_bytes).unwrap_or(usize::MAX);
+        }
+        // MemTotal from /proc/meminfo (kB); 4 GiB assumed where it cannot be read.
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            })
+            .map_or(4 << 30, |kb| kb.saturating_mul(1024));
+        total / 4
+    }
+
     pub fn reactor_threads(&self) -> usize {
         if self.server.threads > 0 {
             self.server.threads

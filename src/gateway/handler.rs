@@ -5,7 +5,7 @@
 
 use super::command::Command;
 use super::stats::GatewayStats;
-use super::{ClientState, ReactorState, Shared};
+use super::{ClientState, MsgKind, ReactorState, Shared};
 use crate::config::Config;
 use crate::frame::handshake::{Reject, Request};
 use crate::ratelimit::ip_key;
@@ -123,6 +123,12 @@ impl Handler for Gateway {
             }
             Endpoint::Gateway => self.on_request(core, key, opcode, payload),
         }
+    }
+
+    /// WebSocket pings and pongs count against the connection's `ping` budget (`limits.ping_rate`), like
+    /// `op: ping`: a flood of control frames gets no pongs, then close 4008.
+    fn on_control(&mut self, core: &mut Core<Client>, key: Key) -> bool {
+        self.allow(core, key, MsgKind::Ping, None)
     }
 
     fn on_timer(&mut self, core: &mut Core<Client>, key: Key) {

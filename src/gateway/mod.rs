@@ -15,6 +15,7 @@ mod handler;
 pub mod heartbeat;
 pub mod registry;
 mod requests;
+pub mod scripted;
 pub mod stats;
 mod timer;
 mod upgrade;

@@ -118,8 +118,7 @@ impl Gateway {
         }
     }
 
-    /// The per-connection, per-type message rate. False = refused (already answered with 4008, or closed with
-    /// 4008 after `ws.error_budget` refusals in a row).
+    /// The per-connection, per-type message rate for a client request. False = refused (see [`Self::allow`]).
     fn allow_message(
         &mut self,
         core: &mut Core<Client>,
@@ -127,7 +126,18 @@ impl Gateway {
         op: &str,
         id: Option<&RawValue>,
     ) -> bool {
-        let kind = MsgKind::of(op);
+        self.allow(core, key, MsgKind::of(op), Some(id))
+    }
+
+    /// Takes a token of kind `kind` from the connection's buckets. Refused: a request (`reply` is its id) is
+    /// answered with 4008; after more than `ws.error_budget` refusals in a row the connection is closed with 4008.
+    pub(super) fn allow(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        kind: MsgKind,
+        reply: Option<Option<&RawValue>>,
+    ) -> bool {
         let rate = self.local.shared.message_rates[kind as usize];
         if rate.unlimited() {
             return true;
@@ -153,7 +163,7 @@ impl Gateway {
         if strikes > self.policy.error_budget {
             self.local.tally.rate_limit_closes_total += 1;
             core.close(key, code::RATE_LIMITED, "rate limit exceeded");
-        } else {
+        } else if let Some(id) = reply {
             let message = format!("rate limit exceeded ({} messages)", kind.name());
             core.send(
                 key,

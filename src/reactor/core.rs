@@ -10,7 +10,7 @@ use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
 use crate::frame::{encode, OP_PING};
-use crate::pool::{BufPool, Flush, OutFrame, SharedFrame};
+use crate::pool::{BufPool, Flush, MemoryBudget, OutFrame, SharedFrame};
 use slab::Slab;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
@@ -23,6 +23,7 @@ pub(super) struct Limits {
     pub max_head: usize,
     pub max_connections: usize,
     pub handshake_timeout: u32,
+    pub message_timeout: u32,
 }
 
 pub struct Core<A> {
@@ -45,6 +46,11 @@ pub struct Core<A> {
     pub(super) leaving: Vec<Key>,
     /// Connections to free at the end of this iteration (teardown.rs).
     pub(super) doomed: Vec<Key>,
+    /// Connections whose input was aborted this iteration: their input buffers go back at the reap.
+    pub(super) trim: Vec<Key>,
+    /// The process-wide budget for buffered input, and this reactor's share as last reported to it.
+    pub(super) budget: Arc<MemoryBudget>,
+    pub(super) reported: usize,
     pub(super) iov: Vec<libc::iovec>,
     ping_frame: OutFrame,
     /// Reusable list of connection keys (broadcast), so a broadcast allocates nothing.
@@ -56,6 +62,7 @@ impl<A> Core<A> {
         id: usize,
         limits: Limits,
         live_connections: Arc<AtomicUsize>,
+        budget: Arc<MemoryBudget>,
         tls: bool,
     ) -> Self {
         let mut ping = Vec::new();
@@ -76,6 +83,9 @@ impl<A> Core<A> {
             pending_reads: Vec::new(),
             leaving: Vec::new(),
             doomed: Vec::new(),
+            trim: Vec::new(),
+            budget,
+            reported: 0,
             iov: Vec::with_capacity(1024),
             ping_frame: Rc::new(Arc::new(ping)),
             keys: Vec::new(),

@@ -48,6 +48,10 @@ pub trait Handler {
     /// UTF-8).
     fn on_message(&mut self, core: &mut Core<Self::Conn>, key: Key, opcode: u8, payload: &[u8]);
 
+    /// A ping or pong frame from an open connection. False = over the connection's budget for control frames:
+    /// the ping gets no pong (the handler may also close the connection).
+    fn on_control(&mut self, core: &mut Core<Self::Conn>, key: Key) -> bool;
+
     /// The timer of an open connection (set with [`Core::schedule`]) fired.
     fn on_timer(&mut self, core: &mut Core<Self::Conn>, key: Key);
 

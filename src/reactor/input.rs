@@ -102,6 +102,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         let conn = &self.core.conns[key];
         let keep =
             consumed < buf.len() && !conn.has(flag::DOOMED) && conn.state != State::Lingering;
+        let now = self.core.now;
         let bufs = &mut self.core.bufs;
         if rbuf != NO_BUF {
             buf.drain(..consumed);
@@ -109,16 +110,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             if !keep {
                 bufs.give_back(rbuf);
                 self.core.conns[key].rbuf = NO_BUF;
+            } else if consumed > 0 {
+                bufs.touch(rbuf, now); // a frame completed: the one left started now
             }
         } else {
             if keep {
-                let id = bufs.lend();
-                bufs.get(id).extend_from_slice(&buf[consumed..]);
+                let id = bufs.lend(key as u32, now);
+                bufs.append(id, &buf[consumed..]);
                 self.core.conns[key].rbuf = id;
             }
             buf.clear();
             self.scratch = buf;
         }
+        self.core.check_memory();
     }
 
     /// Decodes what `buf` holds for connection `key`; returns the bytes consumed (all of them once the connection
@@ -221,10 +225,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     return self.on_message(key, opcode, payload);
                 }
                 if conn.msg == NO_BUF {
-                    conn.msg = core.bufs.lend();
+                    conn.msg = core.bufs.lend(key as u32, core.now);
                 }
                 let id = conn.msg;
-                core.bufs.get(id).extend_from_slice(payload);
+                core.bufs.append(id, payload);
                 if fin {
                     // The buffer stays lent to the connection while the handler runs (nothing frees it before the
                     // reap); only its bytes move out.
@@ -237,13 +241,17 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 }
             }
             Frame::Ping(payload) => {
-                if open {
+                if open && self.handler.on_control(&mut self.core, key) {
                     let mut pong = Vec::with_capacity(payload.len() + 2);
                     encode::push_frame(&mut pong, OP_PONG, payload);
-                    core.send(key, pong);
+                    self.core.send(key, pong);
                 }
             }
-            Frame::Pong(_) => {}
+            Frame::Pong(_) => {
+                if open {
+                    self.handler.on_control(&mut self.core, key);
+                }
+            }
             Frame::Close { code, .. } => {
                 if open {
                     // Echo the client's code (RFC 6455 §5.5.1), then close the TCP connection ourselves.
@@ -271,14 +279,16 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     }
 }
 
-/// How much room to make in a lent buffer before reading: enough for the frame in progress (so a large frame is
-/// read in few syscalls), at least one pool block.
+/// How much room to make in a lent buffer before reading: enough for the frame in progress, but never more than
+/// the buffer already holds (at least one pool block). A large frame is then read in few syscalls (the buffer
+/// doubles), while a client announcing a huge frame gets room in proportion to what it actually sent — what it
+/// holds counts against `server.max_buffered_bytes`.
 fn read_size(state: State, buf: &[u8]) -> usize {
     let block = pool::block_size();
     if matches!(state, State::Open | State::Closing) {
         if let Some(total) = Decoder::frame_len(buf) {
             let missing = (total as usize).saturating_sub(buf.len());
-            return missing.clamp(block, 4 << 20);
+            return missing.clamp(block, buf.len().max(block));
         }
     }
     block

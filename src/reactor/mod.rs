@@ -12,11 +12,14 @@
 //! for connections that left the open state; then every doomed connection is freed, see teardown.rs).
 
 mod channels;
+mod clock;
 mod command;
 mod conn;
 mod core;
 mod handler;
+pub mod harness;
 mod input;
+mod limits;
 mod stats;
 pub mod sys;
 mod teardown;
@@ -32,14 +35,16 @@ pub use sys::{Epoll, Poller, Waker};
 use self::core::Limits;
 use crate::config::Config;
 use crate::frame::close_code;
+use crate::pool::MemoryBudget;
 use crate::tls::TlsAcceptor;
+use clock::Clock;
 use conn::{Conn, State};
 use crossbeam_channel::Receiver;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use sys::{net, Ready};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
@@ -67,6 +72,8 @@ pub struct ReactorSetup<C> {
     pub tls: Option<Arc<TlsAcceptor>>,
     /// An extra plaintext client listener next to a TLS one (`tls.plain_listen`).
     pub plain_listener: Option<RawFd>,
+    /// The process-wide budget for buffered input (`server.max_buffered_bytes`).
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// Runs a reactor on readiness backend `P` with the handler `make_handler` builds, until it is shut down and its
@@ -75,8 +82,10 @@ pub fn run<P: Poller, H: Handler>(
     setup: ReactorSetup<H::Command>,
     make_handler: impl FnOnce() -> H,
 ) -> io::Result<()> {
-    let mut reactor = Reactor::<P, H>::new(setup, make_handler())?;
-    reactor.run()
+    let poller = P::new(EVENTS_PER_WAIT)?;
+    let mut reactor = Reactor::<P, H>::new(setup, make_handler(), Clock::real(), poller)?;
+    while !reactor.iterate()? {}
+    Ok(())
 }
 
 struct Reactor<P, H: Handler> {
@@ -94,14 +103,17 @@ struct Reactor<P, H: Handler> {
     response: Vec<u8>,
     ready: Vec<Ready>,
     due: Vec<Key>,
-    clock: Instant,
+    clock: Clock,
+    /// A listener reported new connections that are not all accepted yet.
+    accept_ready: bool,
+    plain_accept_ready: bool,
     accept_paused_until: u32,
-    shutdown_deadline: Option<Instant>,
+    /// When shutting down: the clock reading at which whatever is left is dropped.
+    shutdown_deadline: Option<Duration>,
 }
 
 impl<P: Poller, H: Handler> Reactor<P, H> {
-    fn new(s: ReactorSetup<H::Command>, handler: H) -> io::Result<Self> {
-        let poller = P::new(EVENTS_PER_WAIT)?;
+    fn new(s: ReactorSetup<H::Command>, handler: H, clock: Clock, poller: P) -> io::Result<Self> {
         poller.add(s.listener, TOKEN_LISTENER)?;
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
         if let Some(fd) = s.plain_listener {
@@ -114,9 +126,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             max_head: c.server.max_request_head,
             max_connections: c.server.max_connections,
             handshake_timeout: c.server.handshake_timeout.min(u32::MAX as u64) as u32,
+            message_timeout: c.ws.message_timeout.min(u32::MAX as u64 / 4) as u32,
         };
         Ok(Reactor {
-            core: Core::new(s.id, limits, s.live_connections, s.tls.is_some()),
+            core: Core::new(s.id, limits, s.live_connections, s.budget, s.tls.is_some()),
             handler,
             poller,
             listener: Some(s.listener),
@@ -129,71 +142,71 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             response: Vec::with_capacity(512),
             ready: Vec::with_capacity(EVENTS_PER_WAIT),
             due: Vec::new(),
-            clock: Instant::now(),
+            clock,
+            accept_ready: false,
+            plain_accept_ready: false,
             accept_paused_until: 0,
             shutdown_deadline: None,
         })
     }
 
-    fn run(&mut self) -> io::Result<()> {
-        let mut accept_ready = false;
-        let mut plain_accept_ready = false;
-        loop {
-            let busy = !self.core.pending_reads.is_empty()
-                || (accept_ready || plain_accept_ready) && self.accept_paused_until == 0;
-            let mut timeout = if busy { 0 } else { self.ms_to_next_tick() };
-            if timeout > 0 {
-                self.waker.arm();
-                if !self.rx.is_empty() {
-                    timeout = 0;
-                }
-            }
-            self.poller.wait(&mut self.ready, timeout)?;
-            self.waker.disarm();
-            self.tick_clock();
-
-            let ready = std::mem::take(&mut self.ready);
-            for ev in &ready {
-                match ev.token {
-                    TOKEN_WAKER => self.waker.drain(),
-                    TOKEN_LISTENER => accept_ready = true,
-                    TOKEN_PLAIN_LISTENER => plain_accept_ready = true,
-                    key => self.on_ready(key as usize, ev),
-                }
-            }
-            self.ready = ready;
-
-            let pending = std::mem::take(&mut self.core.pending_reads);
-            for &key in &pending {
-                self.on_readable(key);
-            }
-
-            if accept_ready && self.core.now >= self.accept_paused_until {
-                accept_ready = self.accept_all(false);
-            }
-            if plain_accept_ready && self.core.now >= self.accept_paused_until {
-                plain_accept_ready = self.accept_all(true);
-            }
-
-            self.run_commands();
-            self.flush_dirty();
-            self.run_timers();
-            self.flush_dirty();
-            self.teardown();
-            self.publish_stats();
-
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.core.conns.is_empty() || Instant::now() >= deadline {
-                    let keys: Vec<Key> = self.core.conns.iter().map(|(k, _)| k).collect();
-                    for key in keys {
-                        self.core.doom(key);
-                    }
-                    self.teardown();
-                    self.publish_stats();
-                    return Ok(());
-                }
+    /// One loop iteration. True once the reactor has shut down and dropped its last connection.
+    fn iterate(&mut self) -> io::Result<bool> {
+        let busy = !self.core.pending_reads.is_empty()
+            || (self.accept_ready || self.plain_accept_ready) && self.accept_paused_until == 0;
+        let mut timeout = if busy { 0 } else { self.ms_to_next_tick() };
+        if timeout > 0 {
+            self.waker.arm();
+            if !self.rx.is_empty() {
+                timeout = 0;
             }
         }
+        self.poller.wait(&mut self.ready, timeout)?;
+        self.waker.disarm();
+        self.tick_clock();
+
+        let ready = std::mem::take(&mut self.ready);
+        for ev in &ready {
+            match ev.token {
+                TOKEN_WAKER => self.waker.drain(),
+                TOKEN_LISTENER => self.accept_ready = true,
+                TOKEN_PLAIN_LISTENER => self.plain_accept_ready = true,
+                key => self.on_ready(key as usize, ev),
+            }
+        }
+        self.ready = ready;
+
+        let pending = std::mem::take(&mut self.core.pending_reads);
+        for &key in &pending {
+            self.on_readable(key);
+        }
+
+        if self.accept_ready && self.core.now >= self.accept_paused_until {
+            self.accept_ready = self.accept_all(false);
+        }
+        if self.plain_accept_ready && self.core.now >= self.accept_paused_until {
+            self.plain_accept_ready = self.accept_all(true);
+        }
+
+        self.run_commands();
+        self.flush_dirty();
+        self.run_timers();
+        self.flush_dirty();
+        self.teardown();
+        self.publish_stats();
+
+        if let Some(deadline) = self.shutdown_deadline {
+            if self.core.conns.is_empty() || self.clock.elapsed() >= deadline {
+                let keys: Vec<Key> = self.core.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.core.doom(key);
+                }
+                self.teardown();
+                self.publish_stats();
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The end of every iteration: the handler hears of each connection that left the open state, its
@@ -210,21 +223,24 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         let core = &mut self.core;
         core.tally.channels = core.channels.len() as u64;
         core.tally.read_buffers_lent = core.bufs.lent_count() as u64;
+        core.tally.buffered_bytes = core.bufs.held() as u64;
         self.stats.store(&core.tally);
         self.handler.on_iteration(&self.core);
     }
 
     fn tick_clock(&mut self) {
-        self.core.now = 1 + self.clock.elapsed().as_secs() as u32;
+        let now = 1 + self.clock.elapsed().as_secs() as u32;
+        if now != self.core.now {
+            self.core.now = now;
+            self.core.expire_stale_input();
+        }
     }
 
     fn ms_to_next_tick(&self) -> i32 {
         let into_second = self.clock.elapsed().subsec_millis() as i32;
         let mut ms = 1000 - into_second + 1;
         if let Some(deadline) = self.shutdown_deadline {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i32;
+            let left = deadline.saturating_sub(self.clock.elapsed()).as_millis() as i32;
             ms = ms.min(left.max(1));
         }
         ms
@@ -331,7 +347,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        self.shutdown_deadline = Some(Instant::now() + Duration::from_millis(drain_ms));
+        self.shutdown_deadline = Some(self.clock.elapsed() + Duration::from_millis(drain_ms));
         for fd in [self.listener.take(), self.plain_listener.take()]
             .into_iter()
             .flatten()

@@ -22,6 +22,9 @@ pub struct ReactorStats {
     pub refused_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub read_buffers_lent: AtomicU64,
+    pub buffered_bytes: AtomicU64,
+    pub memory_budget_closes_total: AtomicU64,
+    pub message_timeouts_total: AtomicU64,
     pub tls_handshakes_total: AtomicU64,
     pub tls_failures_total: AtomicU64,
 }
@@ -45,6 +48,12 @@ pub struct Tally {
     pub refused_total: u64,
     pub publishes_total: u64,
     pub read_buffers_lent: u64,
+    /// Bytes of input buffers lent out (this reactor's share of `server.max_buffered_bytes`).
+    pub buffered_bytes: u64,
+    /// Connections closed with 1008 "memory budget".
+    pub memory_budget_closes_total: u64,
+    /// Connections closed with 1008 "message timeout".
+    pub message_timeouts_total: u64,
     /// Completed TLS handshakes.
     pub tls_handshakes_total: u64,
     /// TLS connections closed for a TLS failure: bad or plaintext records, unknown SNI, handshake timeout.
@@ -71,6 +80,11 @@ impl ReactorStats {
         self.refused_total.store(t.refused_total, r);
         self.publishes_total.store(t.publishes_total, r);
         self.read_buffers_lent.store(t.read_buffers_lent, r);
+        self.buffered_bytes.store(t.buffered_bytes, r);
+        self.memory_budget_closes_total
+            .store(t.memory_budget_closes_total, r);
+        self.message_timeouts_total
+            .store(t.message_timeouts_total, r);
         self.tls_handshakes_total.store(t.tls_handshakes_total, r);
         self.tls_failures_total.store(t.tls_failures_total, r);
     }
@@ -93,6 +107,9 @@ impl ReactorStats {
             refused_total: self.refused_total.load(r),
             publishes_total: self.publishes_total.load(r),
             read_buffers_lent: self.read_buffers_lent.load(r),
+            buffered_bytes: self.buffered_bytes.load(r),
+            memory_budget_closes_total: self.memory_budget_closes_total.load(r),
+            message_timeouts_total: self.message_timeouts_total.load(r),
             tls_handshakes_total: self.tls_handshakes_total.load(r),
             tls_failures_total: self.tls_failures_total.load(r),
         }

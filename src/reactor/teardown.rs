@@ -6,9 +6,10 @@
 //! The states a connection ends through:
 //! - `close` (the application, shutdown, a slow consumer): Open → Closing. Our close frame is queued; the client's
 //!   close frame, or the grace timer, dooms it.
-//! - `fail` (a protocol violation): the input can no longer be decoded, so it is discarded. Open → Lingering with
-//!   the violation's close frame queued (Closing → Lingering keeps the one already queued); once it is written our
-//!   side shuts down, and EOF or the grace timer dooms it.
+//! - `fail` (a protocol violation) and `abort_input` (the memory budget, the message timeout): the input can no
+//!   longer be decoded, so it is discarded and its buffers go back at the reap. Open → Lingering with the close
+//!   frame queued (Closing → Lingering keeps the one already queued); once it is written our side shuts down, and
+//!   EOF or the grace timer dooms it.
 //! - `reject` (an HTTP error during the handshake): Handshake → Lingering, the response written, our side shut.
 //! - `doom`: straight to the reap list (EOF, socket errors, timers, a finished close handshake).
 //!
@@ -21,6 +22,7 @@ use super::handler::Key;
 use super::sys::net;
 use crate::frame::encode;
 use crate::frame::handshake::{self, Reject};
+use crate::pool::NO_BUF;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,10 +52,16 @@ impl<A> Core<A> {
         }
     }
 
-    /// A protocol violation: the rest of the input cannot be decoded and is discarded. The violation's close
-    /// frame still leaves (unless a close frame already did), then our side shuts down.
+    /// A protocol violation: the rest of the input cannot be decoded and is discarded (see `abort_input`).
     pub(super) fn fail(&mut self, key: Key, code: u16, reason: &str) {
         self.tally.protocol_errors_total += 1;
+        self.abort_input(key, code, reason);
+    }
+
+    /// Ends a connection whose input will not be decoded any more (a protocol violation, the memory budget, the
+    /// message timeout): its input is discarded and its input buffers go back at the reap; the close frame still
+    /// leaves (unless a close frame already did), then our side shuts down.
+    pub(super) fn abort_input(&mut self, key: Key, code: u16, reason: &str) {
         let conn = &self.conns[key];
         if conn.has(flag::DOOMED) {
             return;
@@ -64,8 +72,10 @@ impl<A> Core<A> {
                 self.push_last(key, encode::close_frame(code, reason));
             }
             State::Closing => self.conns[key].state = State::Lingering,
-            State::Handshake | State::Lingering => return self.doom(key),
+            State::Handshake => return self.doom(key),
+            State::Lingering => return,
         }
+        self.trim.push(key);
         self.shut_after_flush(key);
         self.schedule_grace(key);
     }
@@ -162,6 +172,11 @@ impl<A> Core<A> {
     /// Frees every doomed connection. The only place a connection's resources are released. Runs after the
     /// handler's `on_close` for the connections that left the open state (see the reactor's `teardown`).
     pub(super) fn reap(&mut self) {
+        let mut trim = std::mem::take(&mut self.trim);
+        for key in trim.drain(..) {
+            self.release_input(key);
+        }
+        self.trim = trim;
         if self.doomed.is_empty() {
             return;
         }
@@ -174,6 +189,20 @@ impl<A> Core<A> {
             self.release(key);
         }
         self.doomed = doomed;
+    }
+
+    /// Gives back the input buffers of a connection that reads nothing any more (no buffer is moved out of the
+    /// arena at the reap, so this is safe here and only here).
+    fn release_input(&mut self, key: Key) {
+        let conn = &mut self.conns[key];
+        let (rbuf, msg) = (conn.rbuf, conn.msg);
+        conn.rbuf = NO_BUF;
+        conn.msg = NO_BUF;
+        self.bufs.give_back(rbuf);
+        self.bufs.give_back(msg);
+        if conn.tls != NO_TLS {
+            self.tls_release_input(key);
+        }
     }
 
     fn release(&mut self, key: Key) {

@@ -15,7 +15,7 @@ use super::core::Core;
 use super::handler::{Handler, Key};
 use super::sys::{net, Poller};
 use super::Reactor;
-use crate::pool::{BufId, NO_BUF};
+use crate::pool::{BufId, NEVER, NO_BUF};
 use crate::tls::{TlsAcceptor, TlsConnection, TlsError, RECORD_OVERHEAD};
 use std::io;
 
@@ -129,11 +129,13 @@ impl<A> Core<A> {
             if !keep {
                 self.bufs.give_back(id);
                 self.tls.conns[t].plain = NO_BUF;
+            } else if consumed > 0 {
+                self.bufs.touch(id, self.now);
             }
         } else {
             if keep {
-                let lent = self.bufs.lend();
-                self.bufs.get(lent).extend_from_slice(&buf[consumed..]);
+                let lent = self.bufs.lend(key as u32, self.now);
+                self.bufs.append(lent, &buf[consumed..]);
                 self.tls.conns[t].plain = lent;
             }
             buf.clear();
@@ -146,7 +148,7 @@ impl<A> Core<A> {
         let conn = &mut self.conns[key];
         let t = &mut self.tls.conns[conn.tls as usize];
         if t.pending != NO_BUF {
-            self.bufs.get(t.pending).extend_from_slice(bytes);
+            self.bufs.append(t.pending, bytes);
             return;
         }
         let written = match net::write_some(conn.fd, bytes) {
@@ -156,8 +158,8 @@ impl<A> Core<A> {
         };
         self.tally.bytes_out_total += written as u64;
         if written < bytes.len() {
-            let lent = self.bufs.lend();
-            self.bufs.get(lent).extend_from_slice(&bytes[written..]);
+            let lent = self.bufs.lend(key as u32, NEVER);
+            self.bufs.append(lent, &bytes[written..]);
             t.pending = lent;
             t.pending_off = 0;
             conn.flags |= flag::BLOCKED;
@@ -189,7 +191,7 @@ impl<A> Core<A> {
         let t = &mut self.tls.conns[conn.tls as usize];
 
         if t.pending != NO_BUF {
-            let pending = self.bufs.get(t.pending);
+            let pending = self.bufs.bytes(t.pending);
             let rest = &pending[t.pending_off as usize..];
             let written = match net::write_some(conn.fd, rest) {
                 Ok(n) => n,
@@ -253,8 +255,8 @@ impl<A> Core<A> {
         };
         self.tally.bytes_out_total += written as u64;
         if written < used {
-            let lent = self.bufs.lend();
-            self.bufs.get(lent).extend_from_slice(&out[written..used]);
+            let lent = self.bufs.lend(key as u32, NEVER);
+            self.bufs.append(lent, &out[written..used]);
             t.pending = lent;
             t.pending_off = 0;
             conn.flags |= flag::BLOCKED;
@@ -286,6 +288,13 @@ impl<A> Core<A> {
             used += t.connection.close_notify(&mut out[used..]);
         }
         let _ = net::write_some(conn.fd, &out[..used]);
+    }
+
+    /// Gives back the plaintext of a partial frame of a connection that reads nothing any more.
+    pub(super) fn tls_release_input(&mut self, key: Key) {
+        let t = &mut self.tls.conns[self.conns[key].tls as usize];
+        let plain = std::mem::replace(&mut t.plain, NO_BUF);
+        self.bufs.give_back(plain);
     }
 
     /// Frees a closing connection's TLS state, with a close_notify if the stream is at a record boundary.

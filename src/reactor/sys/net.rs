@@ -150,6 +150,20 @@ pub fn write_some(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Sets SO_SNDBUF (the kernel doubles it and applies its minimum); errors are ignored.
+pub fn set_send_buffer(fd: RawFd, bytes: i32) {
+    // SAFETY: setsockopt reads a c_int from a live local for the given length.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+}
+
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: plain syscall on a descriptor we own.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };

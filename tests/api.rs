@@ -555,3 +555,55 @@ fn pipelining_client_that_does_not_read_is_throttled() {
         "{responses} responses for {sent} requests"
     );
 }
+
+/// RFC 9110 §8.6: Content-Length = 1*DIGIT, one value. Duplicates (repeated lines or a list) are refused even when
+/// identical, a number too large for the body limit is 413.
+#[test]
+fn content_length_is_strict() {
+    let s = Server::start(&[]);
+    let body = r#"{"channel":"a","data":1}"#; // 24 bytes
+    for (value, status) in [
+        ("+24", 400),
+        ("-24", 400),
+        ("0x18", 400),
+        ("24a", 400),
+        ("2 4", 400),
+        ("", 400),
+        ("24, 24", 400),
+        ("24,25", 400),
+        ("99999999999999999999999999", 413),
+    ] {
+        let mut c = Http::connect(s.api);
+        c.send(
+            format!(
+                "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        );
+        let r = c
+            .read_response(READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("Content-Length: {value}: {e}"));
+        assert_json_error(&r, status, &format!("Content-Length: {value}"));
+        c.closed_within(Duration::from_secs(3))
+            .assert_closed(&format!("after Content-Length: {value}"));
+    }
+    for (a, b) in [("24", "24"), ("24", "25")] {
+        let mut c = Http::connect(s.api);
+        c.send(
+            format!("POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {a}\r\nContent-Length: {b}\r\n\r\n{body}")
+                .as_bytes(),
+        );
+        let r = c
+            .read_response(READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("Content-Length twice ({a}, {b}): {e}"));
+        assert_json_error(&r, 400, &format!("Content-Length twice ({a}, {b})"));
+    }
+    // Leading zeros and optional whitespace around the value are fine.
+    let mut c = Http::connect(s.api);
+    c.send(
+        format!("POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: \t0024 \r\n\r\n{body}")
+            .as_bytes(),
+    );
+    let r = c.read_response(READ_TIMEOUT).unwrap();
+    assert_ok(&r, "Content-Length: 0024 with whitespace");
+}

@@ -164,6 +164,7 @@ impl Server {
             config.clone(),
             tls.clone(),
             cluster.as_ref().map(|c| c.handle()),
+            budget,
         );
         let mut api = Api::new(api_fd, ctx, api_stop.clone())?;
         let api = std::thread::Builder::new()

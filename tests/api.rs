@@ -555,3 +555,219 @@ fn pipelining_client_that_does_not_read_is_throttled() {
         "{responses} responses for {sent} requests"
     );
 }
+
+/// Attack: hold every API connection slot with requests that never finish (a byte now and then). Each such request
+/// gets 408 once `api.request_timeout` (10 s by default) has passed since its first byte, however often bytes
+/// trickle in. Meanwhile a client beyond the slot limit still gets `/healthz` and `/metrics`, and a clear 503 for
+/// anything else (docs/API.md).
+#[test]
+fn slot_holders_get_408_and_health_answers_while_slots_are_full() {
+    use std::io::Write;
+    const SLOTS: usize = 1024;
+    assert!(
+        raise_nofile(4096) >= 2 * SLOTS as u64,
+        "need file descriptors"
+    );
+    let s = Server::start(&[]);
+    let started = Instant::now();
+    let mut holders: Vec<Http> = (0..SLOTS).map(|_| Http::connect(s.api)).collect();
+    for h in holders.iter_mut() {
+        h.send(b"G");
+    }
+    // Idle connections beyond the limit as well: they must not lock out a health probe either.
+    let extra: Vec<Http> = (0..100).map(|_| Http::connect(s.api)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    for path in ["/healthz", "/metrics"] {
+        let r = http_get(s.api, path);
+        assert_eq!(r.status, 200, "{path} with every API slot held: {r}");
+    }
+    let mut c = Http::connect(s.api);
+    let r = c.post_json("/api/publish", r#"{"channel":"a","data":1}"#);
+    assert_json_error(&r, 503, "publish with every API slot held");
+    c.closed_within(Duration::from_secs(3))
+        .assert_closed("after 503 for a connection beyond the limit");
+
+    // A byte every few seconds does not extend the deadline of the request.
+    std::thread::sleep(Duration::from_secs(4));
+    for h in holders.iter_mut() {
+        let _ = h.stream.write_all(b"E");
+    }
+    let h = &mut holders[0];
+    let r = h
+        .read_response(Duration::from_secs(12))
+        .unwrap_or_else(|e| panic!("slot holder after {:?}: {e}", started.elapsed()));
+    assert_json_error(&r, 408, "request not finished within api.request_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(14),
+        "408 came after {:?}",
+        started.elapsed()
+    );
+    h.closed_within(Duration::from_secs(3))
+        .assert_closed("after 408");
+    drop(extra);
+    // The slots are free again.
+    let ok = eventually(Duration::from_secs(5), || {
+        let mut api = Http::connect(s.api);
+        let r = api.post_json("/api/publish", r#"{"channel":"a","data":1}"#);
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "publish after the slot holders were timed out"
+    );
+}
+
+#[test]
+fn request_and_idle_timeouts_are_configurable() {
+    let s = Server::start(&[
+        "--set",
+        "api.request_timeout=1",
+        "--set",
+        "api.idle_timeout=2",
+    ]);
+    // A head that never ends.
+    let mut c = Http::connect(s.api);
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    let r = c
+        .read_response(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("unfinished head: {e}"));
+    assert_json_error(&r, 408, "unfinished head");
+    // A body shorter than its Content-Length.
+    let mut c = Http::connect(s.api);
+    c.send(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"chan");
+    let r = c
+        .read_response(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("unfinished body: {e}"));
+    assert_json_error(&r, 408, "unfinished body");
+    c.closed_within(Duration::from_secs(3))
+        .assert_closed("after 408");
+    // Keep-alive: an idle connection stays open until api.idle_timeout, then is closed without a response.
+    let mut c = Http::connect(s.api);
+    assert_eq!(c.get("/healthz").status, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(c.get("/healthz").status, 200, "idle below api.idle_timeout");
+    let t = Instant::now();
+    c.closed_within(Duration::from_secs(5))
+        .assert_closed("idle keep-alive connection");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
+
+/// Attack: one connection sends a 1 MiB body and then ~1 MB of pipelined `GET /metrics` without reading. The
+/// server must neither read all of it at once nor queue a response for every request: memory stays bounded.
+#[test]
+fn pipelined_responses_are_bounded_per_connection() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[]);
+    let rss_before = s.rss_kb().unwrap_or(0);
+    let prefix = r#"{"channel":"nobody","data":""#;
+    let suffix = r#""}"#;
+    let body = format!(
+        "{prefix}{}{suffix}",
+        "x".repeat((1 << 20) - prefix.len() - suffix.len())
+    );
+    let mut bytes = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    let get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let gets = (1 << 20) / get.len();
+    for _ in 0..gets {
+        bytes.extend_from_slice(get);
+    }
+    let mut stream = tcp_connect(s.api);
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
+    let mut peak = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        peak = peak.max(s.rss_kb().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        peak < rss_before + 32 * 1024,
+        "server RSS grew from {rss_before} KiB to {peak} KiB"
+    );
+    // Reading lets the server go on: the publish is answered, then the metrics.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    let mut responses = 0;
+    while t.elapsed() < Duration::from_secs(5) && responses < 100 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        responses = seen.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    }
+    assert!(responses >= 100, "{responses} responses after reading");
+    drop(stream);
+    let _ = sender.join();
+    assert_eq!(http_get(s.api, "/healthz").status, 200);
+}
+
+/// RFC 9110 §8.6: Content-Length = 1*DIGIT, one value. Duplicates (repeated lines or a list) are refused even when
+/// identical, a number too large for the body limit is 413.
+#[test]
+fn content_length_is_strict() {
+    let s = Server::start(&[]);
+    let body = r#"{"channel":"a","data":1}"#; // 24 bytes
+    for (value, status) in [
+        ("+24", 400),
+        ("-24", 400),
+        ("0x18", 400),
+        ("24a", 400),
+        ("2 4", 400),
+        ("", 400),
+        ("24, 24", 400),
+        ("24,25", 400),
+        ("99999999999999999999999999", 413),
+    ] {
+        let mut c = Http::connect(s.api);
+        c.send(
+            format!(
+                "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        );
+        let r = c
+            .read_response(READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("Content-Length: {value}: {e}"));
+        assert_json_error(&r, status, &format!("Content-Length: {value}"));
+        c.closed_within(Duration::from_secs(3))
+            .assert_closed(&format!("after Content-Length: {value}"));
+    }
+    for (a, b) in [("24", "24"), ("24", "25")] {
+        let mut c = Http::connect(s.api);
+        c.send(
+            format!("POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {a}\r\nContent-Length: {b}\r\n\r\n{body}")
+                .as_bytes(),
+        );
+        let r = c
+            .read_response(READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("Content-Length twice ({a}, {b}): {e}"));
+        assert_json_error(&r, 400, &format!("Content-Length twice ({a}, {b})"));
+    }
+    // Leading zeros and optional whitespace around the value are fine.
+    let mut c = Http::connect(s.api);
+    c.send(
+        format!("POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: \t0024 \r\n\r\n{body}")
+            .as_bytes(),
+    );
+    let r = c.read_response(READ_TIMEOUT).unwrap();
+    assert_ok(&r, "Content-Length: 0024 with whitespace");
+}

@@ -397,3 +397,68 @@ fn api_port_and_ws_port_conflict_is_a_clean_error() {
     );
     let _ = std::io::stderr().flush();
 }
+
+/// Every numeric key has an upper bound (README.md, configuration table): values the code downstream cannot
+/// represent (a handshake timer that wraps, an outbound limit above the u32 queue counter) are start-up errors that
+/// name the key and the range; the bound itself is accepted.
+#[test]
+fn numeric_keys_have_upper_bounds() {
+    let t = Duration::from_secs(10);
+    let over: Vec<(&str, &str)> = vec![
+        ("server.handshake_timeout=4294967295", "1..=3600"),
+        ("ws.max_outbound_bytes=4294967296", "1024..=1073741824"),
+        ("api.max_body=67108865", "1..=67108864"),
+        ("api.request_timeout=3601", "1..=3600"),
+        ("server.max_request_head=16385", "512..=16384"),
+        ("ws.error_budget=256", "0..=255"),
+        ("cluster.offline_max_age=31536001", "1..=31536000"),
+        ("limits.publish_burst=1000001", "0..=1000000"),
+    ];
+    let handles: Vec<_> = over
+        .into_iter()
+        .map(|(set, range)| {
+            std::thread::spawn(move || (set, range, run_cli(&["--set", set], &[], true, t)))
+        })
+        .collect();
+    for h in handles {
+        let (set, range, out) = h.join().unwrap();
+        let key = set.split('=').next().unwrap();
+        assert_config_error(&out, &format!("`{key}`"), set);
+        assert!(
+            out.stderr.contains(range),
+            "{set}: range {range} not named: {}",
+            out.stderr
+        );
+    }
+    let at_bound = [
+        "server.handshake_timeout=3600",
+        "ws.max_outbound_bytes=1073741824",
+        "api.max_body=67108864",
+        "api.request_timeout=3600",
+        "server.max_request_head=16384",
+        "ws.error_budget=255",
+        "cluster.offline_max_age=31536000",
+        "limits.publish_burst=1000000",
+    ];
+    let mut args = Vec::new();
+    for set in at_bound {
+        args.extend(["--set", set]);
+    }
+    args.push("--print-config");
+    let out = run_cli(&args, &[], true, t);
+    assert_eq!(out.code(), Some(0), "values at their bounds: {out:?}");
+    assert!(
+        out.stdout.contains("max_outbound_bytes = 1073741824"),
+        "{}",
+        out.stdout
+    );
+
+    // A handshake in progress lives for the whole (long) handshake timeout.
+    let s = Server::start(&["--set", "server.handshake_timeout=3600"]);
+    let mut c = tcp_connect(s.ws);
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    match wait_peer_close(&mut c, Duration::from_millis(2500)) {
+        PeerEnd::StillOpen => {}
+        other => panic!("a pending handshake was dropped early: {other:?}"),
+    }
+}

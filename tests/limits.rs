@@ -203,3 +203,33 @@ fn a_ping_flood_gets_at_most_the_burst_of_pongs_then_4008() {
     let f = other.read_frame().expect("pong reply");
     assert!(f.text().contains("pong"), "{f}");
 }
+
+#[test]
+fn an_api_body_past_the_memory_budget_gets_503_and_the_api_keeps_serving() {
+    let s = Server::start(&[
+        "--set",
+        "server.max_buffered_bytes=1048576",
+        "--set",
+        "api.max_body=4194304",
+    ]);
+    let mut api = Http::connect(s.api);
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n";
+    api.send(head.as_bytes());
+    // More than the budget of body bytes, in pieces (the server may stop reading once it refuses).
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..24 {
+        if write_all_lenient(&mut api.stream, &chunk).is_err() {
+            break;
+        }
+    }
+    let r = api
+        .read_response(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("no answer to a body over the budget: {e}\n{}", s.describe()));
+    assert_eq!(r.status, 503, "{r}");
+    assert!(r.text().contains("memory budget"), "{r}");
+    let health = http_get(s.api, "/healthz");
+    assert_eq!(health.status, 200, "{health}");
+    // The refused body no longer counts: an ordinary publish goes through.
+    let mut api = Http::connect(s.api);
+    publish(&mut api, "news", r#""after""#);
+}

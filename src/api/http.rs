@@ -43,15 +43,20 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
     let mut authorization = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            match (value, content_length) {
-                (None, _) => return Parsed::Error(400, "invalid Content-Length"),
-                (Some(v), Some(prev)) if v != prev => {
-                    return Parsed::Error(400, "conflicting Content-Length")
+            // One value only: a repeated header (or a list, which content_length rejects) is refused even when
+            // the values agree, as RFC 9110 §8.6 allows; anything else would let two parsers disagree on where
+            // the body ends.
+            if content_length.is_some() {
+                return Parsed::Error(400, "more than one Content-Length");
+            }
+            match self::content_length(h.value) {
+                Some(v) => content_length = Some(v),
+                None => {
+                    return Parsed::Error(
+                        400,
+                        "invalid Content-Length (one decimal number expected)",
+                    )
                 }
-                (Some(v), _) => content_length = Some(v),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Parsed::Error(411, "chunked bodies are not supported; send Content-Length");
@@ -86,6 +91,18 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
         keep_alive,
         total_len: head_len + body_len,
     })
+}
+
+/// RFC 9110 §8.6: `Content-Length = 1*DIGIT` (optional whitespace around it). No sign, no list; a number too
+/// large for usize saturates, so it is refused as too large rather than wrapping.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0usize, |n, &d| {
+        n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+    }))
 }
 
 /// A response before serialisation.
@@ -149,6 +166,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
         429 => "Too Many Requests",

@@ -9,9 +9,13 @@ mod routes;
 use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::pool::MemoryBudget;
 use crate::reactor::sys::{net, Epoll, Poller, Ready};
 use crate::tls::TlsAcceptor;
 use http::Parsed;
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,12 +23,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
-/// API connections held at once; more are refused (the API is for a few backend clients).
+/// API connections held at once for ordinary requests (the API is for a few backend clients).
 pub const MAX_API_CONNECTIONS: usize = 1024;
-/// An API connection that sends nothing for this long is closed (also bounds slow request heads).
-const IDLE: Duration = Duration::from_secs(30);
-/// Unsent response bytes at which a pipelining client is no longer read from until it reads its responses.
-const MAX_PENDING_RESPONSES: usize = 1 << 20;
+/// Connections accepted beyond [`MAX_API_CONNECTIONS`] for one request each: `/healthz` and `/metrics` are
+/// answered, anything else gets 503. They keep a health probe working while every ordinary slot is held; when
+/// they are all in use a new one takes the place of the oldest, so idle ones cannot lock probes out either.
+pub const PROBE_CONNECTIONS: usize = 64;
+/// Routes a connection beyond the limit is still served.
+const PROBE_ROUTES: [&str; 2] = ["/healthz", "/metrics"];
+/// Most bytes asked of the socket per read, whatever the buffer's capacity.
+const READ_CHUNK: usize = 16 * 1024;
+/// Unsent response bytes above which a pipelining client is neither read nor parsed until its responses are out,
+/// so requests cannot make the server queue responses without bound.
+const MAX_PENDING_RESPONSES: usize = 16 * 1024;
+/// How often deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 struct Client {
     fd: RawFd,
@@ -34,7 +47,21 @@ struct Client {
     close_after_write: bool,
     /// Reading stopped because too many responses are unsent (see MAX_PENDING_RESPONSES).
     read_paused: bool,
+    /// Accepted beyond MAX_API_CONNECTIONS (see PROBE_CONNECTIONS).
+    probe: bool,
+    accepted: Instant,
+    /// When the first byte of the request being received arrived; None between requests.
+    request_started: Option<Instant>,
+    /// Last read or write progress.
     last_active: Instant,
+    /// The request buffer's capacity as counted in the memory budget.
+    counted: usize,
+}
+
+impl Client {
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.written
+    }
 }
 
 /// Counters of the HTTP API.
@@ -55,6 +82,8 @@ pub struct Context {
     /// The bridge to the other nodes; None when standalone (`cluster.redis` empty).
     pub cluster: Option<ClusterHandle>,
     pub stats: ApiStats,
+    /// The process-wide budget for buffered input (`server.max_buffered_bytes`), shared with the reactors.
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl Context {
@@ -63,6 +92,7 @@ impl Context {
         config: Arc<Config>,
         tls: Option<Arc<TlsAcceptor>>,
         cluster: Option<ClusterHandle>,
+        budget: Arc<MemoryBudget>,
     ) -> Self {
         Context {
             hub,
@@ -70,6 +100,7 @@ impl Context {
             tls,
             cluster,
             stats: ApiStats::default(),
+            budget,
         }
     }
 }
@@ -78,8 +109,17 @@ pub struct Api {
     poller: Epoll,
     listener: RawFd,
     clients: slab::Slab<Client>,
+    /// Clients in ordinary slots.
+    ordinary: usize,
+    /// Probe clients, oldest first.
+    probes: VecDeque<usize>,
+    /// Read buffer of one READ_CHUNK, copied into the client's request buffer.
+    chunk: Box<[u8]>,
     ctx: Context,
     stop: Arc<AtomicBool>,
+    /// Bytes of request buffers held, and the share last reported to the memory budget.
+    held: usize,
+    reported: usize,
 }
 
 impl Api {
@@ -90,8 +130,13 @@ impl Api {
             poller,
             listener,
             clients: slab::Slab::new(),
+            ordinary: 0,
+            probes: VecDeque::with_capacity(PROBE_CONNECTIONS),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             ctx,
             stop,
+            held: 0,
+            reported: 0,
         })
     }
 
@@ -99,7 +144,8 @@ impl Api {
         let mut ready: Vec<Ready> = Vec::with_capacity(256);
         let mut last_sweep = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            self.poller.wait(&mut ready, 500)?;
+            self.poller
+                .wait(&mut ready, SWEEP_EVERY.as_millis() as i32)?;
             for ev in ready.iter() {
                 if ev.token == TOKEN_LISTENER {
                     self.accept_all();
@@ -107,30 +153,67 @@ impl Api {
                     self.on_ready(ev.token as usize, ev);
                 }
             }
-            if last_sweep.elapsed() >= Duration::from_secs(1) {
+            if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
-                let idle: Vec<usize> = self
-                    .clients
-                    .iter()
-                    .filter(|(_, c)| c.last_active.elapsed() > IDLE)
-                    .map(|(k, _)| k)
-                    .collect();
-                for key in idle {
-                    self.close(key);
-                }
+                self.sweep();
             }
         }
         Ok(())
+    }
+
+    /// Enforces the deadlines: a request not complete within `api.request_timeout` of its first byte gets 408; a
+    /// connection without read or write progress for `api.idle_timeout` is closed (idle keep-alive, or a client
+    /// that leaves its responses unread); a probe connection lives at most `api.request_timeout`.
+    fn sweep(&mut self) {
+        let request_timeout = Duration::from_secs(self.ctx.config.api.request_timeout);
+        let idle_timeout = Duration::from_secs(self.ctx.config.api.idle_timeout);
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let mut idle = Vec::new();
+        for (key, c) in self.clients.iter() {
+            let request_late = !c.read_paused
+                && !c.close_after_write
+                && c.request_started
+                    .is_some_and(|t| now.duration_since(t) > request_timeout);
+            if request_late {
+                late.push(key);
+            } else if now.duration_since(c.last_active) > idle_timeout
+                || (c.probe && now.duration_since(c.accepted) > request_timeout)
+            {
+                idle.push(key);
+            }
+        }
+        for key in idle {
+            self.close(key);
+        }
+        for key in late {
+            let message = format!(
+                "request not complete within api.request_timeout ({} s)",
+                request_timeout.as_secs()
+            );
+            self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            let client = &mut self.clients[key];
+            client.rbuf.clear();
+            client.request_started = None;
+            client
+                .wbuf
+                .extend_from_slice(&http::error_response(408, &message));
+            client.close_after_write = true;
+            self.write(key);
+        }
     }
 
     fn accept_all(&mut self) {
         loop {
             match net::accept(self.listener) {
                 Ok(fd) => {
-                    if self.clients.len() >= MAX_API_CONNECTIONS {
-                        net::close(fd);
-                        continue;
+                    let probe = self.ordinary >= MAX_API_CONNECTIONS;
+                    if probe && self.probes.len() >= PROBE_CONNECTIONS {
+                        if let Some(oldest) = self.probes.front().copied() {
+                            self.close(oldest);
+                        }
                     }
+                    let now = Instant::now();
                     let key = self.clients.insert(Client {
                         fd,
                         rbuf: Vec::new(),
@@ -138,8 +221,17 @@ impl Api {
                         written: 0,
                         close_after_write: false,
                         read_paused: false,
-                        last_active: Instant::now(),
+                        probe,
+                        accepted: now,
+                        request_started: None,
+                        last_active: now,
+                        counted: 0,
                     });
+                    if probe {
+                        self.probes.push_back(key);
+                    } else {
+                        self.ordinary += 1;
+                    }
                     if self.poller.add(fd, key as u64).is_err() {
                         self.close(key);
                     }
@@ -167,7 +259,8 @@ impl Api {
         self.write(key);
     }
 
-    /// Reads everything available and answers every complete request. False if the client was closed.
+    /// Reads at most READ_CHUNK at a time and answers every complete request, until the socket is drained or too
+    /// many responses are unsent. False if the client was closed.
     fn read(&mut self, key: usize) -> bool {
         let mut eof = false;
         loop {
@@ -175,18 +268,31 @@ impl Api {
             if client.close_after_write {
                 break; // ignore anything after a request we answered with Connection: close
             }
-            if client.wbuf.len() - client.written > MAX_PENDING_RESPONSES {
+            if client.pending() > MAX_PENDING_RESPONSES {
                 client.read_paused = true;
                 break; // backpressure: resumed by write() once the responses are out
             }
-            match crate::pool::read_into(client.fd, &mut client.rbuf, 16 * 1024) {
+            match socket::recv(client.fd, &mut self.chunk, MsgFlags::empty()) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(_) => client.last_active = Instant::now(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(n) => {
+                    let now = Instant::now();
+                    client.last_active = now;
+                    if client.rbuf.is_empty() {
+                        client.request_started = Some(now);
+                    }
+                    client.rbuf.extend_from_slice(&self.chunk[..n]);
+                    // Over the budget, a request that holds more than one read's worth (a body) is refused;
+                    // small requests (health checks, stats) still pass.
+                    if !self.account(key) && self.clients[key].rbuf.len() > READ_CHUNK {
+                        self.refuse_over_budget(key);
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
                 Err(_) => {
                     self.close(key);
                     return false;
@@ -194,12 +300,11 @@ impl Api {
             }
             self.answer(key);
         }
-        self.answer(key);
         if eof {
             // The client half-closed: finish writing what it asked for, then close.
             let client = &mut self.clients[key];
             client.close_after_write = true;
-            if client.wbuf.len() == client.written {
+            if client.pending() == 0 {
                 self.close(key);
                 return false;
             }
@@ -207,68 +312,149 @@ impl Api {
         true
     }
 
-    /// Handles every complete request in the read buffer (pipelining), appending responses in order.
+    /// Handles the complete requests in the read buffer in order (pipelining), appending their responses, until
+    /// MAX_PENDING_RESPONSES bytes are unsent.
     fn answer(&mut self, key: usize) {
         let max_body = self.ctx.config.api.max_body;
         loop {
             let client = &mut self.clients[key];
             if client.close_after_write || client.rbuf.is_empty() {
-                return;
+                break;
             }
+            if client.pending() > MAX_PENDING_RESPONSES {
+                client.read_paused = true;
+                break;
+            }
+            let probe = client.probe;
             let parsed = http::parse(&client.rbuf, max_body);
             let (consumed, response, close) = match parsed {
-                Parsed::Partial => return,
-                Parsed::Error(status, message) => (
-                    client.rbuf.len(),
-                    http::error_response(status, message),
-                    true,
-                ),
+                Parsed::Partial => break,
+                Parsed::Error(status, message) => {
+                    self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+                    (
+                        client.rbuf.len(),
+                        http::error_response(status, message),
+                        true,
+                    )
+                }
                 Parsed::Request(req) => {
                     self.ctx
                         .stats
                         .requests_total
                         .fetch_add(1, Ordering::Relaxed);
                     let consumed = req.total_len;
-                    let close = !req.keep_alive;
-                    let response = routes::handle(&req, &self.ctx);
-                    (consumed, response.to_bytes(close), close)
+                    if probe && !PROBE_ROUTES.contains(&req.path) {
+                        self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+                        let message = format!(
+                            "all {MAX_API_CONNECTIONS} API connections are in use; retry later \
+                             (only /healthz and /metrics are served beyond the limit)"
+                        );
+                        (consumed, http::error_response(503, &message), true)
+                    } else {
+                        // A probe connection serves one request.
+                        let close = probe || !req.keep_alive;
+                        let response = routes::handle(&req, &self.ctx);
+                        (consumed, response.to_bytes(close), close)
+                    }
                 }
             };
             let client = &mut self.clients[key];
             client.rbuf.drain(..consumed);
             client.wbuf.extend_from_slice(&response);
+            // Bytes already here belong to the next request: its time runs from now.
+            client.request_started = (!client.rbuf.is_empty()).then(Instant::now);
             if close {
                 client.close_after_write = true;
             }
         }
+        let client = &mut self.clients[key];
+        if client.rbuf.capacity() > 4 * READ_CHUNK && client.rbuf.len() <= READ_CHUNK {
+            // Give back what a large body needed.
+            client.rbuf.shrink_to(READ_CHUNK);
+        }
+        self.account(key);
     }
 
-    fn write(&mut self, key: usize) {
+    /// Counts the client's request buffer in the process-wide memory budget; false while the budget is exceeded.
+    fn account(&mut self, key: usize) -> bool {
         let client = &mut self.clients[key];
-        while client.written < client.wbuf.len() {
-            match net::write(client.fd, &client.wbuf[client.written..]) {
-                Ok(n) => client.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.close(key),
+        let cap = client.rbuf.capacity();
+        self.held = self.held + cap - client.counted;
+        client.counted = cap;
+        let total = self.ctx.budget.report(&mut self.reported, self.held);
+        !self.ctx.budget.exceeded(total)
+    }
+
+    /// The process holds more buffered input than `server.max_buffered_bytes`: the request being received is
+    /// refused with 503 and its bytes are dropped (a body is what an API client holds).
+    fn refuse_over_budget(&mut self, key: usize) {
+        self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        let client = &mut self.clients[key];
+        client.rbuf = Vec::new();
+        client.wbuf.extend_from_slice(&http::error_response(
+            503,
+            "memory budget exceeded (server.max_buffered_bytes); retry later",
+        ));
+        client.close_after_write = true;
+        self.account(key);
+    }
+
+    /// Sends the unsent responses; once all are out, resumes a client paused for backpressure.
+    fn write(&mut self, key: usize) {
+        loop {
+            let client = &mut self.clients[key];
+            while client.written < client.wbuf.len() {
+                match net::write(client.fd, &client.wbuf[client.written..]) {
+                    Ok(n) => {
+                        client.written += n;
+                        client.last_active = Instant::now();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if client.written >= client.wbuf.len() / 2 {
+                            // Keep the buffer to the unsent part for a client that reads slowly but steadily.
+                            client.wbuf.drain(..client.written);
+                            client.written = 0;
+                        }
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.close(key),
+                }
             }
-        }
-        client.wbuf.clear();
-        client.written = 0;
-        if client.wbuf.capacity() > 1 << 20 {
-            client.wbuf.shrink_to(64 * 1024);
-        }
-        if client.close_after_write {
-            self.close(key);
-        } else if std::mem::take(&mut client.read_paused) && self.read(key) {
-            // Edge-triggered: bytes that arrived while paused raise no new event, so read them now.
-            self.write(key);
+            client.wbuf.clear();
+            client.written = 0;
+            if client.wbuf.capacity() > 4 * MAX_PENDING_RESPONSES {
+                client.wbuf.shrink_to(MAX_PENDING_RESPONSES);
+            }
+            if client.close_after_write {
+                return self.close(key);
+            }
+            if !std::mem::take(&mut client.read_paused) {
+                return;
+            }
+            // The requests already buffered wait no longer on the client: their time runs from now.
+            if !client.rbuf.is_empty() {
+                client.request_started = Some(Instant::now());
+            }
+            // Edge-triggered: bytes that arrived while paused raise no new event, so answer and read them now,
+            // then send what that produced.
+            self.answer(key);
+            if !self.read(key) {
+                return;
+            }
         }
     }
 
     fn close(&mut self, key: usize) {
         if let Some(client) = self.clients.try_remove(key) {
             net::close(client.fd);
+            self.held -= client.counted;
+            self.ctx.budget.report(&mut self.reported, self.held);
+            if client.probe {
+                self.probes.retain(|&k| k != key);
+            } else {
+                self.ordinary -= 1;
+            }
         }
     }
 }

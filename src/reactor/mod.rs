@@ -220,6 +220,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     }
 
     fn publish_stats(&mut self) {
+        // Buffers freed at the reap leave the process-wide budget now, not at this reactor's next read.
+        self.core.check_memory();
         let core = &mut self.core;
         core.tally.channels = core.channels.len() as u64;
         core.tally.read_buffers_lent = core.bufs.lent_count() as u64;

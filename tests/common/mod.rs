@@ -1701,3 +1701,23 @@ pub fn metric_type(text: &str, name: &str) -> Option<String> {
         }
     })
 }
+
+/// Raises this test process's soft RLIMIT_NOFILE to at least `want` (capped at the hard limit) for tests that
+/// hold many sockets; returns the resulting soft limit.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    lim.rlim_cur
+}

@@ -979,8 +979,10 @@ def cmd_finish(a):
             failures.append(f"no completed {name} round")
     failed_rounds = [line.strip() for line in open(a.round_failures)] if a.round_failures and os.path.exists(
         a.round_failures) else []
-    for fr in failed_rounds:
+    for fr in failed_rounds[:5]:
         failures.append(f"round failed: {fr}")
+    if len(failed_rounds) > 5:
+        failures.append(f"... and {len(failed_rounds) - 5} more failed rounds ({a.round_failures})")
 
     # --- user pushes.
     u = users[-1] if users else None
@@ -1022,8 +1024,7 @@ def cmd_finish(a):
     elif a.expect_swarm:
         failures.append("misbehaving clients: no result (the swarm did not finish)")
 
-    for e in a.extra_failure or []:
-        failures.append(e)
+    failures[:0] = a.extra_failure or []  # a gateway that died explains everything else: first
 
     title = f"wsgate soak: {a.params}"
     with open(a.svg, "w") as f:

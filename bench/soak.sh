@@ -262,7 +262,7 @@ churn_loop() {
     local left secs
     while true; do
         left=$((END - $(date +%s)))
-        [ "$left" -ge 20 ] || break
+        { [ "$left" -ge 20 ] && kill -0 "${NODE_PIDS[0]}" 2>/dev/null; } || break
         secs=$((left < CHURN_ROUND ? left : CHURN_ROUND))
         secs=$((secs - 12)) # connection phase and stragglers fit in the round
         bench_round churn churn --url "ws://${NODE_WS[0]}/ws?token=$TOKEN" --api "http://${NODE_API[0]}" \
@@ -276,7 +276,7 @@ fanout_loop() {
     local left secs
     while true; do
         left=$((END - $(date +%s)))
-        [ "$left" -ge 20 ] || break
+        { [ "$left" -ge 20 ] && kill -0 "${NODE_PIDS[$LAST]}" 2>/dev/null; } || break
         secs=$((left < FANOUT_ROUND ? left : FANOUT_ROUND))
         secs=$((secs - 8))
         bench_round fanout fanout --url "ws://${NODE_WS[$LAST]}/ws?token=$TOKEN" --api "http://${NODE_API[$LAST]}" \

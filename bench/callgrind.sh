@@ -16,7 +16,7 @@ mkdir -p "$ROOT/bench/out"
 OUT="${3:-$ROOT/bench/out/callgrind-$SCENARIO.out}"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
-valgrind --tool=callgrind --callgrind-out-file="$OUT" "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
+env -u WSGATE_BENCH valgrind --tool=callgrind --callgrind-out-file="$OUT" "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
     --threads 1 >"$LOG" 2>&1 &
 GW_PID=$!
 for _ in $(seq 300); do grep -q "wsgate ready" "$LOG" && break; sleep 0.2; done

@@ -52,7 +52,8 @@ stop_gateway() {
 # and API_ADDR from its ready line.
 start_gateway() {
     local log="$OUT/gateway-$1.log"
-    "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
+    # The gateway reads WSGATE_SECTION_KEY variables as config: keep the scripts' own (WSGATE_BENCH) away from it.
+    env -u WSGATE_BENCH "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
     GW_PID=$!
     local line=""
     for _ in $(seq 1 100); do

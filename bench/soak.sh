@@ -197,7 +197,7 @@ GW_ARGS=(--listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo
 start_node() { # NAME [ARGS...]
     local name="$1" log="$OUT/gateway-$1.log" line="" pid
     shift
-    "$GW" "${GW_ARGS[@]}" "$@" 2>"$log" &
+    env -u WSGATE_BENCH "$GW" "${GW_ARGS[@]}" "$@" 2>"$log" &  # WSGATE_* variables are gateway config
     pid=$!
     NODE_NAMES+=("$name")
     NODE_PIDS+=("$pid")

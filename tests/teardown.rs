@@ -153,22 +153,6 @@ fn assert_still_serving(s: &mut Server, ctx: &str) {
     let _ = ws.expect_close(ctx);
 }
 
-/// /api/stats: no open connection and no lent read buffer left, within a few seconds.
-fn assert_released(s: &Server, ctx: &str) {
-    let ok = eventually(Duration::from_secs(8), || {
-        let st = s.stats();
-        let c = st.pointer("/totals/connections")?.as_u64()?;
-        let b = st.pointer("/totals/read_buffers_lent")?.as_u64()?;
-        (c == 0 && b == 0).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{ctx}: connection not released: /api/stats totals {}\n{}",
-        s.stats()["totals"],
-        s.describe()
-    );
-}
-
 /// A masked frame whose payload bytes are 0xFF on the wire (the payload is `0xFF ^ mask`): as input that does not
 /// start at a frame boundary, every byte has the RSV bits set.
 fn ff_frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
@@ -218,28 +202,26 @@ fn echo_server() -> Server {
 // 1. a fragmented message whose reply closes the connection
 // ---------------------------------------------------------------------------------------------------------------
 
-#[test]
-fn fragmented_echo_that_overflows_the_outbound_queue_does_not_kill_the_server() {
+/// The attack on the echo endpoint from a client that does not read, and what must follow.
+fn fragmented_echo_attack(ping_between: bool, ctx: &str) {
     let mut s = echo_server();
     let mut ws = RawWs::upgrade(tcp_connect_small_rcvbuf(s.ws, 4096), s.ws, "/echo", &[])
         .unwrap_or_else(|e| panic!("upgrade: {e}"));
-    let _ = ws.try_send_raw(&echo_attack(false));
+    let _ = ws.try_send_raw(&echo_attack(ping_between));
     let end = raw_end(&mut ws, Duration::from_secs(5));
-    assert_echo_attack_outcome(&end, &s, "attacker");
-    assert_still_serving(&mut s, "after the fragmented echo");
-    assert_released(&s, "after the fragmented echo");
+    assert_echo_attack_outcome(&end, &s, ctx);
+    assert_still_serving(&mut s, &format!("after the {ctx}"));
+    s.assert_idle(&format!("after the {ctx}"));
+}
+
+#[test]
+fn fragmented_echo_that_overflows_the_outbound_queue_does_not_kill_the_server() {
+    fragmented_echo_attack(false, "fragmented echo");
 }
 
 #[test]
 fn fragmented_echo_with_a_ping_between_fragments_that_overflows_does_not_kill_the_server() {
-    let mut s = echo_server();
-    let mut ws = RawWs::upgrade(tcp_connect_small_rcvbuf(s.ws, 4096), s.ws, "/echo", &[])
-        .unwrap_or_else(|e| panic!("upgrade: {e}"));
-    let _ = ws.try_send_raw(&echo_attack(true));
-    let end = raw_end(&mut ws, Duration::from_secs(5));
-    assert_echo_attack_outcome(&end, &s, "attacker (ping between fragments)");
-    assert_still_serving(&mut s, "after the fragmented echo with a ping");
-    assert_released(&s, "after the fragmented echo with a ping");
+    fragmented_echo_attack(true, "fragmented echo with a ping between the fragments");
 }
 
 #[test]
@@ -268,7 +250,7 @@ fn fragmented_request_whose_reply_overflows_the_outbound_queue_does_not_kill_the
         assert_cut_off(&end, 1008, "attacker on /ws", &s);
     }
     assert_still_serving(&mut s, "after the fragmented request");
-    assert_released(&s, "after the fragmented request");
+    s.assert_idle("after the fragmented request");
 }
 
 // ---- the same over TLS ----------------------------------------------------------------------------------------
@@ -476,7 +458,7 @@ fn oversized_fragmented_message_gets_1009_before_eof_even_with_more_input_queued
     bytes.extend(ff_frame(true, OP_CONT, 100_000));
     assert_close_code_before_eof(&mut s, &bytes, 1009, "oversized fragmented message");
     assert_still_serving(&mut s, "after 1009");
-    assert_released(&s, "after 1009");
+    s.assert_idle("after 1009");
 }
 
 #[test]
@@ -487,7 +469,7 @@ fn invalid_utf8_text_followed_by_more_frames_gets_1007_before_eof() {
     bytes.extend(masked_frame(true, OP_TEXT, br#"{"op":"ping","id":1}"#));
     assert_close_code_before_eof(&mut s, &bytes, 1007, "invalid UTF-8 then more frames");
     assert_still_serving(&mut s, "after 1007");
-    assert_released(&s, "after 1007");
+    s.assert_idle("after 1007");
 }
 
 #[test]
@@ -514,7 +496,7 @@ fn protocol_violation_followed_by_garbage_gets_1002_before_eof() {
         assert_close_code_before_eof(&mut s, &bytes, 1002, what);
     }
     assert_still_serving(&mut s, "after 1002");
-    assert_released(&s, "after 1002");
+    s.assert_idle("after 1002");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -587,7 +569,7 @@ fn half_written_reply_then_slow_consumer_close_releases_the_connection() {
     // never reads, so the 1008 behind the half-written frame may never leave: a TCP close is enough.
     ws.send_raw(&masked_frame(true, OP_BINARY, b"more"));
     assert_ends(&mut ws, &[1008], "slow consumer mid-frame", &s);
-    assert_released(&s, "slow consumer mid-frame");
+    s.assert_idle("slow consumer mid-frame");
     assert_still_serving(&mut s, "slow consumer mid-frame");
 }
 
@@ -620,7 +602,7 @@ fn slow_consumer_in_the_middle_of_a_frame_gets_the_rest_of_it_then_1008() {
         s.describe()
     );
     assert!(end.tcp.starts_with("eof"), "then EOF; got {end}");
-    assert_released(&s, "slow consumer mid-frame");
+    s.assert_idle("slow consumer mid-frame");
 }
 
 #[test]
@@ -638,7 +620,7 @@ fn half_written_reply_then_idle_timeout_releases_the_connection() {
     // reads, so the server has to give up on it.
     std::thread::sleep(Duration::from_secs(5));
     assert_ends(&mut ws, &[1001], "idle timeout mid-frame", &s);
-    assert_released(&s, "idle timeout mid-frame");
+    s.assert_idle("idle timeout mid-frame");
     assert_still_serving(&mut s, "idle timeout mid-frame");
 }
 
@@ -651,7 +633,7 @@ fn half_written_reply_then_client_vanishes_mid_frame_releases_the_connection() {
     ws.send_raw(&frame[..500]);
     std::thread::sleep(Duration::from_millis(200));
     drop(ws);
-    assert_released(&s, "client vanished mid-frame");
+    s.assert_idle("client vanished mid-frame");
     assert_still_serving(&mut s, "client vanished mid-frame");
 }
 
@@ -676,7 +658,7 @@ fn half_written_delivery_then_api_disconnect_releases_the_connection() {
     let r = api.post_json("/api/disconnect", &format!(r#"{{"sid":"{sid}"}}"#));
     assert_eq!(r.status, 200, "disconnect: {r}");
     assert_ends(&mut ws, &[4000], "API disconnect mid-frame", &s);
-    assert_released(&s, "API disconnect mid-frame");
+    s.assert_idle("API disconnect mid-frame");
     assert_still_serving(&mut s, "API disconnect mid-frame");
 }
 
@@ -746,6 +728,6 @@ fn half_written_reply_over_tls_then_slow_consumer_close_releases_the_connection(
         end.tcp,
         s.describe()
     );
-    assert_released(&s, "wss slow consumer mid-frame");
+    s.assert_idle("wss slow consumer mid-frame");
     assert_still_serving(&mut s, "wss slow consumer mid-frame");
 }

@@ -537,7 +537,7 @@ fn reactor_survives_a_random_swarm_of_misbehaving_clients() {
             let _ = c.expect_close("warm-up close");
         }
     }
-    assert_idle(&s, &tag, "after warm-up");
+    s.assert_idle(&format!("{tag} after warm-up"));
     let rss_base = s.rss_kb().unwrap_or(0);
 
     let published: Arc<Vec<AtomicU64>> =
@@ -680,7 +680,7 @@ fn reactor_survives_a_random_swarm_of_misbehaving_clients() {
     );
     // 4. back to idle: no connection, no lent buffer, RSS bounded; and new clients on every reactor get
     //    deliveries (a dead reactor would strand some of them).
-    assert_idle(&s, &tag, "after the swarm");
+    s.assert_idle(&format!("{tag} after the swarm"));
     let rss = s.rss_kb().unwrap_or(0);
     assert!(
         rss <= rss_base + RSS_SLACK_KB,
@@ -700,20 +700,4 @@ fn reactor_survives_a_random_swarm_of_misbehaving_clients() {
         let t = c.expect_text(&format!("{tag} new client {i} after the swarm"));
         assert_eq!(t, r#"{"channel":"after","data":{"ok":1}}"#, "{tag}");
     }
-}
-
-/// /api/stats shows no connection and no lent read buffer within a few seconds.
-fn assert_idle(s: &Server, tag: &str, when: &str) {
-    let ok = eventually(Duration::from_secs(8), || {
-        let st = s.stats();
-        let c = st.pointer("/totals/connections")?.as_u64()?;
-        let b = st.pointer("/totals/read_buffers_lent")?.as_u64()?;
-        (c == 0 && b == 0).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{tag} {when}: not back to idle: /api/stats totals {}\n{}",
-        s.stats()["totals"],
-        s.describe()
-    );
 }

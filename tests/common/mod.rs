@@ -295,6 +295,23 @@ impl Server {
     }
 
     /// Waits (bounded) until the counter at `pointer` reaches `at_least`; returns its last value.
+    /// Asserts that /api/stats shows no open connection and no lent read buffer within a few seconds: everything a
+    /// finished client held has been released.
+    pub fn assert_idle(&self, ctx: &str) {
+        let ok = eventually(Duration::from_secs(8), || {
+            let st = self.stats();
+            let c = st.pointer("/totals/connections")?.as_u64()?;
+            let b = st.pointer("/totals/read_buffers_lent")?.as_u64()?;
+            (c == 0 && b == 0).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "{ctx}: not back to idle (connections and lent read buffers): /api/stats totals {}\n{}",
+            self.stats()["totals"],
+            self.describe()
+        );
+    }
+
     pub fn wait_stat(&self, pointer: &str, at_least: u64, timeout: Duration) -> u64 {
         eventually(timeout, || {
             let v = self.stat(pointer);

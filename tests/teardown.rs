@@ -348,8 +348,10 @@ fn tls_upgrade(stream: &mut Tls, addr: SocketAddr, path: &str) -> Vec<u8> {
     buf
 }
 
-#[test]
-fn fragmented_echo_that_overflows_the_outbound_queue_over_tls_does_not_kill_the_server() {
+/// A one-reactor server with a wss listener (and a plain one), the echo endpoint and `extra` flags, and a wss
+/// client with a small receive buffer upgraded to /echo: the server, the client config, the client, and the bytes
+/// read past the 101 response.
+fn wss_echo(extra: &[&str]) -> (Server, Arc<ClientConfig>, Tls, Vec<u8>) {
     let cert = Cert::new();
     let mut args = cert.args();
     args.extend(
@@ -359,19 +361,25 @@ fn fragmented_echo_that_overflows_the_outbound_queue_over_tls_does_not_kill_the_
             "--echo-path",
             "/echo",
             "--set",
-            "ws.max_outbound_bytes=4096",
-            "--set",
             "tls.plain_listen=127.0.0.1:0",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string()),
     );
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let mut s = Server::start(&refs);
+    let s = Server::start(&refs);
     let wss = s.wss.expect("wss listener");
     let cfg = cert.client();
     let mut tls = tls_connect(&cfg, tcp_connect_small_rcvbuf(wss, 4096)).expect("TLS handshake");
-    let mut buf = tls_upgrade(&mut tls, wss, "/echo");
+    let buf = tls_upgrade(&mut tls, wss, "/echo");
+    (s, cfg, tls, buf)
+}
+
+#[test]
+fn fragmented_echo_that_overflows_the_outbound_queue_over_tls_does_not_kill_the_server() {
+    let (mut s, cfg, mut tls, mut buf) = wss_echo(&["--set", "ws.max_outbound_bytes=4096"]);
+    let wss = s.wss.expect("wss listener");
     // One write: rustls seals it into a single record (well under 16 KiB).
     let _ = tls.write_all(&echo_attack(false)).and_then(|_| tls.flush());
     let sock = tls.sock.try_clone().unwrap();
@@ -664,30 +672,12 @@ fn half_written_delivery_then_api_disconnect_releases_the_connection() {
 
 #[test]
 fn half_written_reply_over_tls_then_slow_consumer_close_releases_the_connection() {
-    let cert = Cert::new();
-    let mut args = cert.args();
-    args.extend(
-        [
-            "--threads",
-            "1",
-            "--echo-path",
-            "/echo",
-            "--set",
-            "ws.max_message_size=16777216",
-            "--set",
-            "ws.max_outbound_bytes=65536",
-            "--set",
-            "tls.plain_listen=127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let mut s = Server::start(&refs);
-    let wss = s.wss.expect("wss listener");
-    let cfg = cert.client();
-    let mut tls = tls_connect(&cfg, tcp_connect_small_rcvbuf(wss, 4096)).expect("TLS handshake");
-    let mut buf = tls_upgrade(&mut tls, wss, "/echo");
+    let (mut s, _, mut tls, mut buf) = wss_echo(&[
+        "--set",
+        "ws.max_message_size=16777216",
+        "--set",
+        "ws.max_outbound_bytes=65536",
+    ]);
     tls.sock
         .set_write_timeout(Some(Duration::from_secs(20)))
         .unwrap();

@@ -31,7 +31,13 @@ fuzz_target!(|data: &[u8]| {
                 _ => panic!("the request's own bytes do not parse alone"),
             };
             assert_eq!(
-                (again.method, again.path, again.query, again.body, again.total_len),
+                (
+                    again.method,
+                    again.path,
+                    again.query,
+                    again.body,
+                    again.total_len
+                ),
                 (r.method, r.path, r.query, r.body, r.total_len)
             );
             assert_eq!(again.keep_alive, r.keep_alive);

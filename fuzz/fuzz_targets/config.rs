@@ -52,5 +52,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(c) => c,
         Err(e) => panic!("--print-config output does not load back: {e}\n{printed}"),
     };
-    assert_eq!(again.to_toml(), printed, "--print-config does not round-trip");
+    assert_eq!(
+        again.to_toml(),
+        printed,
+        "--print-config does not round-trip"
+    );
 });

@@ -55,18 +55,32 @@ fn check_frame(frame: &Frame<'_>, msg: &mut Message, max: usize) -> Event {
             fin,
             payload,
         } => {
-            assert!(opcode == OP_TEXT || opcode == OP_BINARY, "data opcode {opcode}");
-            assert!(payload.len() <= max, "frame of {} > max {max}", payload.len());
+            assert!(
+                opcode == OP_TEXT || opcode == OP_BINARY,
+                "data opcode {opcode}"
+            );
+            assert!(
+                payload.len() <= max,
+                "frame of {} > max {max}",
+                payload.len()
+            );
             assert_eq!(first, msg.opcode.is_none(), "first flag out of step");
             if let Some(op) = msg.opcode {
                 assert_eq!(op, opcode, "opcode changed inside a message");
             }
             msg.opcode = Some(opcode);
             msg.bytes.extend_from_slice(payload);
-            assert!(msg.bytes.len() <= max, "message of {} > max {max}", msg.bytes.len());
+            assert!(
+                msg.bytes.len() <= max,
+                "message of {} > max {max}",
+                msg.bytes.len()
+            );
             if fin {
                 if opcode == OP_TEXT {
-                    assert!(std::str::from_utf8(&msg.bytes).is_ok(), "text message not UTF-8");
+                    assert!(
+                        std::str::from_utf8(&msg.bytes).is_ok(),
+                        "text message not UTF-8"
+                    );
                 }
                 *msg = Message::default();
             }
@@ -91,7 +105,10 @@ fn check_frame(frame: &Frame<'_>, msg: &mut Message, max: usize) -> Event {
             if let Some(c) = code {
                 assert!(valid_close_code(c), "close code {c}");
             }
-            assert!(std::str::from_utf8(reason).is_ok(), "close reason not UTF-8");
+            assert!(
+                std::str::from_utf8(reason).is_ok(),
+                "close reason not UTF-8"
+            );
             Event::Close(code, reason.to_vec())
         }
     }
@@ -129,13 +146,20 @@ fn run(stream: &[u8], chunks: &[usize], max: usize) -> Outcome {
                 }
                 Ok(None) => break,
                 Ok(Some((frame, consumed))) => {
-                    assert!(consumed > 0 && consumed <= present, "consumed {consumed} of {present}");
+                    assert!(
+                        consumed > 0 && consumed <= present,
+                        "consumed {consumed} of {present}"
+                    );
                     assert_eq!(header_says, Some(consumed as u64), "frame_len disagrees");
                     events.push(check_frame(&frame, &mut msg, max));
                     buf.drain(..consumed);
                 }
             }
-            assert_eq!(dec.in_message(), msg.opcode.is_some(), "in_message out of step");
+            assert_eq!(
+                dec.in_message(),
+                msg.opcode.is_some(),
+                "in_message out of step"
+            );
         }
     }
     Outcome {
@@ -159,7 +183,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut chunks: Vec<usize> = sizes
         .iter()
-        .map(|&b| if b < 0x80 { usize::from(b) + 1 } else { usize::from(b - 0x7F) * 97 })
+        .map(|&b| {
+            if b < 0x80 {
+                usize::from(b) + 1
+            } else {
+                usize::from(b - 0x7F) * 97
+            }
+        })
         .collect();
     if chunks.is_empty() {
         chunks.push(1);

@@ -26,7 +26,10 @@ fn check_response(out: &[u8]) {
         + 4;
     let head = std::str::from_utf8(&out[..end]).expect("head is UTF-8");
     assert!(!head[..end - 4].contains("\r\n\r\n"));
-    assert!(!head.replace("\r\n", "").contains(['\r', '\n']), "bare CR/LF in head");
+    assert!(
+        !head.replace("\r\n", "").contains(['\r', '\n']),
+        "bare CR/LF in head"
+    );
     let body = &out[end..];
     if let Some(len) = head
         .split("\r\n")
@@ -77,7 +80,11 @@ fn gateway_reads(req: &Request<'_>) {
 
 fuzz_target!(|data: &[u8]| {
     match parse_request(data, MAX_HEAD) {
-        Ok(None) => assert!(data.len() < MAX_HEAD, "partial head of {} bytes", data.len()),
+        Ok(None) => assert!(
+            data.len() < MAX_HEAD,
+            "partial head of {} bytes",
+            data.len()
+        ),
         Err(reject) => {
             let mut out = Vec::new();
             handshake::write_reject(&mut out, reject);
@@ -86,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(req)) => {
             assert!(req.head_len <= data.len() && req.head_len <= MAX_HEAD);
             assert!(
-                !matches!(parse_request(&data[..req.head_len - 1], MAX_HEAD), Ok(Some(_))),
+                !matches!(
+                    parse_request(&data[..req.head_len - 1], MAX_HEAD),
+                    Ok(Some(_))
+                ),
                 "a strict prefix of the head parsed as complete"
             );
             gateway_reads(&req);

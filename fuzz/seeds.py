@@ -146,3 +146,5 @@ write("cluster_event", "bad_json", xread(("4-0", base + [("kind", "channel"), ("
 write("cluster_event", "bad_id", xread(("x", base)))
 write("cluster_event", "resp3_map", b"%1\r\n$3\r\nbus\r\n*1\r\n*2\r\n$3\r\n5-0\r\n%2\r\n$6\r\norigin\r\n$1\r\no\r\n$4\r\nkind\r\n$9\r\nbroadcast\r\n")
 write("cluster_event", "nil", b"*-1\r\n")
+# Found by fuzzing: an id that is valid JSON but overflows an f64 (echoed verbatim in replies).
+write("client_protocol", "huge_exponent_id", '{"op":"ping","id":[1E999,2]}')

@@ -22,5 +22,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 cargo test --workspace
 
+echo "== fuzz smoke (every parser target for 10 s; long runs: scripts/fuzz.sh, docs/FUZZING.md)"
+# Needs nightly and cargo-fuzz; CI does not install them, so without them this step says why it is skipped.
+# The first run also builds fuzz/ (several minutes on 2 cores); WSGATE_FUZZ_SMOKE=0 skips it.
+if [ "${WSGATE_FUZZ_SMOKE:-1}" = 0 ]; then
+    echo "skipped: WSGATE_FUZZ_SMOKE=0"
+elif ! command -v rustup >/dev/null 2>&1 || ! rustup toolchain list | grep -q '^nightly'; then
+    echo "skipped: no nightly toolchain (rustup toolchain install nightly)"
+elif ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
+else
+    scripts/fuzz.sh all 10
+fi
+
 echo "== static release binary"
 scripts/build-static.sh

@@ -163,9 +163,10 @@ pub fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits: `u8::from_str_radix` alone would also take a sign (`%+2` = 0x02).
+                let hi = hex_digit(*bytes.get(i + 1)?)?;
+                let lo = hex_digit(*bytes.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
                 i += 3;
             }
             b'+' => {
@@ -179,6 +180,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The value of one ASCII hex digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -196,6 +202,21 @@ mod tests {
         assert!(query_channels("channels=a%01").is_err());
         let long = "a".repeat(256);
         assert!(query_channels(&format!("channels={long}")).is_err());
+    }
+
+    #[test]
+    fn percent_escapes_are_exactly_two_hex_digits() {
+        assert_eq!(
+            percent_decode("a%2Cb+c%e2%82%ac").as_deref(),
+            Some("a,b c\u{20ac}")
+        );
+        // Found by fuzz/client_protocol: `from_str_radix` accepted a sign, so `%+2` decoded to 0x02.
+        assert_eq!(percent_decode("%+2"), None);
+        assert_eq!(percent_decode("%-2"), None);
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%\u{e9}"), None);
+        assert_eq!(query_param("token=a%+2Eb", "token"), Some(Err(())));
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod writer;
 
 pub use event::{EventKind, InEvent, OutEvent};
 pub use link::BridgeLink;
+pub use reader::collect_entries;
 pub use stats::BridgeStats;
 
 use crate::config::{ClusterConfig, Config};

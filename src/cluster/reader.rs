@@ -246,8 +246,9 @@ impl Reader {
     }
 }
 
-/// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields) pairs.
-fn collect_entries<'a>(
+/// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields) pairs. Public (re-exported by
+/// `cluster`) for the fuzz target that feeds it hostile replies.
+pub fn collect_entries<'a>(
     reply: &'a Value,
     out: &mut Vec<(&'a Value, &'a Value)>,
 ) -> Result<(), &'static str> {

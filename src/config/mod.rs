@@ -235,10 +235,18 @@ impl ConfigBuilder {
     }
 
     /// Merges a TOML file.
-    pub fn file(mut self, path: &str) -> Result<Self, ConfigError> {
+    pub fn file(self, path: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {path}: {e}")))?;
-        let table: toml::Table = text.parse().map_err(|e| err("", format!("{path}: {e}")))?;
+        self.toml(&text, path)
+    }
+
+    /// Merges TOML text; `source` names it in errors (the file path). The file-free half of [`Self::file`], so the
+    /// config fuzz target runs the same code path as `--config FILE`.
+    pub fn toml(mut self, text: &str, source: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| err("", format!("{source}: {e}")))?;
         merge(&mut self.table, table);
         Ok(self)
     }

@@ -380,6 +380,9 @@ impl Api {
     fn account(&mut self, key: usize) -> bool {
         let client = &mut self.clients[key];
         let cap = client.rbuf.capacity();
+        if cap == client.counted {
+            return !self.ctx.budget.exceeded(self.ctx.budget.held());
+        }
         self.held = self.held + cap - client.counted;
         client.counted = cap;
         let total = self.ctx.budget.report(&mut self.reported, self.held);

@@ -99,6 +99,19 @@ fn read_end<S: Read>(
     }
 }
 
+/// `read_end` over a wss client, `buf` holding what was read past the upgrade.
+fn tls_end(tls: &mut Tls, buf: &mut Vec<u8>, idle: Duration) -> End {
+    let sock = tls.sock.try_clone().unwrap();
+    read_end(
+        tls,
+        buf,
+        &|d| {
+            let _ = sock.set_read_timeout(Some(d));
+        },
+        idle,
+    )
+}
+
 fn raw_end(ws: &mut RawWs, idle: Duration) -> End {
     let sock = ws.stream.try_clone().unwrap();
     let mut buf = std::mem::take(&mut ws.buf);
@@ -382,15 +395,7 @@ fn fragmented_echo_that_overflows_the_outbound_queue_over_tls_does_not_kill_the_
     let wss = s.wss.expect("wss listener");
     // One write: rustls seals it into a single record (well under 16 KiB).
     let _ = tls.write_all(&echo_attack(false)).and_then(|_| tls.flush());
-    let sock = tls.sock.try_clone().unwrap();
-    let end = read_end(
-        &mut tls,
-        &mut buf,
-        &|d| {
-            let _ = sock.set_read_timeout(Some(d));
-        },
-        Duration::from_secs(5),
-    );
+    let end = tls_end(&mut tls, &mut buf, Duration::from_secs(5));
     assert_echo_attack_outcome(&end, &s, "wss attacker");
 
     // Still serving, over TLS too.
@@ -696,15 +701,7 @@ fn half_written_reply_over_tls_then_slow_consumer_close_releases_the_connection(
     let _ = tls
         .write_all(&masked_frame(true, OP_BINARY, b"more"))
         .and_then(|_| tls.flush());
-    let sock = tls.sock.try_clone().unwrap();
-    let end = read_end(
-        &mut tls,
-        &mut buf,
-        &|d| {
-            let _ = sock.set_read_timeout(Some(d));
-        },
-        Duration::from_secs(8),
-    );
+    let end = tls_end(&mut tls, &mut buf, Duration::from_secs(8));
     let closed = end.tcp.starts_with("eof") || end.tcp.starts_with("reset");
     let code_ok = end
         .close

@@ -32,19 +32,24 @@ tcp_sysctls() {
     echo "sysctl net.core.somaxconn=$(sysctl -n net.core.somaxconn) net.ipv4.tcp_rmem=\"$(sysctl -n net.ipv4.tcp_rmem | tr -s '[:space:]' ' ')\" net.ipv4.tcp_wmem=\"$(sysctl -n net.ipv4.tcp_wmem | tr -s '[:space:]' ' ')\""
 }
 
-stop_gateway() {
-    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$GW_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$GW_PID" 2>/dev/null; then
-            echo "$PROG: gateway $GW_PID did not stop within 15 s; sending SIGKILL" >&2
-            kill -KILL "$GW_PID" 2>/dev/null || true
-        fi
-        wait "$GW_PID" 2>/dev/null || true
+# stop_pid PID WHAT: SIGTERM, then SIGKILL after 15 s (a process this script started; never signalled by name).
+stop_pid() {
+    local pid="$1"
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "$PROG: $2 $pid did not stop within 15 s; sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
     fi
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_gateway() {
+    [ -z "$GW_PID" ] || stop_pid "$GW_PID" gateway
     GW_PID=""
 }
 

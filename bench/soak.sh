@@ -125,20 +125,6 @@ REDIS_PORT=""
 
 # --- processes we start, and how they are stopped (by PID only) ---------------------------------------------------
 
-stop_pid() { # PID WHAT: SIGTERM, SIGKILL after 15 s
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "soak.sh: $2 ($pid) did not stop within 15 s; SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_jobs() {
     # Each load job runs in its own process group (set -m): the group holds the job's loop and its current

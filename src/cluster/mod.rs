@@ -18,6 +18,7 @@
 //! guarantees and failure behaviour: docs/CLUSTER.md.
 
 mod conn;
+mod dial;
 mod dispatch;
 pub mod event;
 pub mod keys;

@@ -1,0 +1,144 @@
+//! The cluster under faults, against the real binary and a real redis-server (started here; stopped with SIGSTOP,
+//! resumed and killed by its own PID only): a Redis that accepts connections but never answers does not stall
+//! publishes, presence lookups, local user pushes or shutdown.
+
+mod common;
+
+use common::redis_server::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A gateway in cluster mode on `redis` with JWT auth, plus `extra` arguments.
+fn node(redis: &RedisServer, extra: &[&str]) -> Server {
+    let set = format!("cluster.redis={}", redis.url());
+    let mut args: Vec<&str> = JWT_ARGS.to_vec();
+    args.extend_from_slice(&["--set", set.as_str()]);
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn user_ws(s: &Server, sub: &str, device: &str) -> RawWs {
+    let token =
+        hs256(&json!({"sub": sub, "device": device, "exp": unix_now() + 600, "channels": ["*"]}));
+    let mut ws = RawWs::connect(s.ws, &format!("/ws?token={token}&channels=room"));
+    // Up to the end of its (empty) replay.
+    while ws.expect_json("replay")["type"] != "replay" {}
+    ws
+}
+
+/// Publishes `data` to channel `room` on a keep-alive connection; the time the answer took.
+fn timed_publish(api: &mut Http, data: &Value) -> Duration {
+    let t = Instant::now();
+    let r = api.post_json(
+        "/api/publish",
+        &json!({"channel": "room", "data": data}).to_string(),
+    );
+    assert_eq!(r.status, 200, "publish: {r}");
+    t.elapsed()
+}
+
+#[test]
+fn a_hung_redis_stalls_neither_publishes_nor_lookups_nor_local_user_pushes_nor_shutdown() {
+    let redis = RedisServer::start();
+    let mut a = node(&redis, &["--set", "server.shutdown_timeout=1"]);
+    let mut u = user_ws(&a, "u1", "phone");
+    let mut api = Http::connect(a.api);
+    let mut normal = Duration::ZERO;
+    for k in 0..10 {
+        normal = normal.max(timed_publish(&mut api, &json!(k)));
+        assert_eq!(
+            u.expect_json("baseline publish"),
+            json!({"channel": "room", "data": k})
+        );
+    }
+
+    redis.pause();
+    let hung = Instant::now();
+    // A cluster-wide presence lookup during the hang: answered from this node, within its bound.
+    let api_addr = a.api;
+    let lookup = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http_get(api_addr, "/api/presence?channel=room");
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // Publishes meanwhile answer as fast as ever (they never wait behind the lookup), and are delivered.
+    let mut slowest = Duration::ZERO;
+    for k in 100..120 {
+        slowest = slowest.max(timed_publish(&mut api, &json!(k)));
+        assert_eq!(
+            u.expect_json("publish during the hang"),
+            json!({"channel": "room", "data": k})
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        slowest < Duration::from_millis(500).max(normal * 10),
+        "publish took {slowest:?} during the hang (normal {normal:?})"
+    );
+    assert_eq!(http_get(a.api, "/healthz").status, 200);
+    let (r, took) = lookup.join().unwrap();
+    assert_eq!(r.status, 200, "presence during the hang: {r}");
+    assert_eq!(r.json()["scope"], "node", "{r}");
+    assert!(r.json()["cluster_error"].is_string(), "{r}");
+    assert!(took < Duration::from_secs(3), "presence took {took:?}");
+
+    // A local user push leaves without its id within the documented bound (~2.5 s).
+    let pushed = Instant::now();
+    let r = api.post_json(
+        "/api/publish",
+        &json!({"user": "u1", "data": "while hung"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let v = match u.next_message(Duration::from_secs(5)) {
+        Ok(f) => serde_json::from_slice::<Value>(&f.payload).unwrap(),
+        Err(e) => panic!("local user push during the hang: {e}\n{}", a.describe()),
+    };
+    assert_eq!(v, json!({"user": "u1", "data": "while hung"}));
+    let waited = pushed.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "user push waited {waited:?}"
+    );
+
+    // SIGTERM during the hang: the node exits within server.shutdown_timeout plus its Redis I/O bounds.
+    a.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status = a.wait_exit(Duration::from_secs(20));
+    let exit_took = t.elapsed();
+    assert!(
+        status.is_some(),
+        "no exit 20 s after SIGTERM while Redis hung\n{}",
+        a.describe()
+    );
+    assert!(
+        exit_took < Duration::from_secs(1 + 9),
+        "exit took {exit_took:?}"
+    );
+    assert!(hung.elapsed() < Duration::from_secs(30));
+    redis.resume();
+}
+
+/// Start-up against a hung Redis ends within `cluster.startup_timeout` with an error naming the cause.
+#[test]
+fn start_up_against_a_hung_redis_honours_startup_timeout() {
+    let redis = RedisServer::start();
+    redis.pause();
+    let set = format!("cluster.redis={}", redis.url());
+    let t = Instant::now();
+    let out = run_cli(
+        &["--set", &set, "--set", "cluster.startup_timeout=2"],
+        &[],
+        true,
+        Duration::from_secs(20),
+    );
+    let took = t.elapsed();
+    redis.resume();
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "start-up gave up after {took:?}"
+    );
+    assert!(out.stderr.contains("cluster.startup_timeout"), "{out:?}");
+}

@@ -142,3 +142,33 @@ fn start_up_against_a_hung_redis_honours_startup_timeout() {
     );
     assert!(out.stderr.contains("cluster.startup_timeout"), "{out:?}");
 }
+
+fn sid_node(ws: &RawWs) -> u64 {
+    let sid: u64 = ws.welcome_frame()["sid"].as_str().unwrap().parse().unwrap();
+    (sid >> 13) & 1023
+}
+
+#[test]
+fn a_node_started_right_after_redis_lost_its_data_does_not_take_a_live_nodes_id() {
+    let mut redis = RedisServer::start();
+    let q = ["--set", "cluster.node_id_quarantine=3"];
+    let a = node(&redis, &q);
+    let a_id = a.stats()["cluster"]["node_id"].as_u64().unwrap();
+    let wa = user_ws(&a, "ua", "d");
+    assert_eq!(sid_node(&wa), a_id);
+
+    // Redis restarts without its data (every lease gone) and a new node starts at once.
+    redis.restart();
+    let b = node(&redis, &q);
+    let b_id = b.stats()["cluster"]["node_id"].as_u64().unwrap();
+    assert_ne!(a_id, b_id, "two live nodes lease the same id");
+    let wb = user_ws(&b, "ub", "d");
+    assert_eq!(sid_node(&wb), b_id);
+    assert_ne!(sid_node(&wa), sid_node(&wb));
+    // Both hold their own lease; neither finds its id taken.
+    for (n, id) in [(&a, a_id), (&b, b_id)] {
+        let c = n.stats()["cluster"].clone();
+        assert_eq!(c["lease_held"], 1, "node {id}: {c}");
+        assert_eq!(c["node_id_taken"], 0, "node {id}: {c}");
+    }
+}

@@ -40,7 +40,7 @@ pub use stats::BridgeStats;
 
 use crate::config::{ClusterConfig, Config};
 use crate::ids::StreamId;
-use conn::{Backoff, Connector, IO_TIMEOUT};
+use conn::{Backoff, Connector, CONNECT_TIMEOUT, IO_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
 use lease::NodeInfo;
 use std::io;
@@ -198,18 +198,25 @@ impl Cluster {
             started_ms: event::now_ms(),
         };
         let ttl_ms = cfg.node_lease_ttl * 1000;
+        let quarantine = Duration::from_secs(cfg.node_id_quarantine);
         let pinned = (config.server.node_id != 0).then_some(config.server.node_id);
         let stats = Arc::new(BridgeStats::default());
         let deadline = Instant::now() + Duration::from_secs(cfg.startup_timeout);
         let mut backoff = Backoff::default();
         let (node_id, start_id) = loop {
-            let problem = one_line(&match connector.connect(IO_TIMEOUT) {
+            // Each attempt, set-up included, ends by the deadline (at least a short one is made).
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(200));
+            let attempt = connector.connect_within(CONNECT_TIMEOUT.min(left), IO_TIMEOUT.min(left));
+            let problem = one_line(&match attempt {
                 Ok(mut c) => {
                     let rec = |id| lease::record(id, &origin, &info, 0, ttl_ms);
                     let claimed = match pinned {
                         Some(id) => lease::claim(&mut c, id, &origin, &rec(id), ttl_ms)
                             .map(|ok| ok.then_some(id)),
-                        None => lease::claim_any(&mut c, &origin, rec, ttl_ms),
+                        None => lease::quarantine(&mut c, quarantine)
+                            .and_then(|()| lease::claim_any(&mut c, &origin, rec, ttl_ms)),
                     };
                     match claimed {
                         Ok(Some(id)) => match reader::newest_id(&mut c, &cfg.stream) {

@@ -44,6 +44,9 @@ pub struct BridgeStats {
     pub outbox_bytes: AtomicUsize,
     /// 1 while this node holds its node id lease.
     pub lease_held: AtomicBool,
+    /// 1 while another instance holds this node's id: this node then opens no new connections (their socket ids
+    /// could collide with the other node's).
+    pub node_id_taken: AtomicBool,
     /// User pushes stored in `stream:notify:{uid}` / refused by Redis (delivered without an id).
     pub offline_stored_total: AtomicU64,
     pub offline_store_failed_total: AtomicU64,
@@ -183,6 +186,12 @@ impl BridgeStats {
                 "1 while this node holds its node id lease in Redis.",
                 false,
                 self.lease_held.load(r) as u64,
+            ),
+            (
+                "node_id_taken",
+                "1 while another instance holds this node's id; no new connections are opened meanwhile.",
+                false,
+                self.node_id_taken.load(r) as u64,
             ),
             (
                 "offline_stored_total",

@@ -13,6 +13,9 @@ pub trait ClusterLink: Send + Sync {
     fn replay(&self, req: ReplayRequest) -> bool;
     /// Records an ack; false if it could not be queued (the client's next ack supersedes it).
     fn ack(&self, ack: Ack) -> bool;
+    /// False while this node must open no connections: another node holds its node id, so new socket ids could
+    /// collide with that node's.
+    fn may_open(&self) -> bool;
 }
 
 /// A change of a connection's session state.

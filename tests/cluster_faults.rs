@@ -172,3 +172,80 @@ fn a_node_started_right_after_redis_lost_its_data_does_not_take_a_live_nodes_id(
         assert_eq!(c["node_id_taken"], 0, "node {id}: {c}");
     }
 }
+
+/// Connects user `sub`/`device` (replay from its stored ack) and returns the connection and what was replayed.
+fn user_replay(s: &Server, sub: &str, device: &str) -> (RawWs, Vec<Value>) {
+    let token =
+        hs256(&json!({"sub": sub, "device": device, "exp": unix_now() + 600, "channels": ["*"]}));
+    let mut ws = RawWs::connect(s.ws, &format!("/ws?token={token}"));
+    let mut replayed = Vec::new();
+    loop {
+        let v = ws.expect_json("replay");
+        if v["type"] == "replay" {
+            return (ws, replayed);
+        }
+        replayed.push(v);
+    }
+}
+
+/// Pushes `data` to `user` and returns the frame `ws` gets (with its id).
+fn push_and_receive(s: &Server, ws: &mut RawWs, user: &str, data: &str) -> Value {
+    let r = Http::connect(s.api).post_json(
+        "/api/publish",
+        &json!({"user": user, "data": data}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let v = ws.expect_json("live push");
+    assert_eq!(v["data"], data, "{v}");
+    assert!(v["id"].is_string(), "push without an id: {v}");
+    v
+}
+
+#[test]
+fn a_device_that_acks_and_reconnects_at_once_gets_no_duplicates() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--set", "cluster.node_id_quarantine=0"]);
+    for delay_ms in [0, 50, 100] {
+        let (mut ws, _) = user_replay(&a, "u1", "phone");
+        let mut last = Value::Null;
+        for k in 0..3 {
+            last = push_and_receive(&a, &mut ws, "u1", &format!("m{delay_ms}-{k}"));
+        }
+        ws.send_text(&json!({"op": "ack", "id": last["id"]}).to_string());
+        drop(ws);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let (_ws, replayed) = user_replay(&a, "u1", "phone");
+        assert!(
+            replayed.is_empty(),
+            "reconnect {delay_ms} ms after acking {}: replayed again {replayed:?}",
+            last["id"]
+        );
+    }
+}
+
+#[test]
+fn an_ack_beyond_the_users_messages_is_refused_and_pushes_keep_flowing() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--set", "cluster.node_id_quarantine=0"]);
+    let (mut ws, _) = user_replay(&a, "u1", "phone");
+    push_and_receive(&a, &mut ws, "u1", "first");
+    let future = "99999999999999-0";
+    ws.send_text(&json!({"op": "ack", "id": future}).to_string());
+    let reply = ws.expect_json("reply to a future ack");
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert_eq!(reply["id"], future, "{reply}");
+    assert_eq!(reply["ok"], false, "{reply}");
+    // Live pushes keep flowing, and a reconnect replays what was not acknowledged.
+    push_and_receive(&a, &mut ws, "u1", "second");
+    drop(ws);
+    let (_ws, replayed) = user_replay(&a, "u1", "phone");
+    let data: Vec<&Value> = replayed.iter().map(|v| &v["data"]).collect();
+    assert_eq!(data, [&json!("first"), &json!("second")], "{replayed:?}");
+    let mut r = redis.client();
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg("ws:ack:u1")
+        .arg("phone")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(stored, None, "the future ack was stored");
+}

@@ -66,6 +66,8 @@ pub trait Deliver: Send + Sync {
     );
     /// Hands the result of reading a connection's missed messages to its reactor.
     fn replay_done(&self, sid: u64, outcome: crate::gateway::ReplayOutcome);
+    /// Sends a frame (a reply) to connection `sid` of this node, if it is still open.
+    fn to_sid(&self, sid: u64, frame: Vec<u8>);
     /// Every open gateway connection, per reactor (None if a reactor did not answer in time).
     fn snapshot(&self) -> Option<Vec<crate::gateway::Answer>>;
 }

@@ -56,6 +56,8 @@ pub struct BridgeStats {
     /// Acks written to Redis (after merging per user and device) / dropped (queue full or refused).
     pub acks_written_total: AtomicU64,
     pub acks_dropped_total: AtomicU64,
+    /// Acks refused: their id is beyond the user's newest message (the connection was told).
+    pub acks_refused_total: AtomicU64,
     /// Session state changes dropped because the state queue was full (repaired from a snapshot).
     pub state_events_dropped_total: AtomicU64,
     /// Rebuilds of the session state from a snapshot of the reactors / full rewrites of it to Redis.
@@ -228,6 +230,12 @@ impl BridgeStats {
                 "Client acks dropped (queue full or refused by Redis).",
                 true,
                 self.acks_dropped_total.load(r),
+            ),
+            (
+                "acks_refused_total",
+                "Client acks refused: id beyond the user's newest message (the client got ok:false).",
+                true,
+                self.acks_refused_total.load(r),
             ),
             (
                 "state_events_dropped_total",

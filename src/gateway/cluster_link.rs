@@ -70,6 +70,8 @@ pub struct ReplayRequest {
 /// A client's `{"op":"ack"}`: it has processed the messages of its user up to `id`.
 #[derive(Debug)]
 pub struct Ack {
+    /// The connection that sent it: told when the bridge refuses it (an id beyond the user's messages).
+    pub sid: u64,
     pub user: String,
     /// "" for a token without a device.
     pub device: String,

@@ -249,3 +249,47 @@ fn an_ack_beyond_the_users_messages_is_refused_and_pushes_keep_flowing() {
         .unwrap();
     assert_eq!(stored, None, "the future ack was stored");
 }
+
+#[test]
+fn one_forged_bus_entry_does_not_silence_a_node() {
+    let redis = RedisServer::start();
+    let q = ["--set", "cluster.node_id_quarantine=0"];
+    let (a, b) = (node(&redis, &q), node(&redis, &q));
+    let mut ws = user_ws(&b, "u1", "phone");
+    let mut api = Http::connect(a.api);
+    timed_publish(&mut api, &json!("before"));
+    assert_eq!(
+        ws.expect_json("before"),
+        json!({"channel": "room", "data": "before"})
+    );
+
+    // An entry in a's name with a sequence number far ahead of a's.
+    let origin = a.stats()["cluster"]["origin"].as_str().unwrap().to_string();
+    let mut r = redis.client();
+    let _: String = redis::cmd("XADD")
+        .arg("wsgate:bus")
+        .arg("*")
+        .arg(&[
+            ("origin", origin.as_str()),
+            ("node", "0"),
+            ("seq", "999999999999"),
+            ("kind", "channel"),
+            ("target", "elsewhere"),
+            ("data", "\"forged\""),
+            ("trace", "forged-1"),
+            ("ts", "1"),
+        ])
+        .query(&mut r)
+        .unwrap();
+    // a's later events still reach b.
+    for k in 0..3 {
+        timed_publish(&mut api, &json!(k));
+        assert_eq!(
+            ws.expect_json("after the forged entry"),
+            json!({"channel": "room", "data": k})
+        );
+    }
+    let c = b.stats()["cluster"].clone();
+    assert_eq!(c["events_seq_resets_total"], 1, "{c}");
+    assert!(c["events_missed_total"].as_u64().unwrap() <= 100_000, "{c}");
+}

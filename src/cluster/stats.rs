@@ -37,6 +37,8 @@ pub struct BridgeStats {
     /// Gaps seen in other nodes' sequence numbers: their events this node never got (trimmed from the stream
     /// before it read them, or lost with a crashed Redis).
     pub events_missed_total: AtomicU64,
+    /// Origins whose sequence numbers started afresh far below the last one seen (see src/cluster/reader.rs).
+    pub events_seq_resets_total: AtomicU64,
     /// Failed Redis commands and connection attempts.
     pub redis_errors_total: AtomicU64,
     /// Outgoing events waiting (queued for the writer or being retried).
@@ -158,6 +160,12 @@ impl BridgeStats {
                 "Events of other nodes never received (gaps in their sequence numbers).",
                 true,
                 self.events_missed_total.load(r),
+            ),
+            (
+                "events_seq_resets_total",
+                "Times an origin's sequence numbers started afresh far below the last one seen (a bogus entry, or a reset).",
+                true,
+                self.events_seq_resets_total.load(r),
             ),
             (
                 "redis_errors_total",

@@ -293,3 +293,58 @@ fn one_forged_bus_entry_does_not_silence_a_node() {
     assert_eq!(c["events_seq_resets_total"], 1, "{c}");
     assert!(c["events_missed_total"].as_u64().unwrap() <= 100_000, "{c}");
 }
+
+#[test]
+fn the_publisher_is_told_when_an_event_cannot_be_federated() {
+    let mut redis = RedisServer::start();
+    let a = node(
+        &redis,
+        &[
+            "--set",
+            "cluster.node_id_quarantine=0",
+            "--set",
+            "cluster.outbox_limit=2",
+        ],
+    );
+    let mut ws = user_ws(&a, "u1", "phone");
+    redis.kill();
+    let mut api = Http::connect(a.api);
+    let publish = |api: &mut Http, path: &str, body: Value| {
+        let r = api.post_json(path, &body.to_string());
+        assert_eq!(r.status, 200, "{r}");
+        r.json()
+    };
+    for k in 0..2 {
+        let r = publish(
+            &mut api,
+            "/api/publish",
+            json!({"channel": "room", "data": k}),
+        );
+        assert_eq!(r["federated"], true, "{r}");
+    }
+    // The outbox is full: delivered here, and the publisher learns the other nodes will not get it.
+    let r = publish(
+        &mut api,
+        "/api/publish",
+        json!({"channels": ["room", "x"], "data": 2}),
+    );
+    assert_eq!(r["federated"], false, "{r}");
+    assert_eq!(r["not_federated"], 2, "{r}");
+    assert!(r["warning"].as_str().unwrap().contains("outbox"), "{r}");
+    let r = publish(&mut api, "/api/broadcast", json!({"data": 3}));
+    assert_eq!(r["federated"], false, "{r}");
+    let r = publish(&mut api, "/api/publish", json!({"user": "u1", "data": 4}));
+    assert_eq!(r["federated"], false, "{r}");
+    for k in 0..3 {
+        assert_eq!(
+            ws.expect_json("local delivery"),
+            json!({"channel": "room", "data": k})
+        );
+    }
+    assert_eq!(ws.expect_json("broadcast")["data"], 3);
+    assert_eq!(ws.expect_json("user push")["data"], 4);
+    let dropped = a.stats()["cluster"]["events_dropped_total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dropped, 4);
+}

@@ -163,11 +163,13 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
             return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
         }
         let (device, tenant) = (t.device.as_deref(), t.tenant.as_deref());
+        let mut not_federated = 0;
         match &ctx.cluster {
             // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
             // it with its id. If the outbox is full, this node's connections still get it (without an id).
             Some(cluster) => {
                 if !cluster.user(user, device, tenant, data.get()) {
+                    not_federated = 1;
                     let frame = frames::user_message(user, data.get());
                     ctx.hub.deliver_user(user, device, tenant, frame, None);
                 }
@@ -178,9 +180,11 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
                     .publish_user(user, device, tenant, frames::user_message(user, data.get()))
             }
         }
+        let ok = json!({"ok": true, "user": user}).to_string();
+        let open = ok.strip_suffix('}').unwrap_or(&ok).to_string();
         return Some(Response::json(
             200,
-            json!({"ok": true, "user": user}).to_string(),
+            super::routes::with_federation(open, ctx, not_federated),
         ));
     }
     if t.device.is_some() {

@@ -87,7 +87,7 @@ pub(crate) struct Shared {
 /// The non-blocking way into the bridge, held by the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    /// Cluster-wide session reads for the API (one connection, used by the API thread).
+    /// Cluster-wide session reads for the API (one connection, used by the API's lookup worker).
     reader: Option<Arc<std::sync::Mutex<query::Reader>>>,
     tx: Sender<OutEvent>,
     stats: Arc<BridgeStats>,
@@ -124,7 +124,8 @@ impl ClusterHandle {
         self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
     }
 
-    /// Runs `f` with the cluster-wide session reader (API thread only: uncontended).
+    /// Runs `f` with the cluster-wide session reader (the API's lookup worker only: uncontended). Blocks on Redis
+    /// (bounded by the reader's timeouts): never call it on the API thread.
     pub fn read<T>(
         &self,
         f: impl FnOnce(&mut query::Reader) -> Result<T, String>,

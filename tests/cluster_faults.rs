@@ -118,6 +118,10 @@ fn a_hung_redis_stalls_neither_publishes_nor_lookups_nor_local_user_pushes_nor_s
         exit_took < Duration::from_secs(1 + 9),
         "exit took {exit_took:?}"
     );
+    eprintln!(
+        "hung Redis: publish normal {normal:?}, slowest during the hang {slowest:?}; presence {took:?}; \
+         local user push {waited:?}; exit after SIGTERM {exit_took:?}"
+    );
     assert!(hung.elapsed() < Duration::from_secs(30));
     redis.resume();
 }

@@ -126,27 +126,44 @@ fn a_hung_redis_stalls_neither_publishes_nor_lookups_nor_local_user_pushes_nor_s
     redis.resume();
 }
 
-/// Start-up against a hung Redis ends within `cluster.startup_timeout` with an error naming the cause.
+/// Start-up against a hung Redis ends within `cluster.startup_timeout` with an error naming the cause (a single
+/// server, and Redis Cluster).
 #[test]
 fn start_up_against_a_hung_redis_honours_startup_timeout() {
-    let redis = RedisServer::start();
-    redis.pause();
-    let set = format!("cluster.redis={}", redis.url());
-    let t = Instant::now();
-    let out = run_cli(
-        &["--set", &set, "--set", "cluster.startup_timeout=2"],
-        &[],
-        true,
-        Duration::from_secs(20),
-    );
-    let took = t.elapsed();
-    redis.resume();
-    assert_ne!(out.code(), Some(0), "{out:?}");
-    assert!(
-        took < Duration::from_secs(6),
-        "start-up gave up after {took:?}"
-    );
-    assert!(out.stderr.contains("cluster.startup_timeout"), "{out:?}");
+    for mode in ["standalone", "cluster"] {
+        let redis = match mode {
+            "cluster" => RedisServer::start_cluster(),
+            _ => RedisServer::start(),
+        };
+        redis.pause();
+        let set = format!("cluster.redis={}", redis.url());
+        let set_mode = format!("cluster.redis_mode={mode}");
+        let t = Instant::now();
+        let out = run_cli(
+            &[
+                "--set",
+                &set,
+                "--set",
+                &set_mode,
+                "--set",
+                "cluster.startup_timeout=2",
+            ],
+            &[],
+            true,
+            Duration::from_secs(20),
+        );
+        let took = t.elapsed();
+        redis.resume();
+        assert_ne!(out.code(), Some(0), "{mode}: {out:?}");
+        assert!(
+            took < Duration::from_secs(6),
+            "{mode}: start-up gave up after {took:?}"
+        );
+        assert!(
+            out.stderr.contains("cluster.startup_timeout"),
+            "{mode}: {out:?}"
+        );
+    }
 }
 
 fn sid_node(ws: &RawWs) -> u64 {

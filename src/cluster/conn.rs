@@ -36,7 +36,8 @@ pub enum Connector {
 /// One open connection.
 pub enum RedisConn {
     Single(Dialed),
-    Cluster(redis::cluster::ClusterConnection),
+    /// Redis Cluster: one connection per shard, each dialled by [`Dialed`].
+    Cluster(redis::cluster::ClusterConnection<Dialed>),
 }
 
 impl Connector {
@@ -108,8 +109,8 @@ impl Connector {
     }
 
     /// Like [`Connector::connect`] with another bound on the connection set-up (TCP connect and authentication;
-    /// for a single server and via Sentinel; Redis Cluster keeps the library's) and the write timeout at most
-    /// `read_timeout`.
+    /// for a single server and via Sentinel; Redis Cluster keeps the client's [`CONNECT_TIMEOUT`] per shard) and the
+    /// write timeout at most `read_timeout`.
     pub fn connect_within(
         &self,
         connect_timeout: Duration,
@@ -123,7 +124,7 @@ impl Connector {
                 read_timeout.min(IO_TIMEOUT),
             )?)),
             Connector::Cluster(client) => {
-                let conn = client.get_connection()?;
+                let conn = client.get_generic_connection::<Dialed>()?;
                 conn.set_read_timeout(Some(read_timeout))?;
                 conn.set_write_timeout(Some(IO_TIMEOUT))?;
                 Ok(RedisConn::Cluster(conn))

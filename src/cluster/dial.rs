@@ -166,6 +166,45 @@ impl Dialed {
     }
 }
 
+/// Redis Cluster mode: the cluster client opens its connections to the shards through this, so their set-up is
+/// bounded the same way (by the client's connection timeout; it sets the reply timeout right after).
+impl redis::cluster::Connect for Dialed {
+    fn connect<T>(info: T, timeout: Option<Duration>) -> RedisResult<Self>
+    where
+        T: redis::IntoConnectionInfo,
+    {
+        let setup = timeout.unwrap_or(super::conn::CONNECT_TIMEOUT);
+        let io = super::conn::IO_TIMEOUT;
+        Dialed::open(&info.into_connection_info()?, setup, io, io)
+    }
+
+    fn send_packed_command(&mut self, cmd: &[u8]) -> RedisResult<()> {
+        self.send(cmd)
+    }
+
+    fn set_write_timeout(&self, dur: Option<Duration>) -> RedisResult<()> {
+        let s = &self.reader.get_ref().0;
+        match s {
+            Socket::Tcp(t) => t.set_write_timeout(dur)?,
+            Socket::Unix(u) => u.set_write_timeout(dur)?,
+        }
+        Ok(())
+    }
+
+    fn set_read_timeout(&self, dur: Option<Duration>) -> RedisResult<()> {
+        let s = &self.reader.get_ref().0;
+        match s {
+            Socket::Tcp(t) => t.set_read_timeout(dur)?,
+            Socket::Unix(u) => u.set_read_timeout(dur)?,
+        }
+        Ok(())
+    }
+
+    fn recv_response(&mut self) -> RedisResult<Value> {
+        self.read_one()
+    }
+}
+
 impl ConnectionLike for Dialed {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         self.send(cmd)?;

@@ -60,9 +60,17 @@ fn a_hung_redis_stalls_neither_publishes_nor_lookups_nor_local_user_pushes_nor_s
     // A cluster-wide presence lookup during the hang: answered from this node, within its bound.
     let api_addr = a.api;
     let lookup = std::thread::spawn(move || {
+        // Pipelined behind the lookup on its connection: answered after it, in order.
+        let mut c = Http::connect(api_addr);
+        let mut two = c.build("GET", "/api/presence?channel=room", &[], b"");
+        two.extend(c.build("GET", "/healthz", &[], b""));
         let t = Instant::now();
-        let r = http_get(api_addr, "/api/presence?channel=room");
-        (r, t.elapsed())
+        c.send(&two);
+        let r = c.read_response(READ_TIMEOUT).expect("presence answer");
+        let took = t.elapsed();
+        let health = c.read_response(READ_TIMEOUT).expect("healthz answer");
+        assert_eq!((health.status, health.json()), (200, json!({"ok": true})));
+        (r, took)
     });
     std::thread::sleep(Duration::from_millis(100));
     // Publishes meanwhile answer as fast as ever (they never wait behind the lookup), and are delivered.

@@ -10,10 +10,7 @@ use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Time to establish a TCP connection (and the handshake) to Redis.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time one command may take to be written or answered (blocking reads add their block time to it).
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::dial::{CONNECT_TIMEOUT, IO_TIMEOUT};
 /// First reconnect delay; doubled after each failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);

@@ -15,6 +15,11 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+/// Time to establish a connection to Redis, its set-up (AUTH, SELECT, PING) included.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time one command may take to be written or answered (blocking reads add their block time to it).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -173,9 +178,8 @@ impl redis::cluster::Connect for Dialed {
     where
         T: redis::IntoConnectionInfo,
     {
-        let setup = timeout.unwrap_or(super::conn::CONNECT_TIMEOUT);
-        let io = super::conn::IO_TIMEOUT;
-        Dialed::open(&info.into_connection_info()?, setup, io, io)
+        let setup = timeout.unwrap_or(CONNECT_TIMEOUT);
+        Dialed::open(&info.into_connection_info()?, setup, IO_TIMEOUT, IO_TIMEOUT)
     }
 
     fn send_packed_command(&mut self, cmd: &[u8]) -> RedisResult<()> {

@@ -204,6 +204,53 @@ fn a_node_started_right_after_redis_lost_its_data_does_not_take_a_live_nodes_id(
     }
 }
 
+#[test]
+fn a_node_whose_id_is_taken_opens_no_connections_until_it_is_its_own_again() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--set", "server.node_id=5"]);
+    let token = hs256(&json!({"sub": "u1", "exp": unix_now() + 600}));
+    let path = format!("/ws?token={token}");
+    assert_eq!(upgrade_response(a.ws, &path, &[]).status, 101);
+
+    // Another instance's record on id 5; dropping the id mark makes the node re-assert at once.
+    let mut r = redis.client();
+    let foreign = json!({"node_id": 5, "origin": "someone-else"}).to_string();
+    let _: () = redis::cmd("SET")
+        .arg("wsgate:node:5")
+        .arg(&foreign)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("wsgate:node-ids:since")
+        .query(&mut r)
+        .unwrap();
+    let taken = eventually(READ_TIMEOUT, || {
+        (a.stats()["cluster"]["node_id_taken"] == 1).then_some(())
+    });
+    assert!(
+        taken.is_some(),
+        "node_id_taken not raised\n{}",
+        a.describe()
+    );
+    assert!(a.wait_log("leased by another instance", READ_TIMEOUT));
+    let refused = upgrade_response(a.ws, &path, &[]);
+    assert_eq!(refused.status, 503, "{refused}");
+    assert!(refused.text().contains("held by another node"), "{refused}");
+
+    // The other instance goes away: the node takes its id back and accepts connections again.
+    let _: () = redis::cmd("DEL")
+        .arg("wsgate:node:5")
+        .query(&mut r)
+        .unwrap();
+    let back = eventually(Duration::from_secs(10), || {
+        (a.stats()["cluster"]["node_id_taken"] == 0).then_some(())
+    });
+    assert!(back.is_some(), "id not taken back\n{}", a.describe());
+    assert_eq!(upgrade_response(a.ws, &path, &[]).status, 101);
+}
+
 /// Connects user `sub`/`device` (replay from its stored ack) and returns the connection and what was replayed.
 fn user_replay(s: &Server, sub: &str, device: &str) -> (RawWs, Vec<Value>) {
     let token =

@@ -22,7 +22,13 @@ const BUS: &str = "wsgate:bus";
 /// A gateway in cluster mode on `redis`, plus `extra` arguments.
 fn node(redis: &RedisServer, extra: &[&str]) -> Server {
     let set = format!("cluster.redis={}", redis.url());
-    let mut args = vec!["--set", set.as_str()];
+    // A fresh Redis per test, no live node to wait for (the quarantine is tested in tests/cluster_faults.rs).
+    let mut args = vec![
+        "--set",
+        set.as_str(),
+        "--set",
+        "cluster.node_id_quarantine=0",
+    ];
     args.extend_from_slice(extra);
     Server::start(&args)
 }
@@ -748,6 +754,8 @@ fn sentinel_mode_follows_a_failover() {
         "cluster.redis=redis://wsgprimary/",
         "--set",
         sentinels.as_str(),
+        "--set",
+        "cluster.node_id_quarantine=0",
     ];
     let nodes: Vec<Server> = (0..2).map(|_| Server::start(&args)).collect();
     let mut subs: Vec<RawWs> = nodes.iter().map(|n| sub(n, "news")).collect();

@@ -15,7 +15,13 @@ use std::time::Duration;
 fn node(redis: &RedisServer, extra: &[&str]) -> Server {
     let set = format!("cluster.redis={}", redis.url());
     let mut args: Vec<&str> = JWT_ARGS.to_vec();
-    args.extend_from_slice(&["--set", set.as_str()]);
+    // A fresh Redis per test, no live node to wait for (the quarantine is tested in tests/cluster_faults.rs).
+    args.extend_from_slice(&[
+        "--set",
+        set.as_str(),
+        "--set",
+        "cluster.node_id_quarantine=0",
+    ]);
     args.extend_from_slice(extra);
     Server::start(&args)
 }

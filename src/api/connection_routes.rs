@@ -4,9 +4,11 @@
 use super::http::{Request, Response};
 use super::Context;
 use crate::cluster::event::Scope;
+use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::gateway::frames::{self, code};
 use crate::gateway::Target;
+use crate::hub::Hub;
 use crate::ids::sid;
 use crate::protocol::{percent_decode, valid_channel};
 use serde::Deserialize;
@@ -41,9 +43,71 @@ pub fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Option<Respon
     }
     Some(match req.path {
         "/api/disconnect" => disconnect(req.body, ctx),
-        "/api/presence" => presence(req.query, ctx),
-        p => user(&p["/api/user/".len()..], ctx),
+        _ => match parse_lookup(req) {
+            Ok(lookup) => look_up(&lookup, &ctx.hub, ctx.cluster.as_ref()),
+            Err(response) => response,
+        },
     })
+}
+
+/// A presence or user lookup, parsed.
+pub enum Lookup {
+    Presence {
+        channel: String,
+        after: u64,
+        limit: usize,
+    },
+    User(String),
+}
+
+/// The lookup a valid, authorized request asks for when answering it reads Redis (cluster mode): the API loop
+/// hands it to its worker (src/api/lookups.rs). None: answer it with [`route`].
+pub fn deferred_lookup(req: &Request<'_>, ctx: &Context) -> Option<Lookup> {
+    let is_lookup = req.path == "/api/presence" || req.path.starts_with("/api/user/");
+    if ctx.cluster.is_none() || !is_lookup || req.method != "GET" {
+        return None;
+    }
+    if !super::routes::authorized(req, &ctx.config) {
+        return None;
+    }
+    parse_lookup(req).ok()
+}
+
+fn parse_lookup(req: &Request<'_>) -> Result<Lookup, Response> {
+    match req.path.strip_prefix("/api/user/") {
+        Some(raw) => match percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) {
+            Some(id) => Ok(Lookup::User(id)),
+            None => Err(Response::error(
+                400,
+                "user id must be 1..=255 bytes, percent-encoded",
+            )),
+        },
+        None => parse_presence(req.query),
+    }
+}
+
+/// Answers `lookup`: cluster-wide from Redis when `cluster` is given and Redis answers, else from this node.
+pub fn look_up(lookup: &Lookup, hub: &Hub, cluster: Option<&ClusterHandle>) -> Response {
+    match lookup {
+        Lookup::Presence {
+            channel,
+            after,
+            limit,
+        } => presence(channel, *after, *limit, hub, cluster, None),
+        Lookup::User(id) => user(id, hub, cluster, None),
+    }
+}
+
+/// Answers `lookup` from this node alone, saying why (`cluster_error`).
+pub fn look_up_here(lookup: &Lookup, hub: &Hub, why: &str) -> Response {
+    match lookup {
+        Lookup::Presence {
+            channel,
+            after,
+            limit,
+        } => presence(channel, *after, *limit, hub, None, Some(why)),
+        Lookup::User(id) => user(id, hub, None, Some(why)),
+    }
 }
 
 /// The connection-targeting fields of a publish body.
@@ -99,11 +163,13 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
             return Some(Response::error(400, "\"user\" must be 1..=255 bytes"));
         }
         let (device, tenant) = (t.device.as_deref(), t.tenant.as_deref());
+        let mut not_federated = 0;
         match &ctx.cluster {
             // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
             // it with its id. If the outbox is full, this node's connections still get it (without an id).
             Some(cluster) => {
                 if !cluster.user(user, device, tenant, data.get()) {
+                    not_federated = 1;
                     let frame = frames::user_message(user, data.get());
                     ctx.hub.deliver_user(user, device, tenant, frame, None);
                 }
@@ -114,9 +180,11 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
                     .publish_user(user, device, tenant, frames::user_message(user, data.get()))
             }
         }
+        let ok = json!({"ok": true, "user": user}).to_string();
+        let open = ok.strip_suffix('}').unwrap_or(&ok).to_string();
         return Some(Response::json(
             200,
-            json!({"ok": true, "user": user}).to_string(),
+            super::routes::with_federation(open, ctx, not_federated),
         ));
     }
     if t.device.is_some() {
@@ -239,52 +307,72 @@ fn disconnect(body: &[u8], ctx: &Context) -> Response {
 
 use crate::protocol::query_param as param;
 
-fn presence(query: &str, ctx: &Context) -> Response {
+fn parse_presence(query: &str) -> Result<Lookup, Response> {
     let channel = match param(query, "channel") {
         Some(Ok(c)) if valid_channel(&c) => c,
         Some(Ok(_)) | Some(Err(())) => {
-            return Response::error(
+            return Err(Response::error(
                 400,
                 "invalid channel name (1..=255 bytes, no control characters)",
-            )
+            ))
         }
-        None => return Response::error(400, "the \"channel\" parameter is required"),
+        None => {
+            return Err(Response::error(
+                400,
+                "the \"channel\" parameter is required",
+            ))
+        }
     };
     let limit = match param(query, "limit") {
         None => PAGE,
         Some(Ok(v)) => match v.parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Response::error(400, "\"limit\" must be 1..=1000"),
+            _ => return Err(Response::error(400, "\"limit\" must be 1..=1000")),
         },
-        Some(Err(())) => return Response::error(400, "\"limit\" must be 1..=1000"),
+        Some(Err(())) => return Err(Response::error(400, "\"limit\" must be 1..=1000")),
     };
     let after = match param(query, "cursor") {
         None => 0,
         Some(Ok(v)) if v.is_empty() => 0,
         Some(Ok(v)) => match sid::parse(&v) {
             Some(s) => s,
-            None => return Response::error(400, "\"cursor\" must be a socket id"),
+            None => return Err(Response::error(400, "\"cursor\" must be a socket id")),
         },
-        Some(Err(())) => return Response::error(400, "\"cursor\" must be a socket id"),
+        Some(Err(())) => return Err(Response::error(400, "\"cursor\" must be a socket id")),
     };
+    Ok(Lookup::Presence {
+        channel,
+        after,
+        limit,
+    })
+}
+
+fn presence(
+    channel: &str,
+    after: u64,
+    limit: usize,
+    hub: &Hub,
+    cluster: Option<&ClusterHandle>,
+    why_not_cluster: Option<&str>,
+) -> Response {
     // Cluster mode: every node's members, from Redis; when Redis cannot be read, this node's (and say so).
-    let mut cluster_error = None;
-    if let Some(cluster) = &ctx.cluster {
-        match cluster.read(|r| r.presence(&channel, after, limit)) {
+    let mut cluster_error = why_not_cluster.map(str::to_string);
+    if let Some(cluster) = cluster {
+        match cluster.read(|r| r.presence(channel, after, limit)) {
             Ok((total, members, more)) => {
                 let members: Vec<(u64, Option<String>)> =
                     members.into_iter().map(|m| (m.sid, m.user)).collect();
-                return presence_page(&channel, total, &members, more, "cluster", None);
+                return presence_page(channel, total, &members, more, "cluster", None);
             }
             Err(e) => cluster_error = Some(e),
         }
     }
-    match ctx.hub.presence(&channel, after, limit) {
+    match hub.presence(channel, after, limit) {
         Ok((total, members, more)) => {
             let members: Vec<(u64, Option<String>)> =
                 members.into_iter().map(|m| (m.sid, m.user)).collect();
             presence_page(
-                &channel,
+                channel,
                 total,
                 &members,
                 more,
@@ -322,15 +410,19 @@ fn presence_page(
     Response::json(200, body.to_string())
 }
 
-fn user(raw: &str, ctx: &Context) -> Response {
-    let Some(id) = percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) else {
-        return Response::error(400, "user id must be 1..=255 bytes, percent-encoded");
-    };
-    let list = match ctx.hub.user_connections(&id) {
+/// `why_not_cluster`: the cluster-wide part was not even tried (in cluster mode), and why.
+fn user(
+    id: &str,
+    hub: &Hub,
+    cluster: Option<&ClusterHandle>,
+    why_not_cluster: Option<&str>,
+) -> Response {
+    let list = match hub.user_connections(id) {
         Ok(list) => list,
         Err(why) => return Response::error(503, why),
     };
-    let node = ctx.hub.gateway.node_id;
+    let node = hub.gateway.node_id;
+    let cluster_mode = cluster.is_some() || why_not_cluster.is_some();
     let mut connections: Vec<(u64, serde_json::Value)> = list
         .iter()
         .map(|c| {
@@ -344,17 +436,22 @@ fn user(raw: &str, ctx: &Context) -> Response {
                 "channels": c.channels,
                 "allowed_channels": c.allowed,
             });
-            if ctx.cluster.is_some() {
+            if cluster_mode {
                 v["node"] = json!(node);
             }
             (c.sid, v)
         })
         .collect();
     let mut body = json!({"ok": true, "user": id});
-    match &ctx.cluster {
-        None => body["scope"] = json!("node"),
+    match cluster {
+        None => {
+            body["scope"] = json!("node");
+            if let Some(why) = why_not_cluster {
+                body["cluster_error"] = json!(why);
+            }
+        }
         // Cluster mode: this node's connections in full, the other nodes' as the state in Redis has them.
-        Some(cluster) => match cluster.read(|r| r.user(&id)) {
+        Some(cluster) => match cluster.read(|r| r.user(id)) {
             Ok(remote) => {
                 body["scope"] = json!("cluster");
                 for c in remote {

@@ -4,6 +4,7 @@
 mod connection_routes;
 /// Public so the fuzz targets (fuzz/) can reach the request parser; the API thread is its only real caller.
 pub mod http;
+mod lookups;
 mod metrics;
 mod routes;
 
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
+const TOKEN_LOOKUPS: u64 = u64::MAX - 2;
 /// API connections held at once for ordinary requests (the API is for a few backend clients).
 pub const MAX_API_CONNECTIONS: usize = 1024;
 /// Connections accepted beyond [`MAX_API_CONNECTIONS`] for one request each: `/healthz` and `/metrics` are
@@ -57,6 +59,9 @@ struct Client {
     last_active: Instant,
     /// The request buffer's capacity as counted in the memory budget.
     counted: usize,
+    /// A lookup handed to the worker (src/api/lookups.rs): its ticket, and whether to close after its response.
+    /// Nothing more is read or answered until it is back.
+    awaiting: Option<(u64, bool)>,
 }
 
 impl Client {
@@ -118,6 +123,9 @@ pub struct Api {
     chunk: Box<[u8]>,
     ctx: Context,
     stop: Arc<AtomicBool>,
+    /// The worker for lookups that read Redis (cluster mode only), and the next ticket it is given.
+    lookups: Option<lookups::Lookups>,
+    next_ticket: u64,
     /// Bytes of request buffers held, and the share last reported to the memory budget.
     held: usize,
     reported: usize,
@@ -127,6 +135,14 @@ impl Api {
     pub fn new(listener: RawFd, ctx: Context, stop: Arc<AtomicBool>) -> io::Result<Self> {
         let poller = Epoll::new(256)?;
         poller.add(listener, TOKEN_LISTENER)?;
+        let lookups = match &ctx.cluster {
+            Some(cluster) => {
+                let l = lookups::Lookups::start(ctx.hub.clone(), cluster.clone())?;
+                poller.add(l.fd(), TOKEN_LOOKUPS)?;
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Api {
             poller,
             listener,
@@ -136,6 +152,8 @@ impl Api {
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             ctx,
             stop,
+            lookups,
+            next_ticket: 0,
             held: 0,
             reported: 0,
         })
@@ -145,11 +163,17 @@ impl Api {
         let mut ready: Vec<Ready> = Vec::with_capacity(256);
         let mut last_sweep = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            if let Some(l) = &self.lookups {
+                l.arm();
+            }
+            self.finish_lookups();
             self.poller
                 .wait(&mut ready, SWEEP_EVERY.as_millis() as i32)?;
             for ev in ready.iter() {
                 if ev.token == TOKEN_LISTENER {
                     self.accept_all();
+                } else if ev.token == TOKEN_LOOKUPS {
+                    self.finish_lookups();
                 } else {
                     self.on_ready(ev.token as usize, ev);
                 }
@@ -227,6 +251,7 @@ impl Api {
                         request_started: None,
                         last_active: now,
                         counted: 0,
+                        awaiting: None,
                     });
                     if probe {
                         self.probes.push_back(key);
@@ -269,7 +294,7 @@ impl Api {
             if client.close_after_write {
                 break; // ignore anything after a request we answered with Connection: close
             }
-            if client.pending() > MAX_PENDING_RESPONSES {
+            if client.pending() > MAX_PENDING_RESPONSES || client.awaiting.is_some() {
                 client.read_paused = true;
                 break; // backpressure: resumed by write() once the responses are out
             }
@@ -305,7 +330,7 @@ impl Api {
             // The client half-closed: finish writing what it asked for, then close.
             let client = &mut self.clients[key];
             client.close_after_write = true;
-            if client.pending() == 0 {
+            if client.pending() == 0 && client.awaiting.is_none() {
                 self.close(key);
                 return false;
             }
@@ -319,7 +344,7 @@ impl Api {
         let max_body = self.ctx.config.api.max_body;
         loop {
             let client = &mut self.clients[key];
-            if client.close_after_write || client.rbuf.is_empty() {
+            if client.close_after_write || client.rbuf.is_empty() || client.awaiting.is_some() {
                 break;
             }
             if client.pending() > MAX_PENDING_RESPONSES {
@@ -354,8 +379,25 @@ impl Api {
                     } else {
                         // A probe connection serves one request.
                         let close = probe || !req.keep_alive;
-                        let response = routes::handle(&req, &self.ctx);
-                        (consumed, response.to_bytes(close), close)
+                        let lookup = self
+                            .lookups
+                            .as_ref()
+                            .and_then(|_| connection_routes::deferred_lookup(&req, &self.ctx));
+                        match lookup {
+                            Some(lookup) => match self.defer(key, lookup, close) {
+                                Ok(()) => {
+                                    let client = &mut self.clients[key];
+                                    client.rbuf.drain(..consumed);
+                                    client.request_started = None;
+                                    break;
+                                }
+                                Err(response) => (consumed, response, close),
+                            },
+                            None => {
+                                let response = routes::handle(&req, &self.ctx);
+                                (consumed, response.to_bytes(close), close)
+                            }
+                        }
                     }
                 }
             };
@@ -374,6 +416,56 @@ impl Api {
             client.rbuf.shrink_to(READ_CHUNK);
         }
         self.account(key);
+    }
+
+    /// Hands a lookup to the worker; Err: answered at once instead (the worker is full).
+    fn defer(
+        &mut self,
+        key: usize,
+        lookup: connection_routes::Lookup,
+        close: bool,
+    ) -> Result<(), Vec<u8>> {
+        let Some(lookups) = &self.lookups else {
+            return Err(http::error_response(503, "no lookup worker"));
+        };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        match lookups.submit(key, ticket, lookup) {
+            Ok(()) => {
+                self.clients[key].awaiting = Some((ticket, close));
+                Ok(())
+            }
+            Err(response) => Err(response.to_bytes(close)),
+        }
+    }
+
+    /// Sends the lookups' answers to the clients still waiting for them, then reads and answers what those
+    /// clients sent meanwhile.
+    fn finish_lookups(&mut self) {
+        let Some(lookups) = &self.lookups else {
+            return;
+        };
+        let done: Vec<lookups::Done> = lookups.take().collect();
+        for d in done {
+            let Some(client) = self.clients.get_mut(d.client) else {
+                continue;
+            };
+            let Some((ticket, close)) = client.awaiting else {
+                continue;
+            };
+            if ticket != d.ticket {
+                continue; // the slot was reused by a new connection
+            }
+            if d.response.status >= 400 {
+                self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            }
+            client.awaiting = None;
+            client.wbuf.extend_from_slice(&d.response.to_bytes(close));
+            client.close_after_write |= close;
+            // Reading stopped while the lookup ran: write() resumes it once the response is out.
+            client.read_paused = true;
+            self.write(d.client);
+        }
     }
 
     /// Counts the client's request buffer in the process-wide memory budget; false while the budget is exceeded.
@@ -430,10 +522,10 @@ impl Api {
             if client.wbuf.capacity() > 4 * MAX_PENDING_RESPONSES {
                 client.wbuf.shrink_to(MAX_PENDING_RESPONSES);
             }
-            if client.close_after_write {
+            if client.close_after_write && client.awaiting.is_none() {
                 return self.close(key);
             }
-            if !std::mem::take(&mut client.read_paused) {
+            if client.awaiting.is_some() || !std::mem::take(&mut client.read_paused) {
                 return;
             }
             // The requests already buffered wait no longer on the client: their time runs from now.

@@ -159,18 +159,41 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
         );
         return Response::error(400, &msg);
     }
+    let mut not_federated = 0;
     for name in &names {
         ctx.hub
             .publish(name, protocol::channel_message(name, data.get()));
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
         if let Some(cluster) = &ctx.cluster {
-            cluster.publish(name, data.get());
+            if !cluster.publish(name, data.get()) {
+                not_federated += 1;
+            }
         }
     }
     ctx.stats
         .publishes_total
         .fetch_add(names.len() as u64, Ordering::Relaxed);
-    Response::json(200, format!("{{\"ok\":true,\"channels\":{}}}", names.len()))
+    let ok = format!("{{\"ok\":true,\"channels\":{}", names.len());
+    Response::json(200, with_federation(ok, ctx, not_federated))
+}
+
+/// Closes a success body, telling in cluster mode whether the event(s) were queued for the other nodes:
+/// `"federated":true`, or `"federated":false` with how many were not (the outbox is full: this node delivered
+/// them, the other nodes will not) and a warning. `open` is the body without its closing brace.
+pub(super) fn with_federation(mut open: String, ctx: &Context, not_federated: usize) -> String {
+    if ctx.cluster.is_some() {
+        if not_federated == 0 {
+            open.push_str(",\"federated\":true");
+        } else {
+            open.push_str(&format!(
+                ",\"federated\":false,\"not_federated\":{not_federated},\"warning\":\"cluster outbox full \
+                 (cluster.outbox_limit, cluster.outbox_max_bytes): delivered on this node only; retry later for the \
+                 other nodes\""
+            ));
+        }
+    }
+    open.push('}');
+    open
 }
 
 #[derive(Deserialize)]
@@ -191,11 +214,10 @@ fn broadcast(body: &[u8], ctx: &Context) -> Response {
         Err(resp) => return resp,
     };
     ctx.hub.broadcast(protocol::broadcast_message(data.get()));
-    if let Some(cluster) = &ctx.cluster {
-        cluster.broadcast(data.get());
-    }
+    let federated = ctx.cluster.as_ref().is_none_or(|c| c.broadcast(data.get()));
     ctx.stats.broadcasts_total.fetch_add(1, Ordering::Relaxed);
-    Response::json(200, "{\"ok\":true}")
+    let body = with_federation("{\"ok\":true".into(), ctx, usize::from(!federated));
+    Response::json(200, body)
 }
 
 /// `POST /api/reload-tls`: re-reads tls.cert and tls.key (like SIGHUP). 400 without TLS, 500 if the new files

@@ -2,6 +2,7 @@
 //! with connect/read/write timeouts so no thread ever waits on a dead server for long, and exponential backoff
 //! between reconnect attempts.
 
+use super::dial::Dialed;
 use super::stats::Link;
 use super::{BridgeStats, Shared};
 use crate::config::ClusterConfig;
@@ -9,17 +10,14 @@ use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Time to establish a TCP connection (and the handshake) to Redis.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time one command may take to be written or answered (blocking reads add their block time to it).
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::dial::{CONNECT_TIMEOUT, IO_TIMEOUT};
 /// First reconnect delay; doubled after each failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Opens connections; cheap to share between threads (it only holds parsed connection info).
 pub enum Connector {
-    Single(redis::Client),
+    Single(redis::ConnectionInfo),
     Cluster(redis::cluster::ClusterClient),
     /// Asks the Sentinels for the current primary of `master` at every (re)connect, so a failover is followed by
     /// the next reconnect. Implemented here rather than with the crate's Sentinel client so every step has a
@@ -34,8 +32,9 @@ pub enum Connector {
 
 /// One open connection.
 pub enum RedisConn {
-    Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Single(Dialed),
+    /// Redis Cluster: one connection per shard, each dialled by [`Dialed`].
+    Cluster(redis::cluster::ClusterConnection<Dialed>),
 }
 
 impl Connector {
@@ -74,14 +73,14 @@ impl Connector {
             Ok(Connector::Cluster(client))
         } else {
             let url = urls.first().copied().unwrap_or_default();
-            Ok(Connector::Single(redis::Client::open(url)?))
+            Ok(Connector::Single(url.into_connection_info()?))
         }
     }
 
     /// Where we connect, for logs (host:port only: the URL may carry a password).
     pub fn describe(&self, cfg: &ClusterConfig) -> String {
         match self {
-            Connector::Single(c) => c.get_connection_info().addr.to_string(),
+            Connector::Single(info) => info.addr.to_string(),
             Connector::Sentinel {
                 sentinels, master, ..
             } => {
@@ -106,22 +105,23 @@ impl Connector {
         self.connect_within(CONNECT_TIMEOUT, read_timeout)
     }
 
-    /// Like [`Connector::connect`] with a shorter connect timeout (for a single server; Sentinel and Redis Cluster
-    /// keep their own) and the write timeout equal to `read_timeout`: for reads made while someone waits.
+    /// Like [`Connector::connect`] with another bound on the connection set-up (TCP connect and authentication;
+    /// for a single server and via Sentinel; Redis Cluster keeps the client's [`CONNECT_TIMEOUT`] per shard) and the
+    /// write timeout at most `read_timeout`.
     pub fn connect_within(
         &self,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> RedisResult<RedisConn> {
         match self {
-            Connector::Single(client) => {
-                let conn = client.get_connection_with_timeout(connect_timeout)?;
-                conn.set_read_timeout(Some(read_timeout))?;
-                conn.set_write_timeout(Some(read_timeout.min(IO_TIMEOUT)))?;
-                Ok(RedisConn::Single(conn))
-            }
+            Connector::Single(info) => Ok(RedisConn::Single(Dialed::open(
+                info,
+                connect_timeout,
+                read_timeout,
+                read_timeout.min(IO_TIMEOUT),
+            )?)),
             Connector::Cluster(client) => {
-                let conn = client.get_connection()?;
+                let conn = client.get_generic_connection::<Dialed>()?;
                 conn.set_read_timeout(Some(read_timeout))?;
                 conn.set_write_timeout(Some(IO_TIMEOUT))?;
                 Ok(RedisConn::Cluster(conn))
@@ -133,7 +133,7 @@ impl Connector {
             } => {
                 let mut last = None;
                 for sentinel in sentinels {
-                    match primary_via(sentinel, master, auth, read_timeout) {
+                    match primary_via(sentinel, master, auth, connect_timeout, read_timeout) {
                         Ok(conn) => return Ok(RedisConn::Single(conn)),
                         Err(e) => last = Some(e),
                     }
@@ -146,11 +146,12 @@ impl Connector {
     }
 }
 
-fn open(info: redis::ConnectionInfo, read_timeout: Duration) -> RedisResult<redis::Connection> {
-    let conn = redis::Client::open(info)?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    conn.set_read_timeout(Some(read_timeout))?;
-    conn.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(conn)
+fn open(
+    info: &redis::ConnectionInfo,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> RedisResult<Dialed> {
+    Dialed::open(info, connect_timeout, read_timeout, IO_TIMEOUT)
 }
 
 /// Asks one Sentinel where the primary of `master` is, connects there and checks it really is a primary (during a
@@ -159,9 +160,10 @@ fn primary_via(
     sentinel: &redis::ConnectionInfo,
     master: &str,
     auth: &redis::RedisConnectionInfo,
+    connect_timeout: Duration,
     read_timeout: Duration,
-) -> RedisResult<redis::Connection> {
-    let mut s = open(sentinel.clone(), IO_TIMEOUT)?;
+) -> RedisResult<Dialed> {
+    let mut s = open(sentinel, connect_timeout, connect_timeout.min(IO_TIMEOUT))?;
     let addr: Option<(String, String)> = redis::cmd("SENTINEL")
         .arg("GET-MASTER-ADDR-BY-NAME")
         .arg(master)
@@ -176,10 +178,11 @@ fn primary_via(
     let (host, port) = addr.ok_or_else(|| bad("no address"))?;
     let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
     let mut conn = open(
-        redis::ConnectionInfo {
+        &redis::ConnectionInfo {
             addr: redis::ConnectionAddr::Tcp(host, port),
             redis: auth.clone(),
         },
+        connect_timeout,
         read_timeout,
     )?;
     let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
@@ -273,14 +276,24 @@ pub struct Reconnecting {
     pub conn: Option<RedisConn>,
     backoff: Backoff,
     link: Link,
+    /// Bound on one connection set-up, and on one reply.
+    connect_timeout: Duration,
+    reply_timeout: Duration,
 }
 
 impl Reconnecting {
     pub fn new(link: Link) -> Reconnecting {
+        Reconnecting::within(link, CONNECT_TIMEOUT, IO_TIMEOUT)
+    }
+
+    /// A connection whose set-up and replies have other bounds than the defaults.
+    pub fn within(link: Link, connect_timeout: Duration, reply_timeout: Duration) -> Reconnecting {
         Reconnecting {
             conn: None,
             backoff: Backoff::default(),
             link,
+            connect_timeout,
+            reply_timeout,
         }
     }
 
@@ -293,7 +306,10 @@ impl Reconnecting {
         if !self.backoff.remaining().is_zero() {
             return false;
         }
-        match shared.connector.connect(IO_TIMEOUT) {
+        match shared
+            .connector
+            .connect_within(self.connect_timeout, self.reply_timeout)
+        {
             Ok(c) => {
                 self.connected(&shared.stats, c);
                 true

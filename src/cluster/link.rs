@@ -81,6 +81,10 @@ impl ClusterLink for BridgeLink {
         ok
     }
 
+    fn may_open(&self) -> bool {
+        !self.stats.node_id_taken.load(Ordering::Relaxed)
+    }
+
     /// Records an ack; false (counted) if the queue is full.
     fn ack(&self, ack: Ack) -> bool {
         let ok = self.acks.try_send(ack).is_ok();

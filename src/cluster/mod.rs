@@ -18,6 +18,7 @@
 //! guarantees and failure behaviour: docs/CLUSTER.md.
 
 mod conn;
+mod dial;
 mod dispatch;
 pub mod event;
 pub mod keys;
@@ -39,7 +40,7 @@ pub use stats::BridgeStats;
 
 use crate::config::{ClusterConfig, Config};
 use crate::ids::StreamId;
-use conn::{Backoff, Connector, IO_TIMEOUT};
+use conn::{Backoff, Connector, CONNECT_TIMEOUT, IO_TIMEOUT};
 use crossbeam_channel::{Receiver, Sender};
 use lease::NodeInfo;
 use std::io;
@@ -65,6 +66,8 @@ pub trait Deliver: Send + Sync {
     );
     /// Hands the result of reading a connection's missed messages to its reactor.
     fn replay_done(&self, sid: u64, outcome: crate::gateway::ReplayOutcome);
+    /// Sends a frame (a reply) to connection `sid` of this node, if it is still open.
+    fn to_sid(&self, sid: u64, frame: Vec<u8>);
     /// Every open gateway connection, per reactor (None if a reactor did not answer in time).
     fn snapshot(&self) -> Option<Vec<crate::gateway::Answer>>;
 }
@@ -84,7 +87,7 @@ pub(crate) struct Shared {
 /// The non-blocking way into the bridge, held by the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    /// Cluster-wide session reads for the API (one connection, used by the API thread).
+    /// Cluster-wide session reads for the API (one connection, used by the API's lookup worker).
     reader: Option<Arc<std::sync::Mutex<query::Reader>>>,
     tx: Sender<OutEvent>,
     stats: Arc<BridgeStats>,
@@ -121,7 +124,8 @@ impl ClusterHandle {
         self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
     }
 
-    /// Runs `f` with the cluster-wide session reader (API thread only: uncontended).
+    /// Runs `f` with the cluster-wide session reader (the API's lookup worker only: uncontended). Blocks on Redis
+    /// (bounded by the reader's timeouts): never call it on the API thread.
     pub fn read<T>(
         &self,
         f: impl FnOnce(&mut query::Reader) -> Result<T, String>,
@@ -197,18 +201,25 @@ impl Cluster {
             started_ms: event::now_ms(),
         };
         let ttl_ms = cfg.node_lease_ttl * 1000;
+        let quarantine = Duration::from_secs(cfg.node_id_quarantine);
         let pinned = (config.server.node_id != 0).then_some(config.server.node_id);
         let stats = Arc::new(BridgeStats::default());
         let deadline = Instant::now() + Duration::from_secs(cfg.startup_timeout);
         let mut backoff = Backoff::default();
         let (node_id, start_id) = loop {
-            let problem = one_line(&match connector.connect(IO_TIMEOUT) {
+            // Each attempt, set-up included, ends by the deadline (at least a short one is made).
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(200));
+            let attempt = connector.connect_within(CONNECT_TIMEOUT.min(left), IO_TIMEOUT.min(left));
+            let problem = one_line(&match attempt {
                 Ok(mut c) => {
                     let rec = |id| lease::record(id, &origin, &info, 0, ttl_ms);
                     let claimed = match pinned {
                         Some(id) => lease::claim(&mut c, id, &origin, &rec(id), ttl_ms)
                             .map(|ok| ok.then_some(id)),
-                        None => lease::claim_any(&mut c, &origin, rec, ttl_ms),
+                        None => lease::quarantine(&mut c, quarantine)
+                            .and_then(|()| lease::claim_any(&mut c, &origin, rec, ttl_ms)),
                     };
                     match claimed {
                         Ok(Some(id)) => match reader::newest_id(&mut c, &cfg.stream) {

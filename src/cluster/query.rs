@@ -1,8 +1,8 @@
 //! Cluster-wide reads of the session state for the API (`GET /api/presence`, `GET /api/user/{id}`), from the keys
-//! the state threads of all nodes keep (src/cluster/state.rs). Made on the API thread, which already waits for
-//! the reactors' answers to such queries; so that a slow or dead Redis cannot hold the API (and its publishes)
-//! for long, the connection has short timeouts (connect 0.5 s, replies 1 s) and after a failure further reads
-//! fail at once until the reconnect backoff has passed. The caller then answers from this node alone and says so.
+//! the state threads of all nodes keep (src/cluster/state.rs). Made on the API's lookup worker (src/api/lookups.rs),
+//! never on the API thread; so that a slow or dead Redis cannot hold a lookup for long either, the connection has
+//! short timeouts (connect and set-up 0.5 s, replies 1 s) and after a failure further reads fail at once until the
+//! reconnect backoff has passed. The caller then answers from this node alone and says so.
 //!
 //! Consistency: joins and leaves are written within milliseconds; a dead node's sessions linger until they are
 //! older than 3 × `sync_interval` + `node_lease_ttl` (they are ignored from then on, and swept).

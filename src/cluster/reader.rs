@@ -5,7 +5,8 @@
 //! reconnect the last id it read, so events written during a short outage are delivered late rather than lost,
 //! as long as the stream still holds them. If the stream is older than that id (Redis lost its data), it reads
 //! the stream from the start. Per-origin sequence numbers drop duplicates (an origin retrying a batch) and count
-//! gaps (events this node never saw).
+//! gaps (events this node never saw); a number far below the last one is taken as a new start of that origin's
+//! numbering ([`RETRY_WINDOW`]).
 
 use super::conn::{self, Reconnecting, RedisConn, IO_TIMEOUT};
 use super::event::{self, parse_entry, Rejected};
@@ -24,6 +25,11 @@ pub const BLOCK_MS: u64 = 500;
 const COUNT: usize = 512;
 /// Origins (node processes) whose sequence numbers are remembered; the least recently seen is forgotten beyond.
 const MAX_ORIGINS: usize = 4096;
+/// How far below the last sequence number seen a copy of a retried batch can be: a batch holds at most 256
+/// events (src/cluster/stream_writer.rs), so a copy is within that. An entry further below is no copy: that
+/// origin's numbering was reset (or one bogus entry had pushed it up), and the entry starts it afresh — so one
+/// forged entry with a huge number cannot make every later event of that origin look like a duplicate.
+const RETRY_WINDOW: u64 = 1024;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Id of the newest entry of `stream`, None if it is empty or missing.
@@ -213,14 +219,29 @@ impl Reader {
         let now = Instant::now();
         if let Some(st) = self.origins.get_mut(origin) {
             st.seen = now;
-            if seq <= st.last_seq {
+            if seq <= st.last_seq && st.last_seq - seq < RETRY_WINDOW {
                 return false;
             }
-            if seq > st.last_seq + 1 {
+            if seq <= st.last_seq {
+                self.shared
+                    .stats
+                    .events_seq_resets_total
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    self.last_warn = Some(now);
+                    log::warn!(
+                        "cluster: origin {origin} restarted its sequence at {seq} (was {}); taking it as a new start",
+                        st.last_seq
+                    );
+                }
+            } else if seq > st.last_seq + 1 {
+                // Counted up to the stream's length: more cannot have been missed in one step, and a bogus
+                // number must not make the counter meaningless.
+                let gap = (seq - st.last_seq - 1).min(self.shared.cfg.stream_maxlen);
                 self.shared
                     .stats
                     .events_missed_total
-                    .fetch_add(seq - st.last_seq - 1, Ordering::Relaxed);
+                    .fetch_add(gap, Ordering::Relaxed);
             }
             st.last_seq = seq;
             return true;

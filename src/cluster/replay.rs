@@ -6,7 +6,11 @@
 //!   messages for another device or tenant and copies of one push (same trace: a retried append), and hands the
 //!   frames to the connection's reactor, which sends them before the live messages it held back meanwhile.
 //! - Acks: merged per user and device (only the highest id matters) and written every [`ACK_FLUSH`] with a script
-//!   that never moves a stored id backwards.
+//!   that never moves a stored id backwards. An ack beyond the user's newest message is refused (the connection
+//!   gets `ok:false`) rather than stored: it would hide every later push from that device's replays. A replay
+//!   starts after the higher of the stored ack and one still waiting here, so a device that acks and reconnects at
+//!   once is not sent again what it acknowledged; a stored ack beyond the newest message (Redis lost the stream,
+//!   or one stored before acks were checked) counts as none.
 
 use super::conn::{self, Reconnecting, Reply};
 use super::event;
@@ -65,7 +69,8 @@ struct Replayer {
     deliver: Arc<dyn Deliver>,
     redis: Reconnecting,
     last_io: Instant,
-    acks: HashMap<(String, String), StreamId>,
+    /// Pending acks per (user, device): the highest id and the connection that sent it.
+    acks: HashMap<(String, String), (StreamId, u64)>,
     acks_since: Option<Instant>,
 }
 
@@ -92,7 +97,13 @@ pub(crate) fn run(
             r.flush_acks();
         }
         match requests.recv_timeout(Duration::from_millis(20)) {
-            Ok(req) => r.replay(req),
+            Ok(req) => {
+                // An ack sent before this connection opened is already queued: the replay must see it.
+                while let Ok(ack) = acks.try_recv() {
+                    r.merge(ack);
+                }
+                r.replay(req)
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if r.redis.conn.is_some() && r.last_io.elapsed() >= IDLE_PING {
                     r.ping();
@@ -139,9 +150,12 @@ impl Replayer {
     }
 
     fn merge(&mut self, ack: Ack) {
-        let slot = self.acks.entry((ack.user, ack.device)).or_insert(ack.id);
-        if ack.id > *slot {
-            *slot = ack.id;
+        let slot = self
+            .acks
+            .entry((ack.user, ack.device))
+            .or_insert((ack.id, ack.sid));
+        if ack.id > slot.0 {
+            *slot = (ack.id, ack.sid);
         }
         self.acks_since.get_or_insert_with(Instant::now);
     }
@@ -160,8 +174,34 @@ impl Replayer {
             return;
         }
         let ttl_ms = self.shared.cfg.offline_max_age.saturating_mul(1000);
-        let pending: Vec<((String, String), StreamId)> = self.acks.drain().collect();
+        let all: Vec<((String, String), (StreamId, u64))> = self.acks.drain().collect();
         self.acks_since = None;
+        // The newest message of each user: an ack beyond it is refused.
+        let newest_reads: Vec<redis::Cmd> =
+            all.iter().map(|((user, _), _)| newest_cmd(user)).collect();
+        let newest = match self.redis.conn.as_mut().map(|c| c.exec(&newest_reads)) {
+            Some(Ok(replies)) => replies,
+            Some(Err(e)) => {
+                self.acks.extend(all);
+                self.acks_since = Some(Instant::now());
+                return self.lost(&e);
+            }
+            None => return self.acks.extend(all),
+        };
+        let mut pending = Vec::with_capacity(all.len());
+        for (((user, device), (id, sid)), reply) in all.into_iter().zip(newest) {
+            match reply {
+                Reply::Value(v) if newest_of(&v).is_none_or(|n| id > n) => {
+                    stats.acks_refused_total.fetch_add(1, Ordering::Relaxed);
+                    let raw = format!("\"{id}\"");
+                    let raw = RawValue::from_string(raw).ok();
+                    let why = "ack id beyond the newest message of this user; not stored";
+                    self.deliver
+                        .to_sid(sid, crate::protocol::reply(raw.as_deref(), Some(why)));
+                }
+                _ => pending.push(((user, device), id)),
+            }
+        }
         let cmds: Vec<redis::Cmd> = pending
             .iter()
             .map(|((user, device), id)| {
@@ -191,9 +231,9 @@ impl Replayer {
                 }
             }
             Err(e) => {
-                // Keep them for the next attempt (rewriting an ack is harmless).
+                // Keep them for the next attempt (rewriting an ack is harmless; who sent it no longer matters).
                 for (k, id) in pending {
-                    self.acks.insert(k, id);
+                    self.acks.insert(k, (id, 0));
                 }
                 self.acks_since = Some(Instant::now());
                 self.lost(&e);
@@ -235,12 +275,24 @@ impl Replayer {
         let floor = match req.since {
             Since::After(id) => id,
             Since::Stored => {
-                match self.query(redis::cmd("HGET").arg(keys::ack(&req.user)).arg(device))? {
-                    Value::Nil => StreamId::ZERO,
-                    v => event::str_of(&v)
-                        .and_then(StreamId::parse)
-                        .unwrap_or(StreamId::ZERO),
-                }
+                let stored =
+                    match self.query(redis::cmd("HGET").arg(keys::ack(&req.user)).arg(device))? {
+                        Value::Nil => StreamId::ZERO,
+                        v => event::str_of(&v)
+                            .and_then(StreamId::parse)
+                            .unwrap_or(StreamId::ZERO),
+                    };
+                let waiting = self
+                    .acks
+                    .get(&(req.user.clone(), device.to_string()))
+                    .map_or(StreamId::ZERO, |a| a.0);
+                let newest = newest_of(&self.query(&newest_cmd(&req.user))?);
+                // An ack beyond the newest message acknowledges nothing that exists.
+                [stored, waiting]
+                    .into_iter()
+                    .filter(|&id| newest.is_some_and(|n| id <= n))
+                    .max()
+                    .unwrap_or(StreamId::ZERO)
             }
         };
         let mut bytes = 0;
@@ -340,6 +392,31 @@ impl Replayer {
             }
         }
     }
+}
+
+/// Reads the id of the newest message of `user` (`XREVRANGE ... COUNT 1`).
+fn newest_cmd(user: &str) -> redis::Cmd {
+    let mut c = redis::cmd("XREVRANGE");
+    c.arg(keys::notify(user))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1);
+    c
+}
+
+/// The id in a reply to [`newest_cmd`]; None when the user has no messages.
+fn newest_of(v: &Value) -> Option<StreamId> {
+    let Value::Array(entries) = v else {
+        return None;
+    };
+    let Value::Array(parts) = entries.first()? else {
+        return None;
+    };
+    parts
+        .first()
+        .and_then(event::str_of)
+        .and_then(StreamId::parse)
 }
 
 /// The fields of a notify stream entry this thread uses.

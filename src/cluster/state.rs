@@ -581,6 +581,7 @@ mod tests {
         ) {
         }
         fn replay_done(&self, _: u64, _: ReplayOutcome) {}
+        fn to_sid(&self, _: u64, _: Vec<u8>) {}
         fn snapshot(&self) -> Option<Vec<Answer>> {
             self.0.lock().unwrap().as_mut().map(std::mem::take)
         }

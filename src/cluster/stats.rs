@@ -37,6 +37,8 @@ pub struct BridgeStats {
     /// Gaps seen in other nodes' sequence numbers: their events this node never got (trimmed from the stream
     /// before it read them, or lost with a crashed Redis).
     pub events_missed_total: AtomicU64,
+    /// Origins whose sequence numbers started afresh far below the last one seen (see src/cluster/reader.rs).
+    pub events_seq_resets_total: AtomicU64,
     /// Failed Redis commands and connection attempts.
     pub redis_errors_total: AtomicU64,
     /// Outgoing events waiting (queued for the writer or being retried).
@@ -44,6 +46,9 @@ pub struct BridgeStats {
     pub outbox_bytes: AtomicUsize,
     /// 1 while this node holds its node id lease.
     pub lease_held: AtomicBool,
+    /// 1 while another instance holds this node's id: this node then opens no new connections (their socket ids
+    /// could collide with the other node's).
+    pub node_id_taken: AtomicBool,
     /// User pushes stored in `stream:notify:{uid}` / refused by Redis (delivered without an id).
     pub offline_stored_total: AtomicU64,
     pub offline_store_failed_total: AtomicU64,
@@ -53,6 +58,8 @@ pub struct BridgeStats {
     /// Acks written to Redis (after merging per user and device) / dropped (queue full or refused).
     pub acks_written_total: AtomicU64,
     pub acks_dropped_total: AtomicU64,
+    /// Acks refused: their id is beyond the user's newest message (the connection was told).
+    pub acks_refused_total: AtomicU64,
     /// Session state changes dropped because the state queue was full (repaired from a snapshot).
     pub state_events_dropped_total: AtomicU64,
     /// Rebuilds of the session state from a snapshot of the reactors / full rewrites of it to Redis.
@@ -155,6 +162,12 @@ impl BridgeStats {
                 self.events_missed_total.load(r),
             ),
             (
+                "events_seq_resets_total",
+                "Times an origin's sequence numbers started afresh far below the last one seen (a bogus entry, or a reset).",
+                true,
+                self.events_seq_resets_total.load(r),
+            ),
+            (
                 "redis_errors_total",
                 "Failed Redis commands and connection attempts.",
                 true,
@@ -183,6 +196,12 @@ impl BridgeStats {
                 "1 while this node holds its node id lease in Redis.",
                 false,
                 self.lease_held.load(r) as u64,
+            ),
+            (
+                "node_id_taken",
+                "1 while another instance holds this node's id; no new connections are opened meanwhile.",
+                false,
+                self.node_id_taken.load(r) as u64,
             ),
             (
                 "offline_stored_total",
@@ -219,6 +238,12 @@ impl BridgeStats {
                 "Client acks dropped (queue full or refused by Redis).",
                 true,
                 self.acks_dropped_total.load(r),
+            ),
+            (
+                "acks_refused_total",
+                "Client acks refused: id beyond the user's newest message (the client got ok:false).",
+                true,
+                self.acks_refused_total.load(r),
             ),
             (
                 "state_events_dropped_total",

@@ -37,6 +37,8 @@ pub(super) trait Stream: Sized {
     const LINK: Link;
     /// The queue's name in the shutdown log ("{n} {NOUN} events not written ...").
     const NOUN: &'static str;
+    /// Bound on the connection set-up and on each reply.
+    const TIMEOUT: Duration = conn::IO_TIMEOUT;
 
     /// Takes an event off the channel (numbers it, gives it a trace id).
     fn take(&mut self, shared: &Shared, ev: Self::Event) -> Self::Item;
@@ -94,7 +96,7 @@ pub(super) fn run<S: Stream>(
         stream,
         rx,
         pending: VecDeque::new(),
-        redis: Reconnecting::new(S::LINK),
+        redis: Reconnecting::within(S::LINK, S::TIMEOUT.min(conn::CONNECT_TIMEOUT), S::TIMEOUT),
         last_io: Instant::now(),
         last_error_log: None,
         key,

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// After Redis has been unreachable this long, user pushes go to local connections without waiting for their id.
 pub const LOCAL_WITHOUT_ID_AFTER: Duration = Duration::from_secs(1);
+/// Bound on the writer's connection set-up and on each of its replies.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A user's notify stream is trimmed by age (`XTRIM MINID`) and its expiry renewed at most this often per node:
 /// two commands fewer for most pushes. (Length is trimmed by every append.)
 const AGE_TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -72,6 +74,10 @@ impl Stream for Bus {
     type Item = Numbered;
     const LINK: Link = Link::Writer;
     const NOUN: &'static str = "outgoing";
+    /// Short, because this node's user pushes wait for the writer: a Redis that stops answering is noticed within
+    /// this, and they go out without an id [`LOCAL_WITHOUT_ID_AFTER`] later (a healthy Redis answers a batch in
+    /// well under a millisecond; a timeout only costs a reconnect and a retry of the batch).
+    const TIMEOUT: Duration = WRITE_TIMEOUT;
 
     fn take(&mut self, shared: &Shared, ev: OutEvent) -> Numbered {
         // Numbered in channel order, so the numbers of one origin increase along the stream.

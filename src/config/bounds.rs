@@ -78,6 +78,7 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("cluster.stream_maxlen", 1, 1_000_000_000, ""),
     int("cluster.node_lease_ttl", 3, 3600, " seconds"),
     int("cluster.startup_timeout", 1, 3600, " seconds"),
+    int("cluster.node_id_quarantine", 0, 60, " seconds"),
     int("cluster.outbox_limit", 1, 10_000_000, ""),
     int("cluster.outbox_max_bytes", MIB, 4096 * MIB, " bytes"),
     int("cluster.upstream_maxlen", 1, 1_000_000_000, ""),

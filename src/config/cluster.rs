@@ -28,6 +28,9 @@ pub struct ClusterConfig {
     pub node_lease_ttl: u64,
     /// Seconds start-up waits for Redis to lease a node id (when `server.node_id` = 0) before giving up.
     pub startup_timeout: u64,
+    /// Seconds a starting node waits before leasing an id when the ids' records in Redis are younger than this
+    /// (Redis lost its data, or a new cluster): time for the live nodes to re-assert their ids first.
+    pub node_id_quarantine: u64,
     /// Outgoing events buffered while Redis is slow or down; more are dropped and counted.
     pub outbox_limit: usize,
     /// Bytes of outgoing events buffered at most (payloads included); more are dropped and counted.
@@ -56,6 +59,7 @@ impl Default for ClusterConfig {
             stream_maxlen: 100_000,
             node_lease_ttl: 30,
             startup_timeout: 10,
+            node_id_quarantine: 5,
             outbox_limit: 100_000,
             outbox_max_bytes: 64 << 20,
             upstream_stream: "wsgate:upstream".into(),

@@ -50,6 +50,8 @@ pub enum Reject {
     Unauthorized(&'static str),
     /// Too many connections (per user or per source address): 429 with body `{"code":4029,"error":"..."}`.
     TooManyRequests(&'static str),
+    /// The server cannot open connections now (503); another server can.
+    Unavailable(&'static str),
 }
 
 /// True if the comma-separated token list `value` contains `token` (ASCII case-insensitive).
@@ -223,7 +225,7 @@ pub fn write_switching(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Status code for a rejection (400, 403, 404, 405, 426, 431).
+/// Status code for a rejection (400, 401, 403, 404, 405, 426, 429, 431, 503).
 pub fn status(reject: Reject) -> u16 {
     match reject {
         Reject::BadRequest(_) => 400,
@@ -234,6 +236,7 @@ pub fn status(reject: Reject) -> u16 {
         Reject::HeadTooLarge => 431,
         Reject::Unauthorized(_) => 401,
         Reject::TooManyRequests(_) => 429,
+        Reject::Unavailable(_) => 503,
     }
 }
 
@@ -248,6 +251,7 @@ fn reason_phrase(status: u16) -> &'static str {
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -258,7 +262,8 @@ fn message(reject: Reject) -> &'static str {
         Reject::BadRequest(m)
         | Reject::Forbidden(m)
         | Reject::Unauthorized(m)
-        | Reject::TooManyRequests(m) => m,
+        | Reject::TooManyRequests(m)
+        | Reject::Unavailable(m) => m,
         Reject::NotFound => "not found",
         Reject::MethodNotAllowed => "method not allowed",
         Reject::UpgradeRequired => "unsupported Sec-WebSocket-Version, 13 required",

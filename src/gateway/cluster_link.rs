@@ -13,6 +13,9 @@ pub trait ClusterLink: Send + Sync {
     fn replay(&self, req: ReplayRequest) -> bool;
     /// Records an ack; false if it could not be queued (the client's next ack supersedes it).
     fn ack(&self, ack: Ack) -> bool;
+    /// False while this node must open no connections: another node holds its node id, so new socket ids could
+    /// collide with that node's.
+    fn may_open(&self) -> bool;
 }
 
 /// A change of a connection's session state.
@@ -67,6 +70,8 @@ pub struct ReplayRequest {
 /// A client's `{"op":"ack"}`: it has processed the messages of its user up to `id`.
 #[derive(Debug)]
 pub struct Ack {
+    /// The connection that sent it: told when the bridge refuses it (an id beyond the user's messages).
+    pub sid: u64,
     pub user: String,
     /// "" for a token without a device.
     pub device: String,

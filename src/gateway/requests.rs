@@ -348,7 +348,8 @@ impl Gateway {
     }
 
     /// `{"op":"ack","id":"<stream id>"}` (cluster mode): the client has processed its user's messages up to this
-    /// id; stored per user and device, it is where the next connect's replay starts. No reply on success.
+    /// id; stored per user and device, it is where the next connect's replay starts. No reply on success; an id
+    /// beyond the user's newest message is refused later by the bridge (`ok:false`, src/cluster/replay.rs).
     fn on_ack(&mut self, core: &mut Core<Client>, key: Key, id: Option<&RawValue>) {
         let Some(link) = self.local.shared.bridge.clone() else {
             let reply = protocol::reply(id, Some("ack needs cluster mode (cluster.redis)"));
@@ -370,6 +371,7 @@ impl Gateway {
             return core.send(key, reply);
         };
         let ack = Ack {
+            sid: core.app(key).sid,
             user: user.to_string(),
             device: s
                 .and_then(|s| s.device.as_deref())

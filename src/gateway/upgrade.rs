@@ -91,6 +91,17 @@ impl Gateway {
             Err(msg) => return Err(Reject::BadRequest(msg)),
         };
         let opts = connect_options(req).map_err(Reject::BadRequest)?;
+        if self
+            .local
+            .shared
+            .bridge
+            .as_ref()
+            .is_some_and(|b| !b.may_open())
+        {
+            return Err(Reject::Unavailable(
+                "this node's id is held by another node; connect to another node",
+            ));
+        }
         let state = self.authenticate(core, req)?;
 
         handshake::write_switching(response, ws_key, token::reply_protocol(req));

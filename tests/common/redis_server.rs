@@ -157,6 +157,24 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with SIGSTOP (its own PID): it keeps accepting connections (the kernel completes them)
+    /// but answers nothing, as a wedged or swapped-out Redis does.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: a plain syscall on the PID of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
     /// Starts it again on the same port (empty, as after a crash without persistence).
     pub fn restart(&mut self) {
         self.kill();

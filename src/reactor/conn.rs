@@ -49,6 +49,8 @@ pub struct Conn<A> {
     pub flags: u8,
     /// Reactor-clock second of the last inbound bytes.
     pub last_rx: u32,
+    /// Reactor-clock microsecond (wrapping) of the accept: the start of the handshake duration.
+    pub accepted_us: u32,
     pub timer: TimerLink,
     /// Lent read buffer holding a partial frame, or NO_BUF.
     pub rbuf: BufId,
@@ -63,12 +65,13 @@ pub struct Conn<A> {
 }
 
 impl<A: Default> Conn<A> {
-    pub fn new(fd: RawFd, now: u32) -> Self {
+    pub fn new(fd: RawFd, now: u32, accepted_us: u32) -> Self {
         Conn {
             fd,
             state: State::Handshake,
             flags: 0,
             last_rx: now,
+            accepted_us,
             timer: TimerLink::default(),
             rbuf: NO_BUF,
             msg: NO_BUF,

@@ -11,6 +11,7 @@ use crate::frame::handshake;
 use crate::frame::{encode, OP_CLOSE, OP_PONG};
 use crate::pool::{self, NO_BUF};
 use std::io;
+use std::time::Duration;
 
 /// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
 pub(super) const SCRATCH: usize = 64 * 1024;
@@ -189,6 +190,11 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
 
     /// Sends the 101 response of an accepted upgrade; from now on the connection takes frames.
     fn open(&mut self, key: Key, response: &[u8]) {
+        let took_us = self
+            .clock_us()
+            .wrapping_sub(self.core.conns[key].accepted_us);
+        self.handshake
+            .record(Duration::from_micros(u64::from(took_us)));
         let core = &mut self.core;
         let conn = &mut core.conns[key];
         conn.state = State::Open;

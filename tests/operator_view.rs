@@ -82,11 +82,17 @@ fn histogram(text: &str, name: &str) -> (Vec<(f64, u64)>, u64, f64) {
     let count = count.unwrap_or_else(|| panic!("no {name}_count"));
     assert!(buckets.len() > 10, "{name}: buckets {buckets:?}");
     assert!(
-        buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
         "{name}: bounds must rise and counts never fall: {buckets:?}"
     );
     assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count), "{name}");
-    (buckets, count, sum.unwrap_or_else(|| panic!("no {name}_sum")))
+    (
+        buckets,
+        count,
+        sum.unwrap_or_else(|| panic!("no {name}_sum")),
+    )
 }
 
 fn latency(stats: &Value, key: &str) -> Value {
@@ -120,7 +126,10 @@ fn histograms_count_deliveries_handshakes_requests_and_cluster_hops_and_metrics_
     }
     // Reactors hand their samples over once a second.
     let deliveries = a.wait_stat("/latency/delivery/count", 300, Duration::from_secs(5));
-    assert_eq!(deliveries, 300, "20 subscribers x 15 messages, one sample each");
+    assert_eq!(
+        deliveries, 300,
+        "20 subscribers x 15 messages, one sample each"
+    );
     let handshakes = a.wait_stat("/latency/handshake/count", 20, Duration::from_secs(5));
     assert_eq!(handshakes, 20);
     let stats = a.stats();
@@ -138,15 +147,38 @@ fn histograms_count_deliveries_handshakes_requests_and_cluster_hops_and_metrics_
 
     let text = http_get(a.api, "/metrics").text();
     let (ok, out) = promtool(&["check", "metrics"], &text);
-    assert!(ok, "promtool check metrics:\n{out}\n--- /metrics ---\n{text}");
+    assert!(
+        ok,
+        "promtool check metrics:\n{out}\n--- /metrics ---\n{text}"
+    );
     for name in HISTOGRAMS {
         histogram(&text, name);
     }
     let (buckets, count, sum) = histogram(&text, "wsgate_delivery_latency_seconds");
     assert_eq!(count, 300);
     assert!(sum > 0.0 && sum < 300.0 * 10.0, "sum {sum}");
-    assert!(buckets.iter().any(|&(le, c)| le < 10.0 && c > 0), "{buckets:?}");
+    assert!(
+        buckets.iter().any(|&(le, c)| le < 10.0 && c > 0),
+        "{buckets:?}"
+    );
     assert_eq!(histogram(&text, "wsgate_handshake_duration_seconds").1, 20);
+
+    // The busiest channels: asked once, listed by the reactors at their next tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let top = loop {
+        let r = http_get(a.api, "/api/channels/top");
+        assert_eq!(r.status, 200, "{r}");
+        let list = r.json()["channels"].clone();
+        if list.as_array().is_some_and(|l| !l.is_empty()) || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        top,
+        serde_json::json!([{"channel":"op","subscribers":20,"deliveries_total":300}]),
+        "summed over both reactors"
+    );
 }
 
 #[test]
@@ -198,24 +230,37 @@ fn stats_stream_follows_a_bounded_load_behind_the_api_key() {
 
     let col = |name: &str| columns.iter().position(|c| c == name).unwrap();
     assert!(points.len() >= 4, "a point a second: {points:?}");
-    assert!(points.windows(2).all(|w| w[1][col("t_ms")] > w[0][col("t_ms")]));
+    assert!(points
+        .windows(2)
+        .all(|w| w[1][col("t_ms")] > w[0][col("t_ms")]));
     let busy: Vec<&Vec<u64>> = points
         .iter()
         .filter(|p| p[col("deliveries_per_s")] > 0)
         .collect();
-    assert!(busy.len() >= 2, "load visible in at least two points: {points:?}");
+    assert!(
+        busy.len() >= 2,
+        "load visible in at least two points: {points:?}"
+    );
     assert!(busy.iter().all(|p| p[col("delivery_p99_us")] > 0
         && p[col("delivery_p50_us")] <= p[col("delivery_p99_us")]
         && p[col("delivery_p99_us")] <= p[col("delivery_max_us")]));
     // Deliveries per second within reach of what was sent (30 subscribers x publishes per second).
-    let peak = busy.iter().map(|p| p[col("deliveries_per_s")]).max().unwrap();
+    let peak = busy
+        .iter()
+        .map(|p| p[col("deliveries_per_s")])
+        .max()
+        .unwrap();
     let sent_per_s = 30 * n / 3;
     assert!(
         peak <= sent_per_s * 2 && peak >= sent_per_s / 4,
         "peak {peak}/s vs about {sent_per_s}/s sent"
     );
     let last = points.last().unwrap();
-    assert_eq!(last[col("deliveries_per_s")], 0, "quiet at the end: {last:?}");
+    assert_eq!(
+        last[col("deliveries_per_s")],
+        0,
+        "quiet at the end: {last:?}"
+    );
     assert_eq!(last[col("connections")], 30);
     assert!(points.iter().any(|p| p[col("publishes_per_s")] > 0));
 
@@ -239,7 +284,12 @@ fn status_routes_want_the_key_as_apikey_or_basic_password() {
         // base64("ops:wrong") and base64("ops:s3cret")
         let r = api.request("GET", path, &[("Authorization", "Basic b3BzOndyb25n")], b"");
         assert_eq!(r.status, 401, "{path}: {r}");
-        let r = api.request("GET", path, &[("Authorization", "Basic b3BzOnMzY3JldA==")], b"");
+        let r = api.request(
+            "GET",
+            path,
+            &[("Authorization", "Basic b3BzOnMzY3JldA==")],
+            b"",
+        );
         assert_eq!(r.status, 200, "{path}: {r}");
         let r = api.request("GET", path, &[("Authorization", "Basic !!notbase64")], b"");
         assert_eq!(r.status, 401, "{path}: {r}");
@@ -248,10 +298,18 @@ fn status_routes_want_the_key_as_apikey_or_basic_password() {
     }
     let key = [("Authorization", "apikey s3cret")];
     let page = api.request("GET", "/status", &key, b"");
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     let html = page.text();
-    assert!(html.contains("/api/stats/stream") && html.contains("<canvas") || html.contains("canvas"));
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
+    assert!(
+        html.contains("/api/stats/stream") && html.contains("<canvas") || html.contains("canvas")
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
     for bad in ["since=x", "since=-1", "from=3"] {
         let r = api.request("GET", &format!("/api/stats/stream?{bad}"), &key, b"");
         assert_eq!(r.status, 400, "{bad}: {r}");
@@ -291,7 +349,10 @@ fn alert_rules_and_grafana_dashboard_are_valid_and_name_existing_metrics() {
     for line in rules_text.lines().map(str::trim) {
         if let Some(expr) = line.strip_prefix("expr:") {
             for name in metric_names(expr) {
-                assert!(metrics.contains(&name), "alerts.yml names {name}, not in /metrics");
+                assert!(
+                    metrics.contains(&name),
+                    "alerts.yml names {name}, not in /metrics"
+                );
             }
         }
         if let Some(alert) = line.strip_prefix("- alert:") {
@@ -305,10 +366,14 @@ fn alert_rules_and_grafana_dashboard_are_valid_and_name_existing_metrics() {
     }
     assert!(alerts >= 6, "{alerts} alerts");
 
-    let dash: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/wsgate.json")).unwrap())
-            .expect("wsgate.json is JSON");
-    assert!(dash["title"].is_string() && dash["uid"].is_string(), "title and uid");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/wsgate.json")).unwrap(),
+    )
+    .expect("wsgate.json is JSON");
+    assert!(
+        dash["title"].is_string() && dash["uid"].is_string(),
+        "title and uid"
+    );
     assert!(dash["schemaVersion"].as_u64().unwrap() >= 30);
     assert!(dash["time"]["from"].is_string() && dash["templating"]["list"].is_array());
     let vars: Vec<&str> = dash["templating"]["list"]
@@ -321,12 +386,18 @@ fn alert_rules_and_grafana_dashboard_are_valid_and_name_existing_metrics() {
     let mut ids = HashSet::new();
     let mut queries = 0;
     for p in panels {
-        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate id: {p}");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id: {p}"
+        );
         let kind = p["type"].as_str().expect("panel type");
         assert!(["row", "timeseries", "stat"].contains(&kind), "{kind}");
         let g = &p["gridPos"];
         let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
-        assert!(x + w <= 24 && g["h"].as_u64().unwrap() > 0 && g["y"].is_u64(), "{g}");
+        assert!(
+            x + w <= 24 && g["h"].as_u64().unwrap() > 0 && g["y"].is_u64(),
+            "{g}"
+        );
         if kind == "row" {
             continue;
         }
@@ -337,7 +408,10 @@ fn alert_rules_and_grafana_dashboard_are_valid_and_name_existing_metrics() {
             let uid = t["datasource"]["uid"].as_str().unwrap();
             assert!(vars.contains(&uid.trim_start_matches("${").trim_end_matches('}')));
             for name in metric_names(expr) {
-                assert!(metrics.contains(&name), "dashboard names {name}, not in /metrics");
+                assert!(
+                    metrics.contains(&name),
+                    "dashboard names {name}, not in /metrics"
+                );
                 queries += 1;
             }
         }

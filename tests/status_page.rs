@@ -1,4 +1,4 @@
-//! The live status page in headless Chromium while a bounded load runs (8 s: 40 subscribers, 100 publishes a
+//! The live status page in headless Chromium while a bounded load runs (10 s: 40 subscribers, 100 publishes a
 //! second, a client connecting every 250 ms): tests/browser/status_page.mjs checks that the charts move and that
 //! the numbers match /api/stats. `WSGATE_SCREENSHOT=docs/status.png cargo test --test status_page` renews the
 //! README's screenshot.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "status-page-key";
-const LOAD: Duration = Duration::from_secs(8);
+const LOAD: Duration = Duration::from_secs(10);
 
 /// Publishes and handshakes for `LOAD`, then closes every client it opened.
 fn load(server_ws: std::net::SocketAddr, api: std::net::SocketAddr, stop: Arc<AtomicBool>) {

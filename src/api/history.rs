@@ -81,8 +81,7 @@ impl History {
             ..Tally::default()
         };
         let r = Ordering::Relaxed;
-        let api_publishes =
-            ctx.stats.publishes_total.load(r) + ctx.stats.broadcasts_total.load(r);
+        let api_publishes = ctx.stats.publishes_total.load(r) + ctx.stats.broadcasts_total.load(r);
         let latency = latency::collect(ctx);
         let current = Previous {
             at: now,

@@ -9,7 +9,8 @@ use std::fmt::Write;
 /// Prometheus bucket bounds in seconds: 100 µs to 10 s, roughly ×2.5 apart — loopback deliveries land in the
 /// first buckets, a congested node's in the middle, a stalled one in the last.
 const BUCKETS_S: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// One measured latency: its name (`wsgate_<name>_seconds`, `/api/stats` `latency.<key>`) and what it spans.

@@ -1,19 +1,23 @@
 //! The operator's view on the API listener: `GET /status` (one static HTML page embedded in the binary, no external
-//! assets, no build step) and `GET /api/stats/stream` (the last minutes, a point a second, that its charts draw).
+//! assets, no build step), `GET /api/stats/stream` (the last minutes, a point a second, that its charts draw) and
+//! `GET /api/channels/top` (the busiest channels).
 //! Both sit behind `api.api_key` when it is set; a browser sends the key as the Basic-auth password.
 
 use super::http::{Request, Response};
 use super::Context;
+use crate::reactor::{ChannelLoad, BUSIEST};
 use serde_json::json;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::PoisonError;
 
 const STATUS_PAGE: &str = include_str!("status.html");
-const CHALLENGE: &str = "WWW-Authenticate: Basic realm=\"wsgate\", charset=\"UTF-8\"\r\nCache-Control: no-store\r\n";
+const CHALLENGE: &str =
+    "WWW-Authenticate: Basic realm=\"wsgate\", charset=\"UTF-8\"\r\nCache-Control: no-store\r\n";
 
 /// Answers the routes of this file; None for any other path.
 pub fn route(req: &Request<'_>, ctx: &Context) -> Option<Response> {
-    if req.path != "/status" && req.path != "/api/stats/stream" {
+    if !["/status", "/api/stats/stream", "/api/channels/top"].contains(&req.path) {
         return None;
     }
     if req.method != "GET" {
@@ -36,6 +40,7 @@ pub fn route(req: &Request<'_>, ctx: &Context) -> Option<Response> {
             r.extra_headers = "Cache-Control: no-store\r\n";
             r
         }
+        "/api/channels/top" => Response::json(200, busiest_json(ctx)),
         _ => match since(req.query) {
             Ok(since) => {
                 let history = ctx.history.lock().unwrap_or_else(PoisonError::into_inner);
@@ -60,6 +65,34 @@ fn since(query: &str) -> Result<u64, &'static str> {
         }
     }
     Ok(0)
+}
+
+/// The busiest channels over all reactors (subscribers and deliveries summed by name), most subscribers first,
+/// as of each reactor's last refresh; asks every reactor to refresh within a second for the next call.
+fn busiest_json(ctx: &Context) -> String {
+    let mut by_name: HashMap<String, ChannelLoad> = HashMap::new();
+    for r in &ctx.hub.reactors {
+        for c in r.busiest.snapshot() {
+            let e = by_name.entry(c.name.clone()).or_insert(ChannelLoad {
+                subscribers: 0,
+                deliveries: 0,
+                ..c
+            });
+            e.subscribers += c.subscribers;
+            e.deliveries = e.deliveries.wrapping_add(c.deliveries);
+        }
+        r.busiest.want();
+    }
+    let mut list: Vec<ChannelLoad> = by_name.into_values().collect();
+    list.sort_by(|a, b| {
+        (b.subscribers, b.deliveries, &a.name).cmp(&(a.subscribers, a.deliveries, &b.name))
+    });
+    list.truncate(BUSIEST);
+    let channels: Vec<serde_json::Value> = list
+        .iter()
+        .map(|c| json!({"channel": c.name, "subscribers": c.subscribers, "deliveries_total": c.deliveries}))
+        .collect();
+    json!({"ok": true, "channels": channels}).to_string()
 }
 
 /// The `"server"` object of /api/stats: what is running and how it is set up.

@@ -4,7 +4,7 @@
 
 use crate::gateway::{self, stats::GatewayStats};
 use crate::pool::SharedFrame;
-use crate::reactor::{self, ReactorLatency, ReactorStats, Tally, Waker};
+use crate::reactor::{self, BusiestChannels, ReactorLatency, ReactorStats, Tally, Waker};
 use crossbeam_channel::Sender;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub struct ReactorHandle {
     pub gateway: Arc<GatewayStats>,
     /// The reactor's latency histograms (delivery, handshake).
     pub latency: Arc<ReactorLatency>,
+    /// The reactor's busiest channels, refreshed a second after [`BusiestChannels::want`].
+    pub busiest: Arc<BusiestChannels>,
 }
 
 /// Everything the API and the cluster bridge need to reach the reactors.

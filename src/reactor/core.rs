@@ -283,6 +283,7 @@ impl<A> Core<A> {
         };
         let frame: OutFrame = Rc::new(frame);
         let count = self.channels.subscribers(id).len();
+        self.channels.count_deliveries(id, count);
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
             self.queue(key, frame.clone());

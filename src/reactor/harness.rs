@@ -86,6 +86,7 @@ impl<H: Handler> Harness<H> {
             plain_listener: None,
             budget,
             latency: Default::default(),
+            busiest: Default::default(),
         };
         let poller = Scripted::new(EVENTS_PER_WAIT)?;
         let injected = poller.injected.clone();

@@ -11,12 +11,8 @@ const HIGHEST_US: u64 = 60_000_000;
 const SIGNIFICANT_DIGITS: u8 = 2;
 
 /// The quantiles reported in `/api/stats` and the live stream: (JSON name, quantile).
-pub const QUANTILES: [(&str, f64); 4] = [
-    ("p50", 0.5),
-    ("p90", 0.9),
-    ("p99", 0.99),
-    ("p999", 0.999),
-];
+pub const QUANTILES: [(&str, f64); 4] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
 /// A histogram of durations in microseconds, with their exact sum (Prometheus `_sum`).
 #[derive(Clone)]
@@ -156,7 +152,12 @@ mod tests {
             l.record(us(v));
         }
         assert_eq!(l.count(), 10_000);
-        for (q, want) in [(0.5, 5_000.0), (0.9, 9_000.0), (0.99, 9_900.0), (0.999, 9_990.0)] {
+        for (q, want) in [
+            (0.5, 5_000.0),
+            (0.9, 9_000.0),
+            (0.99, 9_900.0),
+            (0.999, 9_990.0),
+        ] {
             let got = l.quantile_us(q) as f64;
             assert!((got - want).abs() / want < 0.01, "q{q}: {got} vs {want}");
         }

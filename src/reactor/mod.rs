@@ -11,6 +11,7 @@
 //! output in one writev each → timers (handler: open connections' timers) → flush → teardown (handler: `on_close`
 //! for connections that left the open state; then every doomed connection is freed, see teardown.rs).
 
+mod busiest;
 mod channels;
 mod clock;
 mod command;
@@ -28,6 +29,7 @@ mod timer;
 mod tls_io;
 
 pub use self::core::Core;
+pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
 pub use command::Command;
 pub use handler::{CommandFor, Handler, Key};
 pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
@@ -78,6 +80,8 @@ pub struct ReactorSetup<C> {
     pub budget: Arc<MemoryBudget>,
     /// Where the reactor hands its latency samples once a second.
     pub latency: Arc<ReactorLatency>,
+    /// Where the reactor lists its busiest channels when asked.
+    pub busiest: Arc<BusiestChannels>,
 }
 
 /// Runs a reactor on readiness backend `P` with the handler `make_handler` builds, until it is shut down and its
@@ -118,6 +122,7 @@ struct Reactor<P, H: Handler> {
     delivery: Latency,
     handshake: Latency,
     latency: Arc<ReactorLatency>,
+    busiest: Arc<BusiestChannels>,
     /// Publishes queued since the last flush pass: when each was accepted and on how many subscribers. Their
     /// delivery latency is taken when the pass that writes them ends: one clock read per pass, nothing per
     /// delivery.
@@ -162,6 +167,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             delivery: Latency::default(),
             handshake: Latency::default(),
             latency: s.latency,
+            busiest: s.busiest,
             in_flight: Vec::with_capacity(COMMANDS_PER_ITERATION),
         })
     }
@@ -254,6 +260,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             self.core.now = now;
             self.core.expire_stale_input();
             self.hand_over_latency();
+            if self.busiest.take_wanted() {
+                self.busiest.publish(self.core.channels.busiest(BUSIEST));
+            }
         }
     }
 

@@ -35,6 +35,11 @@ await run("status page", async page => {
   check(after.image !== before.image, "the deliveries chart was redrawn with the same picture");
   check((await chart(page, "delivery")).image !== latencyBefore.image, "the latency chart did not change");
 
+  // While the load runs, the busiest channel is the loaded one, with every subscriber.
+  await waitFor(async () => {
+    const first = await page.$$eval("#channels tr", rows => rows.length > 1 ? [...rows[1].cells].map(c => c.textContent) : []);
+    return first[0] === "load" && first[1] === "40";
+  }, "channel \"load\" with 40 subscribers at the top of the busiest channels", 5000);
   const shot = process.env.WSGATE_SCREENSHOT;
   if (shot) await page.screenshot({ path: shot, fullPage: true });
 

@@ -30,7 +30,7 @@ fn load(server_ws: std::net::SocketAddr, api: std::net::SocketAddr, stop: Arc<At
         let body = format!("{{\"channel\":\"load\",\"data\":{{\"n\":{n}}}}}");
         let r = http.request("POST", "/api/publish", &headers, body.as_bytes());
         assert_eq!(r.status, 200, "publish: {r}");
-        if n % 25 == 0 {
+        if n.is_multiple_of(25) {
             drop(ws_connect(server_ws, "/ws"));
         }
         n += 1;

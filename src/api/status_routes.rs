@@ -53,18 +53,18 @@ pub fn route(req: &Request<'_>, ctx: &Context) -> Option<Response> {
 
 /// The `since` query parameter: a sequence number from an earlier answer; absent = everything kept.
 fn since(query: &str) -> Result<u64, &'static str> {
+    let mut since = 0;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "since" => {
-                return value
+        match pair.split_once('=') {
+            Some(("since", value)) => {
+                since = value
                     .parse()
-                    .map_err(|_| "\"since\" must be a sequence number (0..2^64)")
+                    .map_err(|_| "\"since\" must be a sequence number (0..2^64)")?
             }
             _ => return Err("unknown query parameter (only \"since\" is taken)"),
         }
     }
-    Ok(0)
+    Ok(since)
 }
 
 /// The busiest channels over all reactors (subscribers and deliveries summed by name), most subscribers first,

@@ -106,7 +106,7 @@ impl ChannelIndex {
         c.deliveries = c.deliveries.wrapping_add(n as u64);
     }
 
-    /// The `n` channels with the most subscribers and the `n` with the most deliveries (each listed once), by
+    /// The `n` channels with the most subscribers and the `n` with the most deliveries (any; each listed once), by
     /// subscribers then deliveries, most first. O(channels · log n).
     pub fn busiest(&self, n: usize) -> Vec<ChannelLoad> {
         fn top(
@@ -125,7 +125,7 @@ impl ChannelIndex {
         }
         let mut ids = top(&self.channels, n, |c| c.subscribers.len() as u64);
         for id in top(&self.channels, n, |c| c.deliveries) {
-            if !ids.contains(&id) {
+            if self.channels[id].deliveries > 0 && !ids.contains(&id) {
                 ids.push(id);
             }
         }

@@ -334,7 +334,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 net::close(fd);
                 continue;
             }
-            let key = core.conns.insert(Conn::new(fd, core.now, accepted_us));
+            let key = core.conns.insert(Conn::new(fd, accepted_us));
             if let Err(e) = self.poller.add(fd, key as u64) {
                 log::error!("reactor {}: epoll add: {e}", core.id);
                 core.doom(key);

@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "status-page-key";
 const LOAD: Duration = Duration::from_secs(10);
+/// A channel name a client chose, shown on the page: it must appear as text, never as markup.
+const HOSTILE_CHANNEL: &str = "<img src=x onerror=alert(1)>";
 
 /// Publishes and handshakes for `LOAD`, then closes every client it opened.
 fn load(server_ws: std::net::SocketAddr, api: std::net::SocketAddr, stop: Arc<AtomicBool>) {
     let subscribers: Vec<_> = (0..40)
         .map(|_| ws_connect(server_ws, "/ws?channels=load"))
         .collect();
+    let mut hostile = ws_connect(server_ws, "/ws");
+    let subscribe = serde_json::json!({"op": "subscribe", "channels": [HOSTILE_CHANNEL], "id": 1});
+    tws_send_text(&mut hostile, &subscribe.to_string());
     let mut http = Http::connect(api);
     let auth = format!("apikey {KEY}");
     let headers = [
@@ -37,6 +42,7 @@ fn load(server_ws: std::net::SocketAddr, api: std::net::SocketAddr, stop: Arc<At
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(subscribers);
+    drop(hostile);
 }
 
 #[test]
@@ -49,7 +55,11 @@ fn status_page_charts_move_under_load_and_numbers_match_api_stats() {
         std::thread::spawn(move || load(ws, api, stop))
     };
     let api = format!("http://{}", server.api);
-    let mut env = vec![("WSGATE_API", api.as_str()), ("WSGATE_API_KEY", KEY)];
+    let mut env = vec![
+        ("WSGATE_API", api.as_str()),
+        ("WSGATE_API_KEY", KEY),
+        ("WSGATE_HOSTILE_CHANNEL", HOSTILE_CHANNEL),
+    ];
     let shot = std::env::var("WSGATE_SCREENSHOT").ok().map(|p| {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
         path.to_string_lossy().into_owned()

@@ -30,6 +30,7 @@ export async function run(name, test, { timeoutMs = 60000 } = {}) {
     const pageErrors = [];
     page.on("pageerror", e => pageErrors.push(String(e)));
     page.on("console", m => { if (m.type() === "error") pageErrors.push(m.text()); });
+    page.on("dialog", d => { pageErrors.push("unexpected dialog: " + d.message()); d.dismiss().catch(() => {}); });
     await test(page, browser);
     if (pageErrors.length) throw new Error("errors in the page: " + pageErrors.join(" | "));
     console.log(`${name}: ok`);

@@ -5,6 +5,7 @@ import { run, waitFor, check, env } from "./harness.mjs";
 
 const api = env("WSGATE_API");
 const key = env("WSGATE_API_KEY");
+const hostileChannel = env("WSGATE_HOSTILE_CHANNEL");
 
 async function stats() {
   const r = await fetch(api + "/api/stats", { headers: { Authorization: "apikey " + key } });
@@ -40,6 +41,10 @@ await run("status page", async page => {
     const first = await page.$$eval("#channels tr", rows => rows.length > 1 ? [...rows[1].cells].map(c => c.textContent) : []);
     return first[0] === "load" && first[1] === "40";
   }, "channel \"load\" with 40 subscribers at the top of the busiest channels", 5000);
+  // A client's channel name is shown as text, not run as markup.
+  const cells = await page.$$eval("#channels td", tds => tds.map(td => td.textContent));
+  check(cells.includes(hostileChannel), "the hostile channel name is not listed as text: " + JSON.stringify(cells));
+  check((await page.$$("#channels img")).length === 0, "a channel name became markup");
   const shot = process.env.WSGATE_SCREENSHOT;
   if (shot) await page.screenshot({ path: shot, fullPage: true });
 

@@ -15,6 +15,25 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# The operator's view: promtool (Prometheus's own parser) checks /metrics and deploy/prometheus/alerts.yml; headless
+# Chromium with puppeteer-core (tests/browser/, pinned in its package-lock.json) drives the status page. Debian's
+# prometheus package is the only one that ships promtool (~30 MB download; its service is not needed, and without
+# systemd nothing starts it).
+browser_pkgs=()
+command -v promtool >/dev/null 2>&1 || browser_pkgs+=(prometheus)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || browser_pkgs+=(chromium)
+command -v node >/dev/null 2>&1 || browser_pkgs+=(nodejs npm)
+if [ ${#browser_pkgs[@]} -gt 0 ]; then
+    echo "installing: ${browser_pkgs[*]}"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${browser_pkgs[@]}" >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/puppeteer-core ]; then
+    echo "installing: tests/browser npm packages"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

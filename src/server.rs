@@ -7,7 +7,7 @@ use crate::gateway::{stats::GatewayStats, Gateway};
 use crate::hub::{Hub, ReactorHandle};
 use crate::pool::MemoryBudget;
 use crate::reactor::sys::{net, Epoll, Waker};
-use crate::reactor::{self, ReactorSetup, ReactorStats};
+use crate::reactor::{self, BusiestChannels, ReactorLatency, ReactorSetup, ReactorStats};
 use crate::tls::TlsAcceptor;
 use std::io;
 use std::net::SocketAddr;
@@ -115,11 +115,15 @@ impl Server {
             let waker = Arc::new(Waker::new()?);
             let stats = Arc::new(ReactorStats::default());
             let gateway_stats = Arc::new(GatewayStats::default());
+            let latency = Arc::new(ReactorLatency::default());
+            let busiest = Arc::new(BusiestChannels::default());
             handles.push(ReactorHandle {
                 tx,
                 waker: waker.clone(),
                 stats: stats.clone(),
                 gateway: gateway_stats.clone(),
+                latency: latency.clone(),
+                busiest: busiest.clone(),
             });
             setups.push(ReactorSetup {
                 id,
@@ -132,6 +136,8 @@ impl Server {
                 tls: tls.clone(),
                 plain_listener: plain_listeners.next(),
                 budget: budget.clone(),
+                latency,
+                busiest,
             });
             gateways.push((sessions.clone(), gateway_stats));
         }

@@ -111,6 +111,8 @@ pub struct Response {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub allow: Option<&'static str>,
+    /// Further header lines, each ending in CRLF (a Basic challenge, cache control).
+    pub extra_headers: &'static str,
 }
 
 impl Response {
@@ -120,6 +122,7 @@ impl Response {
             content_type: "application/json",
             body: body.into(),
             allow: None,
+            extra_headers: "",
         }
     }
 
@@ -146,6 +149,7 @@ impl Response {
         if let Some(allow) = self.allow {
             out.extend_from_slice(format!("Allow: {allow}\r\n").as_bytes());
         }
+        out.extend_from_slice(self.extra_headers.as_bytes());
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         }

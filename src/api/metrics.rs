@@ -120,6 +120,12 @@ const FIELDS: &[Field] = &[
         true,
         |t| t.tls_failures_total,
     ),
+    (
+        "tls_sessions",
+        "TLS connections held, handshaking or open (the rest of wsgate_connections is plaintext).",
+        false,
+        |t| t.tls_sessions,
+    ),
 ];
 
 pub fn stats_json(ctx: &Context) -> String {
@@ -154,6 +160,8 @@ pub fn stats_json(ctx: &Context) -> String {
         },
         "sessions": gateway_json(&ctx.hub),
         "cluster": ctx.cluster.as_ref().map(|c| c.stats_json()),
+        "latency": super::latency::stats_json(ctx),
+        "server": super::status_routes::summary_json(ctx),
     })
     .to_string()
 }

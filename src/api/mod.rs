@@ -2,17 +2,21 @@
 //! publish once and hand it to the reactors through the hub.
 
 mod connection_routes;
+mod history;
 /// Public so the fuzz targets (fuzz/) can reach the request parser; the API thread is its only real caller.
 pub mod http;
+mod latency;
 mod lookups;
 mod metrics;
 mod routes;
+mod status_routes;
 
 use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::pool::MemoryBudget;
 use crate::reactor::sys::{net, Epoll, Poller, Ready};
+use crate::reactor::SharedLatency;
 use crate::tls::TlsAcceptor;
 use http::Parsed;
 use nix::errno::Errno;
@@ -21,7 +25,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
@@ -77,6 +81,8 @@ pub struct ApiStats {
     pub errors_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub broadcasts_total: AtomicU64,
+    /// First byte of a request received → its response queued.
+    pub request_latency: SharedLatency,
 }
 
 /// What the API handlers reach: the reactors (through the hub), and what only the API uses.
@@ -90,6 +96,8 @@ pub struct Context {
     pub stats: ApiStats,
     /// The process-wide budget for buffered input (`server.max_buffered_bytes`), shared with the reactors.
     pub budget: Arc<MemoryBudget>,
+    /// The last minutes, second by second, for the status page.
+    pub history: Mutex<history::History>,
 }
 
 impl Context {
@@ -107,6 +115,7 @@ impl Context {
             cluster,
             stats: ApiStats::default(),
             budget,
+            history: Mutex::default(),
         }
     }
 }
@@ -181,6 +190,11 @@ impl Api {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 self.sweep();
+                self.ctx
+                    .history
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .sample(&self.ctx);
             }
         }
         Ok(())
@@ -402,6 +416,9 @@ impl Api {
                 }
             };
             let client = &mut self.clients[key];
+            if let Some(started) = client.request_started {
+                self.ctx.stats.request_latency.record(started.elapsed());
+            }
             client.rbuf.drain(..consumed);
             client.wbuf.extend_from_slice(&response);
             // Bytes already here belong to the next request: its time runs from now.

@@ -29,6 +29,10 @@ pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
 }
 
 fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
+    // The status page and its live stream (src/api/status_routes.rs).
+    if let Some(response) = super::status_routes::route(req, ctx) {
+        return response;
+    }
     // Disconnect, presence and user lookups (src/api/connection_routes.rs).
     if let Some(response) = super::connection_routes::route(req, ctx, config) {
         return response;
@@ -52,7 +56,10 @@ fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
         "/healthz" => Response::json(200, "{\"ok\":true}"),
         "/api/reload-tls" => reload_tls(ctx),
         "/metrics" => {
-            let mut r = Response::json(200, metrics::prometheus(ctx));
+            let mut text = metrics::prometheus(ctx);
+            super::latency::write_prometheus(ctx, &mut text);
+            super::status_routes::write_prometheus(ctx, &mut text);
+            let mut r = Response::json(200, text);
             r.content_type = "text/plain; version=0.0.4";
             r
         }
@@ -68,10 +75,21 @@ pub(super) fn authorized(req: &Request<'_>, config: &Config) -> bool {
     let Some(value) = req.authorization else {
         return false;
     };
-    let Some(given) = value.strip_prefix(b"apikey ") else {
+    if let Some(given) = value.strip_prefix(b"apikey ") {
+        return constant_time_eq(given.trim_ascii(), key);
+    }
+    // A browser (the status page) sends the key as the password of HTTP Basic authentication; any user name.
+    let Some(encoded) = value.strip_prefix(b"Basic ") else {
         return false;
     };
-    constant_time_eq(given.trim_ascii(), key)
+    use base64::Engine;
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()) else {
+        return false;
+    };
+    match decoded.iter().position(|&b| b == b':') {
+        Some(colon) => constant_time_eq(&decoded[colon + 1..], key),
+        None => false,
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

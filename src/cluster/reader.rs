@@ -190,6 +190,9 @@ impl Reader {
             stats.events_duplicate_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if let Some(written) = StreamId::parse(id) {
+            stats.hop_latency.record(since_epoch_ms(written.0));
+        }
         if self.deliver.deliver(&ev) {
             stats.events_in_total.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -265,6 +268,15 @@ impl Reader {
         );
         true
     }
+}
+
+/// Wall-clock time from `ms` (milliseconds since the Unix epoch, a stream id's time) to now; zero if `ms` lies
+/// ahead (clock skew between nodes).
+fn since_epoch_ms(ms: u64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(std::time::Duration::from_millis(ms))
 }
 
 /// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields) pairs. Public (re-exported by

@@ -243,7 +243,10 @@ impl Replayer {
 
     fn replay(&mut self, req: ReplayRequest) {
         let sid = req.sid;
-        let outcome = match self.read(&req) {
+        let started = Instant::now();
+        let read = self.read(&req);
+        self.shared.stats.replay_latency.record(started.elapsed());
+        let outcome = match read {
             Ok(o) => {
                 self.shared
                     .stats

@@ -1,6 +1,7 @@
 //! Counters and gauges of the bridge, read by /metrics and /api/stats, and the outage log (one line when Redis
 //! goes away, one when it is back — not one per event or per retry).
 
+use crate::reactor::SharedLatency;
 use serde_json::json;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +56,11 @@ pub struct BridgeStats {
     /// Connections whose missed messages were read / could not be read.
     pub replays_total: AtomicU64,
     pub replay_failures_total: AtomicU64,
+    /// Cluster hop: an event's Redis stream id time (when the origin node's XADD ran) → this node hands it to
+    /// its reactors. Millisecond resolution; across machines it needs synchronized clocks (NTP).
+    pub hop_latency: SharedLatency,
+    /// Reading a connecting user's missed messages from Redis (request → outcome handed to the reactor).
+    pub replay_latency: SharedLatency,
     /// Acks written to Redis (after merging per user and device) / dropped (queue full or refused).
     pub acks_written_total: AtomicU64,
     pub acks_dropped_total: AtomicU64,

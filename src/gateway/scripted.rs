@@ -190,10 +190,12 @@ pub fn run(data: &[u8]) -> Result<Tally, String> {
                 let cmd = match script.byte() % 3 {
                     0 => Command::Broadcast {
                         frame: crate::protocol::broadcast_message(&data),
+                        since: std::time::Instant::now(),
                     },
                     1 => Command::Publish {
                         channel: "a".into(),
                         frame: crate::protocol::channel_message("a", &data),
+                        since: std::time::Instant::now(),
                     },
                     _ => Command::App(GatewayCommand::PublishSid {
                         sid: pick as u64,

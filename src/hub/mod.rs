@@ -4,7 +4,7 @@
 
 use crate::gateway::{self, stats::GatewayStats};
 use crate::pool::SharedFrame;
-use crate::reactor::{self, ReactorStats, Tally, Waker};
+use crate::reactor::{self, BusiestChannels, ReactorLatency, ReactorStats, Tally, Waker};
 use crossbeam_channel::Sender;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -22,6 +22,10 @@ pub struct ReactorHandle {
     pub stats: Arc<ReactorStats>,
     /// The counters of the reactor's gateway (sessions, auth, rates, upstream).
     pub gateway: Arc<GatewayStats>,
+    /// The reactor's latency histograms (delivery, handshake).
+    pub latency: Arc<ReactorLatency>,
+    /// The reactor's busiest channels, refreshed a second after [`BusiestChannels::want`].
+    pub busiest: Arc<BusiestChannels>,
 }
 
 /// Everything the API and the cluster bridge need to reach the reactors.
@@ -49,15 +53,19 @@ impl Hub {
     /// Hands an encoded channel message to every reactor.
     pub fn publish(&self, channel: &str, frame: SharedFrame) {
         let channel: Arc<str> = Arc::from(channel);
+        let since = std::time::Instant::now();
         self.send(|| Command::Publish {
             channel: channel.clone(),
             frame: frame.clone(),
+            since,
         });
     }
 
     pub fn broadcast(&self, frame: SharedFrame) {
+        let since = std::time::Instant::now();
         self.send(|| Command::Broadcast {
             frame: frame.clone(),
+            since,
         });
     }
 

@@ -1,7 +1,9 @@
 //! A reactor's channel index: channel → its local subscribers, so a publish touches only subscribers.
 //! Each subscription remembers its position in the channel's list, which makes unsubscribe O(1) (swap-remove).
 
-use std::collections::HashMap;
+use super::busiest::ChannelLoad;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 pub type ChannelId = u32;
 
@@ -78,6 +80,8 @@ impl SubList {
 struct Channel {
     name: Box<str>,
     subscribers: Vec<u32>,
+    /// Frames queued to its subscribers so far (for the busiest-channels list).
+    deliveries: u64,
 }
 
 #[derive(Default)]
@@ -96,6 +100,52 @@ impl ChannelIndex {
         &self.channels[id as usize].subscribers
     }
 
+    /// Counts `n` frames queued to the subscribers of `id`.
+    pub fn count_deliveries(&mut self, id: ChannelId, n: usize) {
+        let c = &mut self.channels[id as usize];
+        c.deliveries = c.deliveries.wrapping_add(n as u64);
+    }
+
+    /// The `n` channels with the most subscribers and the `n` with the most deliveries (any; each listed once), by
+    /// subscribers then deliveries, most first. O(channels · log n).
+    pub fn busiest(&self, n: usize) -> Vec<ChannelLoad> {
+        fn top(
+            channels: &slab::Slab<Channel>,
+            n: usize,
+            key: impl Fn(&Channel) -> u64,
+        ) -> Vec<usize> {
+            let mut heap = BinaryHeap::with_capacity(n + 1);
+            for (id, c) in channels.iter() {
+                heap.push(Reverse((key(c), id)));
+                if heap.len() > n {
+                    heap.pop();
+                }
+            }
+            heap.into_iter().map(|Reverse((_, id))| id).collect()
+        }
+        let mut ids = top(&self.channels, n, |c| c.subscribers.len() as u64);
+        for id in top(&self.channels, n, |c| c.deliveries) {
+            if self.channels[id].deliveries > 0 && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let mut list: Vec<ChannelLoad> = ids
+            .into_iter()
+            .map(|id| {
+                let c = &self.channels[id];
+                ChannelLoad {
+                    name: c.name.to_string(),
+                    subscribers: c.subscribers.len() as u64,
+                    deliveries: c.deliveries,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            (b.subscribers, b.deliveries, &a.name).cmp(&(a.subscribers, a.deliveries, &b.name))
+        });
+        list
+    }
+
     pub fn name(&self, id: ChannelId) -> &str {
         &self.channels[id as usize].name
     }
@@ -112,6 +162,7 @@ impl ChannelIndex {
                 let id = self.channels.insert(Channel {
                     name: name.into(),
                     subscribers: Vec::new(),
+                    deliveries: 0,
                 }) as ChannelId;
                 self.by_name.insert(name.into(), id);
                 id
@@ -170,6 +221,28 @@ mod tests {
         assert_eq!(idx.remove(c), None);
         assert!(idx.lookup("doc").is_none());
         assert_eq!(idx.len(), 0);
+    }
+
+    #[test]
+    fn busiest_lists_most_subscribed_and_most_delivered_once_each() {
+        let mut idx = ChannelIndex::default();
+        for conn in 0..5 {
+            idx.add("big", conn);
+        }
+        for conn in 0..3 {
+            idx.add("mid", conn);
+        }
+        let hot = idx.add("hot", 9).channel;
+        idx.add("quiet", 9);
+        idx.count_deliveries(hot, 1000);
+        let names = |l: Vec<ChannelLoad>| l.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        // Top 1 by subscribers is "big", top 1 by deliveries "hot"; "mid" and "quiet" are left out.
+        assert_eq!(names(idx.busiest(1)), ["big", "hot"]);
+        assert_eq!(names(idx.busiest(2)), ["big", "mid", "hot"]);
+        let all = idx.busiest(10);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2].deliveries, 1000);
+        assert_eq!(all[0].subscribers, 5);
     }
 
     #[test]

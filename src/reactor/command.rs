@@ -2,6 +2,7 @@
 
 use crate::pool::SharedFrame;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A command for one reactor. `A` is the application's own command type (see [`super::Handler::Command`]).
 pub enum Command<A> {
@@ -9,9 +10,11 @@ pub enum Command<A> {
     Publish {
         channel: Arc<str>,
         frame: SharedFrame,
+        /// When the publish was accepted (the start of its delivery latency).
+        since: Instant,
     },
     /// Deliver `frame` to every open connection the application accepts broadcasts on.
-    Broadcast { frame: SharedFrame },
+    Broadcast { frame: SharedFrame, since: Instant },
     /// Stop accepting, close everyone with 1001, and stop after at most `drain_ms`.
     Shutdown { drain_ms: u64 },
     /// Handed to the application's [`super::Handler::on_command`].

@@ -47,7 +47,9 @@ pub struct Conn<A> {
     pub fd: RawFd,
     pub state: State,
     pub flags: u8,
-    /// Reactor-clock second of the last inbound bytes.
+    /// Once open: reactor-clock second of the last inbound bytes. During the handshake: reactor-clock microsecond
+    /// (wrapping) of the accept, the start of the handshake duration (one field for both keeps an idle connection
+    /// small; nothing reads the last inbound second before the upgrade).
     pub last_rx: u32,
     pub timer: TimerLink,
     /// Lent read buffer holding a partial frame, or NO_BUF.
@@ -63,12 +65,12 @@ pub struct Conn<A> {
 }
 
 impl<A: Default> Conn<A> {
-    pub fn new(fd: RawFd, now: u32) -> Self {
+    pub fn new(fd: RawFd, accepted_us: u32) -> Self {
         Conn {
             fd,
             state: State::Handshake,
             flags: 0,
-            last_rx: now,
+            last_rx: accepted_us,
             timer: TimerLink::default(),
             rbuf: NO_BUF,
             msg: NO_BUF,

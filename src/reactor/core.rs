@@ -274,22 +274,25 @@ impl<A> Core<A> {
     }
 
     /// Queues one shared frame on every local subscriber of `channel`: one reference each, no copy. Queueing never
-    /// removes a subscriber (a slow consumer is only marked), so the list is walked as it is.
-    pub(super) fn fan_out(&mut self, channel: &str, frame: SharedFrame) {
+    /// removes a subscriber (a slow consumer is only marked), so the list is walked as it is. Returns the number
+    /// of subscribers.
+    pub(super) fn fan_out(&mut self, channel: &str, frame: SharedFrame) -> usize {
         self.tally.publishes_total += 1;
         let Some(id) = self.channels.lookup(channel) else {
-            return;
+            return 0;
         };
         let frame: OutFrame = Rc::new(frame);
         let count = self.channels.subscribers(id).len();
+        self.channels.count_deliveries(id, count);
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
             self.queue(key, frame.clone());
         }
+        count
     }
 
-    /// Queues `frame` on every open connection for which `takes` says yes.
-    pub(super) fn broadcast(&mut self, frame: SharedFrame, takes: impl Fn(&A) -> bool) {
+    /// Queues `frame` on every open connection for which `takes` says yes; returns how many.
+    pub(super) fn broadcast(&mut self, frame: SharedFrame, takes: impl Fn(&A) -> bool) -> usize {
         self.tally.publishes_total += 1;
         let frame: OutFrame = Rc::new(frame);
         let mut keys = std::mem::take(&mut self.keys);
@@ -303,7 +306,9 @@ impl<A> Core<A> {
         for &key in &keys {
             self.queue(key as usize, frame.clone());
         }
+        let count = keys.len();
         self.keys = keys;
+        count
     }
 
     pub(super) fn mark_dirty(&mut self, key: Key) {

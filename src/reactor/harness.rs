@@ -85,6 +85,8 @@ impl<H: Handler> Harness<H> {
             tls: None,
             plain_listener: None,
             budget,
+            latency: Default::default(),
+            busiest: Default::default(),
         };
         let poller = Scripted::new(EVENTS_PER_WAIT)?;
         let injected = poller.injected.clone();

@@ -11,6 +11,7 @@ use crate::frame::handshake;
 use crate::frame::{encode, OP_CLOSE, OP_PONG};
 use crate::pool::{self, NO_BUF};
 use std::io;
+use std::time::Duration;
 
 /// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
 pub(super) const SCRATCH: usize = 64 * 1024;
@@ -68,7 +69,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 Ok(n) => {
                     self.core.tally.bytes_in_total += n as u64;
                     let conn = &mut self.core.conns[key];
-                    conn.last_rx = self.core.now;
+                    if conn.state != State::Handshake {
+                        conn.last_rx = self.core.now;
+                    }
                     conn.flags &= !flag::PING_SENT;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -189,8 +192,12 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
 
     /// Sends the 101 response of an accepted upgrade; from now on the connection takes frames.
     fn open(&mut self, key: Key, response: &[u8]) {
+        let took_us = self.clock_us().wrapping_sub(self.core.conns[key].last_rx);
+        self.handshake
+            .record(Duration::from_micros(u64::from(took_us)));
         let core = &mut self.core;
         let conn = &mut core.conns[key];
+        conn.last_rx = core.now;
         conn.state = State::Open;
         core.tally.handshakes_total += 1;
         core.tally.connections += 1;

@@ -11,6 +11,7 @@
 //! output in one writev each → timers (handler: open connections' timers) → flush → teardown (handler: `on_close`
 //! for connections that left the open state; then every doomed connection is freed, see teardown.rs).
 
+mod busiest;
 mod channels;
 mod clock;
 mod command;
@@ -19,6 +20,7 @@ mod core;
 mod handler;
 pub mod harness;
 mod input;
+mod latency;
 mod limits;
 mod stats;
 pub mod sys;
@@ -27,8 +29,10 @@ mod timer;
 mod tls_io;
 
 pub use self::core::Core;
+pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
 pub use command::Command;
 pub use handler::{CommandFor, Handler, Key};
+pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
 pub use stats::{ReactorStats, Tally};
 pub use sys::{Epoll, Poller, Waker};
 
@@ -44,7 +48,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use sys::{net, Ready};
 
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
@@ -74,6 +78,10 @@ pub struct ReactorSetup<C> {
     pub plain_listener: Option<RawFd>,
     /// The process-wide budget for buffered input (`server.max_buffered_bytes`).
     pub budget: Arc<MemoryBudget>,
+    /// Where the reactor hands its latency samples once a second.
+    pub latency: Arc<ReactorLatency>,
+    /// Where the reactor lists its busiest channels when asked.
+    pub busiest: Arc<BusiestChannels>,
 }
 
 /// Runs a reactor on readiness backend `P` with the handler `make_handler` builds, until it is shut down and its
@@ -110,6 +118,15 @@ struct Reactor<P, H: Handler> {
     accept_paused_until: u32,
     /// When shutting down: the clock reading at which whatever is left is dropped.
     shutdown_deadline: Option<Duration>,
+    /// Samples since the last hand-over to `latency` (plain additions on the loop's own histograms).
+    delivery: Latency,
+    handshake: Latency,
+    latency: Arc<ReactorLatency>,
+    busiest: Arc<BusiestChannels>,
+    /// Publishes queued since the last flush pass: when each was accepted and on how many subscribers. Their
+    /// delivery latency is taken when the pass that writes them ends: one clock read per pass, nothing per
+    /// delivery.
+    in_flight: Vec<(Instant, u64)>,
 }
 
 impl<P: Poller, H: Handler> Reactor<P, H> {
@@ -147,6 +164,11 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             plain_accept_ready: false,
             accept_paused_until: 0,
             shutdown_deadline: None,
+            delivery: Latency::default(),
+            handshake: Latency::default(),
+            latency: s.latency,
+            busiest: s.busiest,
+            in_flight: Vec::with_capacity(COMMANDS_PER_ITERATION),
         })
     }
 
@@ -203,6 +225,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 }
                 self.teardown();
                 self.publish_stats();
+                self.hand_over_latency();
                 return Ok(true);
             }
         }
@@ -226,6 +249,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         core.tally.channels = core.channels.len() as u64;
         core.tally.read_buffers_lent = core.bufs.lent_count() as u64;
         core.tally.buffered_bytes = core.bufs.held() as u64;
+        core.tally.tls_sessions = core.tls.sessions() as u64;
         self.stats.store(&core.tally);
         self.handler.on_iteration(&self.core);
     }
@@ -235,7 +259,22 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if now != self.core.now {
             self.core.now = now;
             self.core.expire_stale_input();
+            self.hand_over_latency();
+            if self.busiest.take_wanted() {
+                self.busiest.publish(self.core.channels.busiest(BUSIEST));
+            }
         }
+    }
+
+    /// Once a second: the histograms the API reads get this second's samples (one short lock each).
+    fn hand_over_latency(&mut self) {
+        self.latency.delivery.absorb(&mut self.delivery);
+        self.latency.handshake.absorb(&mut self.handshake);
+    }
+
+    /// Microseconds on the reactor clock, wrapping every 71 minutes (longer than any handshake may take).
+    fn clock_us(&self) -> u32 {
+        self.clock.elapsed().as_micros() as u32
     }
 
     fn ms_to_next_tick(&self) -> i32 {
@@ -262,6 +301,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             return false;
         };
         let tls = if plain { None } else { self.tls.clone() };
+        let accepted_us = self.clock_us();
         let core = &mut self.core;
         loop {
             let (fd, peer) = match net::accept_peer(listener) {
@@ -294,7 +334,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 net::close(fd);
                 continue;
             }
-            let key = core.conns.insert(Conn::new(fd, core.now));
+            let key = core.conns.insert(Conn::new(fd, accepted_us));
             if let Err(e) = self.poller.add(fd, key as u64) {
                 log::error!("reactor {}: epoll add: {e}", core.id);
                 core.doom(key);
@@ -331,17 +371,29 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             }
             let Ok(cmd) = self.rx.try_recv() else { return };
             match cmd {
-                Command::Publish { channel, frame } => {
+                Command::Publish {
+                    channel,
+                    frame,
+                    since,
+                } => {
                     taken += frame.len();
-                    self.core.fan_out(&channel, frame)
+                    let queued = self.core.fan_out(&channel, frame);
+                    self.track_delivery(since, queued);
                 }
-                Command::Broadcast { frame } => {
+                Command::Broadcast { frame, since } => {
                     taken += frame.len();
-                    self.core.broadcast(frame, H::takes_broadcast)
+                    let queued = self.core.broadcast(frame, H::takes_broadcast);
+                    self.track_delivery(since, queued);
                 }
                 Command::Shutdown { drain_ms } => self.shutdown(drain_ms),
                 Command::App(c) => self.handler.on_command(&mut self.core, c),
             }
+        }
+    }
+
+    fn track_delivery(&mut self, since: Instant, subscribers: usize) {
+        if subscribers > 0 {
+            self.in_flight.push((since, subscribers as u64));
         }
     }
 
@@ -375,7 +427,13 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     /// connections), publishes that arrive meanwhile are taken in every `MID_FLUSH_INTAKE` connections: they join
     /// the queues of connections not yet written in this pass (so those leave in the same writev), and the
     /// connections already written are flushed again in the next iteration.
+    ///
+    /// Publishes queued before the pass are on the wire when it ends (a subscriber whose socket is full counts as
+    /// delivered then too; the slow-consumer limit bounds how late it really is): their delivery latency is
+    /// recorded, once per publish and weighted by its subscribers. Publishes taken during the pass wait for the
+    /// next one, since subscribers already written this pass get them only then.
     fn flush_dirty(&mut self) {
+        let written_by_this_pass = self.in_flight.len();
         let mut dirty = std::mem::take(&mut self.core.dirty);
         for (i, &key) in dirty.iter().enumerate() {
             self.core.flush(key);
@@ -387,6 +445,14 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         dirty.clear();
         dirty.append(&mut self.core.dirty);
         self.core.dirty = dirty;
+        if written_by_this_pass > 0 {
+            let now = Instant::now();
+            for &(since, subscribers) in &self.in_flight[..written_by_this_pass] {
+                self.delivery
+                    .record_n(now.saturating_duration_since(since), subscribers);
+            }
+            self.in_flight.drain(..written_by_this_pass);
+        }
     }
 
     // ---- timers ---------------------------------------------------------------------------------------------------

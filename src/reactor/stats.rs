@@ -27,6 +27,7 @@ pub struct ReactorStats {
     pub message_timeouts_total: AtomicU64,
     pub tls_handshakes_total: AtomicU64,
     pub tls_failures_total: AtomicU64,
+    pub tls_sessions: AtomicU64,
 }
 
 /// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
@@ -58,6 +59,8 @@ pub struct Tally {
     pub tls_handshakes_total: u64,
     /// TLS connections closed for a TLS failure: bad or plaintext records, unknown SNI, handshake timeout.
     pub tls_failures_total: u64,
+    /// TLS connections held, handshaking or open (the rest of `connections` is plaintext).
+    pub tls_sessions: u64,
 }
 
 impl ReactorStats {
@@ -87,6 +90,7 @@ impl ReactorStats {
             .store(t.message_timeouts_total, r);
         self.tls_handshakes_total.store(t.tls_handshakes_total, r);
         self.tls_failures_total.store(t.tls_failures_total, r);
+        self.tls_sessions.store(t.tls_sessions, r);
     }
 
     pub fn load(&self) -> Tally {
@@ -112,6 +116,7 @@ impl ReactorStats {
             message_timeouts_total: self.message_timeouts_total.load(r),
             tls_handshakes_total: self.tls_handshakes_total.load(r),
             tls_failures_total: self.tls_failures_total.load(r),
+            tls_sessions: self.tls_sessions.load(r),
         }
     }
 }

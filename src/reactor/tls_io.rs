@@ -69,6 +69,11 @@ impl TlsIo {
             stage: Vec::new(),
         }
     }
+
+    /// TLS connections held (handshaking or open).
+    pub fn sessions(&self) -> usize {
+        self.conns.len()
+    }
 }
 
 /// What a flush step left to do once its borrows end.

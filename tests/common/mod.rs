@@ -13,6 +13,7 @@
 //! Every wait is bounded: reads use deadlines, and failures say what was seen.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod redis_server;
 
 use std::collections::VecDeque;

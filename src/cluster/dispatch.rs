@@ -75,7 +75,7 @@ impl Deliver for Hub {
         id: Option<StreamId>,
     ) {
         let frame = user_message_with_id(user, data, id, false);
-        Hub::deliver_user(self, user, device, tenant, frame, id);
+        Hub::deliver_user(self, user, device, tenant, frame, id, false);
     }
 
     fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {

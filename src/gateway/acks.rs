@@ -1,0 +1,191 @@
+//! Acks and retransmit of user pushes on a live connection. A push sent with `"ack": true` (and an id) waits on
+//! the connection that received it until the client acks its id (acks are cumulative: an ack of id X confirms
+//! every push up to X). Unacked, it is sent again, marked `"retry":n`, after `delivery.ack_timeout` and then
+//! twice as long each time up to 16 times that (50, 100, 200, 400, 800, 800 ... ms by default), at most
+//! `delivery.max_attempts` sends in all. After the last send's wait, or when more than `delivery.max_unacked`
+//! pushes wait, the connection is closed with 4010: its pushes stay in the replay store and come back at the
+//! reconnect, after the device's last ack. Memory per connection is bounded by the count and by
+//! `ws.max_outbound_bytes` of frames (shared with the live delivery, not copied).
+//!
+//! The retransmit timer is the reactor's millisecond timer (`Core::schedule_ms`): one pending firing per
+//! connection at the earliest due push, nothing allocated per delivery beyond the waiting entry.
+
+use super::frames::{self, code};
+use super::handler::{Client, Gateway};
+use crate::config::Config;
+use crate::ids::StreamId;
+use crate::pool::OutFrame;
+use crate::reactor::{Core, Key};
+use std::collections::VecDeque;
+
+/// The longest wait between two sends, in multiples of `delivery.ack_timeout`.
+const MAX_BACKOFF_SHIFT: u32 = 4;
+
+/// The retransmit policy, copied out of the config.
+pub(super) struct AckPolicy {
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    pub max_unacked: usize,
+    pub max_bytes: usize,
+}
+
+impl AckPolicy {
+    pub fn from_config(c: &Config) -> AckPolicy {
+        AckPolicy {
+            timeout_ms: c.delivery.ack_timeout,
+            max_attempts: c.delivery.max_attempts,
+            max_unacked: c.delivery.max_unacked as usize,
+            max_bytes: c.ws.max_outbound_bytes,
+        }
+    }
+
+    /// How long to wait for the ack after send number `sends` (1 = the first delivery).
+    fn wait_after(&self, sends: u32) -> u64 {
+        self.timeout_ms << (sends.saturating_sub(1)).min(MAX_BACKOFF_SHIFT)
+    }
+}
+
+/// One push waiting for its ack.
+struct Waiting {
+    id: StreamId,
+    frame: OutFrame,
+    sends: u32,
+    /// Reactor milliseconds at which it is sent again (or, after the last send, given up).
+    due: u64,
+}
+
+/// A connection's pushes waiting for an ack, oldest first.
+pub struct PendingAcks {
+    waiting: VecDeque<Waiting>,
+    bytes: usize,
+    /// The millisecond timer pending for this connection (`u64::MAX` = none).
+    timer_at: u64,
+}
+
+impl Default for PendingAcks {
+    fn default() -> Self {
+        PendingAcks {
+            waiting: VecDeque::new(),
+            bytes: 0,
+            timer_at: u64::MAX,
+        }
+    }
+}
+
+impl PendingAcks {
+    /// Drops what an ack of `id` confirms; returns how many.
+    pub fn ack(&mut self, id: StreamId) -> usize {
+        let before = self.waiting.len();
+        let mut freed = 0;
+        self.waiting.retain(|w| {
+            let keep = w.id > id;
+            if !keep {
+                freed += w.frame.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+        if self.waiting.is_empty() && self.waiting.capacity() > 64 {
+            self.waiting = VecDeque::new();
+        }
+        before - self.waiting.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+impl Gateway {
+    /// Whether connection `key` can take one more push that wants an ack; if not, it is closed with 4010 (the
+    /// push is not sent: it waits in the replay store with the others).
+    pub(super) fn room_for_ack(&mut self, core: &mut Core<Client>, key: Key, frame_len: usize) -> bool {
+        let p = &self.policy.acks;
+        let pending = core
+            .app(key)
+            .state
+            .as_deref()
+            .and_then(|s| s.acks.as_deref());
+        let Some(pending) = pending else {
+            return true;
+        };
+        let over = pending.len() >= p.max_unacked
+            || (!pending.is_empty() && pending.bytes + frame_len > p.max_bytes);
+        if over {
+            self.local.tally.unacked_overflow_closes_total += 1;
+            core.close(key, code::NOT_ACKED, "too many unacknowledged messages");
+        }
+        !over
+    }
+
+    /// Remembers a push with ack sent to `key` just now, and makes sure its timer fires when it is due.
+    pub(super) fn await_ack(&mut self, core: &mut Core<Client>, key: Key, id: StreamId, frame: &OutFrame) {
+        let due = core.now_ms() + self.policy.acks.wait_after(1);
+        let Some(s) = core.app_mut(key).state.as_deref_mut() else {
+            return;
+        };
+        let pending = s.acks.get_or_insert_with(Default::default);
+        pending.waiting.push_back(Waiting {
+            id,
+            frame: frame.clone(),
+            sends: 1,
+            due,
+        });
+        pending.bytes += frame.len();
+        if due < pending.timer_at {
+            pending.timer_at = due;
+            core.schedule_ms(key, due);
+        }
+    }
+
+    /// The connection's millisecond timer: resends what is due, closes the connection when a push has had all
+    /// its sends, and sets the timer for the next due push.
+    pub(super) fn retransmit(&mut self, core: &mut Core<Client>, key: Key) {
+        let now = core.now_ms();
+        // While the socket has not taken what is queued, the ack cannot have come: wait, without counting sends
+        // (a connection that never drains is the slow-consumer limit's business).
+        let stalled = core.queued_bytes(key) > 0;
+        let policy = &self.policy.acks;
+        let Some(pending) = core
+            .app_mut(key)
+            .state
+            .as_deref_mut()
+            .and_then(|s| s.acks.as_deref_mut())
+        else {
+            return;
+        };
+        if now < pending.timer_at {
+            return; // an earlier firing, superseded; the one at timer_at is still coming
+        }
+        pending.timer_at = u64::MAX;
+        let mut resend: Vec<(OutFrame, u32)> = Vec::new();
+        let mut next = u64::MAX;
+        for w in pending.waiting.iter_mut() {
+            if w.due <= now {
+                if stalled {
+                    w.due = now + policy.timeout_ms;
+                } else if w.sends >= policy.max_attempts {
+                    self.local.tally.ack_timeout_closes_total += 1;
+                    return core.close(key, code::NOT_ACKED, "ack timeout");
+                } else {
+                    resend.push((w.frame.clone(), w.sends));
+                    w.sends += 1;
+                    w.due = now + policy.wait_after(w.sends);
+                }
+            }
+            next = next.min(w.due);
+        }
+        if next != u64::MAX {
+            pending.timer_at = next;
+            core.schedule_ms(key, next);
+        }
+        self.local.tally.ack_retransmits_total += resend.len() as u64;
+        for (frame, n) in resend {
+            core.send(key, frames::retry(&frame, n));
+        }
+    }
+}

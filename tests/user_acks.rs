@@ -188,3 +188,38 @@ fn ack_is_for_user_pushes_only() {
     let r = push(&g, json!({"user":"u1","data":1,"ack":true}));
     assert_eq!(r.status, 400, "{r}");
 }
+
+/// Cluster mode speaks the same protocol: a push with `"ack": true` accepted on one node is retransmitted by the
+/// node that holds the connection, and replayed with its `"ack"` mark.
+#[test]
+fn cluster_nodes_retransmit_and_replay_the_same_way() {
+    let redis = common::redis_server::RedisServer::start();
+    let set = format!("cluster.redis={}", redis.url());
+    let node = || Server::start(&[&JWT_ARGS[..], &["--set", set.as_str()]].concat());
+    let (a, b) = (node(), node());
+    let (mut ws, _, done) = connect(&a, "u1", "phone", "");
+    assert_eq!(done["ok"], true, "{done}");
+
+    assert_eq!(push(&b, json!({"user":"u1","data":1,"ack":true})).status, 200);
+    let first = ws.expect_json("push from the other node");
+    let id = first["id"].as_str().unwrap().to_string();
+    assert_eq!(first["ack"], true, "{first}");
+    assert_eq!(
+        ws.expect_json("retransmit"),
+        json!({"user":"u1","data":1,"id":id,"ack":true,"retry":1})
+    );
+    ws.send_text(&json!({"op":"ack","id":id}).to_string());
+    ws.expect_silence(Duration::from_millis(500), "acked");
+    drop(ws);
+
+    assert_eq!(push(&a, json!({"user":"u1","data":2,"ack":true})).status, 200);
+    let stored = eventually(Duration::from_secs(5), || {
+        let (_, replayed, _) = connect(&b, "u1", "phone", &format!("&since={id}"));
+        (replayed.len() == 1).then_some(replayed)
+    })
+    .expect("the push made while away is replayed");
+    assert_eq!(
+        (&stored[0]["data"], &stored[0]["replay"], &stored[0]["ack"]),
+        (&json!(2), &json!(true), &json!(true))
+    );
+}

@@ -108,7 +108,7 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
             // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
             // it with its id. If the outbox is full, this node's connections still get it (without an id).
             Some(cluster) => {
-                if !cluster.user(user, device, tenant, data.get()) {
+                if !cluster.user(user, device, tenant, data.get(), t.ack) {
                     let frame = frames::user_message(user, data.get());
                     ctx.hub.deliver_user(user, device, tenant, frame, None, false);
                 }

@@ -67,18 +67,7 @@ pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
 
 /// `{"user":"u1","data":DATA}`, delivered to the user's connections.
 pub fn user_message(user: &str, data: &str) -> SharedFrame {
-    user_message_with_id(user, data, None, false)
-}
-
-/// `{"user":"u1","data":DATA,"id":"<stream id>"}` (cluster mode: the id in the user's notify stream, for acks and
-/// replay), plus `"replay":true` for a replayed message.
-pub fn user_message_with_id(
-    user: &str,
-    data: &str,
-    id: Option<StreamId>,
-    replayed: bool,
-) -> SharedFrame {
-    user_push(user, data, id, replayed, false)
+    user_push(user, data, None, false, false)
 }
 
 /// A user push: `{"user":"u1","data":DATA}` plus `"id"` when it has one, `"replay":true` when replayed and
@@ -220,7 +209,7 @@ mod tests {
         assert_eq!(&f[2..], br#"{"sid":"7","data":{"x":1}}"#);
         let f = user_message("u1", "2");
         assert_eq!(&f[2..], br#"{"user":"u1","data":2}"#);
-        let f = user_message_with_id("u1", "2", Some(StreamId(17, 3)), true);
+        let f = user_push("u1", "2", Some(StreamId(17, 3)), true, false);
         assert_eq!(
             &f[2..],
             br#"{"user":"u1","data":2,"id":"17-3","replay":true}"#

@@ -283,7 +283,10 @@ fn expiry_closes_with_4001_unless_refreshed() {
         |sub: &str| hs256(&json!({"sub": sub, "exp": unix_now() + 2, "channels": ["a", "b"]}));
 
     let mut lapsing = RawWs::connect(g.ws, &format!("/ws?since=$&token={}", short("u1")));
-    let mut refreshed = RawWs::connect(g.ws, &format!("/ws?channels=a,b&since=$&token={}", short("u1")));
+    let mut refreshed = RawWs::connect(
+        g.ws,
+        &format!("/ws?channels=a,b&since=$&token={}", short("u1")),
+    );
 
     // Refresh errors: another user's token, a bad token, no token.
     let other = hs256(&json!({"sub":"u2","exp": unix_now() + 300}));

@@ -68,7 +68,10 @@ trait WithoutId {
 impl WithoutId for serde_json::Value {
     fn without_id(mut self) -> serde_json::Value {
         let id = self.as_object_mut().and_then(|o| o.remove("id"));
-        assert!(id.as_ref().is_some_and(|i| i.is_string()), "no id in {self}");
+        assert!(
+            id.as_ref().is_some_and(|i| i.is_string()),
+            "no id in {self}"
+        );
         self
     }
 }

@@ -44,7 +44,10 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
     );
 
     // The client acks at once: no retransmit.
-    assert_eq!(push(&g, json!({"user":"u1","data":1,"ack":true})).status, 200);
+    assert_eq!(
+        push(&g, json!({"user":"u1","data":1,"ack":true})).status,
+        200
+    );
     let first = ws.expect_json("first push");
     assert_eq!((&first["data"], &first["ack"]), (&json!(1), &json!(true)));
     let id1 = first["id"].as_str().unwrap().to_string();
@@ -52,7 +55,10 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
     ws.expect_silence(Duration::from_millis(400), "acked push");
 
     // The client "loses" the first delivery: it comes again, same id, marked retry 1, about 50 ms later.
-    assert_eq!(push(&g, json!({"user":"u1","data":2,"ack":true})).status, 200);
+    assert_eq!(
+        push(&g, json!({"user":"u1","data":2,"ack":true})).status,
+        200
+    );
     let dropped = ws.expect_json("second push");
     let id2 = dropped["id"].as_str().unwrap().to_string();
     assert!(id2 > id1, "{id2} after {id1}");
@@ -63,7 +69,11 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
         again,
         json!({"user":"u1","data":2,"id":id2,"ack":true,"retry":1})
     );
-    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     // Dedup by id is the client's; acking the retry ends it.
     ws.send_text(&json!({"op":"ack","id":id2}).to_string());
     ws.expect_silence(Duration::from_millis(600), "acked retransmit");
@@ -71,7 +81,10 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
     // Pushes without "ack" are never retransmitted, but carry their id for replay.
     assert_eq!(push(&g, json!({"user":"u1","data":3})).status, 200);
     let plain = ws.expect_json("push without ack");
-    assert!(plain.get("ack").is_none() && plain["id"].is_string(), "{plain}");
+    assert!(
+        plain.get("ack").is_none() && plain["id"].is_string(),
+        "{plain}"
+    );
     ws.expect_silence(Duration::from_millis(300), "push without ack");
     let acked = eventually(Duration::from_secs(2), || {
         (sessions(&g, "acked_messages_total") == 2).then_some(())
@@ -98,7 +111,10 @@ fn unacked_pushes_close_the_connection_and_come_back_at_the_reconnect() {
     );
     // Never acked: sent 3 times (retry 1, 2), then close 4010.
     let (mut ws, _, _) = connect(&g, "u1", "phone", "");
-    assert_eq!(push(&g, json!({"user":"u1","data":"a","ack":true})).status, 200);
+    assert_eq!(
+        push(&g, json!({"user":"u1","data":"a","ack":true})).status,
+        200
+    );
     let (close, before) = ws.expect_close_within("ack timeout", Duration::from_secs(3));
     assert_eq!(close.close_code(), Some(4010), "{close}");
     let texts: Vec<Value> = before
@@ -111,13 +127,19 @@ fn unacked_pushes_close_the_connection_and_come_back_at_the_reconnect() {
     // The reconnect replays it (the device never acked), marked replay; acked, it is not replayed again.
     let (mut ws, replayed, done) = connect(&g, "u1", "phone", "");
     assert_eq!(replayed.len(), 1, "{replayed:?}");
-    assert_eq!((&replayed[0]["data"], &replayed[0]["replay"]), (&json!("a"), &json!(true)));
+    assert_eq!(
+        (&replayed[0]["data"], &replayed[0]["replay"]),
+        (&json!("a"), &json!(true))
+    );
     assert_eq!(done["count"], 1);
     ws.send_text(&json!({"op":"ack","id":replayed[0]["id"]}).to_string());
 
     // More than delivery.max_unacked waiting: close 4010; the third push is not sent, it waits for the replay.
     for n in 0..3 {
-        assert_eq!(push(&g, json!({"user":"u1","data":n,"ack":true})).status, 200);
+        assert_eq!(
+            push(&g, json!({"user":"u1","data":n,"ack":true})).status,
+            200
+        );
     }
     let (close, _) = ws.expect_close_within("unacked overflow", Duration::from_secs(3));
     assert_eq!(close.close_code(), Some(4010), "{close}");
@@ -151,7 +173,10 @@ fn a_reconnect_gets_what_it_missed_exactly_once_in_order() {
         assert_eq!(push(&g, json!({"user":"u1","data":n})).status, 200);
     }
     // Another device of the user, and another user, are not affected.
-    assert_eq!(push(&g, json!({"user":"u1","device":"laptop","data":"l"})).status, 200);
+    assert_eq!(
+        push(&g, json!({"user":"u1","device":"laptop","data":"l"})).status,
+        200
+    );
     assert_eq!(push(&g, json!({"user":"u2","data":"x"})).status, 200);
 
     let (mut ws, replayed, done) = connect(&g, "u1", "phone", "");
@@ -200,7 +225,10 @@ fn cluster_nodes_retransmit_and_replay_the_same_way() {
     let (mut ws, _, done) = connect(&a, "u1", "phone", "");
     assert_eq!(done["ok"], true, "{done}");
 
-    assert_eq!(push(&b, json!({"user":"u1","data":1,"ack":true})).status, 200);
+    assert_eq!(
+        push(&b, json!({"user":"u1","data":1,"ack":true})).status,
+        200
+    );
     let first = ws.expect_json("push from the other node");
     let id = first["id"].as_str().unwrap().to_string();
     assert_eq!(first["ack"], true, "{first}");
@@ -212,7 +240,10 @@ fn cluster_nodes_retransmit_and_replay_the_same_way() {
     ws.expect_silence(Duration::from_millis(500), "acked");
     drop(ws);
 
-    assert_eq!(push(&a, json!({"user":"u1","data":2,"ack":true})).status, 200);
+    assert_eq!(
+        push(&a, json!({"user":"u1","data":2,"ack":true})).status,
+        200
+    );
     let stored = eventually(Duration::from_secs(5), || {
         let (_, replayed, _) = connect(&b, "u1", "phone", &format!("&since={id}"));
         (replayed.len() == 1).then_some(replayed)

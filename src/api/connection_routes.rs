@@ -110,7 +110,8 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
             Some(cluster) => {
                 if !cluster.user(user, device, tenant, data.get(), t.ack) {
                     let frame = frames::user_message(user, data.get());
-                    ctx.hub.deliver_user(user, device, tenant, frame, None, false);
+                    ctx.hub
+                        .deliver_user(user, device, tenant, frame, None, false);
                 }
                 ctx.hub.count_user_publish();
             }
@@ -125,8 +126,7 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
                 }
                 let id = log.map(|l| l.append(user, device, tenant, data.get(), t.ack));
                 let frame = frames::user_push(user, data.get(), id, false, t.ack);
-                ctx.hub
-                    .publish_user(user, device, tenant, frame, id, t.ack)
+                ctx.hub.publish_user(user, device, tenant, frame, id, t.ack)
             }
         }
         return Some(Response::json(

@@ -103,7 +103,12 @@ impl PendingAcks {
 impl Gateway {
     /// Whether connection `key` can take one more push that wants an ack; if not, it is closed with 4010 (the
     /// push is not sent: it waits in the replay store with the others).
-    pub(super) fn room_for_ack(&mut self, core: &mut Core<Client>, key: Key, frame_len: usize) -> bool {
+    pub(super) fn room_for_ack(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        frame_len: usize,
+    ) -> bool {
         let p = &self.policy.acks;
         let pending = core
             .app(key)
@@ -123,7 +128,13 @@ impl Gateway {
     }
 
     /// Remembers a push with ack sent to `key` just now, and makes sure its timer fires when it is due.
-    pub(super) fn await_ack(&mut self, core: &mut Core<Client>, key: Key, id: StreamId, frame: &OutFrame) {
+    pub(super) fn await_ack(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        id: StreamId,
+        frame: &OutFrame,
+    ) {
         let due = core.now_ms() + self.policy.acks.wait_after(1);
         let Some(s) = core.app_mut(key).state.as_deref_mut() else {
             return;

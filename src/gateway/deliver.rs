@@ -106,7 +106,12 @@ impl Gateway {
     /// The bridge has read connection `sid`'s missed messages: they go out first, then a `{"type":"replay"}`
     /// frame, then the live messages held back meanwhile — without those the replay already contained (id at or
     /// below the last replayed one, or the `since` floor).
-    pub(super) fn finish_replay(&mut self, core: &mut Core<Client>, sid: u64, outcome: ReplayOutcome) {
+    pub(super) fn finish_replay(
+        &mut self,
+        core: &mut Core<Client>,
+        sid: u64,
+        outcome: ReplayOutcome,
+    ) {
         let Some(k) = self.local.registry.by_sid(sid).map(|k| k as Key) else {
             return; // closed meanwhile
         };
@@ -165,7 +170,13 @@ impl Gateway {
 
     /// Queues a live user push on an open connection; with `ack_id`, it then waits for the client's ack (or the
     /// connection is closed when it already has too many waiting).
-    fn send_push(&mut self, core: &mut Core<Client>, key: Key, frame: &OutFrame, ack_id: Option<StreamId>) {
+    fn send_push(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        frame: &OutFrame,
+        ack_id: Option<StreamId>,
+    ) {
         let Some(id) = ack_id else {
             return core.queue(key, frame.clone());
         };

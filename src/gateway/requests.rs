@@ -387,7 +387,9 @@ impl Gateway {
         let Some(log) = &shared.user_log else {
             let reply = protocol::reply(
                 id,
-                Some("ack needs a replay store (cluster.redis, or delivery.offline_maxlen above 0)"),
+                Some(
+                    "ack needs a replay store (cluster.redis, or delivery.offline_maxlen above 0)",
+                ),
             );
             return core.send(key, reply);
         };

@@ -249,7 +249,10 @@ impl UserLog {
     pub fn usage(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(n, b), s| {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
-            (n + s.users.values().map(|e| e.msgs.len()).sum::<usize>(), b + s.bytes)
+            (
+                n + s.users.values().map(|e| e.msgs.len()).sum::<usize>(),
+                b + s.bytes,
+            )
         })
     }
 }
@@ -316,6 +319,12 @@ mod tests {
         }
         let (n, bytes) = small.usage();
         assert!(bytes <= 1 << 20 && n > 0, "{n} {bytes}");
-        assert!(small.read("b", None, None, Since::Stored, 1 << 30).frames.len() < 1000);
+        assert!(
+            small
+                .read("b", None, None, Since::Stored, 1 << 30)
+                .frames
+                .len()
+                < 1000
+        );
     }
 }

@@ -254,3 +254,24 @@ fn cluster_nodes_retransmit_and_replay_the_same_way() {
         (&json!(2), &json!(true), &json!(true))
     );
 }
+
+/// A replay larger than one chunk (256 KiB) comes in order, whole, and is followed by live pushes.
+#[test]
+fn a_long_replay_comes_in_chunks_in_order() {
+    let g = Server::start(&JWT_ARGS);
+    let big = "y".repeat(3000);
+    let mut api = Http::connect(g.api);
+    for n in 0..200 {
+        let r = api.post_json(
+            "/api/publish",
+            &json!({"user":"u1","data":{"n":n,"pad":big}}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{r}");
+    }
+    let (mut ws, replayed, done) = connect(&g, "u1", "phone", "");
+    let ns: Vec<u64> = replayed.iter().map(|v| v["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..200).collect::<Vec<u64>>());
+    assert_eq!((done["count"].clone(), done["ok"].clone()), (json!(200), json!(true)));
+    assert_eq!(push(&g, json!({"user":"u1","data":"live"})).status, 200);
+    assert_eq!(ws.expect_json("live after a long replay")["data"], "live");
+}

@@ -379,12 +379,21 @@ impl Gateway {
         let Some(log) = &shared.user_log else {
             return;
         };
+        // The next chunk once the socket has taken the previous one, so a long replay never makes a reader that
+        // keeps up look like a slow consumer.
+        let (queued, now) = (core.queued_bytes(key), core.now_ms());
         let client = core.app_mut(key);
         let sid = client.sid;
         let Some(s) = client.state.as_deref_mut() else {
             return;
         };
-        let Some(since) = s.replay.as_deref_mut().and_then(|r| r.local.take()) else {
+        let Some(replay) = s.replay.as_deref_mut().filter(|r| r.local.is_some()) else {
+            return;
+        };
+        if queued > 0 {
+            return core.schedule_ms(key, now + REPLAY_DRAIN_WAIT_MS);
+        }
+        let Some(since) = replay.local.take() else {
             return;
         };
         let Some(user) = s.user() else {
@@ -417,6 +426,9 @@ impl Gateway {
         }
     }
 }
+
+/// Standalone replay: how long to wait before looking again whether the socket took the previous chunk.
+const REPLAY_DRAIN_WAIT_MS: u64 = 10;
 
 /// Who a connection is, for upstream events.
 pub(super) fn origin(client: &Client) -> Origin<'_> {

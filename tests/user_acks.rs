@@ -36,7 +36,8 @@ fn sessions(g: &Server, name: &str) -> u64 {
 
 #[test]
 fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
-    let g = Server::start(&JWT_ARGS);
+    // 200 ms rather than the default 50 ms, so that a loaded test machine still acks in time where it must.
+    let g = Server::start(&[&JWT_ARGS[..], &["--set", "delivery.ack_timeout=200"]].concat());
     let (mut ws, replayed, done) = connect(&g, "u1", "phone", "");
     assert_eq!(
         (replayed.len(), done),
@@ -54,7 +55,7 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
     ws.send_text(&json!({"op":"ack","id":id1}).to_string());
     ws.expect_silence(Duration::from_millis(400), "acked push");
 
-    // The client "loses" the first delivery: it comes again, same id, marked retry 1, about 50 ms later.
+    // The client "loses" the first delivery: it comes again, same id, marked retry 1, about 200 ms later.
     assert_eq!(
         push(&g, json!({"user":"u1","data":2,"ack":true})).status,
         200
@@ -69,14 +70,14 @@ fn a_client_that_drops_the_first_delivery_gets_it_again_marked_retry() {
         again,
         json!({"user":"u1","data":2,"id":id2,"ack":true,"retry":1})
     );
+    let waited = t.elapsed();
     assert!(
-        t.elapsed() < Duration::from_millis(1000),
-        "{:?}",
-        t.elapsed()
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(2000),
+        "{waited:?}"
     );
     // Dedup by id is the client's; acking the retry ends it.
     ws.send_text(&json!({"op":"ack","id":id2}).to_string());
-    ws.expect_silence(Duration::from_millis(600), "acked retransmit");
+    ws.expect_silence(Duration::from_millis(900), "acked retransmit");
 
     // Pushes without "ack" are never retransmitted, but carry their id for replay.
     assert_eq!(push(&g, json!({"user":"u1","data":3})).status, 200);
@@ -103,8 +104,6 @@ fn unacked_pushes_close_the_connection_and_come_back_at_the_reconnect() {
                 "delivery.ack_timeout=20",
                 "--set",
                 "delivery.max_attempts=3",
-                "--set",
-                "delivery.max_unacked=2",
             ],
         ]
         .concat(),
@@ -133,8 +132,24 @@ fn unacked_pushes_close_the_connection_and_come_back_at_the_reconnect() {
     );
     assert_eq!(done["count"], 1);
     ws.send_text(&json!({"op":"ack","id":replayed[0]["id"]}).to_string());
+    let r = ws.call(json!({"op":"ping","id":1}));
+    assert_eq!(r["type"], "pong", "the ack was taken before: {r}");
+    assert_eq!(sessions(&g, "ack_timeout_closes_total"), 1);
 
     // More than delivery.max_unacked waiting: close 4010; the third push is not sent, it waits for the replay.
+    let g = Server::start(
+        &[
+            &JWT_ARGS[..],
+            &[
+                "--set",
+                "delivery.ack_timeout=5000",
+                "--set",
+                "delivery.max_unacked=2",
+            ],
+        ]
+        .concat(),
+    );
+    let (mut ws, _, _) = connect(&g, "u1", "phone", "");
     for n in 0..3 {
         assert_eq!(
             push(&g, json!({"user":"u1","data":n,"ack":true})).status,
@@ -147,7 +162,6 @@ fn unacked_pushes_close_the_connection_and_come_back_at_the_reconnect() {
     let (_ws, replayed, _) = connect(&g, "u1", "phone", "");
     let data: Vec<&Value> = replayed.iter().map(|v| &v["data"]).collect();
     assert_eq!(data, [&json!(0), &json!(1), &json!(2)], "{replayed:?}");
-    assert_eq!(sessions(&g, "ack_timeout_closes_total"), 1);
     assert_eq!(sessions(&g, "unacked_overflow_closes_total"), 1);
 }
 
@@ -220,7 +234,8 @@ fn ack_is_for_user_pushes_only() {
 fn cluster_nodes_retransmit_and_replay_the_same_way() {
     let redis = common::redis_server::RedisServer::start();
     let set = format!("cluster.redis={}", redis.url());
-    let node = || Server::start(&[&JWT_ARGS[..], &["--set", set.as_str()]].concat());
+    let args = ["--set", set.as_str(), "--set", "delivery.ack_timeout=300"];
+    let node = || Server::start(&[&JWT_ARGS[..], &args[..]].concat());
     let (a, b) = (node(), node());
     let (mut ws, _, done) = connect(&a, "u1", "phone", "");
     assert_eq!(done["ok"], true, "{done}");
@@ -269,9 +284,15 @@ fn a_long_replay_comes_in_chunks_in_order() {
         assert_eq!(r.status, 200, "{r}");
     }
     let (mut ws, replayed, done) = connect(&g, "u1", "phone", "");
-    let ns: Vec<u64> = replayed.iter().map(|v| v["data"]["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = replayed
+        .iter()
+        .map(|v| v["data"]["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(ns, (0..200).collect::<Vec<u64>>());
-    assert_eq!((done["count"].clone(), done["ok"].clone()), (json!(200), json!(true)));
+    assert_eq!(
+        (done["count"].clone(), done["ok"].clone()),
+        (json!(200), json!(true))
+    );
     assert_eq!(push(&g, json!({"user":"u1","data":"live"})).status, 200);
     assert_eq!(ws.expect_json("live after a long replay")["data"], "live");
 }

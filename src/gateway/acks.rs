@@ -200,3 +200,43 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_entries_stay_small_and_backoff_doubles_to_a_cap() {
+        // docs/PROTOCOL.md promises about 40 bytes per waiting push (plus the shared frame it points to).
+        let size = std::mem::size_of::<Waiting>();
+        assert!(size <= 40, "a waiting push grew to {size} bytes");
+        let p = AckPolicy {
+            timeout_ms: 50,
+            max_attempts: 10,
+            max_unacked: 1,
+            max_bytes: 1,
+        };
+        let waits: Vec<u64> = (1..=7).map(|n| p.wait_after(n)).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 800, 800]);
+    }
+
+    #[test]
+    fn an_ack_confirms_everything_up_to_its_id() {
+        let mut p = PendingAcks::default();
+        let frame: OutFrame = std::rc::Rc::new(std::sync::Arc::new(vec![0u8; 10]));
+        for id in [3, 1, 5] {
+            p.waiting.push_back(Waiting {
+                id: StreamId(id, 0),
+                frame: frame.clone(),
+                sends: 1,
+                due: 0,
+            });
+            p.bytes += 10;
+        }
+        assert_eq!(p.ack(StreamId(3, 0)), 2);
+        assert_eq!((p.len(), p.bytes), (1, 10));
+        assert_eq!(p.ack(StreamId(2, 0)), 0);
+        assert_eq!(p.ack(StreamId(9, 9)), 1);
+        assert!(p.is_empty());
+    }
+}

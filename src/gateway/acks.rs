@@ -239,4 +239,125 @@ mod tests {
         assert_eq!(p.ack(StreamId(9, 9)), 1);
         assert!(p.is_empty());
     }
+
+    /// The server's frames read so far: (opcode, payload as text; a close frame's code as its decimal number
+    /// first); frames here are short (one-byte length).
+    fn frames(client: &mut std::os::unix::net::UnixStream) -> Vec<(u8, String)> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = client.read(&mut chunk) {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let Some(end) = text.find("\r\n\r\n").filter(|_| text.starts_with("HTTP/")) else {
+            return split(&buf);
+        };
+        split(&buf[end + 4..])
+    }
+
+    fn split(mut buf: &[u8]) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        while buf.len() >= 2 {
+            let len = (buf[1] & 0x7f) as usize;
+            assert!(
+                len < 126 && buf.len() >= 2 + len,
+                "unexpected frame in {buf:?}"
+            );
+            let (opcode, payload) = (buf[0] & 0x0f, &buf[2..2 + len]);
+            let text = match (opcode, payload) {
+                (8, [hi, lo, reason @ ..]) => {
+                    format!(
+                        "{} {}",
+                        u16::from_be_bytes([*hi, *lo]),
+                        String::from_utf8_lossy(reason)
+                    )
+                }
+                _ => String::from_utf8_lossy(payload).into(),
+            };
+            out.push((opcode, text));
+            buf = &buf[2 + len..];
+        }
+        out
+    }
+
+    /// On the reactor itself, with a clock that moves only when told: resends exactly at 50, 100, 200, 400, 800,
+    /// 800 ms after the previous send, then close 4010 one wait after the last of `max_attempts` sends.
+    #[test]
+    fn retransmits_follow_the_backoff_on_the_reactor_clock() {
+        use crate::gateway::command::Command as GatewayCommand;
+        use crate::gateway::frames::user_push;
+        use crate::gateway::{stats::GatewayStats, Shared};
+        use crate::reactor::{harness::Harness, Command};
+        use std::io::Write;
+        use std::sync::Arc;
+
+        let mut c = Config::default();
+        c.auth.mode = crate::config::AuthMode::Jwt;
+        c.auth.hs256_secret = "secret".into();
+        c.delivery.max_attempts = 7;
+        let config = Arc::new(c);
+        let shared = Arc::new(Shared::from_config(&config).unwrap());
+        let gateway = Gateway::new(&config, shared, 0, Arc::new(GatewayStats::default()));
+        let mut h = Harness::new(config, gateway).unwrap();
+        let mut client = h.connect().unwrap();
+        let claims =
+            serde_json::json!({"sub": "u1", "exp": crate::ids::sid::unix_ms() / 1000 + 300});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        let request = format!(
+            "GET /ws?since=$&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        h.step().unwrap();
+        client.write_all(request.as_bytes()).unwrap();
+        for _ in 0..3 {
+            h.step().unwrap();
+        }
+        let welcome = frames(&mut client);
+        assert!(
+            welcome.len() == 1 && welcome[0].1.contains("welcome"),
+            "{welcome:?}"
+        );
+
+        let id = StreamId(5, 0);
+        h.command(Command::App(GatewayCommand::PublishUser {
+            user: "u1".into(),
+            device: None,
+            tenant: None,
+            frame: user_push("u1", "1", Some(id), false, true),
+            id: Some(id),
+            ack: true,
+        }));
+        h.step().unwrap();
+        let first = r#"{"user":"u1","data":1,"id":"5-0","ack":true}"#;
+        assert_eq!(frames(&mut client), [(1, first.to_string())]);
+        for (n, wait) in [50, 100, 200, 400, 800, 800].into_iter().enumerate() {
+            h.advance(wait - 1);
+            h.step().unwrap();
+            assert_eq!(frames(&mut client), [], "retry {} before {wait} ms", n + 1);
+            h.advance(1);
+            h.step().unwrap();
+            let retry = format!(
+                r#"{{"user":"u1","data":1,"id":"5-0","ack":true,"retry":{}}}"#,
+                n + 1
+            );
+            assert_eq!(
+                frames(&mut client),
+                [(1, retry)],
+                "retry {} after {wait} ms",
+                n + 1
+            );
+        }
+        h.advance(799);
+        h.step().unwrap();
+        assert_eq!(frames(&mut client), []);
+        h.advance(1);
+        h.step().unwrap();
+        assert_eq!(frames(&mut client), [(8, "4010 ack timeout".to_string())]);
+    }
 }

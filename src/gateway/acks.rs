@@ -242,7 +242,7 @@ mod tests {
 
     /// The server's frames read so far: (opcode, payload as text; a close frame's code as its decimal number
     /// first); frames here are short (one-byte length).
-    fn frames(client: &mut std::os::unix::net::UnixStream) -> Vec<(u8, String)> {
+    fn read_frames(client: &mut std::os::unix::net::UnixStream) -> Vec<(u8, String)> {
         use std::io::Read;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -281,14 +281,13 @@ mod tests {
         out
     }
 
-    /// On the reactor itself, with a clock that moves only when told: resends exactly at 50, 100, 200, 400, 800,
-    /// 800 ms after the previous send, then close 4010 one wait after the last of `max_attempts` sends.
-    #[test]
-    fn retransmits_follow_the_backoff_on_the_reactor_clock() {
-        use crate::gateway::command::Command as GatewayCommand;
-        use crate::gateway::frames::user_push;
+    /// A gateway on the hand-driven reactor (its clock moves only when told) with `delivery.max_attempts` = 7, and
+    /// one client of user `u1`, upgraded and past its welcome frame.
+    fn user_on_a_hand_driven_reactor() -> (
+        crate::reactor::harness::Harness<Gateway>,
+        std::os::unix::net::UnixStream,
+    ) {
         use crate::gateway::{stats::GatewayStats, Shared};
-        use crate::reactor::{harness::Harness, Command};
         use std::io::Write;
         use std::sync::Arc;
 
@@ -299,7 +298,7 @@ mod tests {
         let config = Arc::new(c);
         let shared = Arc::new(Shared::from_config(&config).unwrap());
         let gateway = Gateway::new(&config, shared, 0, Arc::new(GatewayStats::default()));
-        let mut h = Harness::new(config, gateway).unwrap();
+        let mut h = crate::reactor::harness::Harness::new(config, gateway).unwrap();
         let mut client = h.connect().unwrap();
         let claims =
             serde_json::json!({"sub": "u1", "exp": crate::ids::sid::unix_ms() / 1000 + 300});
@@ -318,28 +317,45 @@ mod tests {
         for _ in 0..3 {
             h.step().unwrap();
         }
-        let welcome = frames(&mut client);
+        let welcome = read_frames(&mut client);
         assert!(
             welcome.len() == 1 && welcome[0].1.contains("welcome"),
             "{welcome:?}"
         );
+        (h, client)
+    }
 
+    fn push_with_ack(h: &crate::reactor::harness::Harness<Gateway>, data: &str) {
+        use crate::gateway::command::Command as GatewayCommand;
         let id = StreamId(5, 0);
-        h.command(Command::App(GatewayCommand::PublishUser {
+        h.command(crate::reactor::Command::App(GatewayCommand::PublishUser {
             user: "u1".into(),
             device: None,
             tenant: None,
-            frame: user_push("u1", "1", Some(id), false, true),
+            frame: frames::user_push("u1", data, Some(id), false, true),
             id: Some(id),
             ack: true,
         }));
+    }
+
+    /// Resends exactly at 50, 100, 200, 400, 800, 800 ms after the previous send, then close 4010 one wait after
+    /// the last of `max_attempts` sends.
+    #[test]
+    fn retransmits_follow_the_backoff_on_the_reactor_clock() {
+        let (mut h, mut client) = user_on_a_hand_driven_reactor();
+        push_with_ack(&h, "1");
         h.step().unwrap();
         let first = r#"{"user":"u1","data":1,"id":"5-0","ack":true}"#;
-        assert_eq!(frames(&mut client), [(1, first.to_string())]);
+        assert_eq!(read_frames(&mut client), [(1, first.to_string())]);
         for (n, wait) in [50, 100, 200, 400, 800, 800].into_iter().enumerate() {
             h.advance(wait - 1);
             h.step().unwrap();
-            assert_eq!(frames(&mut client), [], "retry {} before {wait} ms", n + 1);
+            assert_eq!(
+                read_frames(&mut client),
+                [],
+                "retry {} before {wait} ms",
+                n + 1
+            );
             h.advance(1);
             h.step().unwrap();
             let retry = format!(
@@ -347,7 +363,7 @@ mod tests {
                 n + 1
             );
             assert_eq!(
-                frames(&mut client),
+                read_frames(&mut client),
                 [(1, retry)],
                 "retry {} after {wait} ms",
                 n + 1
@@ -355,9 +371,51 @@ mod tests {
         }
         h.advance(799);
         h.step().unwrap();
-        assert_eq!(frames(&mut client), []);
+        assert_eq!(read_frames(&mut client), []);
         h.advance(1);
         h.step().unwrap();
-        assert_eq!(frames(&mut client), [(8, "4010 ack timeout".to_string())]);
+        assert_eq!(
+            read_frames(&mut client),
+            [(8, "4010 ack timeout".to_string())]
+        );
+    }
+
+    /// While the socket has not taken the push, nothing is resent and no send is counted: seconds of a stalled
+    /// reader end neither in resends nor in 4010; once it has read, the waits start over.
+    #[test]
+    fn nothing_is_resent_while_the_socket_has_not_taken_the_push() {
+        use std::io::Read;
+        let (mut h, mut client) = user_on_a_hand_driven_reactor();
+        h.limit_send_buffer(0, 1024);
+        push_with_ack(&h, &format!("\"{}\"", "x".repeat(100_000)));
+        for _ in 0..100 {
+            h.advance(50);
+            h.step().unwrap();
+        }
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 65536];
+        for _ in 0..10_000 {
+            match client.read(&mut chunk) {
+                Ok(n @ 1..) => got.extend_from_slice(&chunk[..n]),
+                _ => {
+                    h.step().unwrap();
+                    if got.ends_with(b"\"ack\":true}") {
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(got.ends_with(b"\"ack\":true}"), "{} bytes", got.len());
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(text.matches("\"retry\"").count(), 0);
+        h.advance(50);
+        h.step().unwrap();
+        for _ in 0..100 {
+            match client.read(&mut chunk) {
+                Ok(n @ 1..) => got.extend_from_slice(&chunk[..n]),
+                _ => h.step().map(|_| ()).unwrap(),
+            }
+        }
+        assert!(got.ends_with(b"\"ack\":true,\"retry\":1}"));
     }
 }

@@ -210,6 +210,8 @@ fn a_reconnect_gets_what_it_missed_exactly_once_in_order() {
     let mut ws = RawWs::connect(g.ws, &format!("/ws?token={}&since=$", token("u1", "phone")));
     assert_eq!(push(&g, json!({"user":"u1","data":6})).status, 200);
     assert_eq!(ws.expect_json("no replay with since=$")["data"], 6);
+    assert_eq!(sessions(&g, "replay_store_messages"), 9);
+    assert!(sessions(&g, "replay_store_bytes") > 9 * 128);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::config::DeliveryConfig;
 use crate::ids::{sid, StreamId};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
@@ -48,6 +49,8 @@ struct Shard {
     /// whose push was already trimmed by the per-user bound is skipped when it comes up.
     order: VecDeque<(StreamId, Box<str>)>,
     bytes: usize,
+    /// Pushes held.
+    count: usize,
     last: StreamId,
 }
 
@@ -57,6 +60,7 @@ impl Default for Shard {
             users: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            count: 0,
             last: StreamId::ZERO,
         }
     }
@@ -68,6 +72,8 @@ pub struct UserLog {
     maxlen: usize,
     max_age_ms: u64,
     shard_bytes: usize,
+    /// Pushes dropped before their age to stay within `delivery.offline_max_bytes`.
+    evicted: AtomicU64,
 }
 
 /// What one push costs the byte bound.
@@ -88,6 +94,7 @@ impl UserLog {
             maxlen: cfg.offline_maxlen as usize,
             max_age_ms: cfg.offline_max_age.saturating_mul(1000),
             shard_bytes: (cfg.offline_max_bytes as usize / SHARDS).max(1),
+            evicted: AtomicU64::new(0),
         })
     }
 
@@ -127,12 +134,13 @@ impl UserLog {
             cost,
         });
         let trimmed = if entries.msgs.len() > self.maxlen {
-            entries.msgs.pop_front().map_or(0, |m| m.cost)
+            entries.msgs.pop_front().map(|m| m.cost)
         } else {
-            0
+            None
         };
         shard.order.push_back((id, user.into()));
-        shard.bytes = shard.bytes + cost - trimmed;
+        shard.bytes = shard.bytes + cost - trimmed.unwrap_or(0);
+        shard.count = shard.count + 1 - usize::from(trimmed.is_some());
         self.evict(&mut shard, now);
         id
     }
@@ -153,6 +161,10 @@ impl UserLog {
             if entries.msgs.front().is_some_and(|m| m.id == id) {
                 if let Some(m) = entries.msgs.pop_front() {
                     shard.bytes -= m.cost;
+                    shard.count -= 1;
+                    if id.0 >= oldest_kept {
+                        self.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             if entries.msgs.is_empty() {
@@ -245,15 +257,13 @@ impl UserLog {
         Ok(())
     }
 
-    /// Pushes and bytes held now (for /api/stats).
-    pub fn usage(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(n, b), s| {
+    /// Pushes and bytes held now, and pushes evicted so far by the bytes bound (for /api/stats and /metrics).
+    pub fn usage(&self) -> (usize, usize, u64) {
+        let (n, b) = self.shards.iter().fold((0, 0), |(n, b), s| {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                n + s.users.values().map(|e| e.msgs.len()).sum::<usize>(),
-                b + s.bytes,
-            )
-        })
+            (n + s.count, b + s.bytes)
+        });
+        (n, b, self.evicted.load(Ordering::Relaxed))
     }
 }
 
@@ -317,8 +327,9 @@ mod tests {
             small.append("a", None, None, &big, false);
             small.append("b", None, None, "1", false);
         }
-        let (n, bytes) = small.usage();
+        let (n, bytes, evicted) = small.usage();
         assert!(bytes <= 1 << 20 && n > 0, "{n} {bytes}");
+        assert_eq!(n as u64 + evicted, 2000);
         assert!(
             small
                 .read("b", None, None, Since::Stored, 1 << 30)

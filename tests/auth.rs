@@ -235,7 +235,7 @@ fn channels_are_authorized_at_connect_and_on_subscribe() {
     let token = valid("u1");
     let mut ws = RawWs::connect(
         g.ws,
-        &format!("/ws?channels=doc:1,secret,news&token={token}"),
+        &format!("/ws?channels=doc:1,secret,news&since=$&token={token}"),
     );
     let refusal = ws.expect_json("refusal of the channel not granted");
     assert_eq!(refusal["type"], "reply");
@@ -271,7 +271,7 @@ fn channels_are_authorized_at_connect_and_on_subscribe() {
         .concat(),
     );
     let token = hs256(&json!({"sub":"u2","exp": unix_now() + 60}));
-    let mut ws = RawWs::connect(g.ws, &format!("/ws?channels=user:u2&token={token}"));
+    let mut ws = RawWs::connect(g.ws, &format!("/ws?channels=user:u2&since=$&token={token}"));
     let r = ws.call(json!({"op":"subscribe","channels":["user:u3"],"id":"x"}));
     assert_eq!(r["code"], 4003);
 }
@@ -282,8 +282,11 @@ fn expiry_closes_with_4001_unless_refreshed() {
     let short =
         |sub: &str| hs256(&json!({"sub": sub, "exp": unix_now() + 2, "channels": ["a", "b"]}));
 
-    let mut lapsing = RawWs::connect(g.ws, &format!("/ws?token={}", short("u1")));
-    let mut refreshed = RawWs::connect(g.ws, &format!("/ws?channels=a,b&token={}", short("u1")));
+    let mut lapsing = RawWs::connect(g.ws, &format!("/ws?since=$&token={}", short("u1")));
+    let mut refreshed = RawWs::connect(
+        g.ws,
+        &format!("/ws?channels=a,b&since=$&token={}", short("u1")),
+    );
 
     // Refresh errors: another user's token, a bad token, no token.
     let other = hs256(&json!({"sub":"u2","exp": unix_now() + 300}));

@@ -60,26 +60,42 @@ fn anonymous_mode_still_works_and_says_welcome() {
     }
 }
 
+/// A user push without its id (every user push carries one: its place in the replay store).
+trait WithoutId {
+    fn without_id(self) -> serde_json::Value;
+}
+
+impl WithoutId for serde_json::Value {
+    fn without_id(mut self) -> serde_json::Value {
+        let id = self.as_object_mut().and_then(|o| o.remove("id"));
+        assert!(
+            id.as_ref().is_some_and(|i| i.is_string()),
+            "no id in {self}"
+        );
+        self
+    }
+}
+
 #[test]
 fn pushes_to_a_user_on_every_device_or_to_one_socket() {
     let g = Server::start(&JWT_ARGS);
-    let mut phone = RawWs::connect(g.ws, &format!("/ws?token={}", token("u1", "phone")));
+    let mut phone = RawWs::connect(g.ws, &format!("/ws?since=$&token={}", token("u1", "phone")));
     let mut laptop = RawWs::connect(
         g.ws,
-        &format!("/ws?channels=room&token={}", token("u1", "laptop")),
+        &format!("/ws?channels=room&since=$&token={}", token("u1", "laptop")),
     );
-    let mut other = RawWs::connect(g.ws, &format!("/ws?token={}", token("u2", "phone")));
+    let mut other = RawWs::connect(g.ws, &format!("/ws?since=$&token={}", token("u2", "phone")));
     let mut api = Http::connect(g.api);
     let mut post = |path: &str, body: serde_json::Value| api.post_json(path, &body.to_string());
 
     let r = post("/api/publish", json!({"user":"u1","data":{"n":1}}));
     assert_eq!((r.status, r.json()), (200, json!({"ok":true,"user":"u1"})));
     assert_eq!(
-        phone.expect_json("push to u1"),
+        phone.expect_json("push to u1").without_id(),
         json!({"user":"u1","data":{"n":1}})
     );
     assert_eq!(
-        laptop.expect_json("push to u1"),
+        laptop.expect_json("push to u1").without_id(),
         json!({"user":"u1","data":{"n":1}})
     );
 
@@ -89,7 +105,7 @@ fn pushes_to_a_user_on_every_device_or_to_one_socket() {
     );
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(
-        laptop.expect_json("push to the laptop"),
+        laptop.expect_json("push to the laptop").without_id(),
         json!({"user":"u1","data":2})
     );
 
@@ -204,14 +220,14 @@ fn presence_pages_through_subscribers_by_socket_id() {
 #[test]
 fn max_connections_per_user_is_a_clear_429() {
     let g = Server::start(&[&JWT_ARGS[..], &["--set", "auth.max_connections_per_user=2"]].concat());
-    let path = format!("/ws?token={}", token("u1", "d"));
+    let path = format!("/ws?since=$&token={}", token("u1", "d"));
     let a = RawWs::connect(g.ws, &path);
     let _b = RawWs::connect(g.ws, &path);
     let r = upgrade_response(g.ws, &path, &[]);
     assert_eq!(r.status, 429, "{r}");
     assert_eq!(r.json()["code"], 4029, "{r}");
     // Another user is not affected; a closed connection frees its slot.
-    RawWs::connect(g.ws, &format!("/ws?token={}", token("u2", "d")));
+    RawWs::connect(g.ws, &format!("/ws?since=$&token={}", token("u2", "d")));
     drop(a);
     assert!(
         eventually(Duration::from_secs(3), || RawWs::connect_with(
@@ -388,7 +404,7 @@ fn adaptive_heartbeat_lengthens_and_snaps_back() {
 #[test]
 fn upstream_messages_are_accepted_acknowledged_and_counted() {
     let g = Server::start(&JWT_ARGS);
-    let mut ws = RawWs::connect(g.ws, &format!("/ws?token={}", token("u1", "d")));
+    let mut ws = RawWs::connect(g.ws, &format!("/ws?since=$&token={}", token("u1", "d")));
     let r = ws.call(json!({"op":"msg","data":{"cursor":[1,2]},"id":7}));
     assert_eq!(r, json!({"type":"reply","id":7,"ok":true}));
     ws.send_text(&json!({"op":"msg","data":"no ack without id"}).to_string());

@@ -118,6 +118,8 @@ pub struct Targets<'a> {
     pub tenant: Option<Cow<'a, str>>,
     /// `channel` or `channels` given too.
     pub has_channels: bool,
+    /// `"ack": true`: delivery confirmation (user pushes only).
+    pub ack: bool,
 }
 
 /// The per-tenant publish rate (`limits.publish_rate`): Some(429) when over it.
@@ -134,6 +136,9 @@ pub fn rate_limited(ctx: &Context, tenant: Option<&str>) -> Option<Response> {
 
 /// A user- or socket-targeted publish; None when the body targets channels (handled by the caller).
 pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Response> {
+    if t.ack && t.user.is_none() {
+        return Some(Response::error(400, "\"ack\" needs \"user\""));
+    }
     if t.user.is_none() && t.sid.is_none() {
         if t.device.is_some() {
             return Some(Response::error(400, "\"device\" needs \"user\""));
@@ -168,16 +173,26 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
             // Cluster mode: the bridge stores it for replay first, then every node (this one included) delivers
             // it with its id. If the outbox is full, this node's connections still get it (without an id).
             Some(cluster) => {
-                if !cluster.user(user, device, tenant, data.get()) {
+                if !cluster.user(user, device, tenant, data.get(), t.ack) {
                     not_federated = 1;
                     let frame = frames::user_message(user, data.get());
-                    ctx.hub.deliver_user(user, device, tenant, frame, None);
+                    ctx.hub
+                        .deliver_user(user, device, tenant, frame, None, false);
                 }
                 ctx.hub.count_user_publish();
             }
+            // Standalone: stored in the replay store first (its id goes into the frame), then delivered.
             None => {
-                ctx.hub
-                    .publish_user(user, device, tenant, frames::user_message(user, data.get()))
+                let log = ctx.hub.gateway.user_log.as_ref();
+                if t.ack && log.is_none() {
+                    return Some(Response::error(
+                        400,
+                        "\"ack\" needs message ids: delivery.offline_maxlen must be above 0",
+                    ));
+                }
+                let id = log.map(|l| l.append(user, device, tenant, data.get(), t.ack));
+                let frame = frames::user_push(user, data.get(), id, false, t.ack);
+                ctx.hub.publish_user(user, device, tenant, frame, id, t.ack)
             }
         }
         let ok = json!({"ok": true, "user": user}).to_string();

@@ -237,6 +237,12 @@ fn gateway_json(hub: &Hub) -> serde_json::Value {
     for (name, _, v) in hub.gateway.api.fields() {
         m.insert(name.into(), v.into());
     }
+    if let Some(log) = &hub.gateway.user_log {
+        let (messages, bytes, evicted) = log.usage();
+        m.insert("replay_store_messages".into(), messages.into());
+        m.insert("replay_store_bytes".into(), bytes.into());
+        m.insert("replay_store_evicted_total".into(), evicted.into());
+    }
     m.insert(
         "auth_mode".into(),
         match hub.gateway.verifier {
@@ -270,5 +276,19 @@ fn gateway_prometheus(hub: &Hub, out: &mut String) {
             out,
             "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter\nwsgate_{name} {v}"
         );
+    }
+    if let Some(log) = &hub.gateway.user_log {
+        let (messages, bytes, evicted) = log.usage();
+        let series: [(&str, &str, &str, u64); 3] = [
+            ("replay_store_messages", "gauge", "User pushes kept in memory for replay (standalone).", messages as u64),
+            ("replay_store_bytes", "gauge", "Bytes the standalone replay store holds (delivery.offline_max_bytes).", bytes as u64),
+            ("replay_store_evicted_total", "counter", "User pushes dropped from the replay store before their age, over delivery.offline_max_bytes.", evicted),
+        ];
+        for (name, kind, help, v) in series {
+            let _ = writeln!(
+                out,
+                "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}\nwsgate_{name} {v}"
+            );
+        }
     }
 }

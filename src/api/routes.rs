@@ -113,6 +113,9 @@ struct PublishBody<'a> {
     device: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     tenant: Option<Cow<'a, str>>,
+    /// User pushes: delivery confirmation (each connection acks the id, or gets the push again).
+    #[serde(default)]
+    ack: bool,
 }
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
@@ -153,6 +156,7 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
         device: req.device,
         tenant: req.tenant,
         has_channels: req.channel.is_some() || req.channels.is_some(),
+        ack: req.ack,
     };
     if let Some(r) = super::connection_routes::publish(ctx, &targets, data) {
         return r;

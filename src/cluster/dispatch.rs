@@ -3,7 +3,7 @@
 
 use super::event::{parse_disconnect, Scope};
 use super::{Deliver, EventKind, InEvent};
-use crate::gateway::frames::{self, user_message_with_id};
+use crate::gateway::frames::{self, user_push};
 use crate::gateway::{Answer, ReplayOutcome, Target};
 use crate::hub::Hub;
 use crate::ids::sid;
@@ -37,6 +37,7 @@ impl Deliver for Hub {
                     opt(event.tenant),
                     event.data,
                     event.nid,
+                    event.ack,
                 );
                 true
             }
@@ -73,9 +74,12 @@ impl Deliver for Hub {
         tenant: Option<&str>,
         data: &str,
         id: Option<StreamId>,
+        ack: bool,
     ) {
-        let frame = user_message_with_id(user, data, id, false);
-        Hub::deliver_user(self, user, device, tenant, frame, id);
+        // Without an id (not stored) there is nothing to ack: sent once.
+        let ack = ack && id.is_some();
+        let frame = user_push(user, data, id, false, ack);
+        Hub::deliver_user(self, user, device, tenant, frame, id, ack);
     }
 
     fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {

@@ -23,6 +23,7 @@ pub const F_DEVICE: &str = "device";
 pub const F_TENANT: &str = "tenant";
 pub const F_NID: &str = "nid";
 pub const F_SCOPE: &str = "scope";
+pub const F_ACK: &str = "ack";
 
 /// Longest user, device or tenant name (as in the API and tokens).
 pub const MAX_NAME_LEN: usize = 255;
@@ -85,6 +86,8 @@ pub struct OutEvent {
     pub tenant: String,
     /// Disconnects: what `target` is.
     pub scope: Scope,
+    /// User pushes: the backend asked for delivery confirmation (`"ack": true`).
+    pub ack: bool,
 }
 
 /// What the target of a disconnect is.
@@ -114,6 +117,7 @@ impl OutEvent {
             device: String::new(),
             tenant: String::new(),
             scope: Scope::User,
+            ack: false,
         }
     }
 
@@ -179,6 +183,8 @@ pub struct InEvent<'a> {
     pub scope: Scope,
     /// Sid and sid-scoped disconnects: the socket id in `target`.
     pub sid: u64,
+    /// User pushes: each connection must ack `nid` (field `ack` = `1`).
+    pub ack: bool,
 }
 
 /// Why an entry was rejected.
@@ -219,6 +225,7 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     let mut tenant = "";
     let mut nid = "";
     let mut scope = "";
+    let mut ack = false;
     let mut visit = |k: &'a Value, v: &'a Value| -> Result<(), Rejected> {
         let k = bytes_of(k).ok_or(Rejected::Malformed("field name is not a string"))?;
         let v = str_of(v).ok_or(Rejected::Malformed("field value is not a UTF-8 string"))?;
@@ -235,6 +242,7 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
             b"tenant" => tenant = v,
             b"nid" => nid = v,
             b"scope" => scope = v,
+            b"ack" => ack = v == "1",
             _ => {}
         }
         Ok(())
@@ -334,6 +342,7 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
         nid: parsed_nid,
         scope: parsed_scope,
         sid,
+        ack: ack && kind == EventKind::User,
     })
 }
 

@@ -55,7 +55,8 @@ use std::time::{Duration, Instant};
 pub trait Deliver: Send + Sync {
     /// Delivers an event of another node; false if this node does not handle its kind (counted as ignored).
     fn deliver(&self, event: &InEvent<'_>) -> bool;
-    /// Delivers a user push this node accepted (after it was stored for replay: `id`; or without an id).
+    /// Delivers a user push this node accepted (after it was stored for replay: `id`; or without an id); `ack`:
+    /// each connection must ack the id.
     fn deliver_user(
         &self,
         user: &str,
@@ -63,6 +64,7 @@ pub trait Deliver: Send + Sync {
         tenant: Option<&str>,
         data: &str,
         id: Option<StreamId>,
+        ack: bool,
     );
     /// Hands the result of reading a connection's missed messages to its reactor.
     fn replay_done(&self, sid: u64, outcome: crate::gateway::ReplayOutcome);
@@ -115,8 +117,17 @@ impl ClusterHandle {
 
     /// Queues a push to user `user` (stored for replay, then delivered on every node, this one included). False if
     /// it was dropped (outbox full).
-    pub fn user(&self, user: &str, device: Option<&str>, tenant: Option<&str>, data: &str) -> bool {
-        self.send(OutEvent::user(user, device, tenant, data))
+    pub fn user(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        tenant: Option<&str>,
+        data: &str,
+        ack: bool,
+    ) -> bool {
+        let mut ev = OutEvent::user(user, device, tenant, data);
+        ev.ack = ack;
+        self.send(ev)
     }
 
     /// Queues a push to connection `sid` of another node.

@@ -18,7 +18,7 @@ use super::keys;
 use super::stats::Link;
 use super::{Deliver, Shared};
 use crate::gateway::cluster_link::{Ack, ReplayRequest, Since};
-use crate::gateway::frames::user_message_with_id;
+use crate::gateway::frames::user_push;
 use crate::gateway::ReplayOutcome;
 use crate::ids::StreamId;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -356,7 +356,7 @@ impl Replayer {
                         continue; // the same push appended twice (a retried write)
                     }
                 }
-                let frame = user_message_with_id(&req.user, data, Some(id), true);
+                let frame = user_push(&req.user, data, Some(id), true, f.ack);
                 bytes += frame.len();
                 out.frames.push(frame);
                 out.last = Some(id);
@@ -429,6 +429,8 @@ struct Fields<'a> {
     device: Option<&'a str>,
     tenant: Option<&'a str>,
     trace: Option<&'a str>,
+    /// Stored with `"ack": true`: replayed with it, so the client acks it.
+    ack: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -443,6 +445,7 @@ impl<'a> Fields<'a> {
                 b"device" => f.device = Some(v),
                 b"tenant" => f.tenant = Some(v),
                 b"trace" => f.trace = Some(v),
+                b"ack" => f.ack = v == "1",
                 _ => {}
             }
         };

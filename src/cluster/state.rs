@@ -578,6 +578,7 @@ mod tests {
             _: Option<&str>,
             _: &str,
             _: Option<crate::ids::StreamId>,
+            _: bool,
         ) {
         }
         fn replay_done(&self, _: u64, _: ReplayOutcome) {}

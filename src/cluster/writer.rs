@@ -134,6 +134,9 @@ impl Stream for Bus {
                 if let Some(nid) = item.nid {
                     cmd.arg(event::F_NID).arg(nid.to_string());
                 }
+                if ev.ack {
+                    cmd.arg(event::F_ACK).arg("1");
+                }
             }
             EventKind::Disconnect => {
                 cmd.arg(event::F_SCOPE).arg(ev.scope.as_str());
@@ -215,6 +218,7 @@ impl Writer {
                 opt(&ev.tenant),
                 &ev.data,
                 item.nid,
+                ev.ack,
             );
             item.delivered = true;
             self.stream.undelivered -= 1;
@@ -267,6 +271,9 @@ impl Writer {
             }
             if !ev.tenant.is_empty() {
                 xadd.arg(event::F_TENANT).arg(&ev.tenant);
+            }
+            if ev.ack {
+                xadd.arg(event::F_ACK).arg("1");
             }
             xadd_at.push(cmds.len());
             cmds.push(xadd);

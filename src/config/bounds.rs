@@ -86,6 +86,12 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("cluster.sweep_interval", 1, DAY, " seconds"),
     int("cluster.offline_maxlen", 1, 1_000_000, ""),
     int("cluster.offline_max_age", 1, 365 * DAY, " seconds"),
+    int("delivery.ack_timeout", 10, 60_000, " milliseconds"),
+    int("delivery.max_attempts", 1, 100, ""),
+    int("delivery.max_unacked", 1, 65_536, ""),
+    int("delivery.offline_maxlen", 0, 1_000_000, ""),
+    int("delivery.offline_max_age", 1, 365 * DAY, " seconds"),
+    int("delivery.offline_max_bytes", MIB, 1 << 40, " bytes"),
 ];
 
 /// Every floating-point key: name, smallest and largest allowed value.

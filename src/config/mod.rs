@@ -16,6 +16,10 @@ mod bounds;
 mod gateway;
 pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
 
+// Acks and retransmit of user pushes, the standalone replay store: the [delivery] section.
+mod delivery;
+pub use delivery::DeliveryConfig;
+
 /// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
 
@@ -33,6 +37,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Redis Streams federation (src/cluster/); standalone when `cluster.redis` is empty.
     pub cluster: ClusterConfig,
+    /// Acks, retransmit and the standalone replay store of user pushes.
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

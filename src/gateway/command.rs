@@ -99,8 +99,10 @@ pub enum Command {
         device: Option<Arc<str>>,
         tenant: Option<Arc<str>>,
         frame: SharedFrame,
-        /// Cluster mode: the message's id in the user's notify stream.
+        /// The message's id in the user's notify stream (cluster) or replay store (standalone).
         id: Option<StreamId>,
+        /// The backend asked for delivery confirmation: each connection must ack `id` or gets it again.
+        ack: bool,
     },
     /// Deliver to one connection.
     PublishSid {

@@ -9,6 +9,7 @@ use super::frames;
 use super::handler::{Client, Gateway};
 use super::REPLAY_BUFFER_MAX;
 use crate::frame::close_code::TRY_AGAIN_LATER;
+use crate::ids::StreamId;
 use crate::pool::OutFrame;
 use crate::reactor::{Core, Key};
 use std::rc::Rc;
@@ -22,6 +23,7 @@ impl Gateway {
                 tenant,
                 frame,
                 id,
+                ack,
             } => {
                 let mut keys = std::mem::take(&mut self.local.scratch);
                 keys.clear();
@@ -53,14 +55,14 @@ impl Gateway {
                     // Replay in flight: hold the live message back until the replayed ones are out.
                     if let Some(buf) = s.and_then(|s| s.replay.as_deref_mut()) {
                         if buf.live.len() < REPLAY_BUFFER_MAX {
-                            buf.live.push((id, shared.clone()));
+                            buf.live.push((id, shared.clone(), ack));
                         } else {
                             self.local.tally.replay_overflow_closes_total += 1;
                             core.close(k, TRY_AGAIN_LATER, "replay overflow; reconnect with since");
                         }
                         continue;
                     }
-                    core.queue(k, frame.clone());
+                    self.send_push(core, k, &frame, id.filter(|_| ack));
                 }
                 self.local.scratch = keys;
             }
@@ -104,7 +106,12 @@ impl Gateway {
     /// The bridge has read connection `sid`'s missed messages: they go out first, then a `{"type":"replay"}`
     /// frame, then the live messages held back meanwhile — without those the replay already contained (id at or
     /// below the last replayed one, or the `since` floor).
-    fn finish_replay(&mut self, core: &mut Core<Client>, sid: u64, outcome: ReplayOutcome) {
+    pub(super) fn finish_replay(
+        &mut self,
+        core: &mut Core<Client>,
+        sid: u64,
+        outcome: ReplayOutcome,
+    ) {
         let Some(k) = self.local.registry.by_sid(sid).map(|k| k as Key) else {
             return; // closed meanwhile
         };
@@ -150,14 +157,35 @@ impl Gateway {
             (None, false) => None,
         };
         core.send(k, frames::replay_done(buf.replayed, buf.last, error));
-        for (id, f) in buf.live {
+        for (id, f, ack) in buf.live {
             if let (Some(id), Some(floor)) = (id, floor) {
                 if id <= floor {
                     self.local.tally.replay_duplicates_dropped_total += 1;
                     continue;
                 }
             }
-            core.queue(k, Rc::new(f));
+            self.send_push(core, k, &Rc::new(f), id.filter(|_| ack));
+        }
+    }
+
+    /// Queues a live user push on an open connection; with `ack_id`, it then waits for the client's ack (or the
+    /// connection is closed when it already has too many waiting).
+    fn send_push(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        frame: &OutFrame,
+        ack_id: Option<StreamId>,
+    ) {
+        let Some(id) = ack_id else {
+            return core.queue(key, frame.clone());
+        };
+        if !self.room_for_ack(core, key, frame.len()) {
+            return;
+        }
+        core.queue(key, frame.clone());
+        if core.is_open(key) {
+            self.await_ack(core, key, id, frame);
         }
     }
 

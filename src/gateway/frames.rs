@@ -22,6 +22,9 @@ pub mod code {
     pub const TOO_MANY: u16 = 4029;
     /// The upstream sink did not take a client message.
     pub const UPSTREAM_UNAVAILABLE: u16 = 4013;
+    /// Pushes sent with `"ack": true` went unacknowledged: `max_attempts` sends without an ack, or more than
+    /// `delivery.max_unacked` waiting. The pushes wait in the replay store for the reconnect.
+    pub const NOT_ACKED: u16 = 4010;
 }
 
 fn json_str(out: &mut String, s: &str) {
@@ -64,16 +67,18 @@ pub fn heartbeat(interval: u32, timeout: u32) -> Vec<u8> {
 
 /// `{"user":"u1","data":DATA}`, delivered to the user's connections.
 pub fn user_message(user: &str, data: &str) -> SharedFrame {
-    user_message_with_id(user, data, None, false)
+    user_push(user, data, None, false, false)
 }
 
-/// `{"user":"u1","data":DATA,"id":"<stream id>"}` (cluster mode: the id in the user's notify stream, for acks and
-/// replay), plus `"replay":true` for a replayed message.
-pub fn user_message_with_id(
+/// A user push: `{"user":"u1","data":DATA}` plus `"id"` when it has one, `"replay":true` when replayed and
+/// `"ack":true` when the backend asked for delivery confirmation (the client must ack the id promptly, or the push
+/// is sent again).
+pub fn user_push(
     user: &str,
     data: &str,
     id: Option<StreamId>,
     replayed: bool,
+    ack: bool,
 ) -> SharedFrame {
     let mut name = String::new();
     json_str(&mut name, user);
@@ -84,6 +89,9 @@ pub fn user_message_with_id(
     if replayed {
         tail.push_str(",\"replay\":true");
     }
+    if ack {
+        tail.push_str(",\"ack\":true");
+    }
     tail.push('}');
     message_frame(&[
         b"{\"user\":",
@@ -92,6 +100,25 @@ pub fn user_message_with_id(
         data.as_bytes(),
         tail.as_bytes(),
     ])
+}
+
+/// A push sent again: the text frame `frame` (a JSON object) with `,"retry":N` before its closing brace. Built
+/// per retransmit and connection (retransmits are the exception, not the hot path).
+pub fn retry(frame: &[u8], n: u32) -> Vec<u8> {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    let payload = frame.get(header..).unwrap_or_default();
+    let body = payload.strip_suffix(b"}").unwrap_or(payload);
+    let tail = format!(",\"retry\":{n}}}");
+    let mut json = Vec::with_capacity(body.len() + tail.len());
+    json.extend_from_slice(body);
+    json.extend_from_slice(tail.as_bytes());
+    let mut out = Vec::with_capacity(json.len() + encode::MAX_HEADER);
+    encode::push_frame(&mut out, OP_TEXT, &json);
+    out
 }
 
 /// `{"type":"replay","ok":true,"count":N,"last":"<id>"|null}` after the replayed messages of a connection (then live
@@ -182,11 +209,22 @@ mod tests {
         assert_eq!(&f[2..], br#"{"sid":"7","data":{"x":1}}"#);
         let f = user_message("u1", "2");
         assert_eq!(&f[2..], br#"{"user":"u1","data":2}"#);
-        let f = user_message_with_id("u1", "2", Some(StreamId(17, 3)), true);
+        let f = user_push("u1", "2", Some(StreamId(17, 3)), true, false);
         assert_eq!(
             &f[2..],
             br#"{"user":"u1","data":2,"id":"17-3","replay":true}"#
         );
+        let f = user_push("u1", "2", Some(StreamId(17, 3)), false, true);
+        assert_eq!(&f[2..], br#"{"user":"u1","data":2,"id":"17-3","ack":true}"#);
+        let f = retry(&f, 2);
+        assert_eq!(
+            &f[2..],
+            br#"{"user":"u1","data":2,"id":"17-3","ack":true,"retry":2}"#
+        );
+        let long = user_push("u1", &"7".repeat(300), Some(StreamId(1, 0)), false, true);
+        let again = retry(&long, 1);
+        assert_eq!(&again[4..again.len() - 11], &long[4..long.len() - 1]);
+        assert!(again.ends_with(br#","retry":1}"#));
         let f = replay_done(2, Some(StreamId(5, 0)), None);
         assert_eq!(
             &f[2..],

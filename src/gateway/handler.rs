@@ -3,6 +3,7 @@
 //! over the files of this folder by concern: upgrade.rs (who may connect and how), requests.rs (the client JSON
 //! protocol), timer.rs (heartbeat and token expiry), deliver.rs (commands from the API and the cluster bridge).
 
+use super::acks::AckPolicy;
 use super::command::Command;
 use super::stats::GatewayStats;
 use super::{ClientState, MsgKind, ReactorState, Shared};
@@ -52,6 +53,7 @@ pub(super) struct Policy {
     pub max_channels: usize,
     pub error_budget: u8,
     pub ping_interval: u32,
+    pub acks: AckPolicy,
 }
 
 /// One reactor's gateway.
@@ -78,6 +80,7 @@ impl Gateway {
                 max_channels: config.ws.max_channels_per_connection,
                 error_budget: config.ws.error_budget.min(255) as u8,
                 ping_interval: config.ws.ping_interval.min(u32::MAX as u64 / 4) as u32,
+                acks: AckPolicy::from_config(config),
             },
             local: ReactorState::new(shared, reactor),
             stats,
@@ -133,6 +136,13 @@ impl Handler for Gateway {
 
     fn on_timer(&mut self, core: &mut Core<Client>, key: Key) {
         self.on_open_timer(core, key);
+    }
+
+    fn on_ms_timer(&mut self, core: &mut Core<Client>, key: Key) {
+        if core.app(key).endpoint() == Endpoint::Gateway {
+            self.replay_from_store(core, key);
+            self.retransmit(core, key);
+        }
     }
 
     fn on_close(&mut self, core: &mut Core<Client>, key: Key) {

@@ -7,6 +7,7 @@
 //! publishes. The only shared, locked structures are touched when a connection opens or closes (per-user
 //! connection counts, per-IP connection rate), and they are sharded.
 
+mod acks;
 pub mod cluster_link;
 pub mod command;
 mod deliver;
@@ -19,6 +20,7 @@ pub mod scripted;
 pub mod stats;
 mod timer;
 mod upgrade;
+pub mod user_log;
 pub mod users;
 
 pub use handler::{Client, Endpoint, Gateway};
@@ -82,6 +84,9 @@ pub struct Shared {
     pub api: stats::ApiGatewayStats,
     /// Cluster mode: where reactors hand session state changes, replay requests and acks (never blocking).
     pub bridge: Option<Arc<dyn ClusterLink>>,
+    /// Standalone mode: the in-memory replay store of user pushes (None in cluster mode, or when
+    /// `delivery.offline_maxlen` is 0).
+    pub user_log: Option<user_log::UserLog>,
 }
 
 impl Shared {
@@ -119,6 +124,11 @@ impl Shared {
             node_id: config.server.node_id,
             api: stats::ApiGatewayStats::default(),
             bridge: None,
+            user_log: if config.cluster.redis.is_empty() {
+                user_log::UserLog::new(&config.delivery)
+            } else {
+                None
+            },
         })
     }
 
@@ -172,16 +182,21 @@ pub struct ClientState {
     /// Cluster mode, after the replay: live user messages with an id at or below it were replayed (or are before
     /// the client's `since`) and are not delivered again. Stream ids only grow, so nothing newer is ever below it.
     pub replay_floor: Option<StreamId>,
+    /// User pushes sent with `"ack": true` that the client has not acknowledged yet (src/gateway/acks.rs).
+    pub acks: Option<Box<acks::PendingAcks>>,
 }
 
 /// Live user messages that arrived while a replay was being read, in arrival order with their stream ids, and
 /// how many messages the replay has delivered so far (it comes in chunks).
 #[derive(Default)]
 pub struct ReplayBuf {
-    pub live: Vec<(Option<StreamId>, SharedFrame)>,
+    /// Held back: stream id, frame, and whether the push wants an ack.
+    pub live: Vec<(Option<StreamId>, SharedFrame, bool)>,
     pub replayed: usize,
     /// Id of the last message replayed so far.
     pub last: Option<StreamId>,
+    /// Standalone: where the next chunk is read from the replay store, on the connection's millisecond timer.
+    pub local: Option<cluster_link::Since>,
 }
 
 /// Live messages held per connection during its replay at most; beyond, the connection is closed (1013) and the
@@ -207,6 +222,7 @@ impl ClientState {
             client_version: None,
             replay: None,
             replay_floor: None,
+            acks: None,
         }
     }
 

@@ -347,27 +347,23 @@ impl Gateway {
         }
     }
 
-    /// `{"op":"ack","id":"<stream id>"}` (cluster mode): the client has processed its user's messages up to this
-    /// id; stored per user and device, it is where the next connect's replay starts. No reply on success; an id
-    /// beyond the user's newest message is refused later by the bridge (`ok:false`, src/cluster/replay.rs).
+    /// `{"op":"ack","id":"<stream id>"}`: the client has processed its user's messages up to this id. It confirms
+    /// the pushes waiting for an ack on this connection up to it (acks.rs), and is stored per user and device (in
+    /// Redis, or standalone in the replay store): where the next connect's replay starts. No reply on success; in
+    /// cluster mode an id beyond the user's newest message is refused later by the bridge (`ok:false`,
+    /// src/cluster/replay.rs).
     fn on_ack(&mut self, core: &mut Core<Client>, key: Key, id: Option<&RawValue>) {
-        let Some(link) = self.local.shared.bridge.clone() else {
-            let reply = protocol::reply(id, Some("ack needs cluster mode (cluster.redis)"));
-            return core.send(key, reply);
+        let shared = self.local.shared.clone();
+        let Some(link) = shared.bridge.clone() else {
+            return self.on_standalone_ack(core, key, id);
         };
         let s = core.app(key).state.as_deref();
         let Some(user) = s.and_then(|s| s.user()) else {
             let reply = protocol::reply(id, Some("ack needs an authenticated user"));
             return core.send(key, reply);
         };
-        let Some(stream_id) = id
-            .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
-            .and_then(StreamId::parse)
-        else {
-            let reply = protocol::reply(
-                id,
-                Some("\"id\" must be a message id like \"1700000000000-0\""),
-            );
+        let Some(stream_id) = parse_ack_id(id) else {
+            let reply = protocol::reply(id, Some(BAD_ACK_ID));
             return core.send(key, reply);
         };
         let ack = Ack {
@@ -379,11 +375,62 @@ impl Gateway {
                 .to_string(),
             id: stream_id,
         };
+        self.confirm_pushes(core, key, stream_id);
         if !link.ack(ack) {
             let reply = protocol::reply(id, Some("ack queue full; send a later ack again"));
             core.send(key, reply);
         }
     }
+}
+
+impl Gateway {
+    /// `op: ack` on a standalone node: recorded in the replay store (an id above every id sent is refused).
+    fn on_standalone_ack(&mut self, core: &mut Core<Client>, key: Key, id: Option<&RawValue>) {
+        let shared = self.local.shared.clone();
+        let Some(log) = &shared.user_log else {
+            let reply = protocol::reply(
+                id,
+                Some(
+                    "ack needs a replay store (cluster.redis, or delivery.offline_maxlen above 0)",
+                ),
+            );
+            return core.send(key, reply);
+        };
+        let s = core.app(key).state.as_deref();
+        let Some(user) = s.and_then(|s| s.user()) else {
+            let reply = protocol::reply(id, Some("ack needs an authenticated user"));
+            return core.send(key, reply);
+        };
+        let Some(stream_id) = parse_ack_id(id) else {
+            let reply = protocol::reply(id, Some(BAD_ACK_ID));
+            return core.send(key, reply);
+        };
+        let device = s.and_then(|s| s.device.as_deref()).unwrap_or("");
+        if let Err(why) = log.ack(user, device, stream_id) {
+            return core.send(key, protocol::reply(id, Some(why)));
+        }
+        self.confirm_pushes(core, key, stream_id);
+    }
+
+    /// The pushes waiting for an ack on this connection, up to `id`, are delivered.
+    fn confirm_pushes(&mut self, core: &mut Core<Client>, key: Key, id: StreamId) {
+        let pending = core
+            .app_mut(key)
+            .state
+            .as_deref_mut()
+            .and_then(|s| s.acks.as_deref_mut());
+        if let Some(p) = pending {
+            self.local.tally.acked_messages_total += p.ack(id) as u64;
+        }
+    }
+}
+
+const BAD_ACK_ID: &str = "\"id\" must be a message id like \"1700000000000-0\"";
+
+/// The id of an `op: ack`: a JSON string holding a stream id.
+fn parse_ack_id(id: Option<&RawValue>) -> Option<StreamId> {
+    id.and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
+        .and_then(StreamId::parse)
 }
 
 /// A client trace id: 1..=128 printable ASCII characters.

@@ -264,6 +264,8 @@ impl Gateway {
             if let Some(since) = opts.since {
                 self.start_replay(core, key, since, response);
             }
+        } else if let (Some(since), Some(_)) = (opts.since, &self.local.shared.user_log) {
+            self.start_replay(core, key, since, response);
         }
         self.emit_event(core, key, true);
         allowed
@@ -339,7 +341,7 @@ impl Gateway {
         }
         if self.request_replay(core, key, since) {
             if let Some(s) = core.app_mut(key).state.as_deref_mut() {
-                s.replay = Some(Box::default());
+                s.replay.get_or_insert_with(Box::default);
             }
         } else {
             response.extend_from_slice(&frames::replay_done(
@@ -350,8 +352,19 @@ impl Gateway {
         }
     }
 
-    /// Asks the bridge for (the next chunk of) the connection's missed messages. False if it could not be asked.
-    pub(super) fn request_replay(&self, core: &Core<Client>, key: Key, since: Since) -> bool {
+    /// Asks the bridge for (the next chunk of) the connection's missed messages — or, standalone, reads it from
+    /// the replay store on the connection's millisecond timer, once the connection is open and what is queued
+    /// has been flushed. False if it could not be asked.
+    pub(super) fn request_replay(&self, core: &mut Core<Client>, key: Key, since: Since) -> bool {
+        if self.local.shared.user_log.is_some() {
+            let Some(s) = core.app_mut(key).state.as_deref_mut() else {
+                return false;
+            };
+            s.replay.get_or_insert_with(Box::default).local = Some(since);
+            let now = core.now_ms();
+            core.schedule_ms(key, now);
+            return true;
+        }
         let Some(link) = &self.local.shared.bridge else {
             return false;
         };
@@ -371,6 +384,42 @@ impl Gateway {
         })
     }
 
+    /// Standalone: the next chunk of the connection's replay, if one is due, read from the replay store.
+    pub(super) fn replay_from_store(&mut self, core: &mut Core<Client>, key: Key) {
+        let shared = self.local.shared.clone();
+        let Some(log) = &shared.user_log else {
+            return;
+        };
+        // The next chunk once the socket has taken the previous one, so a long replay never makes a reader that
+        // keeps up look like a slow consumer.
+        let (queued, now) = (core.queued_bytes(key), core.now_ms());
+        let client = core.app_mut(key);
+        let sid = client.sid;
+        let Some(s) = client.state.as_deref_mut() else {
+            return;
+        };
+        let Some(replay) = s.replay.as_deref_mut().filter(|r| r.local.is_some()) else {
+            return;
+        };
+        if queued > 0 {
+            return core.schedule_ms(key, now + REPLAY_DRAIN_WAIT_MS);
+        }
+        let Some(since) = replay.local.take() else {
+            return;
+        };
+        let Some(user) = s.user() else {
+            return;
+        };
+        let outcome = log.read(
+            user,
+            s.device.as_deref(),
+            s.tenant(),
+            since,
+            super::user_log::CHUNK_BYTES,
+        );
+        self.finish_replay(core, sid, outcome);
+    }
+
     /// A connect (`true`) or disconnect event for the upstream sink.
     fn emit_event(&mut self, core: &Core<Client>, key: Key, connect: bool) {
         let origin = origin(core.app(key));
@@ -388,6 +437,9 @@ impl Gateway {
         }
     }
 }
+
+/// Standalone replay: how long to wait before looking again whether the socket took the previous chunk.
+const REPLAY_DRAIN_WAIT_MS: u64 = 10;
 
 /// Who a connection is, for upstream events.
 pub(super) fn origin(client: &Client) -> Origin<'_> {

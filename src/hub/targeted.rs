@@ -38,15 +38,18 @@ impl Hub {
         ok
     }
 
-    /// Delivers `frame` to every connection of `user` on every reactor (an API publish: counted).
+    /// Delivers `frame` to every connection of `user` on every reactor (an API publish: counted); with its id in
+    /// the standalone replay store, and whether each connection must ack it.
     pub fn publish_user(
         &self,
         user: &str,
         device: Option<&str>,
         tenant: Option<&str>,
         frame: SharedFrame,
+        id: Option<StreamId>,
+        ack: bool,
     ) {
-        self.deliver_user(user, device, tenant, frame, None);
+        self.deliver_user(user, device, tenant, frame, id, ack);
         self.count_user_publish();
     }
 
@@ -57,8 +60,8 @@ impl Hub {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Delivers `frame` (with its notify stream id, in cluster mode) to every connection of `user` on every
-    /// reactor.
+    /// Delivers `frame` (with its id in the notify stream or the replay store) to every connection of `user` on
+    /// every reactor; `ack`: each connection must ack the id, or gets the push again.
     pub fn deliver_user(
         &self,
         user: &str,
@@ -66,6 +69,7 @@ impl Hub {
         tenant: Option<&str>,
         frame: SharedFrame,
         id: Option<StreamId>,
+        ack: bool,
     ) {
         let user: Arc<str> = Arc::from(user);
         let device: Option<Arc<str>> = device.map(Arc::from);
@@ -79,6 +83,7 @@ impl Hub {
                     tenant: tenant.clone(),
                     frame: frame.clone(),
                     id,
+                    ack,
                 },
             );
         }

@@ -6,6 +6,7 @@
 use super::channels::{ChannelIndex, Subscription};
 use super::conn::{flag, Conn, State, NO_TLS};
 use super::handler::Key;
+use super::ms_timer::MsTimers;
 use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
@@ -32,10 +33,13 @@ pub struct Core<A> {
     pub(super) channels: ChannelIndex,
     pub(super) bufs: BufPool,
     pub(super) timers: TimerWheel,
+    pub(super) ms_timers: MsTimers,
     pub(super) tally: Tally,
     pub(super) limits: Limits,
     /// Reactor-clock second (1 at start-up).
     pub(super) now: u32,
+    /// Reactor-clock milliseconds (since start-up), for [`Self::schedule_ms`].
+    pub(super) now_ms: u64,
     pub(super) live_connections: Arc<AtomicUsize>,
     pub(super) tls: TlsIo,
     /// Connections with output queued this iteration.
@@ -74,9 +78,11 @@ impl<A> Core<A> {
             bufs: BufPool::new(),
             // Second 1 is the first tick, so a zero deadline never looks "due forever".
             timers: TimerWheel::new(1),
+            ms_timers: MsTimers::default(),
             tally: Tally::default(),
             limits,
             now: 1,
+            now_ms: 0,
             live_connections,
             tls: TlsIo::new(tls),
             dirty: Vec::new(),
@@ -102,6 +108,12 @@ impl<A> Core<A> {
     /// The reactor clock in seconds (starts at 1; deadlines for [`Self::schedule`] are on this clock).
     pub fn now(&self) -> u32 {
         self.now
+    }
+
+    /// The reactor clock in milliseconds since start-up (deadlines for [`Self::schedule_ms`] are on this clock);
+    /// read once per loop iteration.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// The application's state of connection `key`.
@@ -134,6 +146,11 @@ impl<A> Core<A> {
     /// A server ping is outstanding (sent, and no byte arrived since).
     pub fn ping_outstanding(&self, key: Key) -> bool {
         self.conns[key].has(flag::PING_SENT)
+    }
+
+    /// Bytes queued on the connection and not yet written to its socket.
+    pub fn queued_bytes(&self, key: Key) -> usize {
+        self.conns[key].out.queued_bytes()
     }
 
     /// The deadline the connection's timer was last scheduled for.
@@ -235,6 +252,17 @@ impl<A> Core<A> {
         let conn = &self.conns[key];
         if matches!(conn.state, State::Handshake | State::Open) && !conn.has(flag::DOOMED) {
             self.timers.schedule(&mut self.conns, key, deadline);
+        }
+    }
+
+    /// Adds a millisecond timer for an open connection: the handler's `on_ms_timer` runs at `deadline_ms` (on the
+    /// [`Self::now_ms`] clock). Unlike [`Self::schedule`] nothing is replaced or cancelled: every call adds one
+    /// firing, so the handler schedules only deadlines earlier than the one it already has pending, and treats a
+    /// firing with nothing due as a no-op (ms_timer.rs).
+    pub fn schedule_ms(&mut self, key: Key, deadline_ms: u64) {
+        let conn = &self.conns[key];
+        if matches!(conn.state, State::Handshake | State::Open) && !conn.has(flag::DOOMED) {
+            self.ms_timers.schedule(key, deadline_ms);
         }
     }
 

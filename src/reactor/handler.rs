@@ -55,6 +55,10 @@ pub trait Handler {
     /// The timer of an open connection (set with [`Core::schedule`]) fired.
     fn on_timer(&mut self, core: &mut Core<Self::Conn>, key: Key);
 
+    /// A millisecond timer of an open connection (set with [`Core::schedule_ms`]) fired. It may be one the
+    /// handler no longer needs: nothing being due then is not an error.
+    fn on_ms_timer(&mut self, core: &mut Core<Self::Conn>, key: Key);
+
     /// An open connection left the open state (closed by either side, or dropped). Its app state, subscriptions
     /// and identity are still readable; queueing on it does nothing. Runs once, at the end of the iteration.
     fn on_close(&mut self, core: &mut Core<Self::Conn>, key: Key);

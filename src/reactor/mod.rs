@@ -22,6 +22,7 @@ pub mod harness;
 mod input;
 mod latency;
 mod limits;
+mod ms_timer;
 mod stats;
 pub mod sys;
 mod teardown;
@@ -255,7 +256,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     }
 
     fn tick_clock(&mut self) {
-        let now = 1 + self.clock.elapsed().as_secs() as u32;
+        let elapsed = self.clock.elapsed();
+        self.core.now_ms = elapsed.as_millis() as u64;
+        let now = 1 + elapsed.as_secs() as u32;
         if now != self.core.now {
             self.core.now = now;
             self.core.expire_stale_input();
@@ -280,6 +283,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     fn ms_to_next_tick(&self) -> i32 {
         let into_second = self.clock.elapsed().subsec_millis() as i32;
         let mut ms = 1000 - into_second + 1;
+        if let Some(deadline) = self.core.ms_timers.next() {
+            let now = self.clock.elapsed().as_millis() as u64;
+            ms = ms.min(deadline.saturating_sub(now).min(1000) as i32);
+        }
         if let Some(deadline) = self.shutdown_deadline {
             let left = deadline.saturating_sub(self.clock.elapsed()).as_millis() as i32;
             ms = ms.min(left.max(1));
@@ -478,7 +485,20 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 State::Open => self.handler.on_timer(&mut self.core, key),
             }
         }
+        self.expire_ms_timers(&mut due);
         self.due = due;
+    }
+
+    /// Millisecond timers (retransmits): only open connections hear of theirs; a connection that is closing or
+    /// gone, or whose key now names another connection, gets a spurious call at most, which handlers ignore.
+    fn expire_ms_timers(&mut self, due: &mut Vec<Key>) {
+        let core = &mut self.core;
+        core.ms_timers.expire(core.now_ms, due);
+        for key in due.drain(..) {
+            if self.core.conns.get(key).is_some_and(Conn::accepts_frames) {
+                self.handler.on_ms_timer(&mut self.core, key);
+            }
+        }
     }
 }
 

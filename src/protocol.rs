@@ -31,6 +31,9 @@ pub struct ClientRequest<'a> {
     /// `msg`: a trace id to carry upstream (`X-Trace-ID`); one is made when absent.
     #[serde(default, borrow)]
     pub trace: Option<std::borrow::Cow<'a, str>>,
+    /// `subscribe`: where the client stopped per channel, `{"doc:42":{"offset":17,"epoch":"x7Kq"}}`.
+    #[serde(default, borrow)]
+    pub recover: Option<&'a RawValue>,
 }
 
 /// A valid channel name: 1..=255 bytes of UTF-8 with no control characters.
@@ -49,6 +52,45 @@ pub fn channel_message(channel: &str, data: &str) -> SharedFrame {
         data.as_bytes(),
         b"}",
     ])
+}
+
+/// A publication on a channel with history: `{"channel":NAME,"offset":N,"epoch":"E","data":DATA}`, one frame for
+/// every subscriber and for later replays. Returns the frame and where DATA starts in it.
+pub fn channel_message_at(
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+    data: &str,
+) -> (SharedFrame, usize) {
+    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut digits = [0u8; 20];
+    let offset = format_u64(&mut digits, offset);
+    let frame = message_frame(&[
+        b"{\"channel\":",
+        name.as_bytes(),
+        b",\"offset\":",
+        offset,
+        b",\"epoch\":\"",
+        epoch.as_bytes(),
+        b"\",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ]);
+    let data_at = frame.len() - 1 - data.len();
+    (frame, data_at)
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 /// `{"broadcast":true,"data":DATA}`.

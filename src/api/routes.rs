@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/healthz", "GET"),
     ("/metrics", "GET"),
     ("/api/reload-tls", "POST"),
+    ("/api/history", "GET"),
 ];
 
 pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
@@ -51,6 +52,7 @@ fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
         "/api/stats" => Response::json(200, metrics::stats_json(ctx)),
         "/healthz" => Response::json(200, "{\"ok\":true}"),
         "/api/reload-tls" => reload_tls(ctx),
+        "/api/history" => super::history::history(req.query, ctx),
         "/metrics" => {
             let mut r = Response::json(200, metrics::prometheus(ctx));
             r.content_type = "text/plain; version=0.0.4";
@@ -159,7 +161,14 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
         );
         return Response::error(400, &msg);
     }
+    let history = ctx.hub.gateway.history.as_deref();
     for name in &names {
+        // Channels with history: offset and epoch in the frame, kept for replays (src/history/).
+        if let Some((h, ns)) = history.and_then(|h| Some((h, h.namespace(name)?))) {
+            let (frame, offset) = h.publish(name, ns, data.get());
+            ctx.hub.publish_at(name, offset, frame);
+            continue;
+        }
         ctx.hub
             .publish(name, protocol::channel_message(name, data.get()));
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).

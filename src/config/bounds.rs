@@ -85,6 +85,14 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("cluster.sweep_interval", 1, DAY, " seconds"),
     int("cluster.offline_maxlen", 1, 1_000_000, ""),
     int("cluster.offline_max_age", 1, 365 * DAY, " seconds"),
+    int("channels.history_max_bytes", MIB, 1 << 40, " bytes"),
+];
+
+/// The numeric keys of each `[[channels.namespace]]` entry (checked per entry by src/config/channels.rs).
+pub const NAMESPACE_KEYS: &[IntRange] = &[
+    int("history_size", 0, 100_000, " publications"),
+    int("history_ttl", 1, 30 * DAY, " seconds"),
+    int("merge_ms", 0, 1000, " milliseconds"),
 ];
 
 /// Every floating-point key: name, smallest and largest allowed value.

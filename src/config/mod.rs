@@ -16,6 +16,10 @@ mod bounds;
 mod gateway;
 pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
 
+// Delivery guarantees per channel namespace: the [channels] section.
+mod channels;
+pub use channels::{ChannelsConfig, NamespaceConfig};
+
 /// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
 
@@ -33,6 +37,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Redis Streams federation (src/cluster/); standalone when `cluster.redis` is empty.
     pub cluster: ClusterConfig,
+    /// History, recovery and merge windows per channel namespace.
+    pub channels: ChannelsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -357,6 +363,7 @@ impl Config {
             ));
         }
         gateway::validate(self, key_check)?;
+        self.channels.validate(!self.cluster.redis.is_empty())?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use super::stats::GatewayStats;
 use super::{ClientState, MsgKind, ReactorState, Shared};
 use crate::config::Config;
 use crate::frame::handshake::{Reject, Request};
+use crate::pool::SharedFrame;
 use crate::ratelimit::ip_key;
 use crate::reactor::{Core, Handler, Key};
 use std::net::IpAddr;
@@ -52,6 +53,9 @@ pub(super) struct Policy {
     pub max_channels: usize,
     pub error_budget: u8,
     pub ping_interval: u32,
+    /// Largest replay a recovery sends (half of `ws.max_outbound_bytes`); beyond it the answer is
+    /// `recovered:false`.
+    pub max_replay_bytes: usize,
 }
 
 /// One reactor's gateway.
@@ -78,6 +82,7 @@ impl Gateway {
                 max_channels: config.ws.max_channels_per_connection,
                 error_budget: config.ws.error_budget.min(255) as u8,
                 ping_interval: config.ws.ping_interval.min(u32::MAX as u64 / 4) as u32,
+                max_replay_bytes: config.ws.max_outbound_bytes / 2,
             },
             local: ReactorState::new(shared, reactor),
             stats,
@@ -143,6 +148,16 @@ impl Handler for Gateway {
 
     fn on_command(&mut self, core: &mut Core<Client>, cmd: Command) {
         self.deliver(core, cmd);
+    }
+
+    fn on_publication(
+        &mut self,
+        core: &mut Core<Client>,
+        channel: &str,
+        offset: u64,
+        frame: SharedFrame,
+    ) {
+        self.publication(core, channel, offset, frame);
     }
 
     fn takes_broadcast(conn: &Client) -> bool {

@@ -13,6 +13,7 @@ mod deliver;
 pub mod frames;
 mod handler;
 pub mod heartbeat;
+mod recovery;
 pub mod registry;
 mod requests;
 pub mod scripted;
@@ -26,11 +27,13 @@ pub use handler::{Client, Endpoint, Gateway};
 use crate::auth::grant::Grant;
 use crate::auth::Verifier;
 use crate::config::{AuthMode, Config};
+use crate::history::History;
 use crate::ids::{sid, StreamId};
 use crate::pool::SharedFrame;
 use crate::ratelimit::{KeyedLimiter, Rate, TokenBucket};
 use crate::upstream::{LogSink, Sink};
 use heartbeat::{Heartbeat, HeartbeatPolicy};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,6 +85,8 @@ pub struct Shared {
     pub api: stats::ApiGatewayStats,
     /// Cluster mode: where reactors hand session state changes, replay requests and acks (never blocking).
     pub bridge: Option<Arc<dyn ClusterLink>>,
+    /// Channel history (standalone), when a `[[channels.namespace]]` keeps one; the API writes, reactors read.
+    pub history: Option<Arc<History>>,
 }
 
 impl Shared {
@@ -119,6 +124,7 @@ impl Shared {
             node_id: config.server.node_id,
             api: stats::ApiGatewayStats::default(),
             bridge: None,
+            history: History::from_config(&config.channels),
         })
     }
 
@@ -233,6 +239,9 @@ pub struct ReactorState {
     /// The reactor this state belongs to.
     pub reactor: usize,
     clock: Instant,
+    /// Per history channel, connections that recovered or subscribed at an offset that live publications still
+    /// in the command queue may not exceed (src/gateway/recovery.rs).
+    floors: HashMap<Box<str>, Vec<recovery::Floor>>,
 }
 
 impl ReactorState {
@@ -246,6 +255,7 @@ impl ReactorState {
             state_seq: 0,
             reactor,
             clock: Instant::now(),
+            floors: HashMap::new(),
         }
     }
 

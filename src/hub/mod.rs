@@ -55,6 +55,16 @@ impl Hub {
         });
     }
 
+    /// Hands a publication with its offset in the channel's history to every reactor.
+    pub fn publish_at(&self, channel: &str, offset: u64, frame: SharedFrame) {
+        let channel: Arc<str> = Arc::from(channel);
+        self.send(|| Command::PublishAt {
+            channel: channel.clone(),
+            offset,
+            frame: frame.clone(),
+        });
+    }
+
     pub fn broadcast(&self, frame: SharedFrame) {
         self.send(|| Command::Broadcast {
             frame: frame.clone(),

@@ -10,6 +10,13 @@ pub enum Command<A> {
         channel: Arc<str>,
         frame: SharedFrame,
     },
+    /// A publication with an offset in its channel's history: handed to [`super::Handler::on_publication`], which
+    /// decides who of the channel's local subscribers gets it (a recovering one may already have it).
+    PublishAt {
+        channel: Arc<str>,
+        offset: u64,
+        frame: SharedFrame,
+    },
     /// Deliver `frame` to every open connection the application accepts broadcasts on.
     Broadcast { frame: SharedFrame },
     /// Stop accepting, close everyone with 1001, and stop after at most `drain_ms`.

@@ -273,9 +273,10 @@ impl<A> Core<A> {
         }
     }
 
-    /// Queues one shared frame on every local subscriber of `channel`: one reference each, no copy. Queueing never
-    /// removes a subscriber (a slow consumer is only marked), so the list is walked as it is.
-    pub(super) fn fan_out(&mut self, channel: &str, frame: SharedFrame) {
+    /// Queues one shared frame on every local subscriber of `channel` but those in `except` (a handful at most):
+    /// one reference each, no copy. Queueing never removes a subscriber (a slow consumer is only marked), so the
+    /// list is walked as it is.
+    pub fn fan_out(&mut self, channel: &str, frame: SharedFrame, except: &[Key]) {
         self.tally.publishes_total += 1;
         let Some(id) = self.channels.lookup(channel) else {
             return;
@@ -284,7 +285,9 @@ impl<A> Core<A> {
         let count = self.channels.subscribers(id).len();
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
-            self.queue(key, frame.clone());
+            if except.is_empty() || !except.contains(&key) {
+                self.queue(key, frame.clone());
+            }
         }
     }
 

@@ -333,7 +333,16 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             match cmd {
                 Command::Publish { channel, frame } => {
                     taken += frame.len();
-                    self.core.fan_out(&channel, frame)
+                    self.core.fan_out(&channel, frame, &[])
+                }
+                Command::PublishAt {
+                    channel,
+                    offset,
+                    frame,
+                } => {
+                    taken += frame.len();
+                    self.handler
+                        .on_publication(&mut self.core, &channel, offset, frame)
                 }
                 Command::Broadcast { frame } => {
                     taken += frame.len();

@@ -1,0 +1,305 @@
+//! Channel history in standalone mode: per channel a ring of its newest publications with offsets in an epoch
+//! (src/history/ring.rs), bounded per channel (`history_size`, `history_ttl` of its `[[channels.namespace]]`) and
+//! in total (`channels.history_max_bytes`, oldest publication of any channel dropped first).
+//!
+//! The API thread is the only writer: it gives the offset, encodes the frame once and stores it before handing it
+//! to the reactors, so a reactor that reads the history while recovering a client sees every publication whose
+//! frame may still be in its command queue (src/gateway/recovery.rs skips those by offset). One mutex, held for a
+//! publish or one channel's read, never across I/O.
+
+pub mod ring;
+
+use crate::config::{ChannelsConfig, NamespaceConfig};
+use crate::pool::SharedFrame;
+use crate::protocol;
+use ring::Ring;
+pub use ring::{Entry, Position, Recovery};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often expired publications and idle channels are swept out.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+pub struct History {
+    config: ChannelsConfig,
+    store: Mutex<Store>,
+}
+
+struct Store {
+    rings: HashMap<Arc<str>, Ring>,
+    /// Every stored publication as (channel, offset), oldest first, for the total bound. Entries a ring dropped
+    /// itself (count, age) stay until compacted.
+    order: VecDeque<(Arc<str>, u64)>,
+    /// Publications held by the rings.
+    held: usize,
+    bytes: usize,
+    last_sweep: Instant,
+}
+
+/// One page of a channel's history for `GET /api/history`.
+pub struct Page {
+    pub position: Position,
+    /// The publications after `since` were all still there.
+    pub complete: bool,
+    /// (offset, data) oldest first.
+    pub items: Vec<(u64, Vec<u8>)>,
+}
+
+impl History {
+    /// None when no namespace keeps history.
+    pub fn from_config(config: &ChannelsConfig) -> Option<Arc<History>> {
+        config.any_history().then(|| {
+            Arc::new(History {
+                config: config.clone(),
+                store: Mutex::new(Store {
+                    rings: HashMap::new(),
+                    order: VecDeque::new(),
+                    held: 0,
+                    bytes: 0,
+                    last_sweep: Instant::now(),
+                }),
+            })
+        })
+    }
+
+    /// The namespace of `channel` when it keeps history.
+    pub fn namespace(&self, channel: &str) -> Option<&NamespaceConfig> {
+        self.config
+            .namespace_of(channel)
+            .filter(|n| n.has_history())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic aborts the process (release profile), so a poisoned lock cannot be observed there.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the next offset of `channel` (which must have a history namespace), stores the encoded publication
+    /// and returns its frame and offset.
+    pub fn publish(&self, channel: &str, ns: &NamespaceConfig, data: &str) -> (SharedFrame, u64) {
+        let now = Instant::now();
+        let mut store = self.lock();
+        store.sweep(now, &self.config);
+        let store = &mut *store;
+        let ring = match store.rings.get_mut(channel) {
+            Some(r) => r,
+            None => store
+                .rings
+                .entry(Arc::from(channel))
+                .or_insert_with(|| Ring::new(now)),
+        };
+        ring.top += 1;
+        ring.last_publish = now;
+        let offset = ring.top;
+        let (frame, data_at) = protocol::channel_message_at(channel, offset, &ring.epoch, data);
+        let entry = Entry {
+            offset,
+            at: now,
+            frame: frame.clone(),
+            data_at: data_at as u32,
+        };
+        store.bytes += entry.cost();
+        store.held += 1;
+        ring.entries.push_back(entry);
+        let (mut freed, mut dropped) = ring.expire(now, Duration::from_secs(ns.history_ttl));
+        while ring.entries.len() as u64 > ns.history_size {
+            freed += ring.entries.pop_front().map_or(0, |e| e.cost());
+            dropped += 1;
+        }
+        let name = store
+            .rings
+            .get_key_value(channel)
+            .map(|(k, _)| k.clone())
+            .expect("inserted above");
+        store.bytes -= freed;
+        store.held -= dropped;
+        store.order.push_back((name, offset));
+        store.enforce_total(self.config.history_max_bytes as usize);
+        (frame, offset)
+    }
+
+    /// What a client resubscribing from `since` gets; None when the channel has no history namespace.
+    pub fn recover(&self, channel: &str, since: &Position, max_bytes: usize) -> Option<Recovery> {
+        let ns = self.namespace(channel)?;
+        let now = Instant::now();
+        let mut store = self.lock();
+        let Some(ring) = store.rings.get_mut(channel) else {
+            // Nothing published since the node started (or the channel went idle past its ttl and was dropped).
+            let from_start = since.offset == 0 && since.epoch.is_empty();
+            return Some(Recovery {
+                position: start(),
+                recovered: from_start,
+                frames: Vec::new(),
+            });
+        };
+        let freed = ring.expire(now, Duration::from_secs(ns.history_ttl));
+        let recovery = ring.recover(since, max_bytes);
+        store.release(freed);
+        Some(recovery)
+    }
+
+    /// The channel's current position (offset 0, epoch "" before its first publication); None when it has no
+    /// history namespace.
+    pub fn position(&self, channel: &str) -> Option<Position> {
+        self.namespace(channel)?;
+        let store = self.lock();
+        Some(store.rings.get(channel).map_or_else(start, Ring::position))
+    }
+
+    /// Up to `limit` publications after `since` (offset 0 = from the oldest kept); None without a history
+    /// namespace.
+    pub fn page(&self, channel: &str, since: u64, limit: usize) -> Option<Page> {
+        let ns = self.namespace(channel)?;
+        let now = Instant::now();
+        let mut store = self.lock();
+        let Some(ring) = store.rings.get_mut(channel) else {
+            return Some(Page {
+                position: start(),
+                complete: true,
+                items: Vec::new(),
+            });
+        };
+        let freed = ring.expire(now, Duration::from_secs(ns.history_ttl));
+        let complete =
+            since >= ring.top || ring.entries.front().is_some_and(|e| e.offset <= since + 1);
+        let items = ring
+            .entries
+            .iter()
+            .filter(|e| e.offset > since)
+            .take(limit)
+            .map(|e| (e.offset, e.data().to_vec()))
+            .collect();
+        let position = ring.position();
+        store.release(freed);
+        Some(Page {
+            position,
+            complete,
+            items,
+        })
+    }
+
+    /// Bytes and publications held, and channels with a history (for /api/stats).
+    pub fn usage(&self) -> (usize, usize, usize) {
+        let store = self.lock();
+        (store.bytes, store.held, store.rings.len())
+    }
+}
+
+/// The position of a channel before its first publication.
+fn start() -> Position {
+    Position {
+        offset: 0,
+        epoch: Arc::from(""),
+    }
+}
+
+impl Store {
+    fn release(&mut self, (bytes, count): (usize, usize)) {
+        self.bytes -= bytes;
+        self.held -= count;
+    }
+
+    /// Drops the oldest publications of any channel until the total is within `max`.
+    fn enforce_total(&mut self, max: usize) {
+        while self.bytes > max {
+            let Some((name, offset)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(ring) = self.rings.get_mut(&name) else {
+                continue;
+            };
+            if ring.entries.front().is_some_and(|e| e.offset == offset) {
+                let e = ring.entries.pop_front().expect("front exists");
+                self.bytes -= e.cost();
+                self.held -= 1;
+            }
+        }
+        // Entries the rings dropped themselves linger in `order`; rebuild it before it is twice the live count.
+        if self.order.len() > 2 * self.held + 1024 {
+            let rings = &self.rings;
+            self.order.retain(|(name, offset)| {
+                rings
+                    .get(name)
+                    .and_then(|r| r.entries.front())
+                    .is_some_and(|e| e.offset <= *offset)
+            });
+        }
+    }
+
+    /// Once a second: expired publications out of every ring, and rings idle past their ttl dropped (their offsets
+    /// and epoch are forgotten; a client recovering there gets `recovered:false`).
+    fn sweep(&mut self, now: Instant, config: &ChannelsConfig) {
+        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        let mut freed = (0, 0);
+        self.rings.retain(|name, ring| {
+            let ttl = config
+                .namespace_of(name)
+                .map_or(Duration::ZERO, |n| Duration::from_secs(n.history_ttl));
+            let (bytes, count) = ring.expire(now, ttl);
+            freed.0 += bytes;
+            freed.1 += count;
+            !(ring.entries.is_empty() && now.duration_since(ring.last_publish) >= ttl)
+        });
+        self.release(freed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(max_bytes: u64, size: u64) -> Arc<History> {
+        let config = ChannelsConfig {
+            history_max_bytes: max_bytes,
+            namespace: vec![NamespaceConfig {
+                prefix: "h:".into(),
+                history_size: size,
+                history_ttl: 300,
+                recover: true,
+                merge_ms: 0,
+            }],
+        };
+        History::from_config(&config).expect("a namespace keeps history")
+    }
+
+    #[test]
+    fn the_total_bound_drops_the_oldest_publication_of_any_channel() {
+        let h = history(20_000, 1000);
+        let ns = h.namespace("h:a").unwrap().clone();
+        let data = format!("\"{}\"", "x".repeat(100));
+        for i in 0..1000 {
+            let channel = format!("h:{}", i % 7);
+            h.publish(&channel, &ns, &data);
+        }
+        let (bytes, held, channels) = h.usage();
+        assert!(bytes <= 20_000, "{bytes} bytes held");
+        assert!(
+            held > 50 && channels == 7,
+            "{held} publications in {channels} channels"
+        );
+        // The newest ones survive, the oldest are gone: channel 6 got 142 publications, the last of all 1000 among them.
+        let page = h.page("h:6", 0, 1000).unwrap();
+        assert!(!page.complete);
+        assert_eq!(page.position.offset, 142);
+        assert_eq!(page.items.last().unwrap().1, data.as_bytes());
+        // Dropping entries kept the global order list compact.
+        assert!(h.lock().order.len() <= 2 * held + 1024);
+    }
+
+    #[test]
+    fn per_channel_size_and_no_history_outside_namespaces() {
+        let h = history(1 << 20, 3);
+        let ns = h.namespace("h:a").unwrap().clone();
+        for _ in 0..10 {
+            h.publish("h:a", &ns, "1");
+        }
+        assert_eq!(h.usage().1, 3);
+        assert!(h.namespace("other").is_none());
+        assert!(h.page("other", 0, 10).is_none());
+        assert!(h.position("other").is_none());
+    }
+}

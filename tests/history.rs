@@ -399,12 +399,26 @@ fn history_config_errors_name_the_key() {
     let dir = std::env::temp_dir().join(format!("wsgate-history-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("[[channels.namespace]]\nprefix = \"a:\"\nrecover = true\n", "channels.namespace[0].recover"),
-        ("[[channels.namespace]]\nprefix = \"a:\"\nhistory_size = 100001\n", "channels.namespace[0].history_size"),
-        ("[[channels.namespace]]\nprefix = \"a:\"\nhistory_size = 1\nhistory_ttl = 0\n", "channels.namespace[0].history_ttl"),
-        ("[[channels.namespace]]\nprefix = \"a:\"\n[[channels.namespace]]\nprefix = \"a:\"\n", "channels.namespace[1].prefix"),
-        ("[channels]\nhistory_max_bytes = 5\n", "channels.history_max_bytes"),
-        ("[cluster]\nredis = \"redis://127.0.0.1:1\"\n[[channels.namespace]]\nprefix = \"a:\"\nhistory_size = 5\n", "channels.namespace[0].history_size"),
+        (
+            "[[channels.namespace]]\nprefix = \"a:\"\nrecover = true\n",
+            "channels.namespace[0].recover",
+        ),
+        (
+            "[[channels.namespace]]\nprefix = \"a:\"\nhistory_size = 100001\n",
+            "channels.namespace[0].history_size",
+        ),
+        (
+            "[[channels.namespace]]\nprefix = \"a:\"\nhistory_size = 1\nhistory_ttl = 0\n",
+            "channels.namespace[0].history_ttl",
+        ),
+        (
+            "[[channels.namespace]]\nprefix = \"a:\"\n[[channels.namespace]]\nprefix = \"a:\"\n",
+            "channels.namespace[1].prefix",
+        ),
+        (
+            "[channels]\nhistory_max_bytes = 5\n",
+            "channels.history_max_bytes",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.join(format!("c{i}.toml"));

@@ -43,12 +43,21 @@ pub(super) fn history(query: &str, ctx: &Context) -> Response {
         },
         Some(Err(())) => return Response::error(400, "\"limit\" must be 1..=1000"),
     };
-    let page = ctx
-        .hub
-        .gateway
-        .history
-        .as_ref()
-        .and_then(|h| h.page(&channel, since, limit));
+    let history = ctx.hub.gateway.history.as_ref();
+    let page = match (history, &ctx.cluster) {
+        (Some(h), _) if h.namespace(&channel).is_none() => None,
+        // Cluster mode: Redis has the whole history (a node's memory only what it read since it started).
+        (Some(_), Some(cluster)) => {
+            match cluster.read(|r| r.history_page(&channel, since, limit)) {
+                Ok(page) => Some(page),
+                Err(e) => {
+                    return Response::error(503, &format!("channel history unavailable: {e}"))
+                }
+            }
+        }
+        (Some(h), None) => h.page(&channel, since, limit),
+        (None, _) => None,
+    };
     let Some(page) = page else {
         return Response::error(
             404,

@@ -165,6 +165,14 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
     for name in &names {
         // Channels with history: offset and epoch in the frame, kept for replays (src/history/).
         if let Some((h, ns)) = history.and_then(|h| Some((h, h.namespace(name)?))) {
+            // Cluster mode: Redis gives the offset and every node (this one too) delivers from the bus.
+            if let Some(cluster) = &ctx.cluster {
+                if let Err(e) = cluster.read(|r| r.publish_history(name, ns, data.get())) {
+                    let msg = format!("channel history unavailable, {name:?} not published: {e}");
+                    return Response::error(503, &msg);
+                }
+                continue;
+            }
             let (frame, offset) = h.publish(name, ns, data.get());
             ctx.hub.publish_at(name, offset, frame);
             continue;

@@ -14,6 +14,21 @@ impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {
         match event.kind {
             // `parse_entry` has checked the channel name and that `data` is JSON.
+            // With an offset: a publication with history, read by every node (its own too) in offset order.
+            EventKind::Channel if event.offset.is_some() => {
+                let offset = event.offset.unwrap_or_default();
+                let frame = match &self.gateway.history {
+                    Some(h) => h.insert(event.target, offset, event.epoch, event.data),
+                    None => Some(
+                        protocol::channel_message_at(event.target, offset, event.epoch, event.data)
+                            .0,
+                    ),
+                };
+                if let Some(frame) = frame {
+                    self.publish_at(event.target, offset, frame);
+                }
+                true
+            }
             EventKind::Channel => {
                 self.publish(
                     event.target,

@@ -20,6 +20,7 @@
 mod conn;
 mod dispatch;
 pub mod event;
+pub mod history;
 pub mod keys;
 pub mod lease;
 pub mod link;

@@ -70,7 +70,7 @@ impl ChannelsConfig {
         self.namespace.iter().any(NamespaceConfig::has_history)
     }
 
-    pub(super) fn validate(&self, cluster: bool) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, redis_cluster: bool) -> Result<(), ConfigError> {
         for (i, n) in self.namespace.iter().enumerate() {
             let key = |name: &str| format!("channels.namespace[{i}].{name}");
             for r in super::bounds::NAMESPACE_KEYS {
@@ -105,10 +105,10 @@ impl ChannelsConfig {
                     "needs history: set history_size > 0 in the same namespace",
                 ));
             }
-            if n.has_history() && cluster {
+            if n.has_history() && redis_cluster {
                 return Err(err(
                     &key("history_size"),
-                    "channel history is kept in memory and needs standalone mode (cluster.redis empty); history in Redis is not built yet",
+                    "channel history needs cluster.redis_mode \"standalone\" or \"sentinel\": one script writes the channel's history and the bus, which Redis Cluster does not allow across slots",
                 ));
             }
         }

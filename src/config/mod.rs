@@ -363,7 +363,8 @@ impl Config {
             ));
         }
         gateway::validate(self, key_check)?;
-        self.channels.validate(!self.cluster.redis.is_empty())?;
+        self.channels
+            .validate(!self.cluster.redis.is_empty() && self.cluster.redis_mode == "cluster")?;
         Ok(())
     }
 

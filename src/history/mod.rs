@@ -34,6 +34,8 @@ struct Store {
     /// Publications held by the rings.
     held: usize,
     bytes: usize,
+    /// `channels.history_max_bytes`.
+    max_bytes: usize,
     last_sweep: Instant,
 }
 
@@ -57,6 +59,7 @@ impl History {
                     order: VecDeque::new(),
                     held: 0,
                     bytes: 0,
+                    max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
                     last_sweep: Instant::now(),
                 }),
             })
@@ -76,47 +79,48 @@ impl History {
     }
 
     /// Gives the next offset of `channel` (which must have a history namespace), stores the encoded publication
-    /// and returns its frame and offset.
+    /// and returns its frame and offset (standalone mode).
     pub fn publish(&self, channel: &str, ns: &NamespaceConfig, data: &str) -> (SharedFrame, u64) {
         let now = Instant::now();
         let mut store = self.lock();
         store.sweep(now, &self.config);
-        let store = &mut *store;
-        let ring = match store.rings.get_mut(channel) {
-            Some(r) => r,
-            None => store
-                .rings
-                .entry(Arc::from(channel))
-                .or_insert_with(|| Ring::new(now)),
+        let ring = store.ring(channel, now);
+        let offset = ring.top + 1;
+        let epoch = ring.epoch.clone();
+        (store.append(channel, ns, now, offset, &epoch, data), offset)
+    }
+
+    /// Stores a publication that Redis gave `offset` in `epoch` (cluster mode: every node reads them from the bus in
+    /// offset order) and returns its frame; None for one not newer than what the channel has (a repeat). A channel
+    /// whose epoch changed starts over; one with a gap (events lost on the bus) drops what it had, so no recovery
+    /// spans the gap.
+    pub fn insert(
+        &self,
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+        data: &str,
+    ) -> Option<SharedFrame> {
+        let Some(ns) = self.namespace(channel) else {
+            return Some(protocol::channel_message_at(channel, offset, epoch, data).0);
         };
-        ring.top += 1;
-        ring.last_publish = now;
-        let offset = ring.top;
-        let (frame, data_at) = protocol::channel_message_at(channel, offset, &ring.epoch, data);
-        let entry = Entry {
-            offset,
-            at: now,
-            frame: frame.clone(),
-            data_at: data_at as u32,
-        };
-        store.bytes += entry.cost();
-        store.held += 1;
-        ring.entries.push_back(entry);
-        let (mut freed, mut dropped) = ring.expire(now, Duration::from_secs(ns.history_ttl));
-        while ring.entries.len() as u64 > ns.history_size {
-            freed += ring.entries.pop_front().map_or(0, |e| e.cost());
-            dropped += 1;
+        let now = Instant::now();
+        let mut store = self.lock();
+        store.sweep(now, &self.config);
+        let ring = store.ring(channel, now);
+        if offset <= ring.top && *ring.epoch == *epoch {
+            return None;
         }
-        let name = store
-            .rings
-            .get_key_value(channel)
-            .map(|(k, _)| k.clone())
-            .expect("inserted above");
-        store.bytes -= freed;
-        store.held -= dropped;
-        store.order.push_back((name, offset));
-        store.enforce_total(self.config.history_max_bytes as usize);
-        (frame, offset)
+        let restart = *ring.epoch != *epoch || offset > ring.top + 1;
+        let mut freed = (0, 0);
+        if restart {
+            freed.0 = ring.entries.iter().map(Entry::cost).sum();
+            freed.1 = ring.entries.len();
+            ring.entries.clear();
+            ring.epoch = Arc::from(epoch);
+        }
+        store.release(freed);
+        Some(store.append(channel, ns, now, offset, &Arc::from(epoch), data))
     }
 
     /// What a client resubscribing from `since` gets; None when the channel has no history namespace.
@@ -195,14 +199,62 @@ fn start() -> Position {
 }
 
 impl Store {
+    /// The ring of `channel`, created (new epoch, offset 0) if it has none.
+    fn ring(&mut self, channel: &str, now: Instant) -> &mut Ring {
+        if !self.rings.contains_key(channel) {
+            self.rings.insert(Arc::from(channel), Ring::new(now));
+        }
+        self.rings.get_mut(channel).expect("inserted above")
+    }
+
+    /// Encodes and stores publication `offset` of `channel` (the ring exists), then applies the channel's and the
+    /// total bounds.
+    fn append(
+        &mut self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        now: Instant,
+        offset: u64,
+        epoch: &Arc<str>,
+        data: &str,
+    ) -> SharedFrame {
+        let (frame, data_at) = protocol::channel_message_at(channel, offset, epoch, data);
+        let entry = Entry {
+            offset,
+            at: now,
+            frame: frame.clone(),
+            data_at: data_at as u32,
+        };
+        let (name, ring) = self
+            .rings
+            .get_key_value(channel)
+            .map(|(k, _)| k.clone())
+            .and_then(|k| Some((k, self.rings.get_mut(channel)?)))
+            .expect("the ring exists");
+        ring.top = offset;
+        ring.last_publish = now;
+        self.bytes += entry.cost();
+        self.held += 1;
+        ring.entries.push_back(entry);
+        let (mut freed, mut dropped) = ring.expire(now, Duration::from_secs(ns.history_ttl));
+        while ring.entries.len() as u64 > ns.history_size {
+            freed += ring.entries.pop_front().map_or(0, |e| e.cost());
+            dropped += 1;
+        }
+        self.release((freed, dropped));
+        self.order.push_back((name, offset));
+        self.enforce_total();
+        frame
+    }
+
     fn release(&mut self, (bytes, count): (usize, usize)) {
         self.bytes -= bytes;
         self.held -= count;
     }
 
     /// Drops the oldest publications of any channel until the total is within `max`.
-    fn enforce_total(&mut self, max: usize) {
-        while self.bytes > max {
+    fn enforce_total(&mut self) {
+        while self.bytes > self.max_bytes {
             let Some((name, offset)) = self.order.pop_front() else {
                 break;
             };
@@ -301,5 +353,37 @@ mod tests {
         assert!(h.namespace("other").is_none());
         assert!(h.page("other", 0, 10).is_none());
         assert!(h.position("other").is_none());
+    }
+
+    #[test]
+    fn bus_publications_skip_repeats_and_restart_on_gaps_and_new_epochs() {
+        let h = history(1 << 20, 100);
+        let data = "1";
+        assert!(h.insert("h:a", 5, "E1", data).is_some());
+        assert!(h.insert("h:a", 5, "E1", data).is_none(), "a repeat");
+        assert!(h.insert("h:a", 6, "E1", data).is_some());
+        let e1 = Position {
+            offset: 5,
+            epoch: Arc::from("E1"),
+        };
+        assert_eq!(h.recover("h:a", &e1, usize::MAX).unwrap().frames.len(), 1);
+        // A gap (8 missed on the bus): nothing before it can be recovered.
+        assert!(h.insert("h:a", 9, "E1", data).is_some());
+        assert!(!h.recover("h:a", &e1, usize::MAX).unwrap().recovered);
+        let at8 = Position {
+            offset: 8,
+            epoch: Arc::from("E1"),
+        };
+        assert!(h.recover("h:a", &at8, usize::MAX).unwrap().recovered);
+        // A new epoch starts over at its own offsets.
+        assert!(h.insert("h:a", 1, "E2", data).is_some());
+        assert_eq!(
+            h.position("h:a").unwrap(),
+            Position {
+                offset: 1,
+                epoch: Arc::from("E2")
+            }
+        );
+        assert_eq!(h.usage().1, 1);
     }
 }

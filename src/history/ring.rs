@@ -94,7 +94,7 @@ impl Ring {
     /// or None when some of the missed ones are gone, the epoch differs, or `since` is ahead of the channel.
     pub fn after(&self, since: &Position) -> Option<impl Iterator<Item = &Entry>> {
         let from_start = since.offset == 0 && since.epoch.is_empty();
-        if !from_start && (since.epoch != self.epoch || since.offset > self.top) {
+        if !from_start && since.epoch != self.epoch {
             return None;
         }
         let first_missed = since.offset + 1;
@@ -109,8 +109,17 @@ impl Ring {
         Some(self.entries.iter().filter(move |e| e.offset > after))
     }
 
-    /// Recovery from `since`, giving up (not recovered) when the replay would exceed `max_bytes`.
+    /// Recovery from `since`, giving up (not recovered) when the replay would exceed `max_bytes`. A position
+    /// ahead of the channel in its epoch is a client that got publications this node has not read yet (cluster
+    /// mode: another node's bus reader was faster): nothing to replay, and its position stands.
     pub fn recover(&self, since: &Position, max_bytes: usize) -> Recovery {
+        if since.epoch == self.epoch && since.offset > self.top {
+            return Recovery {
+                position: since.clone(),
+                recovered: true,
+                frames: Vec::new(),
+            };
+        }
         let mut frames = Vec::new();
         let mut bytes = 0;
         let mut recovered = false;
@@ -189,7 +198,9 @@ mod tests {
         assert!(r.recover(&at(&r, 4), usize::MAX).recovered); // 5..=9 missed, 5 is the oldest kept
         assert!(!r.recover(&at(&r, 3), usize::MAX).recovered); // 4 is gone
         assert!(r.recover(&at(&r, 9), usize::MAX).recovered); // nothing missed
-        assert!(!r.recover(&at(&r, 10), usize::MAX).recovered); // ahead of the channel
+                                                              // Ahead of this node's copy (cluster: another node read further): nothing to replay, position kept.
+        let ahead = r.recover(&at(&r, 12), usize::MAX);
+        assert!(ahead.recovered && ahead.frames.is_empty() && ahead.position.offset == 12);
         let other = Position {
             offset: 6,
             epoch: Arc::from("other"),

@@ -93,6 +93,44 @@ fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     }
 }
 
+/// Publications of one merge window: `{"channel":NAME,"batch":[{"data":D1},...]}`, or with history
+/// `{"channel":NAME,"epoch":"E","batch":[{"offset":N1,"data":D1},...]}` (`offsets` then has one per item).
+pub fn batch_message(
+    channel: &str,
+    epoch: Option<&str>,
+    offsets: &[u64],
+    data: &[&str],
+) -> SharedFrame {
+    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut json =
+        String::with_capacity(name.len() + 32 + data.iter().map(|d| d.len() + 32).sum::<usize>());
+    json.push_str("{\"channel\":");
+    json.push_str(&name);
+    if let Some(e) = epoch {
+        json.push_str(",\"epoch\":\"");
+        json.push_str(e);
+        json.push('"');
+    }
+    json.push_str(",\"batch\":[");
+    for (i, d) in data.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push('{');
+        if let Some(o) = offsets.get(i) {
+            let mut digits = [0u8; 20];
+            json.push_str("\"offset\":");
+            json.push_str(std::str::from_utf8(format_u64(&mut digits, *o)).expect("digits"));
+            json.push(',');
+        }
+        json.push_str("\"data\":");
+        json.push_str(d);
+        json.push('}');
+    }
+    json.push_str("]}");
+    message_frame(&[json.as_bytes()])
+}
+
 /// `{"broadcast":true,"data":DATA}`.
 pub fn broadcast_message(data: &str) -> SharedFrame {
     message_frame(&[b"{\"broadcast\":true,\"data\":", data.as_bytes(), b"}"])
@@ -259,6 +297,29 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%\u{e9}"), None);
         assert_eq!(query_param("token=a%+2Eb", "token"), Some(Err(())));
+    }
+
+    #[test]
+    fn history_and_batch_frames() {
+        let (f, data_at) = channel_message_at("doc:\"1", 17, "x7Kq", "[1]");
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"doc:\"1","offset":17,"epoch":"x7Kq","data":[1]}"#
+        );
+        assert_eq!(&f[data_at..f.len() - 1], b"[1]");
+        let f = batch_message("c", Some("E"), &[4, 5], &["1", "{}"]);
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"c","epoch":"E","batch":[{"offset":4,"data":1},{"offset":5,"data":{}}]}"#
+        );
+        let f = batch_message("c", None, &[], &["1", "2"]);
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"c","batch":[{"data":1},{"data":2}]}"#
+        );
+        let mut digits = [0u8; 20];
+        assert_eq!(format_u64(&mut digits, u64::MAX), b"18446744073709551615");
+        assert_eq!(format_u64(&mut digits, 0), b"0");
     }
 
     #[test]

@@ -31,6 +31,16 @@ recover = true
 [[channels.namespace]]
 prefix = "norecover:"
 history_size = 10
+
+[[channels.namespace]]
+prefix = "live:"
+history_size = 100
+recover = true
+merge_ms = 100
+
+[[channels.namespace]]
+prefix = "cursor:"
+merge_ms = 100
 "#;
 
 fn config_file() -> String {
@@ -433,4 +443,71 @@ fn history_config_errors_name_the_key() {
         );
         assert!(started.elapsed() < t);
     }
+}
+
+/// Items of a publication frame: one (offset, n) for an ordinary frame, several for a batch.
+fn items(v: &Value) -> Vec<(Option<u64>, u64)> {
+    match v.get("batch") {
+        Some(batch) => batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["offset"].as_u64(), i["data"]["n"].as_u64().unwrap()))
+            .collect(),
+        None => vec![(v["offset"].as_u64(), v["data"]["n"].as_u64().unwrap())],
+    }
+}
+
+#[test]
+fn a_merge_window_sends_one_frame_per_burst() {
+    let s = start();
+    let mut api = Http::connect(s.api);
+    let mut a = ws(&s, "/ws?channels=live:1,cursor:1");
+    let mut b = ws(&s, "/ws?channels=live:1,cursor:1");
+    a.expect_json("positions");
+    b.expect_json("positions");
+    for n in 1..=5 {
+        publish(&mut api, "live:1", &format!("{{\"n\":{n}}}"));
+        publish(&mut api, "cursor:1", &format!("{{\"n\":{n}}}"));
+    }
+    let (mut live, mut cursor, mut frames) = (Vec::new(), Vec::new(), 0);
+    let mut epoch = Value::Null;
+    while live.len() < 5 || cursor.len() < 5 {
+        let (ta, tb) = (a.expect_text("batch"), b.expect_text("batch"));
+        assert_eq!(ta, tb, "one frame per batch for every subscriber");
+        let v: Value = serde_json::from_str(&ta).unwrap();
+        frames += 1;
+        match v["channel"].as_str().unwrap() {
+            "live:1" => {
+                epoch = v["epoch"].clone();
+                live.extend(items(&v));
+            }
+            _ => {
+                assert!(v.get("epoch").is_none(), "no history, no epoch: {v}");
+                cursor.extend(items(&v));
+            }
+        }
+    }
+    assert_eq!(live, (1..=5).map(|n| (Some(n), n)).collect::<Vec<_>>());
+    assert_eq!(cursor, (1..=5).map(|n| (None, n)).collect::<Vec<_>>());
+    assert!(
+        frames <= 4,
+        "10 publications within 100 ms left as {frames} frames"
+    );
+
+    // Recovery replays the stored publications one by one, then live batches follow.
+    let epoch = epoch.as_str().unwrap().to_string();
+    let mut c = ws(&s, "/ws");
+    let v = c.call(recover_cmd("live:1", 2, &epoch));
+    assert_eq!(v["recovered"], json!(true), "{v}");
+    for offset in 3..=5 {
+        assert_eq!(publication(&c.expect_json("replay"), "live:1").0, offset);
+    }
+    publish(&mut api, "live:1", r#"{"n":6}"#);
+    publish(&mut api, "live:1", r#"{"n":7}"#);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(items(&c.expect_json("live batch")));
+    }
+    assert_eq!(got, vec![(Some(6), 6), (Some(7), 7)]);
 }

@@ -173,12 +173,16 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
                 }
                 continue;
             }
-            let (frame, offset) = h.publish(name, ns, data.get());
-            ctx.hub.publish_at(name, offset, frame);
+            if !ctx.hub.merge(name, data.get(), None) {
+                let (frame, offset) = h.publish(name, ns, data.get());
+                ctx.hub.publish_at(name, offset, frame);
+            }
             continue;
         }
-        ctx.hub
-            .publish(name, protocol::channel_message(name, data.get()));
+        if !ctx.hub.merge(name, data.get(), None) {
+            ctx.hub
+                .publish(name, protocol::channel_message(name, data.get()));
+        }
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
         if let Some(cluster) = &ctx.cluster {
             cluster.publish(name, data.get());

@@ -17,6 +17,9 @@ impl Deliver for Hub {
             // With an offset: a publication with history, read by every node (its own too) in offset order.
             EventKind::Channel if event.offset.is_some() => {
                 let offset = event.offset.unwrap_or_default();
+                if self.merge(event.target, event.data, Some((offset, event.epoch))) {
+                    return true;
+                }
                 let frame = match &self.gateway.history {
                     Some(h) => h.insert(event.target, offset, event.epoch, event.data),
                     None => Some(
@@ -30,6 +33,9 @@ impl Deliver for Hub {
                 true
             }
             EventKind::Channel => {
+                if self.merge(event.target, event.data, None) {
+                    return true;
+                }
                 self.publish(
                     event.target,
                     protocol::channel_message(event.target, event.data),

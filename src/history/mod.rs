@@ -107,20 +107,54 @@ impl History {
         let now = Instant::now();
         let mut store = self.lock();
         store.sweep(now, &self.config);
-        let ring = store.ring(channel, now);
-        if offset <= ring.top && *ring.epoch == *epoch {
+        let epoch: Arc<str> = Arc::from(epoch);
+        if !store.admit(channel, now, offset, &epoch) {
             return None;
         }
-        let restart = *ring.epoch != *epoch || offset > ring.top + 1;
-        let mut freed = (0, 0);
-        if restart {
-            freed.0 = ring.entries.iter().map(Entry::cost).sum();
-            freed.1 = ring.entries.len();
-            ring.entries.clear();
-            ring.epoch = Arc::from(epoch);
+        Some(store.append(channel, ns, now, offset, &epoch, data))
+    }
+
+    /// A merge window's batch (src/hub/merge.rs), stored in one step so a recovery sees all of it or none: each
+    /// publication with the offset `given` (cluster mode, see [`Self::insert`]) or the next one (standalone).
+    /// Returns the frames to deliver with the last offset each covers: one per epoch met (almost always one), a
+    /// lone publication as its ordinary frame, several as `{"channel":C,"epoch":E,"batch":[...]}`.
+    pub fn append_batch(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        data: &[&str],
+        given: &[Option<(u64, Arc<str>)>],
+    ) -> Vec<(SharedFrame, u64)> {
+        let now = Instant::now();
+        let mut store = self.lock();
+        store.sweep(now, &self.config);
+        let mut out = Vec::new();
+        let mut group: Vec<(u64, &str, SharedFrame)> = Vec::new();
+        let mut group_epoch: Option<Arc<str>> = None;
+        for (d, g) in data.iter().zip(given) {
+            let (offset, epoch) = match g {
+                Some((offset, epoch)) => {
+                    if !store.admit(channel, now, *offset, epoch) {
+                        continue;
+                    }
+                    (*offset, epoch.clone())
+                }
+                None => {
+                    let ring = store.ring(channel, now);
+                    (ring.top + 1, ring.epoch.clone())
+                }
+            };
+            if let Some(e) = group_epoch.as_ref().filter(|e| **e != epoch) {
+                out.extend(batch_frame(channel, e, &mut group));
+            }
+            group_epoch = Some(epoch.clone());
+            let frame = store.append(channel, ns, now, offset, &epoch, d);
+            group.push((offset, d, frame));
         }
-        store.release(freed);
-        Some(store.append(channel, ns, now, offset, &Arc::from(epoch), data))
+        if let Some(e) = group_epoch {
+            out.extend(batch_frame(channel, &e, &mut group));
+        }
+        out
     }
 
     /// What a client resubscribing from `since` gets; None when the channel has no history namespace.
@@ -190,6 +224,24 @@ impl History {
     }
 }
 
+/// The frame of one group of a batch (emptied) and its last offset.
+fn batch_frame(
+    channel: &str,
+    epoch: &str,
+    group: &mut Vec<(u64, &str, SharedFrame)>,
+) -> Option<(SharedFrame, u64)> {
+    let last = group.last()?.0;
+    let frame = if group.len() == 1 {
+        group[0].2.clone()
+    } else {
+        let offsets: Vec<u64> = group.iter().map(|g| g.0).collect();
+        let data: Vec<&str> = group.iter().map(|g| g.1).collect();
+        protocol::batch_message(channel, Some(epoch), &offsets, &data)
+    };
+    group.clear();
+    Some((frame, last))
+}
+
 /// The position of a channel before its first publication.
 fn start() -> Position {
     Position {
@@ -205,6 +257,25 @@ impl Store {
             self.rings.insert(Arc::from(channel), Ring::new(now));
         }
         self.rings.get_mut(channel).expect("inserted above")
+    }
+
+    /// Whether publication `offset` in `epoch` (given by Redis) is new for the channel; a new epoch or a gap
+    /// drops what the ring had (no recovery may span them). False for a repeat.
+    fn admit(&mut self, channel: &str, now: Instant, offset: u64, epoch: &Arc<str>) -> bool {
+        let ring = self.ring(channel, now);
+        if offset <= ring.top && ring.epoch == *epoch {
+            return false;
+        }
+        if ring.epoch != *epoch || offset > ring.top + 1 {
+            let freed = (
+                ring.entries.iter().map(Entry::cost).sum(),
+                ring.entries.len(),
+            );
+            ring.entries.clear();
+            ring.epoch = epoch.clone();
+            self.release(freed);
+        }
+        true
     }
 
     /// Encodes and stores publication `offset` of `channel` (the ring exists), then applies the channel's and the

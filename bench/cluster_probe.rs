@@ -244,8 +244,11 @@ fn publications(buf: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
 enum Join<'a> {
     /// As user `probe` (no replay: the probe measures live delivery).
     User(&'a str),
-    /// Anonymous on a channel, optionally recovering it from the start.
-    Channel { name: &'a str, recover: bool },
+    /// Anonymous on a channel, optionally recovering it from offset 0 of this epoch.
+    Channel {
+        name: &'a str,
+        recover: Option<&'a str>,
+    },
 }
 
 fn subscriber(
@@ -259,8 +262,14 @@ fn subscriber(
     let mut s = TcpStream::connect(addr).expect("connect");
     let target = match join {
         Join::User(t) => format!("/ws?since=$&token={t}"),
-        Join::Channel { name, recover: false } => format!("/ws?channels={name}"),
-        Join::Channel { name, recover: true } => format!("/ws?channels={name}&recover={name}:0:"),
+        Join::Channel {
+            name,
+            recover: None,
+        } => format!("/ws?channels={name}"),
+        Join::Channel {
+            name,
+            recover: Some(epoch),
+        } => format!("/ws?channels={name}&recover={name}:0:{epoch}"),
     };
     write!(
         s,
@@ -404,7 +413,10 @@ fn main() {
         "--standalone needs --nodes 1"
     );
     if a.recovery {
-        assert!(a.standalone && a.nodes == 1 && !a.user, "--recovery needs --standalone --nodes 1, no --user");
+        assert!(
+            a.standalone && a.nodes == 1 && !a.user,
+            "--recovery needs --standalone --nodes 1, no --user"
+        );
         return recovery(&a);
     }
     let redis = (!a.standalone).then(start_redis);
@@ -430,7 +442,7 @@ fn main() {
                     Some(t) => Join::User(t),
                     None => Join::Channel {
                         name: &a.channel,
-                        recover: false,
+                        recover: None,
                     },
                 },
             ));
@@ -511,7 +523,10 @@ fn main() {
         );
     }
     let secs = (all_last.saturating_sub(t0)) as f64 / 1e6;
-    let frames: u64 = groups.iter().map(|(_, t, _)| t.frames.load(Ordering::Relaxed)).sum();
+    let frames: u64 = groups
+        .iter()
+        .map(|(_, t, _)| t.frames.load(Ordering::Relaxed))
+        .sum();
     println!(
         "frames received {frames} ({:.2} publications per frame); node 0 CPU {} ms",
         total as f64 / frames.max(1) as f64,
@@ -566,8 +581,15 @@ fn main() {
 fn cpu_ms(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
     // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
     ticks * 10
 }
@@ -579,25 +601,56 @@ fn recovery(a: &Args) {
     let (node, ws, api) = start_wsgate(a, None);
     let pid = node.0.id();
     let epoch = Instant::now();
-    let hist = || Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
-    let wave = |recover: bool, n: u64| {
+    let hist = || {
+        Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        ))
+    };
+    let wave = |recover: Option<&str>, n: u64| {
         let tally = Arc::new(Tally::default());
         let (h, cpu, t0) = (hist(), cpu_ms(pid), Instant::now());
         let threads: Vec<_> = (0..a.subs)
-            .map(|_| subscriber(ws, n, epoch, tally.clone(), h.clone(), Join::Channel { name: &a.channel, recover }))
+            .map(|_| {
+                subscriber(
+                    ws,
+                    n,
+                    epoch,
+                    tally.clone(),
+                    h.clone(),
+                    Join::Channel {
+                        name: &a.channel,
+                        recover,
+                    },
+                )
+            })
             .collect();
         for t in threads {
             let _ = t.join();
         }
-        (t0.elapsed(), cpu_ms(pid).saturating_sub(cpu), tally.received.load(Ordering::Relaxed), tally.gaps.load(Ordering::Relaxed))
+        (
+            t0.elapsed(),
+            cpu_ms(pid).saturating_sub(cpu),
+            tally.received.load(Ordering::Relaxed),
+            tally.gaps.load(Ordering::Relaxed),
+        )
     };
-    wave(false, 0); // join and leave: the channel exists, nobody listens
+    wave(None, 0); // join and leave: the channel exists, nobody listens
+    let position = http_get(api, &format!("/api/history?channel={}&limit=1", a.channel));
+    let channel_epoch = position
+        .split("\"epoch\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the channel's epoch (is --channel in a namespace with history?)")
+        .to_string();
     publisher(api, a.messages, a.rate, epoch, false, &a.channel);
-    let (t_plain, cpu_plain, _, _) = wave(false, 0);
-    let (t_rec, cpu_rec, got, gaps) = wave(true, a.messages);
+    let (t_plain, cpu_plain, _, _) = wave(None, 0);
+    let (t_rec, cpu_rec, got, gaps) = wave(Some(&channel_epoch), a.messages);
     println!(
         "recovery: {} clients x {} missed messages on {:?}: received {got}/{} (missing {gaps})",
-        a.subs, a.messages, a.channel, a.subs as u64 * a.messages
+        a.subs,
+        a.messages,
+        a.channel,
+        a.subs as u64 * a.messages
     );
     println!(
         "reconnect without recover: {:.3} s, node CPU {cpu_plain} ms; with recover: {:.3} s, node CPU {cpu_rec} ms",

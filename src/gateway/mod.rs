@@ -124,7 +124,7 @@ impl Shared {
             node_id: config.server.node_id,
             api: stats::ApiGatewayStats::default(),
             bridge: None,
-            history: History::from_config(&config.channels),
+            history: History::from_config(&config.channels, !config.cluster.redis.is_empty()),
         })
     }
 

@@ -23,6 +23,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct History {
     config: ChannelsConfig,
+    /// Cluster mode: a channel's epoch is Redis's, known once a publication was read from the bus; standalone,
+    /// a subscribe creates the channel's epoch, so every position a client is given names a real epoch.
+    cluster: bool,
     store: Mutex<Store>,
 }
 
@@ -49,11 +52,12 @@ pub struct Page {
 }
 
 impl History {
-    /// None when no namespace keeps history.
-    pub fn from_config(config: &ChannelsConfig) -> Option<Arc<History>> {
+    /// None when no namespace keeps history. `cluster`: offsets and epochs come from Redis (see [`Self::insert`]).
+    pub fn from_config(config: &ChannelsConfig, cluster: bool) -> Option<Arc<History>> {
         config.any_history().then(|| {
             Arc::new(History {
                 config: config.clone(),
+                cluster,
                 store: Mutex::new(Store {
                     rings: HashMap::new(),
                     order: VecDeque::new(),
@@ -162,12 +166,14 @@ impl History {
         let ns = self.namespace(channel)?;
         let now = Instant::now();
         let mut store = self.lock();
+        if !self.cluster {
+            store.ring(channel, now);
+        }
         let Some(ring) = store.rings.get_mut(channel) else {
-            // Nothing published since the node started (or the channel went idle past its ttl and was dropped).
-            let from_start = since.offset == 0 && since.epoch.is_empty();
+            // Cluster mode, nothing of the channel read since this node started: what the client missed is unknown.
             return Some(Recovery {
                 position: start(),
-                recovered: from_start,
+                recovered: false,
                 frames: Vec::new(),
             });
         };
@@ -177,11 +183,14 @@ impl History {
         Some(recovery)
     }
 
-    /// The channel's current position (offset 0, epoch "" before its first publication); None when it has no
-    /// history namespace.
+    /// The channel's current position (standalone: its epoch is made if it has none; cluster mode: offset 0 and
+    /// epoch "" until this node read a publication of it); None when it has no history namespace.
     pub fn position(&self, channel: &str) -> Option<Position> {
         self.namespace(channel)?;
-        let store = self.lock();
+        let mut store = self.lock();
+        if !self.cluster {
+            return Some(store.ring(channel, Instant::now()).position());
+        }
         Some(store.rings.get(channel).map_or_else(start, Ring::position))
     }
 
@@ -242,7 +251,12 @@ fn batch_frame(
     Some((frame, last))
 }
 
-/// The position of a channel before its first publication.
+/// What a channel's ring costs against `channels.history_max_bytes` besides its publications.
+fn ring_cost(name: &str) -> usize {
+    name.len() + std::mem::size_of::<Ring>() + 64
+}
+
+/// The position of a channel this node knows nothing of (cluster mode).
 fn start() -> Position {
     Position {
         offset: 0,
@@ -254,6 +268,8 @@ impl Store {
     /// The ring of `channel`, created (new epoch, offset 0) if it has none.
     fn ring(&mut self, channel: &str, now: Instant) -> &mut Ring {
         if !self.rings.contains_key(channel) {
+            self.bytes += ring_cost(channel);
+            self.enforce_total();
             self.rings.insert(Arc::from(channel), Ring::new(now));
         }
         self.rings.get_mut(channel).expect("inserted above")
@@ -338,6 +354,23 @@ impl Store {
                 self.held -= 1;
             }
         }
+        // Only rings without publications left (channels subscribed to but quiet): the longest idle go.
+        if self.bytes > self.max_bytes {
+            let mut idle: Vec<(Instant, Arc<str>)> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.entries.is_empty())
+                .map(|(name, r)| (r.last_publish, name.clone()))
+                .collect();
+            idle.sort_unstable();
+            for (_, name) in idle {
+                if self.bytes <= self.max_bytes {
+                    break;
+                }
+                self.rings.remove(&name);
+                self.bytes -= ring_cost(&name);
+            }
+        }
         // Entries the rings dropped themselves linger in `order`; rebuild it before it is twice the live count.
         if self.order.len() > 2 * self.held + 1024 {
             let rings = &self.rings;
@@ -365,7 +398,11 @@ impl Store {
             let (bytes, count) = ring.expire(now, ttl);
             freed.0 += bytes;
             freed.1 += count;
-            !(ring.entries.is_empty() && now.duration_since(ring.last_publish) >= ttl)
+            let idle = ring.entries.is_empty() && now.duration_since(ring.last_publish) >= ttl;
+            if idle {
+                freed.0 += ring_cost(name);
+            }
+            !idle
         });
         self.release(freed);
     }
@@ -386,7 +423,7 @@ mod tests {
                 merge_ms: 0,
             }],
         };
-        History::from_config(&config).expect("a namespace keeps history")
+        History::from_config(&config, false).expect("a namespace keeps history")
     }
 
     #[test]
@@ -421,6 +458,13 @@ mod tests {
             h.publish("h:a", &ns, "1");
         }
         assert_eq!(h.usage().1, 3);
+        // Channels only subscribed to (standalone: each gets its epoch) count too, and the idlest go first.
+        let small = history(20_000, 3);
+        for i in 0..1000 {
+            small.position(&format!("h:quiet{i}")).unwrap();
+        }
+        let (bytes, _, channels) = small.usage();
+        assert!(bytes <= 20_000 && channels < 1000, "{bytes} bytes in {channels} channels");
         assert!(h.namespace("other").is_none());
         assert!(h.page("other", 0, 10).is_none());
         assert!(h.position("other").is_none());

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 pub const MAX_EPOCH_LEN: usize = 32;
 const EPOCH_LEN: usize = 8;
 
-/// Where a client stopped in a channel: the last offset it got, in which epoch. Epoch "" with offset 0 means
-/// "nothing received yet" (a client that subscribed before the first publication).
+/// Where a client stopped in a channel: the last offset it got, in which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub offset: u64,
@@ -93,8 +92,7 @@ impl Ring {
     /// The publications after `since`, if the history still reaches back to it: `Some(entries)` (possibly empty)
     /// or None when some of the missed ones are gone, the epoch differs, or `since` is ahead of the channel.
     pub fn after(&self, since: &Position) -> Option<impl Iterator<Item = &Entry>> {
-        let from_start = since.offset == 0 && since.epoch.is_empty();
-        if !from_start && since.epoch != self.epoch {
+        if since.epoch != self.epoch {
             return None;
         }
         let first_missed = since.offset + 1;
@@ -210,13 +208,11 @@ mod tests {
     }
 
     #[test]
-    fn from_the_start_needs_offset_one() {
-        let start = Position {
-            offset: 0,
-            epoch: Arc::from(""),
-        };
-        assert_eq!(ring(1..=3, 3).recover(&start, usize::MAX).frames.len(), 3);
-        assert!(!ring(2..=3, 3).recover(&start, usize::MAX).recovered);
+    fn from_offset_zero_of_the_epoch_and_after_expiry() {
+        let r = ring(1..=3, 3);
+        assert_eq!(r.recover(&at(&r, 0), usize::MAX).frames.len(), 3);
+        let r = ring(2..=3, 3);
+        assert!(!r.recover(&at(&r, 0), usize::MAX).recovered);
         // Every stored publication expired, but a client at the top missed nothing.
         let mut r = ring(1..=1, 7);
         r.entries.clear();

@@ -214,6 +214,12 @@ fn a_killed_client_recovers_every_publication_exactly_once_in_order() {
         "{}",
         s.stats()
     );
+    assert_eq!(
+        s.stat("/history/publications"),
+        1000,
+        "history_size 1000 of 2000 kept"
+    );
+    assert!(s.stat("/history/bytes") > 50_000, "{}", s.stats());
 }
 
 #[test]

@@ -464,7 +464,10 @@ mod tests {
             small.position(&format!("h:quiet{i}")).unwrap();
         }
         let (bytes, _, channels) = small.usage();
-        assert!(bytes <= 20_000 && channels < 1000, "{bytes} bytes in {channels} channels");
+        assert!(
+            bytes <= 20_000 && channels < 1000,
+            "{bytes} bytes in {channels} channels"
+        );
         assert!(h.namespace("other").is_none());
         assert!(h.page("other", 0, 10).is_none());
         assert!(h.position("other").is_none());

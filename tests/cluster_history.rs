@@ -15,6 +15,12 @@ prefix = "doc:"
 history_size = 1000
 history_ttl = 300
 recover = true
+
+[[channels.namespace]]
+prefix = "burst:"
+history_size = 100
+recover = true
+merge_ms = 100
 "#;
 
 fn node(redis: &RedisServer) -> Server {
@@ -245,5 +251,41 @@ fn history_with_redis_cluster_mode_is_refused_at_start_up() {
         out.stderr.contains("channels.namespace[0].history_size"),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn merge_windows_batch_what_every_node_reads_from_the_bus() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    let b = node(&redis);
+    let mut on_b = ws(&b, "/ws?channels=burst:1");
+    on_b.expect_json("positions");
+    let mut api = Http::connect(a.api);
+    for n in 1..=5 {
+        publish(&mut api, "burst:1", &format!("{{\"n\":{n}}}"));
+    }
+    let mut got = Vec::new();
+    let mut frames = 0;
+    while got.len() < 5 {
+        let v = on_b.expect_json("batch");
+        frames += 1;
+        match v["batch"].as_array() {
+            Some(items) => got.extend(items.iter().map(|i| {
+                (
+                    i["offset"].as_u64().unwrap(),
+                    i["data"]["n"].as_u64().unwrap(),
+                )
+            })),
+            None => got.push((
+                v["offset"].as_u64().unwrap(),
+                v["data"]["n"].as_u64().unwrap(),
+            )),
+        }
+    }
+    assert_eq!(got, (1..=5).map(|n| (n, n)).collect::<Vec<_>>());
+    assert!(
+        frames < 5,
+        "5 publications within 100 ms came as {frames} frames"
     );
 }

@@ -52,23 +52,21 @@ impl Reader {
         data: &str,
     ) -> Result<u64, String> {
         let s = self.shared.clone();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH)
-            .arg(3)
-            .arg(meta_key(channel))
-            .arg(stream_key(channel))
-            .arg(&s.cfg.stream)
-            .arg(&*new_epoch())
-            .arg(ns.history_size)
-            .arg(ns.history_ttl)
-            .arg(data)
-            .arg(s.cfg.stream_maxlen)
-            // Not this instance's own origin, so its bus reader delivers the event here too (in offset order).
-            .arg(history_origin(&s.origin))
-            .arg(s.node_id)
-            .arg(channel)
-            .arg(now_ms());
-        match self.one(cmd)? {
+        // By hash first (no script text per publish); Redis answers NOSCRIPT until it has seen the script once.
+        let reply = match self.one(publish_cmd(
+            "EVALSHA",
+            &publish_sha(),
+            channel,
+            ns,
+            data,
+            &s,
+        )) {
+            Err(e) if e.contains("NOSCRIPT") => {
+                self.one(publish_cmd("EVAL", PUBLISH, channel, ns, data, &s))
+            }
+            other => other,
+        };
+        match reply? {
             Value::Array(v) => match v.first() {
                 Some(Value::Int(offset)) if *offset > 0 => Ok(*offset as u64),
                 _ => Err("unexpected reply to the history script".into()),
@@ -144,6 +142,43 @@ impl Reader {
             items,
         })
     }
+}
+
+/// The history script's call: `verb` is EVAL (with the script) or EVALSHA (with its hash).
+fn publish_cmd(
+    verb: &str,
+    script: &str,
+    channel: &str,
+    ns: &NamespaceConfig,
+    data: &str,
+    s: &super::Shared,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(script)
+        .arg(3)
+        .arg(meta_key(channel))
+        .arg(stream_key(channel))
+        .arg(&s.cfg.stream)
+        .arg(&*new_epoch())
+        .arg(ns.history_size)
+        .arg(ns.history_ttl)
+        .arg(data)
+        .arg(s.cfg.stream_maxlen)
+        // Not this instance's own origin, so its bus reader delivers the event here too (in offset order).
+        .arg(history_origin(&s.origin))
+        .arg(s.node_id)
+        .arg(channel)
+        .arg(now_ms());
+    cmd
+}
+
+/// SHA-1 of the history script in hex, as EVALSHA wants it.
+fn publish_sha() -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(PUBLISH.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The origin of history events in the bus: derived from the instance's, never equal to it.

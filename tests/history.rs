@@ -52,8 +52,14 @@ fn config_file() -> String {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let path = config_file();
-    Server::start(&["--config", &path])
+    let mut args = vec!["--config", path.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
 }
 
 fn ws(s: &Server, path: &str) -> RawWs {
@@ -521,4 +527,52 @@ fn a_merge_window_sends_one_frame_per_burst() {
         got.extend(items(&c.expect_json("live batch")));
     }
     assert_eq!(got, vec![(Some(6), 6), (Some(7), 7)]);
+}
+
+#[test]
+fn a_replay_larger_than_half_the_outbound_limit_is_not_recovered() {
+    let s = start_with(&["--set", "ws.max_outbound_bytes=4096"]);
+    let mut api = Http::connect(s.api);
+    let mut c = ws(&s, "/ws?channels=doc:big,doc:big2");
+    let v = c.expect_json("positions");
+    let epoch = v["positions"]["doc:big"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let epoch2 = v["positions"]["doc:big2"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(c);
+    let pad = "x".repeat(100);
+    for n in 1..=30 {
+        let data = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+        publish(&mut api, "doc:big", &data);
+        publish(&mut api, "doc:big2", &data);
+    }
+    // 30 frames of ~170 bytes: more than 2048 bytes.
+    let mut c = ws(&s, "/ws");
+    let v = c.call(recover_cmd("doc:big", 0, &epoch));
+    assert_eq!(
+        (v["ok"].clone(), v["recovered"].clone(), v["offset"].clone()),
+        (json!(true), json!(false), json!(30)),
+        "{v}"
+    );
+    // The last 10 fit, but not twice in one request: the budget is per request.
+    let mut d = ws(&s, "/ws");
+    let cmd = json!({"op":"subscribe","id":1,"channels":["doc:big","doc:big2"],
+        "recover":{"doc:big":{"offset":20,"epoch":epoch},"doc:big2":{"offset":20,"epoch":epoch2}}});
+    let v = d.call(cmd);
+    assert_eq!(v["positions"]["doc:big"]["recovered"], json!(true), "{v}");
+    assert_eq!(v["positions"]["doc:big2"]["recovered"], json!(false), "{v}");
+    assert_eq!(v["recovered"], json!(false), "{v}");
+    for offset in 21..=30 {
+        assert_eq!(publication(&d.expect_json("replay"), "doc:big").0, offset);
+    }
+    publish(&mut api, "doc:big2", r#"{"n":31}"#);
+    assert_eq!(
+        publication(&d.expect_json("live"), "doc:big2").0,
+        31,
+        "connection still open, live continues"
+    );
 }

@@ -53,8 +53,8 @@ pub(super) struct Policy {
     pub max_channels: usize,
     pub error_budget: u8,
     pub ping_interval: u32,
-    /// Largest replay a recovery sends (half of `ws.max_outbound_bytes`); beyond it the answer is
-    /// `recovered:false`.
+    /// Largest replay one subscribe request (or connect URL) sends over all its channels (half of
+    /// `ws.max_outbound_bytes`); a channel whose replay does not fit is answered `recovered:false`.
     pub max_replay_bytes: usize,
 }
 

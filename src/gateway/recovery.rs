@@ -165,13 +165,16 @@ impl Gateway {
         replay: &mut Vec<SharedFrame>,
     ) -> Option<Subscribed> {
         let history = self.local.shared.history.clone()?;
+        // One budget for all channels of a request (and the connect URL), so a recovery never makes a slow consumer.
+        let queued: usize = replay.iter().map(|f| f.len()).sum();
+        let budget = self.policy.max_replay_bytes.saturating_sub(queued);
         let (position, recovered) = match since {
             Some(since) => {
                 let Recovery {
                     position,
                     recovered,
                     frames,
-                } = history.recover(channel, since, self.policy.max_replay_bytes)?;
+                } = history.recover(channel, since, budget)?;
                 self.local.tally.channel_recoveries_total += 1;
                 if !recovered {
                     self.local.tally.channel_recoveries_failed_total += 1;

@@ -227,6 +227,82 @@ pub fn query_param(query: &str, name: &str) -> Option<Result<String, ()>> {
     })
 }
 
+/// Longest epoch a client may send in `recover` (the server's are 8 characters).
+pub const MAX_EPOCH_LEN: usize = 32;
+
+/// One entry of a `recover` request: channel, the last offset the client has, its epoch.
+pub type RecoverEntry = (String, u64, String);
+
+/// Parses `"recover":{"doc:42":{"offset":17,"epoch":"x7Kq"}}` against the request's `channels`. Every entry must
+/// name one of them; offsets are non-negative integers, epochs strings of at most 32 characters.
+pub fn parse_recover(raw: &RawValue, channels: &[String]) -> Result<Vec<RecoverEntry>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        offset: serde_json::Value,
+        epoch: serde_json::Value,
+    }
+    let map: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).map_err(|_| {
+            "\"recover\" must be an object {\"<channel>\":{\"offset\":N,\"epoch\":\"E\"}}"
+                .to_string()
+        })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (channel, value) in map {
+        if !channels.contains(&channel) {
+            return Err(format!(
+                "recover names {channel:?}, which this request does not subscribe to"
+            ));
+        }
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|_| format!("recover {channel:?} must be {{\"offset\":N,\"epoch\":\"E\"}}"))?;
+        let Some(offset) = entry.offset.as_u64() else {
+            return Err(format!(
+                "recover {channel:?}: offset must be a non-negative integer"
+            ));
+        };
+        let epoch = match entry.epoch.as_str() {
+            Some(e) if e.len() <= MAX_EPOCH_LEN => e,
+            _ => {
+                return Err(format!(
+                    "recover {channel:?}: epoch must be a string of at most 32 characters"
+                ))
+            }
+        };
+        out.push((channel, offset, epoch.to_string()));
+    }
+    Ok(out)
+}
+
+/// Parses the connect URL's `recover=CHANNEL:OFFSET:EPOCH[,...]` (each part percent-decoded; the channel may hold
+/// colons, offset and epoch are the last two fields).
+pub fn query_recover(query: &str, channels: &[String]) -> Result<Vec<RecoverEntry>, &'static str> {
+    const BAD: &str =
+        "invalid recover (CHANNEL:OFFSET:EPOCH, comma-separated, for channels in channels=)";
+    let mut out = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "recover" {
+            continue;
+        }
+        for raw in value.split(',').filter(|s| !s.is_empty()) {
+            let item = percent_decode(raw).ok_or(BAD)?;
+            let mut parts = item.rsplitn(3, ':');
+            let (Some(epoch), Some(offset), Some(channel)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(BAD);
+            };
+            let offset: u64 = offset.parse().map_err(|_| BAD)?;
+            if epoch.len() > MAX_EPOCH_LEN || !channels.iter().any(|c| c == channel) {
+                return Err(BAD);
+            }
+            out.push((channel.to_string(), offset, epoch.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// Longest client version string (`?v=` / `X-Client-Version`).
 pub const MAX_CLIENT_VERSION: usize = 64;
 

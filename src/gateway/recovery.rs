@@ -36,91 +36,27 @@ pub(super) struct Subscribed {
 /// A `recover` request: channel → where the client stopped.
 pub(super) type RecoverRequest = Vec<(String, Position)>;
 
-/// Parses `"recover":{"doc:42":{"offset":17,"epoch":"x7Kq"}}` against the request's `channels`. Every entry must
-/// name one of them; offsets are non-negative integers, epochs strings of at most 32 characters.
+/// The request's `recover` object as positions (see [`protocol::parse_recover`]).
 pub(super) fn parse_recover(raw: &RawValue, channels: &[String]) -> Result<RecoverRequest, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Entry {
-        offset: serde_json::Value,
-        epoch: serde_json::Value,
-    }
-    let map: std::collections::BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(raw.get()).map_err(|_| {
-            "\"recover\" must be an object {\"<channel>\":{\"offset\":N,\"epoch\":\"E\"}}"
-                .to_string()
-        })?;
-    let mut out = Vec::with_capacity(map.len());
-    for (channel, value) in map {
-        if !channels.contains(&channel) {
-            return Err(format!(
-                "recover names {channel:?}, which this request does not subscribe to"
-            ));
-        }
-        let entry: Entry = serde_json::from_value(value)
-            .map_err(|_| format!("recover {channel:?} must be {{\"offset\":N,\"epoch\":\"E\"}}"))?;
-        let Some(offset) = entry.offset.as_u64() else {
-            return Err(format!(
-                "recover {channel:?}: offset must be a non-negative integer"
-            ));
-        };
-        let epoch = match entry.epoch.as_str() {
-            Some(e) if e.len() <= crate::history::ring::MAX_EPOCH_LEN => e,
-            _ => {
-                return Err(format!(
-                    "recover {channel:?}: epoch must be a string of at most 32 characters"
-                ))
-            }
-        };
-        out.push((
-            channel,
-            Position {
-                offset,
-                epoch: Arc::from(epoch),
-            },
-        ));
-    }
-    Ok(out)
+    protocol::parse_recover(raw, channels).map(positions)
 }
 
-/// Parses the connect URL's `recover=CHANNEL:OFFSET:EPOCH[,...]` (each part percent-decoded; the channel may hold
-/// colons, offset and epoch are the last two fields).
+/// The connect URL's `recover=` as positions (see [`protocol::query_recover`]).
 pub(super) fn parse_recover_query(
     query: &str,
     channels: &[String],
 ) -> Result<RecoverRequest, &'static str> {
-    const BAD: &str =
-        "invalid recover (CHANNEL:OFFSET:EPOCH, comma-separated, for channels in channels=)";
-    let mut out = Vec::new();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "recover" {
-            continue;
-        }
-        for raw in value.split(',').filter(|s| !s.is_empty()) {
-            let item = protocol::percent_decode(raw).ok_or(BAD)?;
-            let mut parts = item.rsplitn(3, ':');
-            let (Some(epoch), Some(offset), Some(channel)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(BAD);
-            };
-            let offset: u64 = offset.parse().map_err(|_| BAD)?;
-            if epoch.len() > crate::history::ring::MAX_EPOCH_LEN
-                || !channels.iter().any(|c| c == channel)
-            {
-                return Err(BAD);
-            }
-            out.push((
-                channel.to_string(),
-                Position {
-                    offset,
-                    epoch: Arc::from(epoch),
-                },
-            ));
-        }
-    }
-    Ok(out)
+    protocol::query_recover(query, channels).map(positions)
+}
+
+fn positions(entries: Vec<protocol::RecoverEntry>) -> RecoverRequest {
+    entries
+        .into_iter()
+        .map(|(channel, offset, epoch)| {
+            let epoch = Arc::from(epoch);
+            (channel, Position { offset, epoch })
+        })
+        .collect()
 }
 
 impl Gateway {

@@ -7,8 +7,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest epoch a client may send (ours are [`EPOCH_LEN`] characters).
-pub const MAX_EPOCH_LEN: usize = 32;
 const EPOCH_LEN: usize = 8;
 
 /// Where a client stopped in a channel: the last offset it got, in which epoch.

@@ -1,11 +1,14 @@
-//! Channel history in standalone mode: per channel a ring of its newest publications with offsets in an epoch
-//! (src/history/ring.rs), bounded per channel (`history_size`, `history_ttl` of its `[[channels.namespace]]`) and
-//! in total (`channels.history_max_bytes`, oldest publication of any channel dropped first).
+//! Channel history kept in a node's memory: per channel a ring of its newest publications with offsets in an
+//! epoch (src/history/ring.rs), bounded per channel (`history_size`, `history_ttl` of its `[[channels.namespace]]`)
+//! and in total (`channels.history_max_bytes`, oldest publication of any channel dropped first). Standalone it is
+//! the history; in cluster mode it is this node's copy of what it read from the bus (Redis has the history,
+//! src/cluster/history.rs), from which it serves recoveries without a round trip.
 //!
-//! The API thread is the only writer: it gives the offset, encodes the frame once and stores it before handing it
-//! to the reactors, so a reactor that reads the history while recovering a client sees every publication whose
-//! frame may still be in its command queue (src/gateway/recovery.rs skips those by offset). One mutex, held for a
-//! publish or one channel's read, never across I/O.
+//! Publications are stored before they are handed to the reactors, by whoever hands them out: the API thread
+//! (standalone), the bus reader (cluster), the merge thread (merge windows). So a reactor that reads the history
+//! while recovering a client sees every publication whose frame may still be in its command queue
+//! (src/gateway/recovery.rs skips those by offset). One mutex, held for a publish or one channel's read, never
+//! across I/O.
 
 pub mod ring;
 

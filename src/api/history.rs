@@ -68,10 +68,12 @@ pub(super) fn history(query: &str, ctx: &Context) -> Response {
         String::with_capacity(128 + page.items.iter().map(|(_, d)| d.len() + 24).sum::<usize>());
     body.push_str("{\"ok\":true,\"channel\":");
     body.push_str(&serde_json::to_string(&channel).expect("a str serializes"));
+    // The epoch may come from Redis: escaped like any string from outside.
+    let epoch = serde_json::to_string(&*page.position.epoch).expect("a str serializes");
     let _ = write!(
         body,
-        ",\"offset\":{},\"epoch\":\"{}\",\"complete\":{},\"publications\":[",
-        page.position.offset, page.position.epoch, page.complete
+        ",\"offset\":{},\"epoch\":{epoch},\"complete\":{},\"publications\":[",
+        page.position.offset, page.complete
     );
     for (i, (offset, data)) in page.items.iter().enumerate() {
         if i > 0 {

@@ -230,11 +230,13 @@ fn push_positions(json: &mut String, subscribed: &[Subscribed]) {
     if !asked.is_empty() {
         let _ = write!(json, ",\"recovered\":{}", asked.iter().all(|r| *r));
     }
+    let epoch = |p: &Position| serde_json::to_string(&*p.epoch).expect("a str serializes");
     if let [one] = subscribed {
         let _ = write!(
             json,
-            ",\"offset\":{},\"epoch\":\"{}\"",
-            one.position.offset, one.position.epoch
+            ",\"offset\":{},\"epoch\":{}",
+            one.position.offset,
+            epoch(&one.position)
         );
     }
     json.push_str(",\"positions\":{");
@@ -245,8 +247,9 @@ fn push_positions(json: &mut String, subscribed: &[Subscribed]) {
         json.push_str(&serde_json::to_string(&s.channel).expect("a str serializes"));
         let _ = write!(
             json,
-            ":{{\"offset\":{},\"epoch\":\"{}\"",
-            s.position.offset, s.position.epoch
+            ":{{\"offset\":{},\"epoch\":{}",
+            s.position.offset,
+            epoch(&s.position)
         );
         if let Some(r) = s.recovered {
             let _ = write!(json, ",\"recovered\":{r}");

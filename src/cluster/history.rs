@@ -132,7 +132,10 @@ impl Reader {
                 }
             }
         }
-        let complete = since >= top || items.first().is_some_and(|(o, _)| *o == since + 1);
+        let complete = since >= top
+            || items
+                .first()
+                .is_some_and(|(o, _)| *o == since.saturating_add(1));
         Ok(Page {
             position: Position {
                 offset: top,

@@ -92,7 +92,7 @@ impl History {
         let mut store = self.lock();
         store.sweep(now, &self.config);
         let ring = store.ring(channel, now);
-        let offset = ring.top + 1;
+        let offset = ring.top.saturating_add(1);
         let epoch = ring.epoch.clone();
         (store.append(channel, ns, now, offset, &epoch, data), offset)
     }
@@ -148,7 +148,7 @@ impl History {
                 }
                 None => {
                     let ring = store.ring(channel, now);
-                    (ring.top + 1, ring.epoch.clone())
+                    (ring.top.saturating_add(1), ring.epoch.clone())
                 }
             };
             if let Some(e) = group_epoch.as_ref().filter(|e| **e != epoch) {
@@ -211,8 +211,11 @@ impl History {
             });
         };
         let freed = ring.expire(now, Duration::from_secs(ns.history_ttl));
-        let complete =
-            since >= ring.top || ring.entries.front().is_some_and(|e| e.offset <= since + 1);
+        let complete = since >= ring.top
+            || ring
+                .entries
+                .front()
+                .is_some_and(|e| e.offset <= since.saturating_add(1));
         let items = ring
             .entries
             .iter()
@@ -285,7 +288,7 @@ impl Store {
         if offset <= ring.top && ring.epoch == *epoch {
             return false;
         }
-        if ring.epoch != *epoch || offset > ring.top + 1 {
+        if ring.epoch != *epoch || offset > ring.top.saturating_add(1) {
             let freed = (
                 ring.entries.iter().map(Entry::cost).sum(),
                 ring.entries.len(),
@@ -506,5 +509,9 @@ mod tests {
             }
         );
         assert_eq!(h.usage().1, 1);
+        // Hostile offsets from the bus: no overflow, and paging past them is complete.
+        assert!(h.insert("h:a", u64::MAX, "E2", data).is_some());
+        assert!(h.insert("h:a", u64::MAX, "E2", data).is_none());
+        assert!(h.page("h:a", u64::MAX, 10).unwrap().complete);
     }
 }

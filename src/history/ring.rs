@@ -93,7 +93,7 @@ impl Ring {
         if since.epoch != self.epoch {
             return None;
         }
-        let first_missed = since.offset + 1;
+        let first_missed = since.offset.saturating_add(1);
         if first_missed <= self.top {
             // Every missed offset must still be stored: the oldest kept one is at most the first missed.
             match self.entries.front() {
@@ -216,6 +216,16 @@ mod tests {
         r.entries.clear();
         assert!(r.recover(&at(&r, 7), usize::MAX).recovered);
         assert!(!r.recover(&at(&r, 6), usize::MAX).recovered);
+    }
+
+    #[test]
+    fn extreme_offsets_do_not_overflow() {
+        let r = ring(u64::MAX - 2..=u64::MAX, u64::MAX);
+        assert_eq!(r.recover(&at(&r, u64::MAX - 1), usize::MAX).frames.len(), 1);
+        assert!(r.recover(&at(&r, u64::MAX), usize::MAX).recovered);
+        assert!(!r.recover(&at(&r, 5), usize::MAX).recovered);
+        let r = ring(1..=3, 3);
+        assert!(r.recover(&at(&r, u64::MAX), usize::MAX).recovered); // ahead: position kept
     }
 
     #[test]

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Bytes of `data` per batch at most; beyond, the batch leaves at once.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Bytes of `data` waiting in all batches at most; beyond, every batch leaves at once (many channels in one
+/// window cannot grow memory without bound).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// One publication waiting in a batch: raw JSON, and (cluster mode with history) the offset and epoch Redis gave.
 pub struct Item {
@@ -32,9 +35,24 @@ struct Pending {
     bytes: usize,
 }
 
+/// The open batches, and the bytes of `data` they hold together.
+#[derive(Default)]
+struct Batches {
+    open: HashMap<Arc<str>, Pending>,
+    bytes: usize,
+}
+
+impl Batches {
+    fn take(&mut self, channel: &str) -> Option<Pending> {
+        let batch = self.open.remove(channel)?;
+        self.bytes -= batch.bytes;
+        Some(batch)
+    }
+}
+
 pub struct Merger {
     config: ChannelsConfig,
-    pending: Mutex<HashMap<Arc<str>, Pending>>,
+    pending: Mutex<Batches>,
     wake: Condvar,
 }
 
@@ -44,7 +62,7 @@ impl Merger {
         config.namespace.iter().any(|n| n.merge_ms > 0).then(|| {
             Arc::new(Merger {
                 config: config.clone(),
-                pending: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Batches::default()),
                 wake: Condvar::new(),
             })
         })
@@ -61,11 +79,20 @@ impl Merger {
     /// Adds a publication to `channel`'s batch (the channel has a window); a full batch is handed out here.
     pub fn add(&self, hub: &Hub, channel: &str, window: Duration, item: Item) {
         let mut pending = self.lock();
-        let batch = match pending.get_mut(channel) {
+        // Batches are handed out under the lock, so a later batch of a channel cannot overtake an earlier one.
+        if pending.bytes + item.data.len() > MAX_PENDING_BYTES {
+            let all: Vec<Arc<str>> = pending.open.keys().cloned().collect();
+            for c in all {
+                let batch = pending.take(&c).expect("listed above");
+                send(hub, &c, batch.items);
+            }
+        }
+        pending.bytes += item.data.len();
+        let batch = match pending.open.get_mut(channel) {
             Some(b) => b,
             None => {
                 self.wake.notify_one();
-                pending.entry(Arc::from(channel)).or_insert(Pending {
+                pending.open.entry(Arc::from(channel)).or_insert(Pending {
                     due: Instant::now() + window,
                     items: Vec::new(),
                     bytes: 0,
@@ -75,13 +102,12 @@ impl Merger {
         batch.bytes += item.data.len();
         batch.items.push(item);
         if batch.items.len() >= MAX_BATCH_ITEMS || batch.bytes >= MAX_BATCH_BYTES {
-            let full = pending.remove(channel).expect("present");
-            // Handed out under the lock, so a later batch of the channel cannot overtake this one.
+            let full = pending.take(channel).expect("present");
             send(hub, channel, full.items);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Pending>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batches> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -92,18 +118,20 @@ impl Merger {
             let now = Instant::now();
             let stopping = stop.load(Ordering::Relaxed);
             let due: Vec<Arc<str>> = pending
+                .open
                 .iter()
                 .filter(|(_, b)| stopping || b.due <= now)
                 .map(|(c, _)| c.clone())
                 .collect();
             for channel in due {
-                let batch = pending.remove(&channel).expect("listed above");
+                let batch = pending.take(&channel).expect("listed above");
                 send(hub, &channel, batch.items);
             }
             if stopping {
                 return;
             }
             let next = pending
+                .open
                 .values()
                 .map(|b| b.due)
                 .min()

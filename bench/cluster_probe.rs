@@ -8,6 +8,12 @@
 //! user pushes (`{"user":"probe",...}`) instead, to subscribers that all connect as user `probe` (JWT), so every
 //! push goes through the notify stream and reaches every subscriber on every node.
 //!
+//! Channel history and merge windows: `--config FILE` (with `[[channels.namespace]]` rules) and `--channel NAME`
+//! pick what the publications go through; batch frames count each publication in them, and the frames received are
+//! reported. `--recovery` measures reconnecting with `recover` instead: the subscribers connect and leave, the
+//! messages are published, then every subscriber reconnects with `recover=CHANNEL:0:` and gets them all replayed
+//! (time until the last one has all, and the node's CPU time), next to the same reconnect without `recover`.
+//!
 //! Until `wsgate-bench` has a cluster mode: `cargo run --release --example cluster_probe -- --help`.
 //! Every process it starts is killed by its own PID at the end.
 
@@ -45,9 +51,18 @@ struct Args {
     /// cluster.outbox_limit of every node (default: the gateway's default).
     #[arg(long)]
     outbox: Option<usize>,
-    /// Push to user `probe` (JWT auth on every node) instead of publishing to channel `probe`.
+    /// Push to user `probe` (JWT auth on every node) instead of publishing to a channel.
     #[arg(long)]
     user: bool,
+    /// Channel to publish to and subscribe to.
+    #[arg(long, default_value = "probe")]
+    channel: String,
+    /// Config file for every node (e.g. `[[channels.namespace]]` rules for history and merge windows).
+    #[arg(long)]
+    config: Option<String>,
+    /// Measure recovery: subscribers leave, `--messages` are published, all reconnect with `recover` (standalone).
+    #[arg(long)]
+    recovery: bool,
 }
 
 const SECRET: &str = "cluster-probe-secret-0123456789";
@@ -128,6 +143,9 @@ fn start_wsgate(a: &Args, redis_port: Option<u16>) -> (Proc, SocketAddr, SocketA
     cmd.args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
         .args(["--threads", &a.threads.to_string()])
         .args(["--set", "log.level=\"warn\""]);
+    if let Some(path) = &a.config {
+        cmd.args(["--config", path]);
+    }
     if a.user {
         cmd.args(["--set", "auth.mode=\"jwt\""])
             .args(["--set", &format!("auth.hs256_secret=\"{SECRET}\"")]);
@@ -205,6 +223,32 @@ struct Tally {
     /// Messages at or below one already received (duplicates or reordering).
     out_of_order: AtomicU64,
     last_us: AtomicU64,
+    /// Text frames carrying publications (a batch frame carries several).
+    frames: AtomicU64,
+}
+
+/// The (i, t) of every publication in a frame: one, or several in a merge window's batch.
+fn publications(buf: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = &buf[at..];
+        let p = rest.windows(4).position(|w| w == b"\"i\":")?;
+        let i = number_after(&rest[p..], b"\"i\":")?;
+        let t = number_after(&rest[p..], b"\"t\":")?;
+        at += p + 4;
+        Some((i, t))
+    })
+}
+
+/// What a subscriber connects to.
+enum Join<'a> {
+    /// As user `probe` (no replay: the probe measures live delivery).
+    User(&'a str),
+    /// Anonymous on a channel, optionally recovering it from offset 0 of this epoch.
+    Channel {
+        name: &'a str,
+        recover: Option<&'a str>,
+    },
 }
 
 fn subscriber(
@@ -213,13 +257,19 @@ fn subscriber(
     epoch: Instant,
     tally: Arc<Tally>,
     hist: Arc<Mutex<Histogram<u64>>>,
-    token: Option<&str>,
+    join: Join<'_>,
 ) -> std::thread::JoinHandle<()> {
     let mut s = TcpStream::connect(addr).expect("connect");
-    // As user `probe` (no replay: the probe measures live delivery), or anonymous on channel `probe`.
-    let target = match token {
-        Some(t) => format!("/ws?since=$&token={t}"),
-        None => "/ws?channels=probe".to_string(),
+    let target = match join {
+        Join::User(t) => format!("/ws?since=$&token={t}"),
+        Join::Channel {
+            name,
+            recover: None,
+        } => format!("/ws?channels={name}"),
+        Join::Channel {
+            name,
+            recover: Some(epoch),
+        } => format!("/ws?channels={name}&recover={name}:0:{epoch}"),
     };
     write!(
         s,
@@ -251,26 +301,28 @@ fn subscriber(
                 continue;
             }
             let now = epoch.elapsed().as_micros() as u64;
-            let (Some(i), Some(t)) = (number_after(&buf, b"\"i\":"), number_after(&buf, b"\"t\":"))
-            else {
-                continue;
-            };
-            if i < next {
-                tally.out_of_order.fetch_add(1, Ordering::Relaxed);
-            } else {
-                tally.gaps.fetch_add(i - next, Ordering::Relaxed);
-                next = i + 1;
+            let before = got;
+            for (i, t) in publications(&buf) {
+                if i < next {
+                    tally.out_of_order.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tally.gaps.fetch_add(i - next, Ordering::Relaxed);
+                    next = i + 1;
+                }
+                got += 1;
+                let _ = local.record(now.saturating_sub(t).max(1));
             }
-            got += 1;
-            let _ = local.record(now.saturating_sub(t).max(1));
-            tally.last_us.fetch_max(now, Ordering::Relaxed);
+            if got > before {
+                tally.frames.fetch_add(1, Ordering::Relaxed);
+                tally.last_us.fetch_max(now, Ordering::Relaxed);
+            }
         }
         tally.received.fetch_add(got, Ordering::Relaxed);
         hist.lock().unwrap().add(&local).unwrap();
     })
 }
 
-fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant, user: bool) {
+fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant, user: bool, channel: &str) {
     let s = TcpStream::connect(api).unwrap();
     s.set_nodelay(true).unwrap();
     let mut reader = BufReader::new(s.try_clone().unwrap());
@@ -301,9 +353,9 @@ fn publisher(api: SocketAddr, n: u64, rate: u64, epoch: Instant, user: bool) {
         }
         let t = epoch.elapsed().as_micros();
         let target = if user {
-            r#""user":"probe""#
+            r#""user":"probe""#.to_string()
         } else {
-            r#""channel":"probe""#
+            format!(r#""channel":{}"#, serde_json::to_string(channel).unwrap())
         };
         let body = format!(r#"{{{target},"data":{{"i":{i},"t":{t},"pad":"0123456789abcdef"}}}}"#);
         write!(
@@ -360,6 +412,13 @@ fn main() {
         !a.standalone || a.nodes == 1,
         "--standalone needs --nodes 1"
     );
+    if a.recovery {
+        assert!(
+            a.standalone && a.nodes == 1 && !a.user,
+            "--recovery needs --standalone --nodes 1, no --user"
+        );
+        return recovery(&a);
+    }
     let redis = (!a.standalone).then(start_redis);
     let redis_port = redis.as_ref().map(|(_, p)| *p);
     let nodes: Vec<_> = (0..a.nodes).map(|_| start_wsgate(&a, redis_port)).collect();
@@ -379,7 +438,13 @@ fn main() {
                 epoch,
                 tally.clone(),
                 hist.clone(),
-                token.as_deref(),
+                match &token {
+                    Some(t) => Join::User(t),
+                    None => Join::Channel {
+                        name: &a.channel,
+                        recover: None,
+                    },
+                },
             ));
         }
         groups.push((k, tally, hist));
@@ -388,7 +453,8 @@ fn main() {
     let mut rconn = redis_port.and_then(redis_conn);
     let before = rconn.as_mut().map(commandstats).unwrap_or_default();
     let t0 = epoch.elapsed().as_micros() as u64;
-    publisher(nodes[0].2, a.messages, a.rate, epoch, a.user);
+    let cpu_before = cpu_ms(nodes[0].0 .0.id());
+    publisher(nodes[0].2, a.messages, a.rate, epoch, a.user, &a.channel);
     let accepted = epoch.elapsed().as_micros() as u64;
     // When the publishing node's outbox is empty, every event it accepted is in the stream (or was dropped).
     let api0 = nodes[0].2;
@@ -457,6 +523,15 @@ fn main() {
         );
     }
     let secs = (all_last.saturating_sub(t0)) as f64 / 1e6;
+    let frames: u64 = groups
+        .iter()
+        .map(|(_, t, _)| t.frames.load(Ordering::Relaxed))
+        .sum();
+    println!(
+        "frames received {frames} ({:.2} publications per frame); node 0 CPU {} ms",
+        total as f64 / frames.max(1) as f64,
+        cpu_ms(nodes[0].0 .0.id()).saturating_sub(cpu_before)
+    );
     println!(
         "api accepted {} publishes in {:.3} s",
         a.messages,
@@ -500,4 +575,86 @@ fn main() {
     }
     drop(nodes);
     drop(redis);
+}
+
+/// User + system CPU time of process `pid` so far, in milliseconds (from /proc; 0 if unreadable).
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    ticks * 10
+}
+
+/// `--recovery`: `--subs` subscribers join `--channel` and leave, `--messages` are published, then all reconnect
+/// twice: without `recover` (the cost of reconnecting alone), then with `recover=CHANNEL:0:` (every message
+/// replayed to each). Time until the last one has everything, and the node's CPU time, for both.
+fn recovery(a: &Args) {
+    let (node, ws, api) = start_wsgate(a, None);
+    let pid = node.0.id();
+    let epoch = Instant::now();
+    let hist = || {
+        Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        ))
+    };
+    let wave = |recover: Option<&str>, n: u64| {
+        let tally = Arc::new(Tally::default());
+        let (h, cpu, t0) = (hist(), cpu_ms(pid), Instant::now());
+        let threads: Vec<_> = (0..a.subs)
+            .map(|_| {
+                subscriber(
+                    ws,
+                    n,
+                    epoch,
+                    tally.clone(),
+                    h.clone(),
+                    Join::Channel {
+                        name: &a.channel,
+                        recover,
+                    },
+                )
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        (
+            t0.elapsed(),
+            cpu_ms(pid).saturating_sub(cpu),
+            tally.received.load(Ordering::Relaxed),
+            tally.gaps.load(Ordering::Relaxed),
+        )
+    };
+    wave(None, 0); // join and leave: the channel exists, nobody listens
+    let position = http_get(api, &format!("/api/history?channel={}&limit=1", a.channel));
+    let channel_epoch = position
+        .split("\"epoch\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the channel's epoch (is --channel in a namespace with history?)")
+        .to_string();
+    publisher(api, a.messages, a.rate, epoch, false, &a.channel);
+    let (t_plain, cpu_plain, _, _) = wave(None, 0);
+    let (t_rec, cpu_rec, got, gaps) = wave(Some(&channel_epoch), a.messages);
+    println!(
+        "recovery: {} clients x {} missed messages on {:?}: received {got}/{} (missing {gaps})",
+        a.subs,
+        a.messages,
+        a.channel,
+        a.subs as u64 * a.messages
+    );
+    println!(
+        "reconnect without recover: {:.3} s, node CPU {cpu_plain} ms; with recover: {:.3} s, node CPU {cpu_rec} ms",
+        t_plain.as_secs_f64(),
+        t_rec.as_secs_f64()
+    );
 }

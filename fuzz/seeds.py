@@ -80,6 +80,8 @@ write("client_protocol", "refresh", '{"op":"refresh","token":"a.b.c","future":tr
 write("client_protocol", "escaped", '{"op":"sub\\u0073cribe","channels":["\\u0001"]}')
 write("client_protocol", "not_object", '[1,2,3]')
 write("client_protocol", "query", 'channels=a,b%2Cc&since=$&v=1.0&token=x%2Ey+z')
+write("client_protocol", "recover", '{"op":"subscribe","channels":["doc:1","b"],"recover":{"doc:1":{"offset":17,"epoch":"x7Kq"}}}')
+write("client_protocol", "recover_query", 'channels=doc:1,b&recover=doc:1:17:x7Kq,b:0:e%3A1')
 write("client_protocol", "bad_escape", 'channels=%ZZ&v=%E2%82')
 
 # ---- jwt: [mode, token] or [mode, header JSON, 0, claims JSON] (mode bit 0: sign here; bit 1: strict verifier) ----

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod gateway;
+pub mod history;
 pub mod hub;
 pub mod ids;
 pub mod limits;

@@ -31,6 +31,9 @@ pub struct ClientRequest<'a> {
     /// `msg`: a trace id to carry upstream (`X-Trace-ID`); one is made when absent.
     #[serde(default, borrow)]
     pub trace: Option<std::borrow::Cow<'a, str>>,
+    /// `subscribe`: where the client stopped per channel, `{"doc:42":{"offset":17,"epoch":"x7Kq"}}`.
+    #[serde(default, borrow)]
+    pub recover: Option<&'a RawValue>,
 }
 
 /// A valid channel name: 1..=255 bytes of UTF-8 with no control characters.
@@ -49,6 +52,83 @@ pub fn channel_message(channel: &str, data: &str) -> SharedFrame {
         data.as_bytes(),
         b"}",
     ])
+}
+
+/// A publication on a channel with history: `{"channel":NAME,"offset":N,"epoch":"E","data":DATA}`, one frame for
+/// every subscriber and for later replays. Returns the frame and where DATA starts in it.
+pub fn channel_message_at(
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+    data: &str,
+) -> (SharedFrame, usize) {
+    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut digits = [0u8; 20];
+    let offset = format_u64(&mut digits, offset);
+    let frame = message_frame(&[
+        b"{\"channel\":",
+        name.as_bytes(),
+        b",\"offset\":",
+        offset,
+        b",\"epoch\":\"",
+        epoch.as_bytes(),
+        b"\",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ]);
+    let data_at = frame.len() - 1 - data.len();
+    (frame, data_at)
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Publications of one merge window: `{"channel":NAME,"batch":[{"data":D1},...]}`, or with history
+/// `{"channel":NAME,"epoch":"E","batch":[{"offset":N1,"data":D1},...]}` (`offsets` then has one per item).
+pub fn batch_message(
+    channel: &str,
+    epoch: Option<&str>,
+    offsets: &[u64],
+    data: &[&str],
+) -> SharedFrame {
+    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut json =
+        String::with_capacity(name.len() + 32 + data.iter().map(|d| d.len() + 32).sum::<usize>());
+    json.push_str("{\"channel\":");
+    json.push_str(&name);
+    if let Some(e) = epoch {
+        json.push_str(",\"epoch\":\"");
+        json.push_str(e);
+        json.push('"');
+    }
+    json.push_str(",\"batch\":[");
+    for (i, d) in data.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push('{');
+        if let Some(o) = offsets.get(i) {
+            let mut digits = [0u8; 20];
+            json.push_str("\"offset\":");
+            json.push_str(std::str::from_utf8(format_u64(&mut digits, *o)).expect("digits"));
+            json.push(',');
+        }
+        json.push_str("\"data\":");
+        json.push_str(d);
+        json.push('}');
+    }
+    json.push_str("]}");
+    message_frame(&[json.as_bytes()])
 }
 
 /// `{"broadcast":true,"data":DATA}`.
@@ -147,6 +227,82 @@ pub fn query_param(query: &str, name: &str) -> Option<Result<String, ()>> {
     })
 }
 
+/// Longest epoch a client may send in `recover` (the server's are 8 characters).
+pub const MAX_EPOCH_LEN: usize = 32;
+
+/// One entry of a `recover` request: channel, the last offset the client has, its epoch.
+pub type RecoverEntry = (String, u64, String);
+
+/// Parses `"recover":{"doc:42":{"offset":17,"epoch":"x7Kq"}}` against the request's `channels`. Every entry must
+/// name one of them; offsets are non-negative integers, epochs strings of at most 32 characters.
+pub fn parse_recover(raw: &RawValue, channels: &[String]) -> Result<Vec<RecoverEntry>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        offset: serde_json::Value,
+        epoch: serde_json::Value,
+    }
+    let map: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).map_err(|_| {
+            "\"recover\" must be an object {\"<channel>\":{\"offset\":N,\"epoch\":\"E\"}}"
+                .to_string()
+        })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (channel, value) in map {
+        if !channels.contains(&channel) {
+            return Err(format!(
+                "recover names {channel:?}, which this request does not subscribe to"
+            ));
+        }
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|_| format!("recover {channel:?} must be {{\"offset\":N,\"epoch\":\"E\"}}"))?;
+        let Some(offset) = entry.offset.as_u64() else {
+            return Err(format!(
+                "recover {channel:?}: offset must be a non-negative integer"
+            ));
+        };
+        let epoch = match entry.epoch.as_str() {
+            Some(e) if e.len() <= MAX_EPOCH_LEN => e,
+            _ => {
+                return Err(format!(
+                    "recover {channel:?}: epoch must be a string of at most 32 characters"
+                ))
+            }
+        };
+        out.push((channel, offset, epoch.to_string()));
+    }
+    Ok(out)
+}
+
+/// Parses the connect URL's `recover=CHANNEL:OFFSET:EPOCH[,...]` (each part percent-decoded; the channel may hold
+/// colons, offset and epoch are the last two fields).
+pub fn query_recover(query: &str, channels: &[String]) -> Result<Vec<RecoverEntry>, &'static str> {
+    const BAD: &str =
+        "invalid recover (CHANNEL:OFFSET:EPOCH, comma-separated, for channels in channels=)";
+    let mut out = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "recover" {
+            continue;
+        }
+        for raw in value.split(',').filter(|s| !s.is_empty()) {
+            let item = percent_decode(raw).ok_or(BAD)?;
+            let mut parts = item.rsplitn(3, ':');
+            let (Some(epoch), Some(offset), Some(channel)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(BAD);
+            };
+            let offset: u64 = offset.parse().map_err(|_| BAD)?;
+            if epoch.len() > MAX_EPOCH_LEN || !channels.iter().any(|c| c == channel) {
+                return Err(BAD);
+            }
+            out.push((channel.to_string(), offset, epoch.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// Longest client version string (`?v=` / `X-Client-Version`).
 pub const MAX_CLIENT_VERSION: usize = 64;
 
@@ -217,6 +373,29 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%\u{e9}"), None);
         assert_eq!(query_param("token=a%+2Eb", "token"), Some(Err(())));
+    }
+
+    #[test]
+    fn history_and_batch_frames() {
+        let (f, data_at) = channel_message_at("doc:\"1", 17, "x7Kq", "[1]");
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"doc:\"1","offset":17,"epoch":"x7Kq","data":[1]}"#
+        );
+        assert_eq!(&f[data_at..f.len() - 1], b"[1]");
+        let f = batch_message("c", Some("E"), &[4, 5], &["1", "{}"]);
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"c","epoch":"E","batch":[{"offset":4,"data":1},{"offset":5,"data":{}}]}"#
+        );
+        let f = batch_message("c", None, &[], &["1", "2"]);
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"c","batch":[{"data":1},{"data":2}]}"#
+        );
+        let mut digits = [0u8; 20];
+        assert_eq!(format_u64(&mut digits, u64::MAX), b"18446744073709551615");
+        assert_eq!(format_u64(&mut digits, 0), b"0");
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Server {
     reactors: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
     api_stop: Arc<AtomicBool>,
+    /// The merge thread (src/hub/merge.rs), when a namespace has a merge window.
+    merge: Option<JoinHandle<()>>,
+    merge_stop: Arc<AtomicBool>,
     cluster: Option<Cluster>,
 }
 
@@ -146,7 +149,20 @@ impl Server {
             live_connections: live,
             started: std::time::Instant::now(),
             gateway: sessions,
+            merger: crate::hub::merge::Merger::from_config(&config.channels),
         });
+        let merge_stop = Arc::new(AtomicBool::new(false));
+        let merge = match hub.merger.clone() {
+            Some(merger) => {
+                let (hub, stop) = (hub.clone(), merge_stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("merge".into())
+                        .spawn(move || merger.run(&hub, &stop))?,
+                )
+            }
+            None => None,
+        };
 
         let mut reactors = Vec::new();
         for (setup, (shared, stats)) in setups.into_iter().zip(gateways) {
@@ -195,6 +211,8 @@ impl Server {
             reactors,
             api: Some(api),
             api_stop,
+            merge,
+            merge_stop,
             cluster,
         })
     }
@@ -216,6 +234,12 @@ impl Server {
         self.api_stop.store(true, Ordering::Relaxed);
         if let Some(api) = self.api.take() {
             let _ = api.join();
+        }
+        // Pending batches leave (to reactors that are gone by now: nothing is sent) and the thread ends.
+        self.merge_stop.store(true, Ordering::Relaxed);
+        if let (Some(merge), Some(merger)) = (self.merge.take(), &self.hub.merger) {
+            merger.wake();
+            let _ = merge.join();
         }
         // Last: nothing queues events any more, so the bridge can flush its outbox and release the node id.
         if let Some(cluster) = self.cluster.take() {

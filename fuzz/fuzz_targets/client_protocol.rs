@@ -4,7 +4,9 @@
 //!
 //! Checked: every reply the gateway builds from a request (which echoes the request's `id` verbatim) is one text
 //! frame holding valid JSON; names accepted by `valid_channel` obey its rule; percent-decoding agrees with a
-//! strict reference decoder (`%` + exactly two hex digits, `+` is a space, the result UTF-8).
+//! strict reference decoder (`%` + exactly two hex digits, `+` is a space, the result UTF-8); a `recover` request
+//! (object or connect-URL form) names only the request's channels with epochs of at most 32 bytes; publication
+//! frames with offsets and merge batches are valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -71,6 +73,18 @@ fuzz_target!(|data: &[u8]| {
             if protocol::valid_channel(name) {
                 let data = req.data.map_or("null", |d| d.get());
                 json_payload(&protocol::channel_message(name, data));
+                let (frame, data_at) = protocol::channel_message_at(name, u64::MAX, "x7Kq0aZ3", data);
+                json_payload(&frame);
+                assert_eq!(&frame[data_at..frame.len() - 1], data.as_bytes());
+                json_payload(&protocol::batch_message(name, Some("e"), &[1, 2], &[data, data]));
+                json_payload(&protocol::batch_message(name, None, &[], &[data]));
+            }
+        }
+        let channels = req.channels.clone().unwrap_or_default();
+        if let Some(Ok(entries)) = req.recover.map(|r| protocol::parse_recover(r, &channels)) {
+            for (channel, _, epoch) in &entries {
+                assert!(channels.contains(channel));
+                assert!(epoch.len() <= protocol::MAX_EPOCH_LEN);
             }
         }
         // `ack`: the id must be a stream id string.
@@ -86,6 +100,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(protocol::percent_decode(query), reference_decode(query));
         if let Ok(names) = protocol::query_channels(query) {
             assert!(names.iter().all(|n| valid_channel_rule(n)));
+            if let Ok(entries) = protocol::query_recover(query, &names) {
+                for (channel, _, epoch) in &entries {
+                    assert!(names.contains(channel));
+                    assert!(epoch.len() <= protocol::MAX_EPOCH_LEN);
+                }
+            }
         }
         for name in ["channels", "since", "v", "token"] {
             let raw = query.split('&').find_map(|pair| {

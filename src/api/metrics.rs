@@ -162,6 +162,9 @@ pub fn stats_json(ctx: &Context) -> String {
         "cluster": ctx.cluster.as_ref().map(|c| c.stats_json()),
         "latency": super::latency::stats_json(ctx),
         "server": super::status_routes::summary_json(ctx),
+        "history": history_usage(&ctx.hub).map(|(bytes, publications, channels)| json!({
+            "bytes": bytes, "publications": publications, "channels": channels,
+        })),
     })
     .to_string()
 }
@@ -209,6 +212,30 @@ pub fn prometheus(ctx: &Context) -> String {
         );
     }
     gateway_prometheus(&ctx.hub, &mut out);
+    if let Some((bytes, publications, channels)) = history_usage(&ctx.hub) {
+        for (name, help, v) in [
+            (
+                "history_bytes",
+                "Bytes of channel history held in memory (channels.history_max_bytes bounds it).",
+                bytes,
+            ),
+            (
+                "history_publications",
+                "Channel publications held in memory for recovery.",
+                publications,
+            ),
+            (
+                "history_channels",
+                "Channels with a history in memory.",
+                channels,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} gauge\nwsgate_{name} {v}"
+            );
+        }
+    }
     if let Some(cluster) = &ctx.cluster {
         cluster.write_prometheus(&mut out);
     }
@@ -223,6 +250,11 @@ pub fn prometheus(ctx: &Context) -> String {
     );
     out
 }
+/// Channel history held in memory: (bytes, publications, channels); None without history namespaces.
+fn history_usage(hub: &Hub) -> Option<(usize, usize, usize)> {
+    hub.gateway.history.as_ref().map(|h| h.usage())
+}
+
 fn gateway_per_reactor(hub: &Hub) -> Vec<GatewayTally> {
     hub.reactors.iter().map(|r| r.gateway.load()).collect()
 }

@@ -2,13 +2,14 @@
 //! publish once and hand it to the reactors through the hub.
 
 mod connection_routes;
-mod history;
+mod history_routes;
 /// Public so the fuzz targets (fuzz/) can reach the request parser; the API thread is its only real caller.
 pub mod http;
 mod latency;
 mod lookups;
 mod metrics;
 mod routes;
+mod stats_history;
 mod status_routes;
 
 use crate::cluster::ClusterHandle;
@@ -97,7 +98,7 @@ pub struct Context {
     /// The process-wide budget for buffered input (`server.max_buffered_bytes`), shared with the reactors.
     pub budget: Arc<MemoryBudget>,
     /// The last minutes, second by second, for the status page.
-    pub history: Mutex<history::History>,
+    pub history: Mutex<stats_history::History>,
 }
 
 impl Context {

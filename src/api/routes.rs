@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/healthz", "GET"),
     ("/metrics", "GET"),
     ("/api/reload-tls", "POST"),
+    ("/api/history", "GET"),
 ];
 
 pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
@@ -55,6 +56,7 @@ fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
         "/api/stats" => Response::json(200, metrics::stats_json(ctx)),
         "/healthz" => Response::json(200, "{\"ok\":true}"),
         "/api/reload-tls" => reload_tls(ctx),
+        "/api/history" => super::history_routes::history(req.query, ctx),
         "/metrics" => {
             let mut text = metrics::prometheus(ctx);
             super::latency::write_prometheus(ctx, &mut text);
@@ -182,9 +184,28 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
         return Response::error(400, &msg);
     }
     let mut not_federated = 0;
+    let history = ctx.hub.gateway.history.as_deref();
     for name in &names {
-        ctx.hub
-            .publish(name, protocol::channel_message(name, data.get()));
+        // Channels with history: offset and epoch in the frame, kept for replays (src/history/).
+        if let Some((h, ns)) = history.and_then(|h| Some((h, h.namespace(name)?))) {
+            // Cluster mode: Redis gives the offset and every node (this one too) delivers from the bus.
+            if let Some(cluster) = &ctx.cluster {
+                if let Err(e) = cluster.read(|r| r.publish_history(name, ns, data.get())) {
+                    let msg = format!("channel history unavailable, {name:?} not published: {e}");
+                    return Response::error(503, &msg);
+                }
+                continue;
+            }
+            if !ctx.hub.merge(name, data.get(), None) {
+                let (frame, offset) = h.publish(name, ns, data.get());
+                ctx.hub.publish_at(name, offset, frame);
+            }
+            continue;
+        }
+        if !ctx.hub.merge(name, data.get(), None) {
+            ctx.hub
+                .publish(name, protocol::channel_message(name, data.get()));
+        }
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
         if let Some(cluster) = &ctx.cluster {
             if !cluster.publish(name, data.get()) {

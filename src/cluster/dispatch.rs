@@ -14,7 +14,28 @@ impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {
         match event.kind {
             // `parse_entry` has checked the channel name and that `data` is JSON.
+            // With an offset: a publication with history, read by every node (its own too) in offset order.
+            EventKind::Channel if event.offset.is_some() => {
+                let offset = event.offset.unwrap_or_default();
+                if self.merge(event.target, event.data, Some((offset, event.epoch))) {
+                    return true;
+                }
+                let frame = match &self.gateway.history {
+                    Some(h) => h.insert(event.target, offset, event.epoch, event.data),
+                    None => Some(
+                        protocol::channel_message_at(event.target, offset, event.epoch, event.data)
+                            .0,
+                    ),
+                };
+                if let Some(frame) = frame {
+                    self.publish_at(event.target, offset, frame);
+                }
+                true
+            }
             EventKind::Channel => {
+                if self.merge(event.target, event.data, None) {
+                    return true;
+                }
                 self.publish(
                     event.target,
                     protocol::channel_message(event.target, event.data),

@@ -24,6 +24,9 @@ pub const F_TENANT: &str = "tenant";
 pub const F_NID: &str = "nid";
 pub const F_SCOPE: &str = "scope";
 pub const F_ACK: &str = "ack";
+/// Channel publications with history (src/cluster/history.rs): the offset Redis gave and the channel's epoch.
+pub const F_OFFSET: &str = "offset";
+pub const F_EPOCH: &str = "epoch";
 
 /// Longest user, device or tenant name (as in the API and tokens).
 pub const MAX_NAME_LEN: usize = 255;
@@ -185,6 +188,9 @@ pub struct InEvent<'a> {
     pub sid: u64,
     /// User pushes: each connection must ack `nid` (field `ack` = `1`).
     pub ack: bool,
+    /// Channel publications with history: offset and epoch (1..=32 alphanumerics); None / "" without.
+    pub offset: Option<u64>,
+    pub epoch: &'a str,
 }
 
 /// Why an entry was rejected.
@@ -226,6 +232,8 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     let mut nid = "";
     let mut scope = "";
     let mut ack = false;
+    let mut offset = "";
+    let mut epoch = "";
     let mut visit = |k: &'a Value, v: &'a Value| -> Result<(), Rejected> {
         let k = bytes_of(k).ok_or(Rejected::Malformed("field name is not a string"))?;
         let v = str_of(v).ok_or(Rejected::Malformed("field value is not a UTF-8 string"))?;
@@ -243,6 +251,8 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
             b"nid" => nid = v,
             b"scope" => scope = v,
             b"ack" => ack = v == "1",
+            b"offset" => offset = v,
+            b"epoch" => epoch = v,
             _ => {}
         }
         Ok(())
@@ -278,6 +288,7 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
     let mut sid = 0;
     let mut parsed_scope = Scope::User;
     let mut parsed_nid = None;
+    let mut parsed_offset = None;
     match kind {
         EventKind::Channel | EventKind::Broadcast => {
             if kind == EventKind::Channel && !crate::protocol::valid_channel(target) {
@@ -285,6 +296,17 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
             }
             if !json(data) {
                 return Err(Rejected::Malformed("data is not JSON"));
+            }
+            if !offset.is_empty() {
+                let valid_epoch = !epoch.is_empty()
+                    && epoch.len() <= 32
+                    && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+                parsed_offset = offset.parse::<u64>().ok().filter(|o| *o > 0 && valid_epoch);
+                if parsed_offset.is_none() {
+                    return Err(Rejected::Malformed(
+                        "offset or epoch of a channel publication",
+                    ));
+                }
             }
         }
         EventKind::User => {
@@ -343,6 +365,8 @@ pub fn parse_entry<'a>(id: &'a str, fields: &'a Value) -> Result<InEvent<'a>, Re
         scope: parsed_scope,
         sid,
         ack: ack && kind == EventKind::User,
+        offset: parsed_offset,
+        epoch: if parsed_offset.is_some() { epoch } else { "" },
     })
 }
 
@@ -388,6 +412,35 @@ mod tests {
         assert_eq!((e.origin, e.node, e.seq), ("abc", Some(3), Some(7)));
         assert_eq!((e.target, e.data), ("doc:1", r#"{"a":1}"#));
         assert_eq!(e.ts_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn parses_offset_and_epoch_of_a_channel_publication() {
+        let base = [
+            ("origin", b"abc".as_slice()),
+            ("kind", b"channel"),
+            ("target", b"doc:1"),
+            ("data", b"1"),
+        ];
+        let with = |extra: &[(&str, &[u8])]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            fields(&all)
+        };
+        let f = with(&[("offset", b"17"), ("epoch", b"x7Kq")]);
+        let e = parse_entry("1-0", &f).unwrap();
+        assert_eq!((e.offset, e.epoch), (Some(17), "x7Kq"));
+        let f = with(&[]);
+        assert_eq!(parse_entry("1-0", &f).unwrap().offset, None);
+        for bad in [
+            [("offset", b"x".as_slice()), ("epoch", b"e".as_slice())],
+            [("offset", b"0"), ("epoch", b"e")],
+            [("offset", b"3"), ("epoch", b"")],
+            [("offset", b"3"), ("epoch", b"\"e\"")],
+        ] {
+            let f = with(&bad);
+            assert!(parse_entry("1-0", &f).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

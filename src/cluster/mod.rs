@@ -21,6 +21,7 @@ mod conn;
 mod dial;
 mod dispatch;
 pub mod event;
+pub mod history;
 pub mod keys;
 pub mod lease;
 pub mod link;

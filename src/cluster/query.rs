@@ -40,7 +40,7 @@ pub struct RemoteConn {
 }
 
 pub struct Reader {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     conn: Option<RedisConn>,
     backoff: Backoff,
 }
@@ -91,7 +91,7 @@ impl Reader {
         }
     }
 
-    fn one(&mut self, cmd: redis::Cmd) -> Result<Value, String> {
+    pub(super) fn one(&mut self, cmd: redis::Cmd) -> Result<Value, String> {
         match self.run(std::slice::from_ref(&cmd))?.pop() {
             Some(Reply::Value(v)) => Ok(v),
             Some(Reply::Refused { code, details }) => {

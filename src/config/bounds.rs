@@ -92,6 +92,14 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("delivery.offline_maxlen", 0, 1_000_000, ""),
     int("delivery.offline_max_age", 1, 365 * DAY, " seconds"),
     int("delivery.offline_max_bytes", MIB, 1 << 40, " bytes"),
+    int("channels.history_max_bytes", MIB, 1 << 40, " bytes"),
+];
+
+/// The numeric keys of each `[[channels.namespace]]` entry (checked per entry by src/config/channels.rs).
+pub const NAMESPACE_KEYS: &[IntRange] = &[
+    int("history_size", 0, 100_000, " publications"),
+    int("history_ttl", 1, 30 * DAY, " seconds"),
+    int("merge_ms", 0, 1000, " milliseconds"),
 ];
 
 /// Every floating-point key: name, smallest and largest allowed value.

@@ -19,6 +19,9 @@ pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
 // Acks and retransmit of user pushes, the standalone replay store: the [delivery] section.
 mod delivery;
 pub use delivery::DeliveryConfig;
+// Delivery guarantees per channel namespace: the [channels] section.
+mod channels;
+pub use channels::{ChannelsConfig, NamespaceConfig};
 
 /// The largest message a client may be allowed to send (`ws.max_message_size` upper bound).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
@@ -39,6 +42,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Acks, retransmit and the standalone replay store of user pushes.
     pub delivery: DeliveryConfig,
+    /// History, recovery and merge windows per channel namespace.
+    pub channels: ChannelsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,6 +368,8 @@ impl Config {
             ));
         }
         gateway::validate(self, key_check)?;
+        self.channels
+            .validate(!self.cluster.redis.is_empty() && self.cluster.redis_mode == "cluster")?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use super::stats::GatewayStats;
 use super::{ClientState, MsgKind, ReactorState, Shared};
 use crate::config::Config;
 use crate::frame::handshake::{Reject, Request};
+use crate::pool::SharedFrame;
 use crate::ratelimit::ip_key;
 use crate::reactor::{Core, Handler, Key};
 use std::net::IpAddr;
@@ -54,6 +55,9 @@ pub(super) struct Policy {
     pub error_budget: u8,
     pub ping_interval: u32,
     pub acks: AckPolicy,
+    /// Largest replay one subscribe request (or connect URL) sends over all its channels (half of
+    /// `ws.max_outbound_bytes`); a channel whose replay does not fit is answered `recovered:false`.
+    pub max_replay_bytes: usize,
 }
 
 /// One reactor's gateway.
@@ -81,6 +85,7 @@ impl Gateway {
                 error_budget: config.ws.error_budget.min(255) as u8,
                 ping_interval: config.ws.ping_interval.min(u32::MAX as u64 / 4) as u32,
                 acks: AckPolicy::from_config(config),
+                max_replay_bytes: config.ws.max_outbound_bytes / 2,
             },
             local: ReactorState::new(shared, reactor),
             stats,
@@ -153,6 +158,16 @@ impl Handler for Gateway {
 
     fn on_command(&mut self, core: &mut Core<Client>, cmd: Command) {
         self.deliver(core, cmd);
+    }
+
+    fn on_publication(
+        &mut self,
+        core: &mut Core<Client>,
+        channel: &str,
+        offset: u64,
+        frame: SharedFrame,
+    ) -> usize {
+        self.publication(core, channel, offset, frame)
     }
 
     fn takes_broadcast(conn: &Client) -> bool {

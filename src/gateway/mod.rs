@@ -14,6 +14,7 @@ mod deliver;
 pub mod frames;
 mod handler;
 pub mod heartbeat;
+mod recovery;
 pub mod registry;
 mod requests;
 pub mod scripted;
@@ -28,11 +29,13 @@ pub use handler::{Client, Endpoint, Gateway};
 use crate::auth::grant::Grant;
 use crate::auth::Verifier;
 use crate::config::{AuthMode, Config};
+use crate::history::History;
 use crate::ids::{sid, StreamId};
 use crate::pool::SharedFrame;
 use crate::ratelimit::{KeyedLimiter, Rate, TokenBucket};
 use crate::upstream::{LogSink, Sink};
 use heartbeat::{Heartbeat, HeartbeatPolicy};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,6 +90,8 @@ pub struct Shared {
     /// Standalone mode: the in-memory replay store of user pushes (None in cluster mode, or when
     /// `delivery.offline_maxlen` is 0).
     pub user_log: Option<user_log::UserLog>,
+    /// Channel history (standalone), when a `[[channels.namespace]]` keeps one; the API writes, reactors read.
+    pub history: Option<Arc<History>>,
 }
 
 impl Shared {
@@ -129,6 +134,7 @@ impl Shared {
             } else {
                 None
             },
+            history: History::from_config(&config.channels, !config.cluster.redis.is_empty()),
         })
     }
 
@@ -249,6 +255,9 @@ pub struct ReactorState {
     /// The reactor this state belongs to.
     pub reactor: usize,
     clock: Instant,
+    /// Per history channel, connections that recovered or subscribed at an offset that live publications still
+    /// in the command queue may not exceed (src/gateway/recovery.rs).
+    floors: HashMap<Box<str>, Vec<recovery::Floor>>,
 }
 
 impl ReactorState {
@@ -262,6 +271,7 @@ impl ReactorState {
             state_seq: 0,
             reactor,
             clock: Instant::now(),
+            floors: HashMap::new(),
         }
     }
 

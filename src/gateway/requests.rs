@@ -5,6 +5,7 @@ use super::cluster_link::Ack;
 use super::frames::{self, code};
 use super::handler::{Client, Gateway};
 use super::heartbeat::Change;
+use super::recovery;
 use super::upgrade::{expiry_second, origin};
 use super::{ClientState, MsgKind};
 use crate::auth::token;
@@ -53,19 +54,23 @@ impl Gateway {
             ),
             "ack" => self.on_ack(core, key, req.id),
             "subscribe" | "unsubscribe" => {
-                let reply = self.on_subscription(core, key, &req);
+                let mut replay = Vec::new();
+                let reply = self.on_subscription(core, key, &req, &mut replay);
                 core.send(key, reply);
+                Self::queue_replay(core, key, replay);
             }
             _ => core.send(key, protocol::reply(req.id, Some("unknown op"))),
         }
     }
 
-    /// `subscribe` / `unsubscribe`: all or nothing; the reply.
+    /// `subscribe` / `unsubscribe`: all or nothing; the reply. A subscribe that recovers history channels leaves
+    /// the missed publications in `replay`, to be queued after the reply.
     fn on_subscription(
         &mut self,
         core: &mut Core<Client>,
         key: Key,
         req: &protocol::ClientRequest<'_>,
+        replay: &mut Vec<crate::pool::SharedFrame>,
     ) -> Vec<u8> {
         let Some(names) = req.channels.as_ref().filter(|c| !c.is_empty()) else {
             return protocol::reply(req.id, Some("\"channels\" must list channels"));
@@ -90,8 +95,26 @@ impl Gateway {
             if have + new > self.policy.max_channels {
                 return protocol::reply(req.id, Some("too many channels"));
             }
+            let recover = match req.recover.map(|r| recovery::parse_recover(r, names)) {
+                None => Vec::new(),
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return protocol::reply(req.id, Some(&e)),
+            };
+            if let Err(e) = self.check_recover(core, key, &recover) {
+                return protocol::reply(req.id, Some(&e));
+            }
+            let mut positions = Vec::new();
             for name in names {
+                // A channel already subscribed keeps its live stream as it is (no position, no floor).
+                if core.is_subscribed(key, name) {
+                    continue;
+                }
                 self.subscribe(core, key, name);
+                let since = recover.iter().find(|(c, _)| c == name).map(|(_, p)| p);
+                positions.extend(self.position_after_subscribe(core, key, name, since, replay));
+            }
+            if !positions.is_empty() {
+                return recovery::subscribe_reply(req.id, &positions);
             }
         } else {
             for name in names {

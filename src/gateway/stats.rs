@@ -67,6 +67,10 @@ gateway_counters! {
     replayed_messages_total: "Missed user messages replayed to connections at connect (cluster mode).",
     replay_duplicates_dropped_total: "Live user messages not delivered because the replay already contained them.",
     replay_overflow_closes_total: "Connections closed with 1013 because live messages overflowed during their replay.",
+    channel_recoveries_total: "Channel subscriptions with recover (op subscribe or the connect URL).",
+    channel_recoveries_failed_total: "Channel recoveries answered recovered:false (history gone, other epoch, too large).",
+    channel_recovered_messages_total: "Channel publications replayed by recoveries.",
+    channel_recovery_skips_total: "Live channel publications not delivered to a connection because its replay had them.",
 }
 
 /// Counters of the API side of the gateway (targeted publishes, disconnects).

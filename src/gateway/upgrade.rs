@@ -5,6 +5,7 @@
 use super::cluster_link::{Change as StateChange, ReplayRequest, Since, StateEvent};
 use super::frames::{self, code};
 use super::handler::{Client, Endpoint, Gateway};
+use super::recovery;
 use super::{ClientState, Profile};
 use crate::auth::token;
 use crate::frame::handshake::{self, Reject, Request};
@@ -102,12 +103,30 @@ impl Gateway {
                 "this node's id is held by another node; connect to another node",
             ));
         }
+        let recover =
+            recovery::parse_recover_query(req.query, &channels).map_err(Reject::BadRequest)?;
+        if self.check_recover(core, key, &recover).is_err() {
+            return Err(Reject::BadRequest(
+                "recover names a channel without recovery (see [[channels.namespace]] recover)",
+            ));
+        }
         let state = self.authenticate(core, req)?;
 
         handshake::write_switching(response, ws_key, token::reply_protocol(req));
         let channels = self.open_session(core, key, state, channels, opts, response);
+        let mut positions = Vec::new();
+        let mut replay = Vec::new();
         for name in &channels {
             self.subscribe(core, key, name);
+            let since = recover.iter().find(|(c, _)| c == name).map(|(_, p)| p);
+            positions.extend(self.position_after_subscribe(core, key, name, since, &mut replay));
+        }
+        if !positions.is_empty() {
+            // The connection opens with this response, so the replay is copied into it (after the welcome).
+            response.extend_from_slice(&recovery::subscribed_frame(&positions));
+            for frame in replay {
+                response.extend_from_slice(&frame);
+            }
         }
         let deadline = (core.now() + self.policy.ping_interval).min(token_deadline(core, key));
         core.schedule(key, deadline);
@@ -274,6 +293,7 @@ impl Gateway {
     /// When a gateway connection leaves the open state: unregisters it, frees its per-user slot and reports the
     /// disconnect upstream.
     pub(super) fn end_session(&mut self, core: &Core<Client>, key: Key) {
+        self.drop_floors(core, key);
         let client = core.app(key);
         self.state_change(StateChange::Close { sid: client.sid });
         let s = client.state.as_deref();
@@ -300,6 +320,7 @@ impl Gateway {
     }
 
     pub(super) fn unsubscribe(&mut self, core: &mut Core<Client>, key: Key, name: &str) {
+        self.drop_floor(key, name);
         if core.unsubscribe(key, name) && self.local.shared.bridge.is_some() {
             let sid = core.app(key).sid;
             self.state_change(StateChange::Unsubscribe {

@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+pub mod merge;
 mod targeted;
 pub use targeted::sid_home;
 
@@ -36,6 +37,8 @@ pub struct Hub {
     pub started: std::time::Instant,
     /// Gateway state shared with the reactors: verifier, limits, per-user counts (src/gateway/).
     pub gateway: Arc<gateway::Shared>,
+    /// Batches of channels with a merge window (`merge_ms`); None when no namespace has one.
+    pub merger: Option<Arc<merge::Merger>>,
 }
 
 impl Hub {
@@ -56,6 +59,35 @@ impl Hub {
         let since = std::time::Instant::now();
         self.send(|| Command::Publish {
             channel: channel.clone(),
+            frame: frame.clone(),
+            since,
+        });
+    }
+
+    /// A channel publication (raw JSON `data`; `at`: offset and epoch Redis gave it) into the channel's merge
+    /// window; false when the channel has none (the caller publishes it directly).
+    pub fn merge(&self, channel: &str, data: &str, at: Option<(u64, &str)>) -> bool {
+        let Some(merger) = &self.merger else {
+            return false;
+        };
+        let Some(window) = merger.window(channel) else {
+            return false;
+        };
+        let item = merge::Item {
+            data: Box::from(data),
+            at: at.map(|(o, e)| (o, Arc::from(e))),
+        };
+        merger.add(self, channel, window, item);
+        true
+    }
+
+    /// Hands a publication with its offset in the channel's history to every reactor.
+    pub fn publish_at(&self, channel: &str, offset: u64, frame: SharedFrame) {
+        let channel: Arc<str> = Arc::from(channel);
+        let since = std::time::Instant::now();
+        self.send(|| Command::PublishAt {
+            channel: channel.clone(),
+            offset,
             frame: frame.clone(),
             since,
         });

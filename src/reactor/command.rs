@@ -13,6 +13,15 @@ pub enum Command<A> {
         /// When the publish was accepted (the start of its delivery latency).
         since: Instant,
     },
+    /// A publication with an offset in its channel's history: handed to [`super::Handler::on_publication`], which
+    /// decides who of the channel's local subscribers gets it (a recovering one may already have it).
+    PublishAt {
+        channel: Arc<str>,
+        offset: u64,
+        frame: SharedFrame,
+        /// When the publish was accepted (the start of its delivery latency).
+        since: Instant,
+    },
     /// Deliver `frame` to every open connection the application accepts broadcasts on.
     Broadcast { frame: SharedFrame, since: Instant },
     /// Stop accepting, close everyone with 1001, and stop after at most `drain_ms`.

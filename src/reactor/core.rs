@@ -301,22 +301,25 @@ impl<A> Core<A> {
         }
     }
 
-    /// Queues one shared frame on every local subscriber of `channel`: one reference each, no copy. Queueing never
-    /// removes a subscriber (a slow consumer is only marked), so the list is walked as it is. Returns the number
-    /// of subscribers.
-    pub(super) fn fan_out(&mut self, channel: &str, frame: SharedFrame) -> usize {
+    /// Queues one shared frame on every local subscriber of `channel` but those in `except` (a handful at most):
+    /// one reference each, no copy. Queueing never removes a subscriber (a slow consumer is only marked), so the
+    /// list is walked as it is. Returns the number of subscribers it was queued on.
+    pub fn fan_out(&mut self, channel: &str, frame: SharedFrame, except: &[Key]) -> usize {
         self.tally.publishes_total += 1;
         let Some(id) = self.channels.lookup(channel) else {
             return 0;
         };
         let frame: OutFrame = Rc::new(frame);
         let count = self.channels.subscribers(id).len();
-        self.channels.count_deliveries(id, count);
+        let queued = count - except.len().min(count);
+        self.channels.count_deliveries(id, queued);
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
-            self.queue(key, frame.clone());
+            if except.is_empty() || !except.contains(&key) {
+                self.queue(key, frame.clone());
+            }
         }
-        count
+        queued
     }
 
     /// Queues `frame` on every open connection for which `takes` says yes; returns how many.

@@ -11,6 +11,7 @@
 use super::command::Command;
 use super::core::Core;
 use crate::frame::handshake::{Reject, Request};
+use crate::pool::SharedFrame;
 use std::net::IpAddr;
 
 /// Index of a connection in its reactor's slab: valid from acceptance until the end of the iteration in which
@@ -65,6 +66,20 @@ pub trait Handler {
 
     /// An application command from another thread.
     fn on_command(&mut self, core: &mut Core<Self::Conn>, cmd: Self::Command);
+
+    /// A publication with an offset in its channel's history ([`Command::PublishAt`]). By default every local
+    /// subscriber gets it; an application that replays history decides who already has it. Returns how many
+    /// connections it was queued on.
+    fn on_publication(
+        &mut self,
+        core: &mut Core<Self::Conn>,
+        channel: &str,
+        offset: u64,
+        frame: SharedFrame,
+    ) -> usize {
+        let _ = offset;
+        core.fan_out(channel, frame, &[])
+    }
 
     /// Whether a broadcast goes to this open connection.
     fn takes_broadcast(conn: &Self::Conn) -> bool;

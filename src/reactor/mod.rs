@@ -384,7 +384,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     since,
                 } => {
                     taken += frame.len();
-                    let queued = self.core.fan_out(&channel, frame);
+                    let queued = self.core.fan_out(&channel, frame, &[]);
+                    self.track_delivery(since, queued);
+                }
+                Command::PublishAt {
+                    channel,
+                    offset,
+                    frame,
+                    since,
+                } => {
+                    taken += frame.len();
+                    let queued =
+                        self.handler
+                            .on_publication(&mut self.core, &channel, offset, frame);
                     self.track_delivery(since, queued);
                 }
                 Command::Broadcast { frame, since } => {

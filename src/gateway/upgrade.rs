@@ -78,7 +78,8 @@ impl Gateway {
             }
         }
         if endpoint == Endpoint::Echo {
-            handshake::write_switching(response, ws_key, token::reply_protocol(req));
+            let deflate = core.negotiate_deflate(key, req);
+            handshake::write_switching(response, ws_key, token::reply_protocol(req), deflate);
             let deadline = core.now() + policy.ping_interval;
             core.schedule(key, deadline);
             return Ok(());
@@ -93,7 +94,8 @@ impl Gateway {
         let opts = connect_options(req).map_err(Reject::BadRequest)?;
         let state = self.authenticate(core, req)?;
 
-        handshake::write_switching(response, ws_key, token::reply_protocol(req));
+        let deflate = core.negotiate_deflate(key, req);
+        handshake::write_switching(response, ws_key, token::reply_protocol(req), deflate);
         let channels = self.open_session(core, key, state, channels, opts, response);
         for name in &channels {
             self.subscribe(core, key, name);

@@ -37,6 +37,15 @@ pub mod flag {
     pub const SHUT_AFTER_FLUSH: u8 = 32;
 }
 
+/// A connection's permessage-deflate agreement in [`Conn::deflate`]: 0 = not negotiated; otherwise the client's
+/// window for server messages (`WINDOW` bits, 8..=15) and whether it compresses with context takeover.
+pub mod deflate {
+    pub const WINDOW: u8 = 0x0F;
+    /// The client keeps its compression context across messages: inflate with the connection's own inflater
+    /// (`Core::inflate_contexts`, kept outside the connection so that the idle connection stays small).
+    pub const CLIENT_CONTEXT: u8 = 0x10;
+}
+
 /// Index of a connection's TLS state in the reactor's TLS slab; [`NO_TLS`] for a plaintext connection.
 /// An index, not a pointer, so a plaintext connection pays 4 bytes that fit in padding.
 pub type TlsId = u32;
@@ -56,6 +65,8 @@ pub struct Conn<A> {
     pub msg: BufId,
     /// TLS state, or NO_TLS.
     pub tls: TlsId,
+    /// permessage-deflate agreement (see [`deflate`]).
+    pub deflate: u8,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub subs: SubList,
@@ -73,6 +84,7 @@ impl<A: Default> Conn<A> {
             rbuf: NO_BUF,
             msg: NO_BUF,
             tls: NO_TLS,
+            deflate: 0,
             decoder: Decoder::default(),
             out: OutQueue::default(),
             subs: SubList::Empty,

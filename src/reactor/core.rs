@@ -4,14 +4,18 @@
 //! end of the loop iteration.
 
 use super::channels::{ChannelIndex, Subscription};
-use super::conn::{flag, Conn, State, NO_TLS};
+use super::conn::{deflate, flag, Conn, State, NO_TLS};
 use super::handler::Key;
 use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
+use crate::frame::deflate::{split_frame, Deflater, Inflater};
+use crate::frame::deflate_offer::{self, Agreed};
+use crate::frame::handshake::Request;
 use crate::frame::{encode, OP_PING};
 use crate::pool::{BufPool, Flush, MemoryBudget, OutFrame, SharedFrame};
 use slab::Slab;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -24,6 +28,10 @@ pub(super) struct Limits {
     pub max_connections: usize,
     pub handshake_timeout: u32,
     pub message_timeout: u32,
+    /// `ws.deflate`, `ws.deflate_threshold`, `ws.deflate_client_context`.
+    pub deflate: bool,
+    pub deflate_threshold: usize,
+    pub deflate_client_context: bool,
 }
 
 pub struct Core<A> {
@@ -53,6 +61,15 @@ pub struct Core<A> {
     pub(super) reported: usize,
     pub(super) iov: Vec<libc::iovec>,
     ping_frame: OutFrame,
+    /// Compresses shared frames for connections that negotiated permessage-deflate (made on first use).
+    deflater: Option<Box<Deflater>>,
+    /// Inflates the messages of clients that compress each message on its own (reset for each), and the output
+    /// buffer of every inflate.
+    pub(super) inflater: Option<Box<Inflater>>,
+    pub(super) inflated: Vec<u8>,
+    /// The inflaters of connections whose client keeps its context across messages (`ws.deflate_client_context`),
+    /// made at their first compressed message, dropped when they are freed.
+    pub(super) inflate_contexts: HashMap<Key, Inflater>,
     /// Reusable list of connection keys (broadcast), so a broadcast allocates nothing.
     keys: Vec<u32>,
 }
@@ -88,6 +105,10 @@ impl<A> Core<A> {
             reported: 0,
             iov: Vec::with_capacity(1024),
             ping_frame: Rc::new(Arc::new(ping)),
+            deflater: None,
+            inflater: None,
+            inflated: Vec::new(),
+            inflate_contexts: HashMap::new(),
             keys: Vec::new(),
         }
     }
@@ -281,10 +302,12 @@ impl<A> Core<A> {
             return;
         };
         let frame: OutFrame = Rc::new(frame);
+        let mut packed = None;
         let count = self.channels.subscribers(id).len();
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
-            self.queue(key, frame.clone());
+            let variant = self.variant(key, &frame, &mut packed);
+            self.queue(key, variant);
         }
     }
 
@@ -300,10 +323,63 @@ impl<A> Core<A> {
                 .filter(|(_, c)| c.accepts_frames() && takes(&c.app))
                 .map(|(k, _)| k as u32),
         );
+        let mut packed = None;
         for &key in &keys {
-            self.queue(key as usize, frame.clone());
+            let variant = self.variant(key as usize, &frame, &mut packed);
+            self.queue(key as usize, variant);
         }
         self.keys = keys;
+    }
+
+    /// Accepts the first valid permessage-deflate offer of `req` for connection `key` (when `ws.deflate` is on):
+    /// from now on its decoder takes compressed messages and shared frames reach it compressed. The agreement is
+    /// for the 101 response (`frame::handshake::write_switching`).
+    pub fn negotiate_deflate(&mut self, key: Key, req: &Request<'_>) -> Option<Agreed> {
+        if !self.limits.deflate {
+            return None;
+        }
+        let agreed = deflate_offer::negotiate(
+            req.extensions.as_slice(),
+            self.limits.deflate_client_context,
+        )?;
+        let conn = &mut self.conns[key];
+        conn.deflate = agreed.server_window_bits
+            | if agreed.client_no_context_takeover {
+                0
+            } else {
+                deflate::CLIENT_CONTEXT
+            };
+        conn.decoder.allow_compression();
+        Some(agreed)
+    }
+
+    /// Which form of a shared frame connection `key` gets: the compressed one when it negotiated permessage-deflate
+    /// (and its window covers the message), else `plain`. The compressed form is made at most once per frame, by
+    /// the first connection that wants it (`packed`: None = not tried yet), so a publish costs one compression
+    /// and each subscriber still one reference.
+    fn variant(
+        &mut self,
+        key: Key,
+        plain: &OutFrame,
+        packed: &mut Option<Option<OutFrame>>,
+    ) -> OutFrame {
+        let window = self.conns[key].deflate & deflate::WINDOW;
+        if window == 0 || !Agreed::takes_compressed(window, plain.len()) {
+            return plain.clone();
+        }
+        let packed = packed.get_or_insert_with(|| self.compress(plain));
+        packed.as_ref().unwrap_or(plain).clone()
+    }
+
+    /// The compressed form of a shared frame, or None when it is under `ws.deflate_threshold` or incompressible.
+    fn compress(&mut self, plain: &[u8]) -> Option<OutFrame> {
+        let threshold = self.limits.deflate_threshold;
+        let deflater = self.deflater.get_or_insert_with(Box::default);
+        let packed = deflater.compress_frame(plain, threshold)?;
+        let payload_len = |f: &[u8]| split_frame(f).map_or(0, |(_, p)| p.len() as u64);
+        self.tally.deflate_bytes_in_total += payload_len(plain);
+        self.tally.deflate_bytes_out_total += payload_len(&packed);
+        Some(Rc::new(Arc::new(packed)))
     }
 
     pub(super) fn mark_dirty(&mut self, key: Key) {

@@ -830,11 +830,11 @@ mod tests {
         );
     }
 
-    /// Decodes `wires` in order with one decoder that allows compression; (opcode, first, fin, compressed, payload)
-    /// of each frame, or the first violation.
-    fn decode_compressed(
-        wires: &[Vec<u8>],
-    ) -> Result<Vec<(u8, bool, bool, bool, Vec<u8>)>, Violation> {
+    /// (opcode, first, fin, compressed, payload) of a decoded data frame.
+    type DataFrame = (u8, bool, bool, bool, Vec<u8>);
+
+    /// Decodes `wires` in order with one decoder that allows compression: each frame, or the first violation.
+    fn decode_compressed(wires: &[Vec<u8>]) -> Result<Vec<DataFrame>, Violation> {
         let mut dec = Decoder::default();
         dec.allow_compression();
         let mut out = Vec::new();

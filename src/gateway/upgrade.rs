@@ -9,6 +9,7 @@ use super::{ClientState, Profile};
 use crate::auth::token;
 use crate::frame::handshake::{self, Reject, Request};
 use crate::ids::{sid, StreamId};
+use crate::msgpack;
 use crate::protocol;
 use crate::reactor::{Core, Key};
 use crate::upstream::{Event, Origin};
@@ -95,8 +96,16 @@ impl Gateway {
         let state = self.authenticate(core, req)?;
 
         let deflate = core.negotiate_deflate(key, req);
-        handshake::write_switching(response, ws_key, token::reply_protocol(req), deflate);
+        let protocol = token::reply_protocol(req);
+        handshake::write_switching(response, ws_key, protocol, deflate);
+        let head_len = response.len();
         let channels = self.open_session(core, key, state, channels, opts, response);
+        if protocol == Some(msgpack::SUBPROTOCOL) {
+            core.use_alt_format(key);
+            let mut first = response.split_off(head_len);
+            msgpack::transcode_frames(&mut first);
+            response.extend_from_slice(&first);
+        }
         for name in &channels {
             self.subscribe(core, key, name);
         }

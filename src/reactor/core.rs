@@ -4,12 +4,13 @@
 //! end of the loop iteration.
 
 use super::channels::{ChannelIndex, Subscription};
-use super::conn::{deflate, flag, Conn, State, NO_TLS};
+use super::conn::{flag, wire, Conn, State, NO_TLS};
 use super::handler::Key;
 use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
-use crate::frame::deflate::{split_frame, Deflater, Inflater};
+use super::variants::Variants;
+use crate::frame::deflate::{Deflater, Inflater};
 use crate::frame::deflate_offer::{self, Agreed};
 use crate::frame::handshake::Request;
 use crate::frame::{encode, OP_PING};
@@ -62,7 +63,9 @@ pub struct Core<A> {
     pub(super) iov: Vec<libc::iovec>,
     ping_frame: OutFrame,
     /// Compresses shared frames for connections that negotiated permessage-deflate (made on first use).
-    deflater: Option<Box<Deflater>>,
+    pub(super) deflater: Option<Box<Deflater>>,
+    /// The handler's transcoder into its alternative format ([`super::Handler::transcode`]).
+    pub(super) transcode: fn(&[u8]) -> Option<Vec<u8>>,
     /// Inflates the messages of clients that compress each message on its own (reset for each), and the output
     /// buffer of every inflate.
     pub(super) inflater: Option<Box<Inflater>>,
@@ -81,6 +84,7 @@ impl<A> Core<A> {
         live_connections: Arc<AtomicUsize>,
         budget: Arc<MemoryBudget>,
         tls: bool,
+        transcode: fn(&[u8]) -> Option<Vec<u8>>,
     ) -> Self {
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
@@ -106,6 +110,7 @@ impl<A> Core<A> {
             iov: Vec::with_capacity(1024),
             ping_frame: Rc::new(Arc::new(ping)),
             deflater: None,
+            transcode,
             inflater: None,
             inflated: Vec::new(),
             inflate_contexts: HashMap::new(),
@@ -266,8 +271,20 @@ impl<A> Core<A> {
     /// backlog: a frame onto an empty queue is always taken (it is shared, so one large message costs a connection
     /// a reference, not a copy), but a queue that already waits and would exceed `ws.max_outbound_bytes` marks a
     /// slow consumer.
+    /// A connection in the application's alternative format gets the frame transcoded (for it alone).
     #[inline]
     pub fn queue(&mut self, key: Key, frame: OutFrame) {
+        if self.conns[key].wire & wire::ALT_FORMAT != 0 {
+            if let Some(alt) = (self.transcode)(&frame) {
+                return self.push(key, Rc::new(Arc::new(alt)));
+            }
+        }
+        self.push(key, frame)
+    }
+
+    /// Queues a frame already in the connection's format (see [`Self::queue`]).
+    #[inline]
+    pub(super) fn push(&mut self, key: Key, frame: OutFrame) {
         let conn = &mut self.conns[key];
         if !conn.accepts_frames() {
             return;
@@ -302,12 +319,12 @@ impl<A> Core<A> {
             return;
         };
         let frame: OutFrame = Rc::new(frame);
-        let mut packed = None;
+        let mut forms = Variants::default();
         let count = self.channels.subscribers(id).len();
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
-            let variant = self.variant(key, &frame, &mut packed);
-            self.queue(key, variant);
+            let form = self.variant(key, &frame, &mut forms);
+            self.push(key, form);
         }
     }
 
@@ -323,10 +340,10 @@ impl<A> Core<A> {
                 .filter(|(_, c)| c.accepts_frames() && takes(&c.app))
                 .map(|(k, _)| k as u32),
         );
-        let mut packed = None;
+        let mut forms = Variants::default();
         for &key in &keys {
-            let variant = self.variant(key as usize, &frame, &mut packed);
-            self.queue(key as usize, variant);
+            let form = self.variant(key as usize, &frame, &mut forms);
+            self.push(key as usize, form);
         }
         self.keys = keys;
     }
@@ -343,43 +360,25 @@ impl<A> Core<A> {
             self.limits.deflate_client_context,
         )?;
         let conn = &mut self.conns[key];
-        conn.deflate = agreed.server_window_bits
+        conn.wire |= agreed.server_window_bits
             | if agreed.client_no_context_takeover {
                 0
             } else {
-                deflate::CLIENT_CONTEXT
+                wire::CLIENT_CONTEXT
             };
         conn.decoder.allow_compression();
         Some(agreed)
     }
 
-    /// Which form of a shared frame connection `key` gets: the compressed one when it negotiated permessage-deflate
-    /// (and its window covers the message), else `plain`. The compressed form is made at most once per frame, by
-    /// the first connection that wants it (`packed`: None = not tried yet), so a publish costs one compression
-    /// and each subscriber still one reference.
-    fn variant(
-        &mut self,
-        key: Key,
-        plain: &OutFrame,
-        packed: &mut Option<Option<OutFrame>>,
-    ) -> OutFrame {
-        let window = self.conns[key].deflate & deflate::WINDOW;
-        if window == 0 || !Agreed::takes_compressed(window, plain.len()) {
-            return plain.clone();
-        }
-        let packed = packed.get_or_insert_with(|| self.compress(plain));
-        packed.as_ref().unwrap_or(plain).clone()
+    /// From now on connection `key` gets every text frame in the application's alternative format
+    /// ([`super::Handler::transcode`]); shared frames are transcoded once for all such connections.
+    pub fn use_alt_format(&mut self, key: Key) {
+        self.conns[key].wire |= wire::ALT_FORMAT;
     }
 
-    /// The compressed form of a shared frame, or None when it is under `ws.deflate_threshold` or incompressible.
-    fn compress(&mut self, plain: &[u8]) -> Option<OutFrame> {
-        let threshold = self.limits.deflate_threshold;
-        let deflater = self.deflater.get_or_insert_with(Box::default);
-        let packed = deflater.compress_frame(plain, threshold)?;
-        let payload_len = |f: &[u8]| split_frame(f).map_or(0, |(_, p)| p.len() as u64);
-        self.tally.deflate_bytes_in_total += payload_len(plain);
-        self.tally.deflate_bytes_out_total += payload_len(&packed);
-        Some(Rc::new(Arc::new(packed)))
+    /// Whether connection `key` uses the application's alternative format.
+    pub fn alt_format(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::ALT_FORMAT != 0
     }
 
     pub(super) fn mark_dirty(&mut self, key: Key) {

@@ -2,7 +2,7 @@
 //! first sign that a connection is ending: a doomed connection is not read, a lingering one's bytes are discarded,
 //! and after a protocol violation nothing more of the buffer is decoded.
 
-use super::conn::{deflate, flag, State, NO_TLS};
+use super::conn::{flag, wire, State, NO_TLS};
 use super::handler::{Handler, Key};
 use super::sys::{net, Poller, Ready};
 use super::Reactor;
@@ -283,7 +283,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         let core = &mut self.core;
         let mut out = std::mem::take(&mut core.inflated);
         let max = core.limits.max_message;
-        let inflated = if core.conns[key].deflate & deflate::CLIENT_CONTEXT != 0 {
+        let inflated = if core.conns[key].wire & wire::CLIENT_CONTEXT != 0 {
             let own = core.inflate_contexts.entry(key).or_default();
             own.inflate(payload, &mut out, max, false)
         } else {

@@ -25,6 +25,7 @@ pub mod sys;
 mod teardown;
 mod timer;
 mod tls_io;
+mod variants;
 
 pub use self::core::Core;
 pub use command::Command;
@@ -132,7 +133,14 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             deflate_client_context: c.ws.deflate_client_context,
         };
         Ok(Reactor {
-            core: Core::new(s.id, limits, s.live_connections, s.budget, s.tls.is_some()),
+            core: Core::new(
+                s.id,
+                limits,
+                s.live_connections,
+                s.budget,
+                s.tls.is_some(),
+                H::transcode,
+            ),
             handler,
             poller,
             listener: Some(s.listener),

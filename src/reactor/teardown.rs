@@ -16,7 +16,7 @@
 //! Leaving the open state puts a connection on `leaving`: the application's `on_close` runs for it at the end of
 //! the iteration (the reactor's `teardown`), before `reap`.
 
-use super::conn::{deflate, flag, State, NO_TLS};
+use super::conn::{flag, wire, State, NO_TLS};
 use super::core::Core;
 use super::handler::Key;
 use super::sys::net;
@@ -209,7 +209,7 @@ impl<A> Core<A> {
         self.drop_subscriptions(key);
         self.timers.cancel(&mut self.conns, key);
         let conn = self.conns.remove(key);
-        if conn.deflate & deflate::CLIENT_CONTEXT != 0 {
+        if conn.wire & wire::CLIENT_CONTEXT != 0 {
             self.inflate_contexts.remove(&key);
         }
         self.bufs.give_back(conn.rbuf);

@@ -12,6 +12,8 @@ use crate::frame::handshake;
 use crate::frame::{encode, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::pool::{self, NO_BUF};
 use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
 pub(super) const SCRATCH: usize = 64 * 1024;
@@ -204,7 +206,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             0
         };
         if written < response.len() {
-            core.send(key, response[written..].to_vec());
+            // As it is: the handler wrote it in the connection's format (`push`, not `send`, which transcodes).
+            core.push(key, Rc::new(Arc::new(response[written..].to_vec())));
         }
     }
 

@@ -97,6 +97,14 @@ mod tests {
     }
 
     #[test]
+    fn floats_keep_every_bit() {
+        // Found by fuzzing: without serde_json's exact float parsing a double could come back one unit off.
+        let v = [0xCB, 0x3F, 0xF8, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00];
+        let json = to_json(&v).unwrap();
+        assert_eq!(from_json(&json).unwrap(), v);
+    }
+
+    #[test]
     fn hostile_msgpack_is_refused() {
         for bad in [
             &[0xC1][..],                         // never used

@@ -72,6 +72,16 @@ fn json_of(len: usize, tag: &str) -> String {
     s
 }
 
+/// The next message of an echo connection: inflated when compressed (the server never keeps context).
+fn message(ws: &mut RawWs, ctx: &str) -> WsFrame {
+    let mut f = data_frame(ws, ctx);
+    if f.rsv == RSV1 {
+        f.payload = inflate(&f.payload, 15);
+        f.rsv = 0;
+    }
+    f
+}
+
 fn data_frame(ws: &mut RawWs, ctx: &str) -> WsFrame {
     loop {
         let f = ws
@@ -207,10 +217,34 @@ fn a_publish_is_compressed_once_and_shared() {
     // Broadcasts too.
     broadcast(&mut api, &json_of(1024, "all"));
     let want = data_frame(&mut plain, "broadcast, plain");
-    let f = data_frame(&mut packed[2], "broadcast, deflate");
+    for ws in &mut packed {
+        let f = data_frame(ws, "broadcast, deflate");
+        assert_eq!(f.rsv, RSV1);
+        assert_eq!(inflate(&f.payload, 15), want.payload);
+    }
+    let _ = data_frame(&mut small_window, "broadcast, window 9");
+    assert!(s.wait_stat("/totals/deflate_bytes_out_total", 1, READ_TIMEOUT) > 0);
+
+    // A push to one connection is compressed for it alone; replies under the threshold stay plain.
+    let data = json_of(2048, "sid");
+    for ws in [&mut packed[0], &mut plain] {
+        let sid = ws.welcome_frame()["sid"].as_str().unwrap().to_string();
+        let body = format!("{{\"sid\":\"{sid}\",\"data\":{data}}}");
+        assert_eq!(api.post_json("/api/publish", &body).status, 200);
+    }
+    let want = data_frame(&mut plain, "sid push, plain");
+    assert_eq!(want.rsv, 0);
+    let f = data_frame(&mut packed[0], "sid push, deflate");
     assert_eq!(f.rsv, RSV1);
-    assert_eq!(inflate(&f.payload, 15), want.payload);
-    assert!(s.stat("/totals/deflate_bytes_out_total") > 0);
+    let got: serde_json::Value = serde_json::from_slice(&inflate(&f.payload, 15)).unwrap();
+    assert_eq!(got["data"], want.json()["data"]);
+    assert_eq!(got["sid"], packed[0].welcome_frame()["sid"]);
+    packed[0].send_text(r#"{"op":"ping","id":1}"#);
+    let pong = data_frame(&mut packed[0], "pong");
+    assert_eq!(
+        (pong.rsv, pong.text()),
+        (0, r#"{"type":"pong","id":1}"#.to_string())
+    );
 }
 
 /// The text of a plain frame like `model` (same channel envelope) carrying `data` instead.
@@ -235,7 +269,7 @@ fn compressed_client_messages() {
         &once(msg.as_bytes()),
         Some(next_mask()),
     ));
-    let f = data_frame(&mut ws, "echo of a compressed text");
+    let f = message(&mut ws, "echo of a compressed text");
     assert_eq!((f.opcode, f.text()), (OP_TEXT, msg.clone()));
     let bin: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     ws.send_raw(&build_frame(
@@ -245,7 +279,7 @@ fn compressed_client_messages() {
         &once(&bin),
         Some(next_mask()),
     ));
-    let f = data_frame(&mut ws, "echo of a compressed binary");
+    let f = message(&mut ws, "echo of a compressed binary");
     assert_eq!((f.opcode, f.payload), (OP_BINARY, bin));
 
     // Fragmented: RSV1 on the first frame only, a ping between the fragments, the compressed bytes split anywhere.
@@ -258,11 +292,11 @@ fn compressed_client_messages() {
     ws.send_raw(&build_frame(true, 0, OP_CONT, c, Some(next_mask())));
     let pong = ws.read_frame_timeout(READ_TIMEOUT).unwrap();
     assert_eq!((pong.opcode, pong.payload.as_slice()), (OP_PONG, &b"p"[..]));
-    assert_eq!(data_frame(&mut ws, "fragmented").text(), msg);
+    assert_eq!(message(&mut ws, "fragmented").text(), msg);
 
     // Uncompressed messages still work on a deflate connection; exactly max_message_size after inflating is fine.
     ws.send_frame(true, OP_TEXT, b"plain");
-    assert_eq!(data_frame(&mut ws, "plain").text(), "plain");
+    assert_eq!(message(&mut ws, "plain").text(), "plain");
     let full = vec![b'x'; 65537];
     ws.send_raw(&build_frame(
         true,
@@ -271,7 +305,7 @@ fn compressed_client_messages() {
         &once(&full[..65536]),
         Some(next_mask()),
     ));
-    assert_eq!(data_frame(&mut ws, "at the limit").payload.len(), 65536);
+    assert_eq!(message(&mut ws, "at the limit").payload.len(), 65536);
 
     // Failures, each on a fresh connection.
     let fail = |wire: Vec<Vec<u8>>, code: u16, ctx: &str| {
@@ -355,7 +389,7 @@ fn compressed_client_messages() {
         &z.compress(msg.as_bytes()),
         Some(next_mask()),
     ));
-    assert_eq!(data_frame(&mut ws, "first").text(), msg);
+    assert_eq!(message(&mut ws, "first").text(), msg);
     ws.send_raw(&build_frame(
         true,
         RSV1,
@@ -364,7 +398,7 @@ fn compressed_client_messages() {
         Some(next_mask()),
     ));
     ws.expect_close_code(1007, "context used although declined");
-    assert!(s.stat("/totals/inflate_bytes_out_total") > 65536);
+    assert!(s.wait_stat("/totals/inflate_bytes_out_total", 65537, READ_TIMEOUT) > 65536);
 }
 
 #[test]
@@ -395,7 +429,7 @@ fn context_takeover_when_the_server_keeps_contexts() {
         let (a, b) = wire.split_at(wire.len() / 2);
         ws.send_raw(&build_frame(false, RSV1, OP_TEXT, a, Some(next_mask())));
         ws.send_raw(&build_frame(true, 0, OP_CONT, b, Some(next_mask())));
-        assert_eq!(data_frame(&mut ws, &format!("message {i}")).text(), msg);
+        assert_eq!(message(&mut ws, &format!("message {i}")).text(), msg);
     }
     // A client that offered client_no_context_takeover is held to it (no context kept for it).
     let ws = connect_offering(
@@ -457,13 +491,13 @@ fn a_standard_client_library_receives_compressed_frames() {
     // The subscribe request was compressed by the library (it compresses every message) and understood.
     let reply: serde_json::Value = serde_json::from_str(&next("the reply")).unwrap();
     assert_eq!(reply["ok"], true, "{reply}");
-    assert!(s.stat("/totals/inflate_bytes_in_total") > 0);
+    assert!(s.wait_stat("/totals/inflate_bytes_in_total", 1, READ_TIMEOUT) > 0);
     let data = json_of(4096, "py");
     publish(&mut Http::connect(s.api), "news", &data);
     let got: serde_json::Value = serde_json::from_str(&next("the publish")).unwrap();
     let want: serde_json::Value = serde_json::from_str(&data).unwrap();
     assert_eq!(got["data"], want);
-    let out_bytes = s.stat("/totals/deflate_bytes_out_total");
+    let out_bytes = s.wait_stat("/totals/deflate_bytes_out_total", 1, READ_TIMEOUT);
     assert!(
         out_bytes > 0 && out_bytes * 3 < data.len() as u64,
         "{out_bytes}"

@@ -9,6 +9,7 @@
 use super::close_code::{INVALID_PAYLOAD, MESSAGE_TOO_BIG};
 use super::decode::Violation;
 use super::encode::{self, MAX_HEADER};
+use super::{OP_BINARY, OP_TEXT};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// What a sync flush ends with; stripped from sent messages, appended to received ones.
@@ -45,10 +46,12 @@ impl Default for Deflater {
 
 impl Deflater {
     /// The compressed form of `frame`, a complete unmasked FIN server frame (text or binary), as a new frame with
-    /// RSV1 set; None when its payload is shorter than `threshold` or compressing would not make it smaller.
+    /// RSV1 set; None for any other frame (control, fragment, already compressed), when its payload is shorter than
+    /// `threshold`, or when compressing would not make it smaller.
     pub fn compress_frame(&mut self, frame: &[u8], threshold: usize) -> Option<Vec<u8>> {
         let (opcode, payload) = split_frame(frame)?;
-        if payload.len() < threshold.max(1) {
+        let whole_data_frame = frame[0] & 0xF0 == 0x80 && matches!(opcode, OP_TEXT | OP_BINARY);
+        if !whole_data_frame || payload.len() < threshold.max(1) {
             return None;
         }
         self.c.reset();
@@ -216,6 +219,21 @@ mod tests {
             .collect();
         assert_eq!(d.compress_frame(&plain(OP_BINARY, &noise), 128), None);
         assert!(d.compress_frame(&plain(OP_BINARY, &json(300)), 0).is_some());
+        // Only whole data frames: not a close or ping, not a fragment, not a frame already compressed.
+        let big = json(300);
+        assert_eq!(
+            d.compress_frame(&plain(crate::frame::OP_PING, &big[..120]), 0),
+            None
+        );
+        assert_eq!(
+            d.compress_frame(&encode::close_frame(1000, "bye bye bye bye"), 0),
+            None
+        );
+        let mut fragment = plain(OP_TEXT, &big);
+        fragment[0] &= 0x7F;
+        assert_eq!(d.compress_frame(&fragment, 0), None);
+        let packed = d.compress_frame(&plain(OP_TEXT, &big), 0).unwrap();
+        assert_eq!(d.compress_frame(&packed, 0), None);
     }
 
     /// Client side: one compressor kept across messages (context takeover).

@@ -271,15 +271,15 @@ impl<A> Core<A> {
     /// backlog: a frame onto an empty queue is always taken (it is shared, so one large message costs a connection
     /// a reference, not a copy), but a queue that already waits and would exceed `ws.max_outbound_bytes` marks a
     /// slow consumer.
-    /// A connection in the application's alternative format gets the frame transcoded (for it alone).
+    /// A connection in the application's alternative format, or with permessage-deflate, gets the frame in its
+    /// form (transcoded, compressed), made for it alone.
     #[inline]
     pub fn queue(&mut self, key: Key, frame: OutFrame) {
-        if self.conns[key].wire & wire::ALT_FORMAT != 0 {
-            if let Some(alt) = (self.transcode)(&frame) {
-                return self.push(key, Rc::new(Arc::new(alt)));
-            }
+        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW) == 0 {
+            return self.push(key, frame);
         }
-        self.push(key, frame)
+        let form = self.variant(key, &frame, &mut Variants::default());
+        self.push(key, form)
     }
 
     /// Queues a frame already in the connection's format (see [`Self::queue`]).

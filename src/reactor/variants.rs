@@ -1,7 +1,8 @@
 //! The forms one shared frame takes on the wire: as published, permessage-deflate compressed, in the application's
 //! alternative format, and that compressed. Each form is made at most once per frame, by the first connection that
 //! wants it, and shared by reference like the frame itself: a publish costs one compression (and one transcoding)
-//! whatever the number of subscribers, and each subscriber still costs one reference and a queue push.
+//! whatever the number of subscribers, and each subscriber still costs one reference and a queue push. A frame
+//! for one connection (`Core::queue`) gets its form made for that connection alone.
 
 use super::conn::wire;
 use super::core::Core;

@@ -57,6 +57,9 @@ stop_gateway() {
 # and API_ADDR from its ready line.
 start_gateway() {
     local log="$OUT/gateway-$1.log"
+    # Emptied first: the background start below may truncate it only after the loop has read an old ready line
+    # (of an earlier run under the same name) and sent the generator to ports nobody listens on.
+    : >"$log"
     # The gateway reads WSGATE_SECTION_KEY variables as config: keep the scripts' own (WSGATE_BENCH) away from it.
     env -u WSGATE_BENCH "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
     GW_PID=$!

@@ -150,3 +150,26 @@ write("cluster_event", "resp3_map", b"%1\r\n$3\r\nbus\r\n*1\r\n*2\r\n$3\r\n5-0\r
 write("cluster_event", "nil", b"*-1\r\n")
 # Found by fuzzing: an id that is valid JSON but overflows an f64 (echoed verbatim in replies).
 write("client_protocol", "huge_exponent_id", '{"op":"ping","id":[1E999,2]}')
+
+# ---- permessage_deflate: offer lines, also the bytes of one compressed client message ----
+import zlib
+
+
+def raw_deflate(data):
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+write("permessage_deflate", "browser_offer", "permessage-deflate; client_max_window_bits")
+write("permessage_deflate", "all_params", "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=9\nx-foo")
+write("permessage_deflate", "declined_then_ok", 'permessage-deflate; server_max_window_bits="08", permessage-deflate')
+write("permessage_deflate", "json_message", raw_deflate(b'{"op":"subscribe","channels":["doc:1"],"id":1}'))
+write("permessage_deflate", "zeros", raw_deflate(bytes(200000)))
+
+# ---- msgpack: a client request or API body in MessagePack ----
+write("msgpack", "subscribe", bytes.fromhex("83a26f70a9737562736372696265a86368616e6e656c7391a5646f633a31a2696401"))
+write("msgpack", "numbers", bytes.fromhex("96cfffffffffffffffffd080cb3ff8000000000000ca3fc00000c0c3"))
+write("msgpack", "int_key_map", bytes.fromhex("810102"))
+write("msgpack", "nested", bytes([0x91] * 70) + b"\xc0")
+# Found by fuzzing: a double whose JSON text came back one unit off without serde_json's float_roundtrip.
+write("msgpack", "float_last_bit", bytes.fromhex("96cfffffffffffffffffd080cb3ff8000000080000ca3fc00000c0c2"))

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(frame_decode handshake api_http client_protocol jwt config cluster_event reactor)
+TARGETS=(frame_decode handshake api_http client_protocol jwt config cluster_event reactor permessage_deflate msgpack)
 
 usage() {
     echo "usage: scripts/fuzz.sh TARGET|all SECONDS [libFuzzer flags...]  (targets: ${TARGETS[*]})" >&2

@@ -8,6 +8,7 @@ need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)  # tests/auth.rs makes RSA test keys
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-venv)  # tests/deflate.rs (below)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing: ${need_pkgs[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -33,6 +34,18 @@ if [ ! -d tests/browser/node_modules/puppeteer-core ]; then
     echo "installing: tests/browser npm packages"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# tests/deflate.rs: a standard client library (Python `websockets`) speaking permessage-deflate, from a venv.
+py_venv="$(realpath -m "${CARGO_TARGET_DIR:-target}")/pyvenv"
+if ! "$py_venv/bin/python" -c 'import websockets' >/dev/null 2>&1; then
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then  # Debian ships venv's pip apart
+        if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv "$py_venv"
+    "$py_venv/bin/pip" install -q websockets
+fi
+export WSGATE_TEST_PYTHON="$py_venv/bin/python"
 
 echo "== format and lints"
 cargo fmt --all -- --check

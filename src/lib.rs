@@ -10,6 +10,7 @@ pub mod hub;
 pub mod ids;
 pub mod limits;
 pub mod logging;
+pub mod msgpack;
 pub mod pool;
 pub mod protocol;
 pub mod ratelimit;

@@ -69,6 +69,9 @@ pub struct Common {
     /// Largest server message accepted before the connection is counted as a protocol error
     #[arg(long, default_value_t = 16 << 20)]
     pub max_message: usize,
+    /// Offer permessage-deflate (RFC 7692) and inflate compressed deliveries
+    #[arg(long)]
+    pub deflate: bool,
     /// Pause in milliseconds between "all connected" and the load phase
     #[arg(long, default_value_t = 300)]
     pub settle_ms: u64,
@@ -103,6 +106,9 @@ pub struct PublishArgs {
     /// Use POST /api/broadcast instead of /api/publish
     #[arg(long)]
     pub broadcast: bool,
+    /// Pad "data" with varied text that compresses like real JSON (~4×) instead of 'x' (for --deflate runs)
+    #[arg(long)]
+    pub text_pad: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -237,6 +243,7 @@ pub struct Config {
     #[serde(skip)]
     pub api_key: Option<String>,
     pub max_message: usize,
+    pub deflate: bool,
     pub settle_ms: u64,
     #[serde(skip)]
     pub quiet: bool,
@@ -247,6 +254,7 @@ pub struct Config {
     pub interval_ms: u64,
     pub pub_conns: usize,
     pub broadcast: bool,
+    pub text_pad: bool,
     pub churn_rate: f64,
     pub churn_grace_ms: u64,
     pub binary: bool,
@@ -386,6 +394,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: 0,
         pub_conns: 1,
         broadcast: false,
+        text_pad: false,
     };
     let (scenario, common, publish, churn_rate, churn_grace_ms, echo, connect_channel) = match cmd {
         Command::Connect(a) => (
@@ -507,6 +516,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         server_pid: common.server_pid,
         api_key: common.api_key.clone(),
         max_message: common.max_message,
+        deflate: common.deflate,
         settle_ms: common.settle_ms,
         quiet: common.quiet,
         channel: publish.channel,
@@ -516,6 +526,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: publish.interval_ms,
         pub_conns: publish.pub_conns,
         broadcast: publish.broadcast,
+        text_pad: publish.text_pad,
         churn_rate,
         churn_grace_ms,
         binary,

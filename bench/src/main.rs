@@ -3,6 +3,7 @@
 mod config;
 mod coord;
 mod hist;
+mod inflate;
 mod msg;
 mod publisher;
 mod report;

@@ -127,16 +127,43 @@ pub fn data_overhead(seq: u64, ts: u64) -> usize {
     br#"{"seq":,"ts":,"pad":""}"#.len() + digits(seq) + digits(ts)
 }
 
-/// Appends the published `data` object, padded so that it is `size` bytes long when `size` allows it.
-pub fn push_data(out: &mut Vec<u8>, seq: u64, ts: u64, size: usize) {
+/// Appends the published `data` object, padded so that it is `size` bytes long when `size` allows it: with 'x'
+/// (compresses ~50×) or, `text`, with varied words and numbers that compress about as well as real JSON does.
+pub fn push_data(out: &mut Vec<u8>, seq: u64, ts: u64, size: usize, text: bool) {
     out.extend_from_slice(b"{\"seq\":");
     push_u64(out, seq);
     out.extend_from_slice(b",\"ts\":");
     push_u64(out, ts);
     out.extend_from_slice(b",\"pad\":\"");
     let pad = size.saturating_sub(data_overhead(seq, ts));
-    out.resize(out.len() + pad, b'x');
+    if text {
+        push_text(out, pad, seq);
+    } else {
+        out.resize(out.len() + pad, b'x');
+    }
     out.extend_from_slice(b"\"}");
+}
+
+/// `len` bytes of comment-like text (no quote or backslash), different for every `seed`.
+fn push_text(out: &mut Vec<u8>, len: usize, seed: u64) {
+    const WORDS: [&str; 16] = [
+        "user", "comment", "document", "edited", "the", "section", "review", "approved", "draft",
+        "team", "updated", "title", "cursor", "moved", "to", "line",
+    ];
+    let end = out.len() + len;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < end {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+        out.push(b' ');
+        if x & 0x300 == 0 {
+            push_u64(out, (x >> 20) % 100_000);
+            out.push(b' ');
+        }
+    }
+    out.truncate(end);
 }
 
 /// Appends the upstream receipt `{"op":"ping","id":SEQ}`.
@@ -187,7 +214,7 @@ mod tests {
     fn data_object_has_requested_size_and_parses() {
         for size in [0usize, 10, 40, 100, 1024, 4096] {
             let mut out = Vec::new();
-            push_data(&mut out, 123456, 1_700_000_000_000_000, size);
+            push_data(&mut out, 123456, 1_700_000_000_000_000, size, size % 2 == 0);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["seq"], 123456);
             assert_eq!(v["ts"], 1_700_000_000_000_000u64);

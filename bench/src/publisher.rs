@@ -158,7 +158,7 @@ impl<'a> Publisher<'a> {
             );
             self.body.extend_from_slice(b",\"data\":");
         }
-        msg::push_data(&mut self.body, seq, ts, self.cfg.size);
+        msg::push_data(&mut self.body, seq, ts, self.cfg.size, self.cfg.text_pad);
         self.body.push(b'}');
         let path: &[u8] = if self.cfg.broadcast {
             b"/api/broadcast"

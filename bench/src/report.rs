@@ -421,6 +421,8 @@ pub fn build(
     res.insert("server_closes".into(), json!(r.server_closes));
     res.insert("dropped".into(), json!(r.dropped));
     res.insert("protocol_errors".into(), json!(r.protocol_errors));
+    res.insert("inflate_errors".into(), json!(r.inflate_errors));
+    res.insert("inflated".into(), json!(r.inflated));
     res.insert("server_error_replies".into(), json!(r.server_errors));
     res.insert("server_pings".into(), json!(r.server_pings));
     res.insert("other_messages".into(), json!(r.other_msgs));

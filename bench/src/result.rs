@@ -134,6 +134,10 @@ pub struct WorkerResult {
     /// Close frames the server sent on its own, by status code.
     pub server_closes: BTreeMap<u16, u64>,
     pub protocol_errors: u64,
+    /// Compressed messages that did not inflate (`--deflate`).
+    pub inflate_errors: u64,
+    /// Compressed messages inflated (identical ones in a row are inflated once per worker, src/inflate.rs).
+    pub inflated: u64,
     /// Open connections that the server dropped without a close frame (EOF or reset).
     pub dropped: u64,
     /// Our close handshakes the server did not complete in time.
@@ -198,6 +202,8 @@ impl WorkerResult {
             *self.server_closes.entry(*k).or_default() += v;
         }
         self.protocol_errors += o.protocol_errors;
+        self.inflate_errors += o.inflate_errors;
+        self.inflated += o.inflated;
         self.dropped += o.dropped;
         self.close_timeouts += o.close_timeouts;
         self.churn_closes += o.churn_closes;

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 
 use crate::config::{Config, Scenario};
 use crate::hist::{self, new_hist};
+use crate::inflate::Inflate;
 use crate::msg::{self, Incoming};
 use crate::result::{FailKind, WorkerResult};
 use crate::rng::Rng;
@@ -128,6 +129,8 @@ pub struct Worker<'a> {
     next_sweep: u64,
     drain_complete: bool,
     cpu_at_go_ms: u64,
+    /// permessage-deflate (`--deflate`): compressed deliveries are inflated here.
+    inflate: Inflate,
 }
 
 /// Connections of worker `i` out of `procs` for `total`: slots i, i+procs, i+2·procs, ...
@@ -181,6 +184,7 @@ impl<'a> Worker<'a> {
             next_sweep: 0,
             drain_complete: false,
             cpu_at_go_ms: 0,
+            inflate: Inflate::default(),
         })
     }
 
@@ -219,6 +223,7 @@ impl<'a> Worker<'a> {
             self.res.cpu_load_ms =
                 sys::rusage_ms(libc::RUSAGE_SELF).saturating_sub(self.cpu_at_go_ms);
         }
+        self.res.inflated = self.inflate.inflated;
         self.sh
             .slot(self.index)
             .finished
@@ -357,7 +362,14 @@ impl<'a> Worker<'a> {
                 }
                 let c = &mut self.conns[i];
                 c.st = St::Handshake;
-                ws::write_request(&mut c.tx, &self.cfg.host, &self.cfg.path, &c.key);
+                ws::write_request(
+                    &mut c.tx,
+                    &self.cfg.host,
+                    &self.cfg.path,
+                    &c.key,
+                    self.cfg.deflate,
+                );
+                c.dec.deflate = self.cfg.deflate;
                 if !self.flush(i) {
                     return;
                 }
@@ -609,6 +621,7 @@ impl<'a> Worker<'a> {
             h_latency,
             h_rtt,
             h_ack,
+            inflate,
             ..
         } = self;
         let c = &mut conns[i];
@@ -623,7 +636,19 @@ impl<'a> Worker<'a> {
         } = c;
         let mut close: Option<Option<u16>> = None;
         let r = dec.decode(data, max_message, |ev| match ev {
-            Event::Message { payload, .. } => {
+            Event::Message {
+                payload,
+                compressed,
+                ..
+            } => {
+                let payload = if compressed {
+                    match inflate.message(payload, max_message) {
+                        Some(p) => p,
+                        None => return res.inflate_errors += 1,
+                    }
+                } else {
+                    payload
+                };
                 if scenario == Scenario::Echo {
                     match msg::parse_u64_at(&payload[..payload.len().min(20)], 0) {
                         Some((sent, 20)) if payload.len() == size => {
@@ -951,7 +976,7 @@ mod tests {
 
     fn delivery(seq: u64, pad: usize) -> Vec<u8> {
         let mut data = Vec::new();
-        msg::push_data(&mut data, seq, sys::real_us(), pad);
+        msg::push_data(&mut data, seq, sys::real_us(), pad, false);
         let mut m = br#"{"channel":"bench","data":"#.to_vec();
         m.extend_from_slice(&data);
         m.push(b'}');

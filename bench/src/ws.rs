@@ -37,15 +37,19 @@ pub fn accept_for(key: &[u8]) -> String {
     B64.encode(h.finalize())
 }
 
-/// Appends the upgrade request for `path` (with query) to `out`.
-pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &[u8]) {
+/// Appends the upgrade request for `path` (with query) to `out`; `deflate` offers permessage-deflate (RFC 7692).
+pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &[u8], deflate: bool) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
     out.extend_from_slice(key);
-    out.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    out.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n");
+    if deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +182,8 @@ pub enum ProtoError {
 pub struct Header {
     pub fin: bool,
     pub opcode: u8,
+    /// RSV1: the message this frame starts is compressed.
+    pub compressed: bool,
     pub header_len: usize,
     pub payload_len: u64,
 }
@@ -188,11 +194,16 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    // RSV1 (permessage-deflate) is judged by the decoder, which knows whether it was negotiated.
+    if b0 & 0x30 != 0 {
         return Err(ProtoError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
+    let compressed = b0 & 0x40 != 0;
     let opcode = b0 & 0x0f;
+    if compressed && !matches!(opcode, OP_TEXT | OP_BINARY) {
+        return Err(ProtoError::ReservedBits);
+    }
     if !matches!(
         opcode,
         OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
@@ -235,6 +246,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
     }
     Ok(Some(Header {
         fin,
+        compressed,
         opcode,
         header_len,
         payload_len,
@@ -244,10 +256,18 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
 /// What the decoder hands to its caller, borrowing the input (or the reassembly buffer for fragmented messages).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    Message { opcode: u8, payload: &'a [u8] },
+    /// `compressed`: the payload is permessage-deflate data (the caller inflates it).
+    Message {
+        opcode: u8,
+        compressed: bool,
+        payload: &'a [u8],
+    },
     Ping(&'a [u8]),
     Pong(&'a [u8]),
-    Close { code: Option<u16>, reason: &'a [u8] },
+    Close {
+        code: Option<u16>,
+        reason: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +285,9 @@ pub struct Decoder {
     frag: Vec<u8>,
     frag_opcode: u8,
     in_frag: bool,
+    frag_compressed: bool,
+    /// permessage-deflate was offered: RSV1 on a message's first frame is allowed.
+    pub deflate: bool,
 }
 
 impl Decoder {
@@ -285,6 +308,9 @@ impl Decoder {
     ) -> Result<Decoded, ProtoError> {
         let mut pos = 0;
         while let Some(h) = parse_header(&buf[pos..])? {
+            if h.compressed && !self.deflate {
+                return Err(ProtoError::ReservedBits);
+            }
             if h.payload_len > max_message as u64 {
                 return Err(ProtoError::TooLarge);
             }
@@ -302,11 +328,13 @@ impl Decoder {
                     if h.fin {
                         on(Event::Message {
                             opcode: h.opcode,
+                            compressed: h.compressed,
                             payload,
                         });
                     } else {
                         self.in_frag = true;
                         self.frag_opcode = h.opcode;
+                        self.frag_compressed = h.compressed;
                         self.frag.clear();
                         self.frag.extend_from_slice(payload);
                     }
@@ -315,6 +343,9 @@ impl Decoder {
                     if !self.in_frag {
                         return Err(ProtoError::UnexpectedContinuation);
                     }
+                    if h.compressed {
+                        return Err(ProtoError::ReservedBits);
+                    }
                     if self.frag.len() + payload.len() > max_message {
                         return Err(ProtoError::TooLarge);
                     }
@@ -322,6 +353,7 @@ impl Decoder {
                     if h.fin {
                         on(Event::Message {
                             opcode: self.frag_opcode,
+                            compressed: self.frag_compressed,
                             payload: &self.frag,
                         });
                         self.in_frag = false;
@@ -459,7 +491,9 @@ mod tests {
         let mut evs = Vec::new();
         let r = d.decode(buf, 1 << 24, |e| {
             evs.push(match e {
-                Event::Message { opcode, payload } => Owned::Msg(opcode, payload.to_vec()),
+                Event::Message {
+                    opcode, payload, ..
+                } => Owned::Msg(opcode, payload.to_vec()),
                 Event::Ping(p) => Owned::Ping(p.to_vec()),
                 Event::Pong(p) => Owned::Pong(p.to_vec()),
                 Event::Close { code, reason } => Owned::Close(code, reason.to_vec()),
@@ -494,6 +528,7 @@ mod tests {
             "127.0.0.1:8080",
             "/ws?channels=bench",
             b"dGhlIHNhbXBsZSBub25jZQ==",
+            false,
         );
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("GET /ws?channels=bench HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"));

@@ -54,6 +54,7 @@ fn check_frame(frame: &Frame<'_>, msg: &mut Message, max: usize) -> Event {
             first,
             fin,
             payload,
+            ..
         } => {
             assert!(
                 opcode == OP_TEXT || opcode == OP_BINARY,

@@ -50,7 +50,7 @@ fn gateway_reads(req: &Request<'_>) {
             let accept = handshake::accept_value(key);
             assert!(accept.iter().all(|b| b.is_ascii_graphic()));
             let mut out = Vec::new();
-            handshake::write_switching(&mut out, key, token::reply_protocol(req));
+            handshake::write_switching(&mut out, key, token::reply_protocol(req), None);
             check_response(&out);
         }
         Err(reject) => {

@@ -10,6 +10,8 @@ pub struct Request<'a> {
     pub query: &'a str,
     pub body: &'a [u8],
     pub authorization: Option<&'a [u8]>,
+    /// The body is MessagePack (`Content-Type: application/msgpack`), not JSON.
+    pub msgpack: bool,
     pub keep_alive: bool,
     /// Head plus body length.
     pub total_len: usize,
@@ -41,6 +43,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
     let mut keep_alive = http11;
     let mut content_length: Option<usize> = None;
     let mut authorization = None;
+    let mut msgpack = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             // One value only: a repeated header (or a list, which content_length rejects) is refused even when
@@ -71,6 +74,12 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
             }
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-type") {
+            // Parameters (`; charset=...`) do not matter for either format.
+            let media = h.value.split(|&b| b == b';').next().unwrap_or_default();
+            msgpack = media
+                .trim_ascii()
+                .eq_ignore_ascii_case(crate::msgpack::MEDIA_TYPE.as_bytes());
         }
     }
     let body_len = content_length.unwrap_or(0);
@@ -88,6 +97,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed<'_> {
         query,
         body: &buf[head_len..head_len + body_len],
         authorization,
+        msgpack,
         keep_alive,
         total_len: head_len + body_len,
     })

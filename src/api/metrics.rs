@@ -126,6 +126,30 @@ const FIELDS: &[Field] = &[
         false,
         |t| t.tls_sessions,
     ),
+    (
+        "deflate_bytes_in_total",
+        "Payload bytes of shared frames compressed for permessage-deflate (before compression).",
+        true,
+        |t| t.deflate_bytes_in_total,
+    ),
+    (
+        "deflate_bytes_out_total",
+        "Payload bytes those frames compressed to (once per publish and reactor, not per subscriber).",
+        true,
+        |t| t.deflate_bytes_out_total,
+    ),
+    (
+        "inflate_bytes_in_total",
+        "Compressed payload bytes of client messages inflated.",
+        true,
+        |t| t.inflate_bytes_in_total,
+    ),
+    (
+        "inflate_bytes_out_total",
+        "Bytes those client messages inflated to.",
+        true,
+        |t| t.inflate_bytes_out_total,
+    ),
 ];
 
 pub fn stats_json(ctx: &Context) -> String {

@@ -22,6 +22,24 @@ const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
+    let converted;
+    let req = if req.msgpack {
+        // A MessagePack body is taken as the JSON it converts to: every route reads one format.
+        converted = match crate::msgpack::to_json(req.body) {
+            Ok(json) => json,
+            Err(e) => {
+                ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+                return Response::error(400, e);
+            }
+        };
+        &Request {
+            body: &converted,
+            msgpack: false,
+            ..*req
+        }
+    } else {
+        req
+    };
     let response = route(req, ctx, &ctx.config);
     if response.status >= 400 {
         ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! 3. `?token=<JWT>` in the query string (percent-decoded; URLs end up in logs, so prefer the others).
 
 use crate::frame::handshake::Request;
+use crate::msgpack;
 use crate::protocol::percent_decode;
 use std::borrow::Cow;
 
@@ -15,8 +16,9 @@ pub const PROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 /// Longest token accepted, bytes.
 pub const MAX_TOKEN_LEN: usize = 8192;
 
-/// The subprotocol to answer with: `wsgate` if the client offered it, else the `bearer.` entry that carried the
-/// token (a browser fails the connection when none of its offered protocols is echoed).
+/// The subprotocol to answer with: `wsgate.msgpack` (the binary protocol, src/msgpack.rs), `wsgate` or
+/// `wsgate.json` if the client offered one, in that order, else the `bearer.` entry that carried the token (a
+/// browser fails the connection when none of its offered protocols is echoed).
 pub fn reply_protocol<'a>(req: &Request<'a>) -> Option<&'a str> {
     let offered = || {
         req.protocols
@@ -24,8 +26,10 @@ pub fn reply_protocol<'a>(req: &Request<'a>) -> Option<&'a str> {
             .flat_map(|p| p.split(','))
             .map(str::trim)
     };
-    if offered().any(|p| p == SUBPROTOCOL) {
-        return Some(SUBPROTOCOL);
+    for known in [msgpack::SUBPROTOCOL, SUBPROTOCOL, msgpack::JSON_SUBPROTOCOL] {
+        if offered().any(|p| p == known) {
+            return Some(known);
+        }
     }
     offered().find(|p| p.starts_with(PROTOCOL_TOKEN_PREFIX))
 }

@@ -61,6 +61,12 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("ws.error_budget", 0, 255, ""),
     int("ws.max_channels_per_connection", 1, 65_536, ""),
     int("ws.message_timeout", 1, DAY, " seconds"),
+    int(
+        "ws.deflate_threshold",
+        0,
+        MAX_OUTBOUND_BYTES_LIMIT,
+        " bytes",
+    ),
     int("api.max_body", 1, MAX_MESSAGE_SIZE_LIMIT as u64, " bytes"),
     int("api.request_timeout", 1, 3600, " seconds"),
     int("api.idle_timeout", 1, DAY, " seconds"),

@@ -109,6 +109,13 @@ pub struct WsConfig {
     /// Seconds a client has to complete a message (all its fragments) or a frame once it started sending it;
     /// later → close 1008 "message timeout".
     pub message_timeout: u64,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+    pub deflate: bool,
+    /// Server messages with a shorter payload (bytes) are sent uncompressed.
+    pub deflate_threshold: usize,
+    /// Keep an inflate context per connection for clients that compress with context takeover; false = ask every
+    /// client for `client_no_context_takeover` (no per-connection inflate memory).
+    pub deflate_client_context: bool,
 }
 
 impl Default for WsConfig {
@@ -121,6 +128,9 @@ impl Default for WsConfig {
             error_budget: 10,
             max_channels_per_connection: 256,
             message_timeout: 30,
+            deflate: true,
+            deflate_threshold: 128,
+            deflate_client_context: false,
         }
     }
 }

@@ -8,12 +8,14 @@
 //!   UTF-8 validated), so calling it again on the same, longer buffer never unmasks a byte twice. Text payloads are
 //!   validated as soon as bytes arrive, even in a partial frame, so invalid UTF-8 fails fast.
 //! - Protocol rules enforced (each violation is `Err(Violation)` with the close code to send):
-//!   unmasked client frame → 1002; RSV bits set → 1002; unknown opcode (3–7, 0xB–0xF) → 1002; control frame with
+//!   unmasked client frame → 1002; RSV bits set → 1002 (except RSV1 on the first frame of a data message once
+//!   [`Decoder::allow_compression`] was called: permessage-deflate, RFC 7692 §6); unknown opcode (3–7, 0xB–0xF) → 1002; control frame with
 //!   payload > 125 or FIN=0 → 1002; continuation without a message in progress → 1002; new text/binary frame while a
 //!   fragmented message is in progress → 1002; close payload of length 1, or an invalid close code (< 1000,
 //!   1004–1006, 1015, 1016–2999, ≥ 5000; 3000–4999 are valid) → 1002; close reason not UTF-8 → 1007; text message
 //!   not UTF-8 (checked incrementally across fragments) → 1007; message (sum of fragments) or single frame length
 //!   greater than `max_message` → 1009 (reported as soon as the header shows it, before the payload arrives).
+//!   A compressed message is checked for UTF-8 (and inflated) by the caller, after its last frame.
 //! - No allocation. `Decoder` is small (it lives in every connection).
 
 //! - After an `Err`, the connection is to be closed; the decoder must not be used again (it would not panic, but
@@ -29,11 +31,13 @@ pub enum Frame<'a> {
     /// A data frame: part or all of a text or binary message.
     /// `opcode` is the message's opcode (OP_TEXT or OP_BINARY) also for continuation frames;
     /// `first` is true for the frame that starts the message, `fin` for the frame that ends it.
-    /// For text, the bytes seen so far are valid UTF-8 and, when `fin`, the whole message is.
+    /// For text, the bytes seen so far are valid UTF-8 and, when `fin`, the whole message is — unless
+    /// `compressed` (RSV1 on the message's first frame): then the payload is DEFLATE data, not yet checked.
     Data {
         opcode: u8,
         first: bool,
         fin: bool,
+        compressed: bool,
         payload: &'a [u8],
     },
     Ping(&'a [u8]),
@@ -57,6 +61,10 @@ const fn violation(code: u16, reason: &'static str) -> Violation {
 }
 
 const RESERVED_BITS: Violation = violation(PROTOCOL_ERROR, "reserved bits set");
+const MISPLACED_RSV1: Violation = violation(
+    PROTOCOL_ERROR,
+    "RSV1 set on a control or continuation frame",
+);
 const UNKNOWN_OPCODE: Violation = violation(PROTOCOL_ERROR, "unknown opcode");
 const FRAGMENTED_CONTROL: Violation = violation(PROTOCOL_ERROR, "fragmented control frame");
 const CONTROL_TOO_LONG: Violation =
@@ -78,6 +86,8 @@ const TOO_BIG: Violation = violation(MESSAGE_TOO_BIG, "message too big");
 const IN_MESSAGE: u8 = 1;
 /// `Decoder::state` bit: the message in progress is text.
 const MESSAGE_TEXT: u8 = 2;
+/// `Decoder::state` bit: the message in progress is compressed (its first frame had RSV1).
+const MESSAGE_COMPRESSED: u8 = 4;
 
 /// Per-connection decoder state.
 #[derive(Debug, Default)]
@@ -88,8 +98,10 @@ pub struct Decoder {
     msg_len: usize,
     /// Validator for the text message in progress (untouched by control and binary frames).
     utf8: Utf8Validator,
-    /// `IN_MESSAGE` | `MESSAGE_TEXT`.
+    /// `IN_MESSAGE` | `MESSAGE_TEXT` | `MESSAGE_COMPRESSED`.
     state: u8,
+    /// permessage-deflate was negotiated: RSV1 may mark a message as compressed.
+    compression: bool,
 }
 
 /// True for close codes a peer may send (RFC 6455 §7.4, IANA registry): 1000–1003, 1007–1014, 3000–4999.
@@ -115,6 +127,11 @@ fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
 }
 
 impl Decoder {
+    /// From now on RSV1 on the first frame of a message means "compressed" (permessage-deflate negotiated).
+    pub fn allow_compression(&mut self) {
+        self.compression = true;
+    }
+
     /// Decodes the next complete frame at the start of `buf`.
     /// Returns `Ok(Some((frame, consumed)))` where `consumed` is the frame's total length (header + payload);
     /// `Ok(None)` when more bytes are needed (after unmasking/validating what is there).
@@ -128,11 +145,15 @@ impl Decoder {
             return Ok(None);
         };
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && !self.compression) {
             return Err(RESERVED_BITS);
         }
         let opcode = b0 & 0x0F;
         let control = opcode & 0x08 != 0;
+        if rsv1 && (control || opcode == OP_CONTINUATION) {
+            return Err(MISPLACED_RSV1);
+        }
         match opcode {
             OP_CONTINUATION if !self.in_message() => return Err(STRAY_CONTINUATION),
             OP_TEXT | OP_BINARY if self.in_message() => return Err(INTERLEAVED_MESSAGE),
@@ -179,11 +200,13 @@ impl Decoder {
 
         let text =
             opcode == OP_TEXT || (opcode == OP_CONTINUATION && self.state & MESSAGE_TEXT != 0);
+        let compressed =
+            rsv1 || (opcode == OP_CONTINUATION && self.state & MESSAGE_COMPRESSED != 0);
         let available = (buf.len() - header_len).min(len);
         if self.done < available {
             let fresh = &mut buf[header_len + self.done..header_len + available];
             unmask(fresh, mask, self.done);
-            if text && self.utf8.feed(fresh).is_err() {
+            if text && !compressed && self.utf8.feed(fresh).is_err() {
                 return Err(TEXT_UTF8);
             }
             self.done = available;
@@ -205,13 +228,15 @@ impl Decoder {
                 let first = opcode != OP_CONTINUATION;
                 let message_opcode = if text { OP_TEXT } else { OP_BINARY };
                 if fin {
-                    if text && self.utf8.finish().is_err() {
+                    if text && !compressed && self.utf8.finish().is_err() {
                         return Err(TEXT_UTF8);
                     }
                     self.state = 0;
                     self.msg_len = 0;
                 } else {
-                    self.state = IN_MESSAGE | if text { MESSAGE_TEXT } else { 0 };
+                    self.state = IN_MESSAGE
+                        | if text { MESSAGE_TEXT } else { 0 }
+                        | if compressed { MESSAGE_COMPRESSED } else { 0 };
                     // Cannot overflow: checked against `max_message` above.
                     self.msg_len += len;
                 }
@@ -219,6 +244,7 @@ impl Decoder {
                     opcode: message_opcode,
                     first,
                     fin,
+                    compressed,
                     payload,
                 }
             }
@@ -325,6 +351,7 @@ mod tests {
                 first,
                 fin,
                 payload,
+                ..
             } => Owned::Data {
                 opcode,
                 first,
@@ -513,6 +540,7 @@ mod tests {
                 opcode: OP_TEXT,
                 first: true,
                 fin: true,
+                compressed: false,
                 payload: b"Hello"
             }
         );
@@ -532,6 +560,7 @@ mod tests {
                 opcode: OP_TEXT,
                 first: true,
                 fin: true,
+                compressed: false,
                 payload: b"abc"
             }
         );
@@ -799,6 +828,78 @@ mod tests {
             dec.next(&mut cont[..h + 3], MAX).unwrap_err().code,
             close_code::INVALID_PAYLOAD
         );
+    }
+
+    /// (opcode, first, fin, compressed, payload) of a decoded data frame.
+    type DataFrame = (u8, bool, bool, bool, Vec<u8>);
+
+    /// Decodes `wires` in order with one decoder that allows compression: each frame, or the first violation.
+    fn decode_compressed(wires: &[Vec<u8>]) -> Result<Vec<DataFrame>, Violation> {
+        let mut dec = Decoder::default();
+        dec.allow_compression();
+        let mut out = Vec::new();
+        for w in wires {
+            let mut w = w.clone();
+            match dec.next(&mut w, MAX)?.expect("complete frame") {
+                (
+                    Frame::Data {
+                        opcode,
+                        first,
+                        fin,
+                        compressed,
+                        payload,
+                    },
+                    _,
+                ) => out.push((opcode, first, fin, compressed, payload.to_vec())),
+                (other, _) => out.push((0, false, false, false, format!("{other:?}").into_bytes())),
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn rsv1_marks_compressed_messages_once_negotiated() {
+        const RSV1: u8 = 0x40;
+        // Not negotiated: RSV1 is a reserved bit like the others.
+        expect_violation(
+            &client(FIN | RSV1 | OP_TEXT, b"x"),
+            MAX,
+            close_code::PROTOCOL_ERROR,
+        );
+        // Negotiated: a compressed single frame; its bytes are not UTF-8 checked (they are DEFLATE data).
+        let got = decode_compressed(&[client(FIN | RSV1 | OP_TEXT, &[0xF2, 0x48, 0xFF])]).unwrap();
+        assert_eq!(
+            got,
+            vec![(OP_TEXT, true, true, true, vec![0xF2, 0x48, 0xFF])]
+        );
+        // Fragmented: RSV1 on the first frame only; continuations inherit "compressed", a ping in between does not.
+        let got = decode_compressed(&[
+            client(RSV1 | OP_TEXT, &[0xF2]),
+            client(FIN | OP_PING, b"p"),
+            client(FIN | OP_CONTINUATION, &[0xFF]),
+            client(FIN | OP_TEXT, b"plain"),
+        ])
+        .unwrap();
+        assert_eq!(got[0], (OP_TEXT, true, false, true, vec![0xF2]));
+        assert_eq!(got[2], (OP_TEXT, false, true, true, vec![0xFF]));
+        assert_eq!(got[3], (OP_TEXT, true, true, false, b"plain".to_vec()));
+        // Misplaced RSV1: on a continuation, on a control frame; RSV2/RSV3 stay reserved.
+        for wires in [
+            vec![
+                client(OP_TEXT, b"a"),
+                client(FIN | RSV1 | OP_CONTINUATION, b"b"),
+            ],
+            vec![client(FIN | RSV1 | OP_PING, b"")],
+            vec![client(FIN | RSV1 | OP_CLOSE, &[0x03, 0xE8])],
+            vec![client(FIN | 0x20 | OP_TEXT, b"x")],
+            vec![client(FIN | RSV1 | 0x10 | OP_BINARY, b"x")],
+        ] {
+            let v = decode_compressed(&wires).unwrap_err();
+            assert_eq!(v.code, close_code::PROTOCOL_ERROR, "{v:?}");
+        }
+        // An uncompressed text message is still UTF-8 checked.
+        let v = decode_compressed(&[client(FIN | OP_TEXT, &[0xFF])]).unwrap_err();
+        assert_eq!(v.code, close_code::INVALID_PAYLOAD);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 upgrade handshake (RFC 6455 §4.2), parsed with httparse.
 
+use super::deflate_offer::Agreed;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -28,12 +29,30 @@ pub struct Request<'a> {
     pub key: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub protocols: Option<&'a str>,
+    /// Every `Sec-WebSocket-Extensions` value, in order (the header is a list and may repeat).
+    pub extensions: Extensions<'a>,
     pub authorization: Option<&'a str>,
     pub host: Option<&'a str>,
     /// `X-Client-Version` (passed to upstream events).
     pub client_version: Option<&'a str>,
     /// True if the request is HTTP/1.1 (httparse version 1).
     pub http11: bool,
+}
+
+/// Up to [`MAX_EXTENSION_HEADERS`] `Sec-WebSocket-Extensions` header values (more → 400).
+#[derive(Debug, Default)]
+pub struct Extensions<'a> {
+    values: [&'a str; MAX_EXTENSION_HEADERS],
+    len: usize,
+}
+
+/// Browsers send one `Sec-WebSocket-Extensions` header; a few allow for proxies that split lists.
+pub const MAX_EXTENSION_HEADERS: usize = 4;
+
+impl<'a> Extensions<'a> {
+    pub fn as_slice(&self) -> &[&'a str] {
+        &self.values[..self.len]
+    }
 }
 
 /// Why a request is refused; maps to an HTTP status.
@@ -117,6 +136,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         key: None,
         origin: None,
         protocols: None,
+        extensions: Extensions::default(),
         authorization: None,
         host: None,
         client_version: None,
@@ -145,6 +165,16 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
                     .map_err(|_| Reject::BadRequest("header value is not valid UTF-8"))?;
                 req.protocols = Some(value.trim_ascii());
             }
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            let ext = &mut req.extensions;
+            if ext.len == MAX_EXTENSION_HEADERS {
+                return Err(Reject::BadRequest(
+                    "too many Sec-WebSocket-Extensions headers",
+                ));
+            }
+            ext.values[ext.len] = std::str::from_utf8(h.value)
+                .map_err(|_| Reject::BadRequest("header value is not valid UTF-8"))?;
+            ext.len += 1;
         } else if name.eq_ignore_ascii_case("authorization") {
             set_once(
                 &mut req.authorization,
@@ -207,9 +237,15 @@ pub fn accept_value(key: &str) -> [u8; 28] {
     out
 }
 
-/// Appends the 101 Switching Protocols response; `protocol` echoes a chosen Sec-WebSocket-Protocol.
+/// Appends the 101 Switching Protocols response; `protocol` echoes a chosen Sec-WebSocket-Protocol, `deflate`
+/// answers an accepted permessage-deflate offer.
 /// A protocol containing CR or LF is left out rather than allowed to inject headers.
-pub fn write_switching(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
+pub fn write_switching(
+    out: &mut Vec<u8>,
+    key: &str,
+    protocol: Option<&str>,
+    deflate: Option<Agreed>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -221,6 +257,9 @@ pub fn write_switching(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
             out.extend_from_slice(p.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(d) = deflate {
+        d.write_header(out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -398,7 +437,7 @@ mod tests {
         assert_eq!(check_upgrade(&req), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
 
         let mut out = Vec::new();
-        write_switching(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", Some("a"));
+        write_switching(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", Some("a"), None);
         assert_eq!(
             out,
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -414,10 +453,40 @@ mod tests {
     }
 
     #[test]
+    fn extension_headers_are_all_kept_in_order() {
+        let s = request(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate\r\n",
+        );
+        let req = parse_ok(&s);
+        assert_eq!(
+            req.extensions.as_slice(),
+            [
+                "permessage-deflate; server_max_window_bits=10",
+                "permessage-deflate"
+            ]
+        );
+        let agreed = crate::frame::deflate_offer::negotiate(req.extensions.as_slice(), false);
+        let mut out = Vec::new();
+        write_switching(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", None, agreed);
+        let (code, hs, _) = parse_response(&out);
+        assert_eq!(code, 101);
+        assert_eq!(
+            header(&hs, "sec-websocket-extensions"),
+            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10")
+        );
+        let five = request(&"Sec-WebSocket-Extensions: x\r\n".repeat(MAX_EXTENSION_HEADERS + 1));
+        assert!(matches!(
+            parse_request(five.as_bytes(), 8192),
+            Err(Reject::BadRequest(_))
+        ));
+    }
+
+    #[test]
     fn switching_without_or_with_bad_protocol() {
         for p in [None, Some(""), Some("x\r\nSet-Cookie: a=b")] {
             let mut out = Vec::new();
-            write_switching(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", p);
+            write_switching(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", p, None);
             let (code, hs, _) = parse_response(&out);
             assert_eq!(code, 101);
             assert_eq!(header(&hs, "sec-websocket-protocol"), None);
@@ -718,7 +787,7 @@ mod tests {
             if let Ok(Some(req)) = parse_request(&s[..cut], 256) {
                 if let Ok(key) = check_upgrade(&req) {
                     let mut out = Vec::new();
-                    write_switching(&mut out, key, req.protocols);
+                    write_switching(&mut out, key, req.protocols, None);
                 }
             }
             for r in [Reject::NotFound, Reject::HeadTooLarge] {

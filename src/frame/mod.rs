@@ -1,7 +1,9 @@
 //! RFC 6455 framing, hand-rolled: the upgrade handshake, an incremental frame decoder that unmasks in place,
-//! and an encoder that writes a frame header once per message.
+//! an encoder that writes a frame header once per message, and permessage-deflate (negotiation and codec).
 
 pub mod decode;
+pub mod deflate;
+pub mod deflate_offer;
 pub mod encode;
 pub mod handshake;
 pub mod utf8;

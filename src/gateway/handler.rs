@@ -174,6 +174,11 @@ impl Handler for Gateway {
         conn.endpoint() == Endpoint::Gateway
     }
 
+    /// `wsgate.msgpack` connections get MessagePack binary frames.
+    fn transcode(frame: &[u8]) -> Option<Vec<u8>> {
+        crate::msgpack::transcode_frame(frame)
+    }
+
     fn on_iteration(&mut self, _core: &Core<Client>) {
         self.stats.store(&self.local.tally);
     }

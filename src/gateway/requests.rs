@@ -11,6 +11,7 @@ use super::{ClientState, MsgKind};
 use crate::auth::token;
 use crate::frame::{close_code, OP_BINARY, OP_TEXT};
 use crate::ids::StreamId;
+use crate::msgpack;
 use crate::protocol;
 use crate::reactor::{Core, Key};
 use crate::upstream::{Event, Refused};
@@ -25,10 +26,25 @@ impl Gateway {
         opcode: u8,
         payload: &[u8],
     ) {
-        if opcode == OP_BINARY {
-            return self.client_error(core, key, "binary frames are not part of the protocol");
-        }
-        debug_assert_eq!(opcode, OP_TEXT);
+        let converted;
+        let payload = match opcode {
+            OP_BINARY if core.alt_format(key) => match msgpack::to_json(payload) {
+                Ok(json) => {
+                    converted = json;
+                    &converted[..]
+                }
+                Err(e) => return self.client_error(core, key, e),
+            },
+            OP_BINARY => {
+                return self.client_error(
+                    core,
+                    key,
+                    "binary frames are not part of the protocol (MessagePack needs subprotocol wsgate.msgpack)",
+                )
+            }
+            _ => payload,
+        };
+        debug_assert!(opcode == OP_TEXT || core.alt_format(key));
         let req: protocol::ClientRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(_) => {

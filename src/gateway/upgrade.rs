@@ -10,6 +10,7 @@ use super::{ClientState, Profile};
 use crate::auth::token;
 use crate::frame::handshake::{self, Reject, Request};
 use crate::ids::{sid, StreamId};
+use crate::msgpack;
 use crate::protocol;
 use crate::reactor::{Core, Key};
 use crate::upstream::{Event, Origin};
@@ -79,7 +80,8 @@ impl Gateway {
             }
         }
         if endpoint == Endpoint::Echo {
-            handshake::write_switching(response, ws_key, token::reply_protocol(req));
+            let deflate = core.negotiate_deflate(key, req);
+            handshake::write_switching(response, ws_key, token::reply_protocol(req), deflate);
             let deadline = core.now() + policy.ping_interval;
             core.schedule(key, deadline);
             return Ok(());
@@ -112,7 +114,10 @@ impl Gateway {
         }
         let state = self.authenticate(core, req)?;
 
-        handshake::write_switching(response, ws_key, token::reply_protocol(req));
+        let deflate = core.negotiate_deflate(key, req);
+        let protocol = token::reply_protocol(req);
+        handshake::write_switching(response, ws_key, protocol, deflate);
+        let head_len = response.len();
         let channels = self.open_session(core, key, state, channels, opts, response);
         let mut positions = Vec::new();
         let mut replay = Vec::new();
@@ -127,6 +132,12 @@ impl Gateway {
             for frame in replay {
                 response.extend_from_slice(&frame);
             }
+        }
+        if protocol == Some(msgpack::SUBPROTOCOL) {
+            core.use_alt_format(key);
+            let mut first = response.split_off(head_len);
+            msgpack::transcode_frames(&mut first);
+            response.extend_from_slice(&first);
         }
         let deadline = (core.now() + self.policy.ping_interval).min(token_deadline(core, key));
         core.schedule(key, deadline);

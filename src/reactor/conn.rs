@@ -37,6 +37,17 @@ pub mod flag {
     pub const SHUT_AFTER_FLUSH: u8 = 32;
 }
 
+/// What a connection's frames look like on the wire, in [`Conn::wire`].
+pub mod wire {
+    /// permessage-deflate: 0 = not negotiated; otherwise the client's window for server messages (8..=15).
+    pub const WINDOW: u8 = 0x0F;
+    /// The client keeps its compression context across messages: inflate with the connection's own inflater
+    /// (`Core::inflate_contexts`, kept outside the connection so that the idle connection stays small).
+    pub const CLIENT_CONTEXT: u8 = 0x10;
+    /// The application's alternative format (its frames transcoded by [`super::super::Handler::transcode`]).
+    pub const ALT_FORMAT: u8 = 0x20;
+}
+
 /// Index of a connection's TLS state in the reactor's TLS slab; [`NO_TLS`] for a plaintext connection.
 /// An index, not a pointer, so a plaintext connection pays 4 bytes that fit in padding.
 pub type TlsId = u32;
@@ -58,6 +69,8 @@ pub struct Conn<A> {
     pub msg: BufId,
     /// TLS state, or NO_TLS.
     pub tls: TlsId,
+    /// permessage-deflate agreement and format (see [`wire`]).
+    pub wire: u8,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub subs: SubList,
@@ -75,6 +88,7 @@ impl<A: Default> Conn<A> {
             rbuf: NO_BUF,
             msg: NO_BUF,
             tls: NO_TLS,
+            wire: 0,
             decoder: Decoder::default(),
             out: OutQueue::default(),
             subs: SubList::Empty,

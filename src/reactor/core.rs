@@ -4,15 +4,20 @@
 //! end of the loop iteration.
 
 use super::channels::{ChannelIndex, Subscription};
-use super::conn::{flag, Conn, State, NO_TLS};
+use super::conn::{flag, wire, Conn, State, NO_TLS};
 use super::handler::Key;
 use super::ms_timer::MsTimers;
 use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
+use super::variants::Variants;
+use crate::frame::deflate::{Deflater, Inflater};
+use crate::frame::deflate_offer::{self, Agreed};
+use crate::frame::handshake::Request;
 use crate::frame::{encode, OP_PING};
 use crate::pool::{BufPool, Flush, MemoryBudget, OutFrame, SharedFrame};
 use slab::Slab;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -25,6 +30,10 @@ pub(super) struct Limits {
     pub max_connections: usize,
     pub handshake_timeout: u32,
     pub message_timeout: u32,
+    /// `ws.deflate`, `ws.deflate_threshold`, `ws.deflate_client_context`.
+    pub deflate: bool,
+    pub deflate_threshold: usize,
+    pub deflate_client_context: bool,
 }
 
 pub struct Core<A> {
@@ -57,6 +66,17 @@ pub struct Core<A> {
     pub(super) reported: usize,
     pub(super) iov: Vec<libc::iovec>,
     ping_frame: OutFrame,
+    /// Compresses shared frames for connections that negotiated permessage-deflate (made on first use).
+    pub(super) deflater: Option<Box<Deflater>>,
+    /// The handler's transcoder into its alternative format ([`super::Handler::transcode`]).
+    pub(super) transcode: fn(&[u8]) -> Option<Vec<u8>>,
+    /// Inflates the messages of clients that compress each message on its own (reset for each), and the output
+    /// buffer of every inflate.
+    pub(super) inflater: Option<Box<Inflater>>,
+    pub(super) inflated: Vec<u8>,
+    /// The inflaters of connections whose client keeps its context across messages (`ws.deflate_client_context`),
+    /// made at their first compressed message, dropped when they are freed.
+    pub(super) inflate_contexts: HashMap<Key, Inflater>,
     /// Reusable list of connection keys (broadcast), so a broadcast allocates nothing.
     keys: Vec<u32>,
 }
@@ -68,6 +88,7 @@ impl<A> Core<A> {
         live_connections: Arc<AtomicUsize>,
         budget: Arc<MemoryBudget>,
         tls: bool,
+        transcode: fn(&[u8]) -> Option<Vec<u8>>,
     ) -> Self {
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
@@ -94,6 +115,11 @@ impl<A> Core<A> {
             reported: 0,
             iov: Vec::with_capacity(1024),
             ping_frame: Rc::new(Arc::new(ping)),
+            deflater: None,
+            transcode,
+            inflater: None,
+            inflated: Vec::new(),
+            inflate_contexts: HashMap::new(),
             keys: Vec::new(),
         }
     }
@@ -273,8 +299,20 @@ impl<A> Core<A> {
     /// backlog: a frame onto an empty queue is always taken (it is shared, so one large message costs a connection
     /// a reference, not a copy), but a queue that already waits and would exceed `ws.max_outbound_bytes` marks a
     /// slow consumer.
+    /// A connection in the application's alternative format, or with permessage-deflate, gets the frame in its
+    /// form (transcoded, compressed), made for it alone.
     #[inline]
     pub fn queue(&mut self, key: Key, frame: OutFrame) {
+        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW) == 0 {
+            return self.push(key, frame);
+        }
+        let form = self.variant(key, &frame, &mut Variants::default());
+        self.push(key, form)
+    }
+
+    /// Queues a frame already in the connection's format (see [`Self::queue`]).
+    #[inline]
+    pub(super) fn push(&mut self, key: Key, frame: OutFrame) {
         let conn = &mut self.conns[key];
         if !conn.accepts_frames() {
             return;
@@ -310,13 +348,15 @@ impl<A> Core<A> {
             return 0;
         };
         let frame: OutFrame = Rc::new(frame);
+        let mut forms = Variants::default();
         let count = self.channels.subscribers(id).len();
         let queued = count - except.len().min(count);
         self.channels.count_deliveries(id, queued);
         for i in 0..count {
             let key = self.channels.subscribers(id)[i] as usize;
             if except.is_empty() || !except.contains(&key) {
-                self.queue(key, frame.clone());
+                let form = self.variant(key, &frame, &mut forms);
+                self.push(key, form);
             }
         }
         queued
@@ -334,12 +374,47 @@ impl<A> Core<A> {
                 .filter(|(_, c)| c.accepts_frames() && takes(&c.app))
                 .map(|(k, _)| k as u32),
         );
+        let mut forms = Variants::default();
         for &key in &keys {
-            self.queue(key as usize, frame.clone());
+            let form = self.variant(key as usize, &frame, &mut forms);
+            self.push(key as usize, form);
         }
         let count = keys.len();
         self.keys = keys;
         count
+    }
+
+    /// Accepts the first valid permessage-deflate offer of `req` for connection `key` (when `ws.deflate` is on):
+    /// from now on its decoder takes compressed messages and shared frames reach it compressed. The agreement is
+    /// for the 101 response (`frame::handshake::write_switching`).
+    pub fn negotiate_deflate(&mut self, key: Key, req: &Request<'_>) -> Option<Agreed> {
+        if !self.limits.deflate {
+            return None;
+        }
+        let agreed = deflate_offer::negotiate(
+            req.extensions.as_slice(),
+            self.limits.deflate_client_context,
+        )?;
+        let conn = &mut self.conns[key];
+        conn.wire |= agreed.server_window_bits
+            | if agreed.client_no_context_takeover {
+                0
+            } else {
+                wire::CLIENT_CONTEXT
+            };
+        conn.decoder.allow_compression();
+        Some(agreed)
+    }
+
+    /// From now on connection `key` gets every text frame in the application's alternative format
+    /// ([`super::Handler::transcode`]); shared frames are transcoded once for all such connections.
+    pub fn use_alt_format(&mut self, key: Key) {
+        self.conns[key].wire |= wire::ALT_FORMAT;
+    }
+
+    /// Whether connection `key` uses the application's alternative format.
+    pub fn alt_format(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::ALT_FORMAT != 0
     }
 
     pub(super) fn mark_dirty(&mut self, key: Key) {

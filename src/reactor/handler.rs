@@ -84,6 +84,12 @@ pub trait Handler {
     /// Whether a broadcast goes to this open connection.
     fn takes_broadcast(conn: &Self::Conn) -> bool;
 
+    /// A complete frame in the application's alternative format, for connections set to it with
+    /// [`Core::use_alt_format`] (None = the frame stays as it is). Shared frames are transcoded once per publish.
+    fn transcode(_frame: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
     /// Once per loop iteration, after teardown (publish counters).
     fn on_iteration(&mut self, core: &Core<Self::Conn>);
 }

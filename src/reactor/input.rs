@@ -2,15 +2,18 @@
 //! first sign that a connection is ending: a doomed connection is not read, a lingering one's bytes are discarded,
 //! and after a protocol violation nothing more of the buffer is decoded.
 
-use super::conn::{flag, State, NO_TLS};
+use super::conn::{flag, wire, State, NO_TLS};
 use super::handler::{Handler, Key};
 use super::sys::{net, Poller, Ready};
 use super::Reactor;
+use crate::frame::close_code::INVALID_PAYLOAD;
 use crate::frame::decode::{Decoder, Frame};
 use crate::frame::handshake;
-use crate::frame::{encode, OP_CLOSE, OP_PONG};
+use crate::frame::{encode, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::pool::{self, NO_BUF};
 use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes read at once into the shared scratch buffer (a connection borrows a pooled buffer only for leftovers).
@@ -210,7 +213,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             0
         };
         if written < response.len() {
-            core.send(key, response[written..].to_vec());
+            // As it is: the handler wrote it in the connection's format (`push`, not `send`, which transcodes).
+            core.push(key, Rc::new(Arc::new(response[written..].to_vec())));
         }
     }
 
@@ -223,13 +227,14 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 opcode,
                 first,
                 fin,
+                compressed,
                 payload,
             } => {
                 if !open {
                     return; // data after our close frame is ignored (RFC 6455 §5.5.1)
                 }
                 if first && fin {
-                    return self.on_message(key, opcode, payload);
+                    return self.on_data(key, opcode, compressed, payload);
                 }
                 if conn.msg == NO_BUF {
                     conn.msg = core.bufs.lend(key as u32, core.now);
@@ -240,7 +245,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     // The buffer stays lent to the connection while the handler runs (nothing frees it before the
                     // reap); only its bytes move out.
                     let message = core.bufs.take(id);
-                    self.on_message(key, opcode, &message);
+                    self.on_data(key, opcode, compressed, &message);
                     let core = &mut self.core;
                     core.bufs.put(id, message);
                     core.bufs.give_back(id);
@@ -277,6 +282,38 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 }
             }
         }
+    }
+
+    /// A complete message: inflated first when compressed (permessage-deflate), into the reactor's reusable
+    /// output buffer, bounded by `ws.max_message_size` (a zip bomb is closed with 1009 at the limit).
+    fn on_data(&mut self, key: Key, opcode: u8, compressed: bool, payload: &[u8]) {
+        if !compressed {
+            return self.on_message(key, opcode, payload);
+        }
+        let core = &mut self.core;
+        let mut out = std::mem::take(&mut core.inflated);
+        let max = core.limits.max_message;
+        let inflated = if core.conns[key].wire & wire::CLIENT_CONTEXT != 0 {
+            let own = core.inflate_contexts.entry(key).or_default();
+            own.inflate(payload, &mut out, max, false)
+        } else {
+            let shared = core.inflater.get_or_insert_with(Box::default);
+            shared.inflate(payload, &mut out, max, true)
+        };
+        core.tally.inflate_bytes_in_total += payload.len() as u64;
+        core.tally.inflate_bytes_out_total += out.len() as u64;
+        match inflated {
+            Err(v) => self.core.fail(key, v.code, v.reason),
+            Ok(()) if opcode == OP_TEXT && std::str::from_utf8(&out).is_err() => {
+                self.core
+                    .fail(key, INVALID_PAYLOAD, "text message is not valid UTF-8")
+            }
+            Ok(()) => self.on_message(key, opcode, &out),
+        }
+        if out.capacity() > SCRATCH {
+            out = Vec::new(); // one large message does not keep its memory
+        }
+        self.core.inflated = out;
     }
 
     fn on_message(&mut self, key: Key, opcode: u8, payload: &[u8]) {

@@ -28,6 +28,7 @@ pub mod sys;
 mod teardown;
 mod timer;
 mod tls_io;
+mod variants;
 
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
@@ -145,9 +146,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             max_connections: c.server.max_connections,
             handshake_timeout: c.server.handshake_timeout.min(u32::MAX as u64) as u32,
             message_timeout: c.ws.message_timeout.min(u32::MAX as u64 / 4) as u32,
+            deflate: c.ws.deflate,
+            deflate_threshold: c.ws.deflate_threshold,
+            deflate_client_context: c.ws.deflate_client_context,
         };
         Ok(Reactor {
-            core: Core::new(s.id, limits, s.live_connections, s.budget, s.tls.is_some()),
+            core: Core::new(
+                s.id,
+                limits,
+                s.live_connections,
+                s.budget,
+                s.tls.is_some(),
+                H::transcode,
+            ),
             handler,
             poller,
             listener: Some(s.listener),

@@ -28,6 +28,10 @@ pub struct ReactorStats {
     pub tls_handshakes_total: AtomicU64,
     pub tls_failures_total: AtomicU64,
     pub tls_sessions: AtomicU64,
+    pub deflate_bytes_in_total: AtomicU64,
+    pub deflate_bytes_out_total: AtomicU64,
+    pub inflate_bytes_in_total: AtomicU64,
+    pub inflate_bytes_out_total: AtomicU64,
 }
 
 /// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
@@ -61,6 +65,14 @@ pub struct Tally {
     pub tls_failures_total: u64,
     /// TLS connections held, handshaking or open (the rest of `connections` is plaintext).
     pub tls_sessions: u64,
+    /// Payload bytes of shared frames compressed for permessage-deflate (before compression).
+    pub deflate_bytes_in_total: u64,
+    /// Payload bytes those frames compressed to (once per publish and reactor, not per subscriber).
+    pub deflate_bytes_out_total: u64,
+    /// Compressed payload bytes of client messages inflated.
+    pub inflate_bytes_in_total: u64,
+    /// Bytes those client messages inflated to.
+    pub inflate_bytes_out_total: u64,
 }
 
 impl ReactorStats {
@@ -91,6 +103,14 @@ impl ReactorStats {
         self.tls_handshakes_total.store(t.tls_handshakes_total, r);
         self.tls_failures_total.store(t.tls_failures_total, r);
         self.tls_sessions.store(t.tls_sessions, r);
+        self.deflate_bytes_in_total
+            .store(t.deflate_bytes_in_total, r);
+        self.deflate_bytes_out_total
+            .store(t.deflate_bytes_out_total, r);
+        self.inflate_bytes_in_total
+            .store(t.inflate_bytes_in_total, r);
+        self.inflate_bytes_out_total
+            .store(t.inflate_bytes_out_total, r);
     }
 
     pub fn load(&self) -> Tally {
@@ -117,6 +137,10 @@ impl ReactorStats {
             tls_handshakes_total: self.tls_handshakes_total.load(r),
             tls_failures_total: self.tls_failures_total.load(r),
             tls_sessions: self.tls_sessions.load(r),
+            deflate_bytes_in_total: self.deflate_bytes_in_total.load(r),
+            deflate_bytes_out_total: self.deflate_bytes_out_total.load(r),
+            inflate_bytes_in_total: self.inflate_bytes_in_total.load(r),
+            inflate_bytes_out_total: self.inflate_bytes_out_total.load(r),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! Leaving the open state puts a connection on `leaving`: the application's `on_close` runs for it at the end of
 //! the iteration (the reactor's `teardown`), before `reap`.
 
-use super::conn::{flag, State, NO_TLS};
+use super::conn::{flag, wire, State, NO_TLS};
 use super::core::Core;
 use super::handler::Key;
 use super::sys::net;
@@ -209,6 +209,9 @@ impl<A> Core<A> {
         self.drop_subscriptions(key);
         self.timers.cancel(&mut self.conns, key);
         let conn = self.conns.remove(key);
+        if conn.wire & wire::CLIENT_CONTEXT != 0 {
+            self.inflate_contexts.remove(&key);
+        }
         self.bufs.give_back(conn.rbuf);
         self.bufs.give_back(conn.msg);
         if conn.tls != NO_TLS {

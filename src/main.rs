@@ -27,6 +27,9 @@ struct Cli {
     /// Reactor threads (server.threads); 0 = one per CPU.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The reactors' OS layer (server.io_backend): epoll, uring or auto.
+    #[arg(long, value_name = "BACKEND")]
+    io_backend: Option<String>,
     /// Enables the debug echo endpoint at PATH (debug.echo_path).
     #[arg(long, value_name = "PATH")]
     echo_path: Option<String>,
@@ -53,6 +56,9 @@ fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
     }
     if let Some(v) = cli.threads {
         builder = builder.set(&format!("server.threads={v}"))?;
+    }
+    if let Some(v) = &cli.io_backend {
+        builder = builder.set(&format!("server.io_backend={}", quoted(v)))?;
     }
     if let Some(v) = &cli.echo_path {
         builder = builder.set(&format!("debug.echo_path={}", quoted(v)))?;

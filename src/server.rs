@@ -2,11 +2,11 @@
 
 use crate::api::{self, Api};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::gateway::{stats::GatewayStats, Gateway};
 use crate::hub::{Hub, ReactorHandle};
 use crate::pool::MemoryBudget;
-use crate::reactor::sys::{net, Epoll, Waker};
+use crate::reactor::sys::{net, probe, Epoll, Uring, Waker};
 use crate::reactor::{self, ReactorSetup, ReactorStats};
 use crate::tls::TlsAcceptor;
 use std::io;
@@ -39,10 +39,31 @@ pub struct Server {
     cluster: Option<Cluster>,
 }
 
+/// Whether the reactors run on io_uring; logs the choice and its reason in one line.
+fn choose_uring(wanted: IoBackend) -> io::Result<bool> {
+    let (uring, why) = match (wanted, probe::uring_support()) {
+        (IoBackend::Epoll, _) => (false, "server.io_backend = \"epoll\"".to_string()),
+        (IoBackend::Uring, Ok(())) => (true, "server.io_backend = \"uring\"".to_string()),
+        (IoBackend::Uring, Err(why)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("server.io_backend = \"uring\", but this kernel refuses it: {why}"),
+            ))
+        }
+        (IoBackend::Auto, Ok(())) => (true, "auto: the kernel offers io_uring".to_string()),
+        (IoBackend::Auto, Err(why)) => (false, format!("auto: io_uring unavailable: {why}")),
+    };
+    let name = if uring { "io_uring" } else { "epoll" };
+    log::info!("io backend: {name} ({why})");
+    Ok(uring)
+}
+
 impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
         let mut config = Arc::new(config);
         let threads = config.reactor_threads();
+        // Before anything listens: a demanded backend the kernel refuses stops start-up.
+        let uring = choose_uring(config.server.io_backend)?;
         // Built (and its key files checked) before anything listens; shared once the node id is final.
         let mut sessions = crate::gateway::Shared::from_config(&config)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -151,7 +172,12 @@ impl Server {
                 .spawn(move || {
                     net::pin_to_cpu(id);
                     let gateway = || Gateway::new(&config, shared, id, stats);
-                    if let Err(e) = reactor::run::<Epoll, Gateway>(setup, gateway) {
+                    let ran = if uring {
+                        reactor::run::<Uring, Gateway>(setup, gateway)
+                    } else {
+                        reactor::run::<Epoll, Gateway>(setup, gateway)
+                    };
+                    if let Err(e) = ran {
                         log::error!("reactor {id} stopped: {e}");
                     }
                 })?;

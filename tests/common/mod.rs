@@ -47,9 +47,10 @@ pub fn bin_path() -> &'static str {
     env!("CARGO_BIN_EXE_wsgate")
 }
 
-/// The standard arguments every test server gets (port 0 everywhere, 2 reactor threads).
+/// The standard arguments every test server gets (port 0 everywhere, 2 reactor threads), and the reactors' backend
+/// named by `WSGATE_TEST_IO_BACKEND` (epoll, uring, auto), so the suite runs on each (scripts/test.sh).
 pub fn base_args() -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
         "--api-listen",
@@ -59,7 +60,11 @@ pub fn base_args() -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    if let Ok(backend) = std::env::var("WSGATE_TEST_IO_BACKEND") {
+        args.extend(["--io-backend".to_string(), backend]);
+    }
+    args
 }
 
 /// The base arguments followed by `extra`; a base flag that `extra` gives too (e.g. `--threads 1`) is left out,

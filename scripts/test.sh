@@ -22,6 +22,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 cargo test --workspace
 
+echo "== black-box tests again, on the io_uring backend (tests/*.rs; WSGATE_TEST_IO_BACKEND=uring)"
+# The unit tests and the hand-driven reactor do not depend on the backend; the binary's tests do. About 2 minutes.
+if target_bin="${CARGO_TARGET_DIR:-target}/debug/wsgate" && "$target_bin" --io-backend uring --print-io-backend; then
+    WSGATE_TEST_IO_BACKEND=uring cargo test --test '*'
+else
+    echo "skipped: this kernel refuses io_uring (see the line above)"
+fi
+
 echo "== fuzz smoke (every parser target for 10 s; long runs: scripts/fuzz.sh, docs/FUZZING.md)"
 # Needs nightly and cargo-fuzz; CI does not install them, so without them this step says why it is skipped.
 # The first run also builds fuzz/ (several minutes on 2 cores); WSGATE_FUZZ_SMOKE=0 skips it.

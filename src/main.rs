@@ -36,6 +36,10 @@ struct Cli {
     /// Prints the effective configuration as TOML and exits.
     #[arg(long)]
     print_config: bool,
+    /// Prints the io backend server.io_backend selects on this kernel, and why, then exits (status 1 if it is
+    /// refused).
+    #[arg(long)]
+    print_io_backend: bool,
 }
 
 fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
@@ -78,6 +82,18 @@ fn main() -> ExitCode {
     if cli.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if cli.print_io_backend {
+        return match wsgate::server::choose_io_backend(config.server.io_backend) {
+            Ok((_, line)) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsgate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     wsgate::logging::init(&config.log.level);
 

@@ -39,8 +39,9 @@ pub struct Server {
     cluster: Option<Cluster>,
 }
 
-/// Whether the reactors run on io_uring; logs the choice and its reason in one line.
-fn choose_uring(wanted: IoBackend) -> io::Result<bool> {
+/// The reactors' backend for `wanted` on this kernel: whether it is io_uring, and the log line saying which and why.
+/// An error when io_uring is demanded and the kernel refuses it.
+pub fn choose_io_backend(wanted: IoBackend) -> io::Result<(bool, String)> {
     let (uring, why) = match (wanted, probe::uring_support()) {
         (IoBackend::Epoll, _) => (false, "server.io_backend = \"epoll\"".to_string()),
         (IoBackend::Uring, Ok(())) => (true, "server.io_backend = \"uring\"".to_string()),
@@ -54,8 +55,7 @@ fn choose_uring(wanted: IoBackend) -> io::Result<bool> {
         (IoBackend::Auto, Err(why)) => (false, format!("auto: io_uring unavailable: {why}")),
     };
     let name = if uring { "io_uring" } else { "epoll" };
-    log::info!("io backend: {name} ({why})");
-    Ok(uring)
+    Ok((uring, format!("io backend: {name} ({why})")))
 }
 
 impl Server {
@@ -63,7 +63,8 @@ impl Server {
         let mut config = Arc::new(config);
         let threads = config.reactor_threads();
         // Before anything listens: a demanded backend the kernel refuses stops start-up.
-        let uring = choose_uring(config.server.io_backend)?;
+        let (uring, line) = choose_io_backend(config.server.io_backend)?;
+        log::info!("{line}");
         // Built (and its key files checked) before anything listens; shared once the node id is final.
         let mut sessions = crate::gateway::Shared::from_config(&config)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -69,7 +69,9 @@ pub trait Poller: Sized {
             // SAFETY: the iovecs point into buffers the caller keeps alive across this call; writev only reads.
             let n = unsafe { libc::writev(op.fd, vecs.as_ptr(), vecs.len() as libc::c_int) };
             results.push(if n < 0 {
-                -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
             } else {
                 n as i32
             });

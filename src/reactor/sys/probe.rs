@@ -57,12 +57,16 @@ fn explain_setup(e: &io::Error) -> String {
                 _ => "io_uring_setup refused (EPERM): a seccomp or container policy forbids it".into(),
             }
         }
-        Some(libc::ENOSYS) => "io_uring_setup not available (ENOSYS): the kernel is built without io_uring, \
+        Some(libc::ENOSYS) => {
+            "io_uring_setup not available (ENOSYS): the kernel is built without io_uring, \
                                or a seccomp or container policy hides it"
-            .into(),
-        Some(libc::ENOMEM) => "io_uring_setup cannot lock the ring's memory (ENOMEM): RLIMIT_MEMLOCK is too \
+                .into()
+        }
+        Some(libc::ENOMEM) => {
+            "io_uring_setup cannot lock the ring's memory (ENOMEM): RLIMIT_MEMLOCK is too \
                                low (kernels before 5.12 charge rings to it; raise `ulimit -l`)"
-            .into(),
+                .into()
+        }
         Some(libc::EINVAL) => {
             "io_uring_setup rejected the ring's set-up flags (EINVAL): the kernel is too old".into()
         }

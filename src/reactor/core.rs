@@ -48,8 +48,8 @@ pub struct Core<A> {
     pub(super) doomed: Vec<Key>,
     /// Connections whose input was aborted this iteration: their input buffers go back at the reap.
     pub(super) trim: Vec<Key>,
-    /// Sockets of connections freed at the reap, closed by the reactor right after it.
-    pub(super) closing: Vec<std::os::fd::RawFd>,
+    /// Sockets (descriptor, token) of connections freed at the reap, closed by the reactor right after it.
+    pub(super) closing: Vec<(std::os::fd::RawFd, u64)>,
     /// The process-wide budget for buffered input, and this reactor's share as last reported to it.
     pub(super) budget: Arc<MemoryBudget>,
     pub(super) reported: usize,

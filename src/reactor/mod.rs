@@ -231,7 +231,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if let Err(e) = self.poller.forget(closing) {
             log::error!("reactor {}: releasing closed sockets: {e}", self.core.id);
         }
-        for fd in closing.drain(..) {
+        for (fd, _) in closing.drain(..) {
             net::close(fd);
         }
     }

@@ -215,7 +215,7 @@ impl<A> Core<A> {
             self.tls_release(conn.tls, conn.fd, conn.state);
         }
         // Closed by the reactor once its backend has let go of it (see `Poller::forget`).
-        self.closing.push(conn.fd);
+        self.closing.push((conn.fd, key as u64));
         self.live_connections.fetch_sub(1, Ordering::Relaxed);
         self.tally.closed_total += 1;
     }

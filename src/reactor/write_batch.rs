@@ -9,6 +9,10 @@ use super::sys::{Poller, WriteOp, MAX_BATCH};
 use super::Reactor;
 use std::io;
 
+/// Connections with more frames queued than this write them with their own writev (a backlog: see
+/// bench/RESULTS.md, io backends).
+const BATCH_FRAMES: usize = 8;
+
 /// Reused buffers of one batch: nothing is allocated per flush once they have grown.
 #[derive(Default)]
 pub(super) struct WriteBatch {
@@ -42,7 +46,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             if !conn.has(flag::DIRTY) {
                 continue;
             }
-            if conn.tls != NO_TLS {
+            if conn.tls != NO_TLS || conn.out.frame_count() > BATCH_FRAMES {
                 self.core.flush(key);
                 continue;
             }

@@ -44,9 +44,9 @@ pub trait Poller: Sized {
     fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
     /// Stops watching `fd`, which stays open.
     fn remove(&mut self, fd: RawFd) -> io::Result<()>;
-    /// Called with descriptors about to be closed. Closing a socket ends its epoll registration, so epoll has
-    /// nothing to do; an io_uring poll must be cancelled first.
-    fn forget(&mut self, _fds: &[RawFd]) -> io::Result<()> {
+    /// Called with the sockets (descriptor and token) about to be closed. Closing a socket ends its epoll
+    /// registration, so epoll has nothing to do; an io_uring poll must be cancelled first.
+    fn forget(&mut self, _socks: &[(RawFd, u64)]) -> io::Result<()> {
         Ok(())
     }
     /// Waits up to `timeout_ms` (-1 = forever) and fills `out` with ready tokens.

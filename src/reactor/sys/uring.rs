@@ -45,8 +45,11 @@ impl Uring {
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
             if data & WRITE_TAG != 0 {
-                results[(data & !WRITE_TAG) as usize] = cqe.result();
-                writes += 1;
+                // Every write completes inside its own `write_batch`, so its slot is there.
+                if let Some(slot) = results.get_mut((data & !WRITE_TAG) as usize) {
+                    *slot = cqe.result();
+                    writes += 1;
+                }
                 continue;
             }
             let res = cqe.result();
@@ -130,17 +133,24 @@ impl Poller for Uring {
     }
 
     fn remove(&mut self, fd: RawFd) -> io::Result<()> {
-        self.forget(&[fd])
+        // Listeners only (at shutdown): cancelled by descriptor, which walks every pending request — fine once.
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(CANCEL_TAG);
+        self.push(&cancel)?;
+        self.ring.submit()?;
+        Ok(())
     }
 
-    fn forget(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        if fds.is_empty() {
+    fn forget(&mut self, socks: &[(RawFd, u64)]) -> io::Result<()> {
+        if socks.is_empty() {
             return Ok(());
         }
         // A poll holds a reference to its socket: until it is cancelled, closing the descriptor would not close
-        // the connection. Cancelled by descriptor, so this must run before the descriptors are closed.
-        for &fd in fds {
-            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+        // the connection. Cancelled by user data (a hash lookup), submitted before the descriptors are closed and
+        // before any new socket could be registered under the same descriptor and token.
+        for &(fd, token) in socks {
+            let cancel = opcode::AsyncCancel::new(poll_data(fd, token))
                 .build()
                 .user_data(CANCEL_TAG);
             self.push(&cancel)?;
@@ -310,7 +320,7 @@ mod tests {
             }
         }
         assert_eq!(seen, (true, true));
-        ring.forget(&[fd]).unwrap();
+        ring.forget(&[(fd, 7)]).unwrap();
         crate::reactor::sys::net::close(fd);
         client
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))

@@ -1,7 +1,7 @@
 //! The flush pass for a backend that writes many sockets in one system call ([`Poller::BATCHES_WRITES`]): the
 //! queues of up to [`MAX_BATCH`] dirty connections become one batch of writevs, handed to the backend together,
 //! and each result is applied as a writev's would be (`Core::wrote`). TLS connections write their records
-//! themselves, as on every backend.
+//! themselves, as on every backend, and so does a connection with a backlog (more than [`BATCH_FRAMES`] frames).
 
 use super::conn::{flag, NO_TLS};
 use super::handler::{Handler, Key};

@@ -42,17 +42,22 @@ pub struct Server {
 /// The reactors' backend for `wanted` on this kernel: whether it is io_uring, and the log line saying which and why.
 /// An error when io_uring is demanded and the kernel refuses it.
 pub fn choose_io_backend(wanted: IoBackend) -> io::Result<(bool, String)> {
-    let (uring, why) = match (wanted, probe::uring_support()) {
-        (IoBackend::Epoll, _) => (false, "server.io_backend = \"epoll\"".to_string()),
-        (IoBackend::Uring, Ok(())) => (true, "server.io_backend = \"uring\"".to_string()),
-        (IoBackend::Uring, Err(why)) => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("server.io_backend = \"uring\", but this kernel refuses it: {why}"),
-            ))
-        }
-        (IoBackend::Auto, Ok(())) => (true, "auto: the kernel offers io_uring".to_string()),
-        (IoBackend::Auto, Err(why)) => (false, format!("auto: io_uring unavailable: {why}")),
+    // The probe builds a ring: not asked when epoll is configured.
+    let (uring, why) = match wanted {
+        IoBackend::Epoll => (false, "server.io_backend = \"epoll\"".to_string()),
+        IoBackend::Uring => match probe::uring_support() {
+            Ok(()) => (true, "server.io_backend = \"uring\"".to_string()),
+            Err(why) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("server.io_backend = \"uring\", but this kernel refuses it: {why}"),
+                ))
+            }
+        },
+        IoBackend::Auto => match probe::uring_support() {
+            Ok(()) => (true, "auto: the kernel offers io_uring".to_string()),
+            Err(why) => (false, format!("auto: io_uring unavailable: {why}")),
+        },
     };
     let name = if uring { "io_uring" } else { "epoll" };
     Ok((uring, format!("io backend: {name} ({why})")))

@@ -14,12 +14,8 @@ const IO_URING_SETUP: u32 = 425;
 
 /// The gateway with `extra` under a seccomp filter that fails io_uring_setup with EPERM.
 fn refusing_io_uring(extra: &[&str]) -> Command {
-    let mut cmd = Command::new(bin_path());
-    cmd.args(args_with_base(extra))
-        .env_remove("WSGATE_TEST_IO_BACKEND")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = command(&args_with_base(extra), &[]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: runs in the forked child before exec and only makes two prctl calls on a filter that lives on the
     // child's stack until the second returns (no allocation, no locks).
     unsafe {

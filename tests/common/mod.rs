@@ -83,7 +83,7 @@ pub fn args_with_base(extra: &[&str]) -> Vec<String> {
 
 /// The binary with `args`, stdin from /dev/null, and `env` on top of the test's environment minus its WSGATE_*
 /// settings (a test never inherits them by accident).
-fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+pub fn command(args: &[String], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bin_path());
     cmd.args(args).stdin(Stdio::null());
     for (k, _) in std::env::vars() {

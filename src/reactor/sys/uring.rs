@@ -14,7 +14,8 @@ use std::os::fd::RawFd;
 /// Submission queue slots: the largest write batch, and the polls and cancels added between two waits before
 /// the queue is submitted early.
 const SQ_ENTRIES: u32 = 1024;
-/// Tags a write's user data (a poll's user data is `fd << 32 | token`, with `fd` below 2^31).
+/// Tags a write's user data (a poll's user data is `fd << 32 | token`, with `fd` below 2^30: descriptors are
+/// bounded by RLIMIT_NOFILE, far lower).
 const WRITE_TAG: u64 = 1 << 63;
 /// Tags the completion of a cancel (of a closed socket's or listener's poll), which reports nothing.
 const CANCEL_TAG: u64 = 1 << 62;

@@ -25,7 +25,8 @@ cargo test --workspace
 echo "== black-box tests again, on the other io backend (tests/*.rs with WSGATE_TEST_IO_BACKEND)"
 # The pass above ran them on the default backend (`auto`: io_uring where the kernel offers it); this one on the
 # other. The unit tests and the hand-driven reactor do not depend on the backend. About 2 minutes.
-default_backend="$("${CARGO_TARGET_DIR:-target}/debug/wsgate" --print-io-backend)"
+# An empty environment: the gateway would read this script's WSGATE_* settings as config keys.
+default_backend="$(env -i "${CARGO_TARGET_DIR:-target}/debug/wsgate" --print-io-backend)"
 echo "$default_backend"
 if [[ "$default_backend" == "io backend: io_uring"* ]]; then
     WSGATE_TEST_IO_BACKEND=epoll cargo test --test '*'

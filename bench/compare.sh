@@ -2,11 +2,14 @@
 # bench/compare.sh — old vs new wsgate side by side in one run, with one wsgate-bench binary for every run.
 #
 # Usage: bench/compare.sh --old PATH_TO_OLD_WSGATE --new PATH_TO_NEW_WSGATE [--rounds N] [--quick] [--only LIST]
-#                         [--wait-quiet SECONDS]
+#                         [--wait-quiet SECONDS] [--old-args FLAGS] [--new-args FLAGS]
 #   --rounds N   rounds per scenario (default 3); a round runs old, then new, each against a fresh gateway
 #   --quick      small parameters (a smoke test, ~20 s per round); recorded in bench/out/quick-compare.md only
-#   --only LIST  comma-separated subset of: connect, fanout, fanout-paced
+#   --only LIST  comma-separated subset of: connect, fanout, fanout-paced, and the optional fanout-paced10,
+#                fanout-64k
 #   --wait-quiet N   before each run wait up to N seconds for the machine to be at least 90% idle
+#   --old-args FLAGS, --new-args FLAGS   extra gateway flags per side, e.g. the same binary twice with
+#                --old-args "--io-backend epoll" --new-args "--io-backend uring"
 # Environment: WSGATE_BENCH (generator binary); default ${CARGO_TARGET_DIR:-target}/release/wsgate-bench
 # (build it with `cargo build --release --workspace`).
 #
@@ -36,7 +39,11 @@ ROUNDS=3
 QUICK=0
 ONLY=""
 WAIT_QUIET=0
+OLD_ARGS=""
+NEW_ARGS=""
 SCENARIOS=(connect fanout fanout-paced)
+# Run only when named in --only (the io backend comparison): 1 KiB every 10 ms; 64 KiB frames to 2000 subscribers.
+EXTRA_SCENARIOS=(fanout-paced10 fanout-64k)
 
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; }
 die() {
@@ -52,6 +59,8 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --only) ONLY="${2:?--only needs a list}"; shift ;;
         --wait-quiet) WAIT_QUIET="${2:?--wait-quiet needs seconds}"; shift ;;
+        --old-args) OLD_ARGS="${2?--old-args needs flags}"; shift ;;
+        --new-args) NEW_ARGS="${2?--new-args needs flags}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -64,7 +73,7 @@ if [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 20 ]; then die "--rounds must be betwe
 case "$WAIT_QUIET" in '' | *[!0-9]*) die "--wait-quiet must be whole seconds" ;; esac
 if [ -n "$ONLY" ]; then
     for name in ${ONLY//,/ }; do
-        case " ${SCENARIOS[*]} " in *" $name "*) ;; *) die "--only: unknown scenario $name (connect, fanout, fanout-paced)" ;; esac
+        case " ${SCENARIOS[*]} ${EXTRA_SCENARIOS[*]} " in *" $name "*) ;; *) die "--only: unknown scenario $name (connect, fanout, fanout-paced, fanout-paced10, fanout-64k)" ;; esac
     done
 fi
 for bin in "$OLD_SRC" "$NEW_SRC"; do
@@ -74,7 +83,7 @@ done
 command -v jq >/dev/null || die "needs jq (apt-get install -y jq)"
 
 wanted() {
-    [ -z "$ONLY" ] && return 0
+    [ -z "$ONLY" ] && case " ${EXTRA_SCENARIOS[*]} " in *" $1 "*) return 1 ;; *) return 0 ;; esac
     case ",$ONLY," in *",$1,"*) return 0 ;; esac
     return 1
 }
@@ -94,8 +103,8 @@ cp "$NEW_SRC" "$NEW"
 cp "$BENCH_SRC" "$BENCH"
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 built() { date -u -r "$1" '+%Y-%m-%d %H:%M:%SZ'; }
-OLD_ID="$OLD_SRC (sha256 $(sha "$OLD"), built $(built "$OLD_SRC"))"
-NEW_ID="$NEW_SRC (sha256 $(sha "$NEW"), built $(built "$NEW_SRC"))"
+OLD_ID="$OLD_SRC ${OLD_ARGS:+$OLD_ARGS }(sha256 $(sha "$OLD"), built $(built "$OLD_SRC"))"
+NEW_ID="$NEW_SRC ${NEW_ARGS:+$NEW_ARGS }(sha256 $(sha "$NEW"), built $(built "$NEW_SRC"))"
 BENCH_ID="$BENCH_SRC (sha256 $(sha "$BENCH"), built $(built "$BENCH_SRC"))"
 # A 15k connection burst overflows a smaller accept queue: SYN retries (1 s) then dominate the handshake rate.
 SOMAXCONN_NOTE=""
@@ -123,24 +132,28 @@ scenario_args() {
             connect) SCEN=connect; ARGS=(--conns 2000 --procs 2 --rate 10000 --duration 10 --timeout 5) ;;
             fanout) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --messages 50 --size 1024 --inflight 8 --duration 10 --timeout 5) ;;
             fanout-paced) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --messages 20 --size 1024 --interval-ms 100 --duration 10 --timeout 5) ;;
+            fanout-paced10) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --messages 100 --size 1024 --interval-ms 10 --duration 10 --timeout 5) ;;
+            fanout-64k) SCEN=fanout; ARGS=(--conns 500 --procs 2 --messages 20 --size 65536 --interval-ms 200 --duration 10 --timeout 10) ;;
         esac
     else
         case "$1" in
             connect) SCEN=connect; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 40000 --duration 30 --timeout 10) ;;
             fanout) SCEN=fanout; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 300 --size 1024 --inflight 8 --duration 30 --timeout 40) ;;
             fanout-paced) SCEN=fanout; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 100 --size 1024 --interval-ms 100 --duration 30 --timeout 15) ;;
+            fanout-paced10) SCEN=fanout; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 300 --size 1024 --interval-ms 10 --duration 30 --timeout 15) ;;
+            fanout-64k) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --rate 5000 --messages 30 --size 65536 --interval-ms 200 --duration 30 --timeout 20) ;;
         esac
     fi
 }
 
 STARTED="$(date -u '+%Y-%m-%d %H:%M:%SZ')"
 T0=$SECONDS
-for sc in "${SCENARIOS[@]}"; do
+for sc in "${SCENARIOS[@]}" "${EXTRA_SCENARIOS[@]}"; do
     wanted "$sc" || continue
     scenario_args "$sc"
     for r in $(seq 1 "$ROUNDS"); do
         for side in old new; do
-            if [ "$side" = old ]; then GW="$OLD"; else GW="$NEW"; fi
+            if [ "$side" = old ]; then GW="$OLD" GW_ARGS="$OLD_ARGS"; else GW="$NEW" GW_ARGS="$NEW_ARGS"; fi
             run_scenario "$sc.$side.$r" "$SCEN" "$WSPATH" "${ARGS[@]}"
         done
     done
@@ -197,6 +210,7 @@ figure() {
             if (v == "" || v == "none") return "–"
             if (unit == "B") return sprintf("%d", v)
             if (unit == "ms") return sprintf("%.1f", v)
+            if (unit == "us") return sprintf("%.2f", v)
             if (v >= 1e6) return sprintf("%.2fM", v / 1e6)
             if (v >= 1e3) return sprintf("%.1fk", v / 1e3)
             return sprintf("%.0f", v)
@@ -210,7 +224,7 @@ figure() {
         }')")
 }
 
-for sc in "${SCENARIOS[@]}"; do
+for sc in "${SCENARIOS[@]}" "${EXTRA_SCENARIOS[@]}"; do
     wanted "$sc" || continue
     for r in $(seq 1 "$ROUNDS"); do
         check_run "$sc.old.$r"
@@ -230,6 +244,13 @@ figure "handshakes/s (connections opened at once)" connect higher rate '.handsha
 figure "fan-out deliveries/s (1 KiB, 8 publishes in flight)" fanout higher rate '.deliveries_per_s'
 figure "paced latency p50, ms (one 1 KiB publish per 100 ms)" fanout-paced lower ms '(.latency_us.p50 // empty) / 1000'
 figure "paced latency p99, ms" fanout-paced lower ms '(.latency_us.p99 // empty) / 1000'
+figure "server CPU µs per delivery (1 KiB, 8 in flight)" fanout lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
+figure "server CPU µs per delivery (paced, one per 100 ms)" fanout-paced lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
+figure "paced latency p50, ms (one 1 KiB publish per 10 ms)" fanout-paced10 lower ms '(.latency_us.p50 // empty) / 1000'
+figure "paced latency p99, ms (one per 10 ms)" fanout-paced10 lower ms '(.latency_us.p99 // empty) / 1000'
+figure "server CPU µs per delivery (paced, one per 10 ms)" fanout-paced10 lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
+figure "64 KiB to 2000 subscribers (one per 200 ms): latency p99, ms" fanout-64k lower ms '(.latency_us.p99 // empty) / 1000'
+figure "server CPU µs per delivery (64 KiB)" fanout-64k lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
 
 MACHINE="$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo) GiB, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r)"
 {
@@ -245,7 +266,7 @@ MACHINE="$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /pro
     echo
     echo "Every run against a fresh gateway (\`--listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo\`);"
     echo "per scenario the rounds alternate old, new; ${ELAPSED} s in all. Generator arguments:"
-    for sc in "${SCENARIOS[@]}"; do
+    for sc in "${SCENARIOS[@]}" "${EXTRA_SCENARIOS[@]}"; do
         wanted "$sc" || continue
         scenario_args "$sc"
         echo "- $sc: \`wsgate-bench $SCEN ${ARGS[*]}\`"

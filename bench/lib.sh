@@ -3,6 +3,7 @@
 # The caller sets:
 #   PROG        prefix of this library's messages (run.sh, compare.sh)
 #   GW          gateway binary that start_gateway / run_scenario start
+#   GW_ARGS     extra flags for it (word-split; optional)
 #   BENCH       wsgate-bench binary
 #   OUT         directory for per-scenario output (NAME.txt, NAME.progress, gateway-NAME.log)
 #   RESULTS     file that run_scenario appends each run's JSON line to
@@ -61,7 +62,9 @@ start_gateway() {
     # (of an earlier run under the same name) and sent the generator to ports nobody listens on.
     : >"$log"
     # The gateway reads WSGATE_SECTION_KEY variables as config: keep the scripts' own (WSGATE_BENCH) away from it.
-    env -u WSGATE_BENCH "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo 2>"$log" &
+    # GW_ARGS: extra gateway flags of the side being measured (compare.sh --old-args / --new-args).
+    # shellcheck disable=SC2086
+    env -u WSGATE_BENCH "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo ${GW_ARGS:-} 2>"$log" &
     GW_PID=$!
     local line=""
     for _ in $(seq 1 100); do

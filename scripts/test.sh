@@ -54,6 +54,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 cargo test --workspace
 
+echo "== black-box tests again, on the other io backend (tests/*.rs with WSGATE_TEST_IO_BACKEND)"
+# The pass above ran them on the default backend (`auto`: io_uring where the kernel offers it); this one on the
+# other. The unit tests and the hand-driven reactor do not depend on the backend. About 2 minutes.
+# An empty environment: the gateway would read this script's WSGATE_* settings as config keys.
+default_backend="$(env -i "${CARGO_TARGET_DIR:-target}/debug/wsgate" --print-io-backend)"
+echo "$default_backend"
+if [[ "$default_backend" == "io backend: io_uring"* ]]; then
+    WSGATE_TEST_IO_BACKEND=epoll cargo test --test '*'
+else
+    echo "skipped: this kernel refuses io_uring, so the pass above ran on epoll"
+fi
+
 echo "== fuzz smoke (every parser target for 10 s; long runs: scripts/fuzz.sh, docs/FUZZING.md)"
 # Needs nightly and cargo-fuzz; CI does not install them, so without them this step says why it is skipped.
 # The first run also builds fuzz/ (several minutes on 2 cores); WSGATE_FUZZ_SMOKE=0 skips it.

@@ -27,12 +27,19 @@ struct Cli {
     /// Reactor threads (server.threads); 0 = one per CPU.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The reactors' OS layer (server.io_backend): epoll, uring or auto.
+    #[arg(long, value_name = "BACKEND")]
+    io_backend: Option<String>,
     /// Enables the debug echo endpoint at PATH (debug.echo_path).
     #[arg(long, value_name = "PATH")]
     echo_path: Option<String>,
     /// Prints the effective configuration as TOML and exits.
     #[arg(long)]
     print_config: bool,
+    /// Prints the io backend server.io_backend selects on this kernel, and why, then exits (status 1 if it is
+    /// refused).
+    #[arg(long)]
+    print_io_backend: bool,
 }
 
 fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
@@ -54,6 +61,9 @@ fn load(cli: &Cli) -> Result<wsgate::config::Config, ConfigError> {
     if let Some(v) = cli.threads {
         builder = builder.set(&format!("server.threads={v}"))?;
     }
+    if let Some(v) = &cli.io_backend {
+        builder = builder.set(&format!("server.io_backend={}", quoted(v)))?;
+    }
     if let Some(v) = &cli.echo_path {
         builder = builder.set(&format!("debug.echo_path={}", quoted(v)))?;
     }
@@ -72,6 +82,18 @@ fn main() -> ExitCode {
     if cli.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if cli.print_io_backend {
+        return match wsgate::server::choose_io_backend(config.server.io_backend) {
+            Ok((_, line)) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsgate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     wsgate::logging::init(&config.log.level);
 

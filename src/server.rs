@@ -2,11 +2,11 @@
 
 use crate::api::{self, Api};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::gateway::{stats::GatewayStats, Gateway};
 use crate::hub::{Hub, ReactorHandle};
 use crate::pool::MemoryBudget;
-use crate::reactor::sys::{net, Epoll, Waker};
+use crate::reactor::sys::{net, probe, Epoll, Uring, Waker};
 use crate::reactor::{self, BusiestChannels, ReactorLatency, ReactorSetup, ReactorStats};
 use crate::tls::TlsAcceptor;
 use std::io;
@@ -42,10 +42,37 @@ pub struct Server {
     cluster: Option<Cluster>,
 }
 
+/// The reactors' backend for `wanted` on this kernel: whether it is io_uring, and the log line saying which and why.
+/// An error when io_uring is demanded and the kernel refuses it.
+pub fn choose_io_backend(wanted: IoBackend) -> io::Result<(bool, String)> {
+    // The probe builds a ring: not asked when epoll is configured.
+    let (uring, why) = match wanted {
+        IoBackend::Epoll => (false, "server.io_backend = \"epoll\"".to_string()),
+        IoBackend::Uring => match probe::uring_support() {
+            Ok(()) => (true, "server.io_backend = \"uring\"".to_string()),
+            Err(why) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("server.io_backend = \"uring\", but this kernel refuses it: {why}"),
+                ))
+            }
+        },
+        IoBackend::Auto => match probe::uring_support() {
+            Ok(()) => (true, "auto: the kernel offers io_uring".to_string()),
+            Err(why) => (false, format!("auto: io_uring unavailable: {why}")),
+        },
+    };
+    let name = if uring { "io_uring" } else { "epoll" };
+    Ok((uring, format!("io backend: {name} ({why})")))
+}
+
 impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
         let mut config = Arc::new(config);
         let threads = config.reactor_threads();
+        // Before anything listens: a demanded backend the kernel refuses stops start-up.
+        let (uring, line) = choose_io_backend(config.server.io_backend)?;
+        log::info!("{line}");
         // Built (and its key files checked) before anything listens; shared once the node id is final.
         let mut sessions = crate::gateway::Shared::from_config(&config)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -173,7 +200,12 @@ impl Server {
                 .spawn(move || {
                     net::pin_to_cpu(id);
                     let gateway = || Gateway::new(&config, shared, id, stats);
-                    if let Err(e) = reactor::run::<Epoll, Gateway>(setup, gateway) {
+                    let ran = if uring {
+                        reactor::run::<Uring, Gateway>(setup, gateway)
+                    } else {
+                        reactor::run::<Epoll, Gateway>(setup, gateway)
+                    };
+                    if let Err(e) = ran {
                         log::error!("reactor {id} stopped: {e}");
                     }
                 })?;

@@ -143,7 +143,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(listener: RawFd, ctx: Context, stop: Arc<AtomicBool>) -> io::Result<Self> {
-        let poller = Epoll::new(256)?;
+        let mut poller = Epoll::new(256)?;
         poller.add(listener, TOKEN_LISTENER)?;
         let lookups = match &ctx.cluster {
             Some(cluster) => {

@@ -72,6 +72,20 @@ pub struct ServerConfig {
     /// Node id (0..=1023) used in socket ids. In cluster mode 0 means "lease a free id from Redis" (the effective
     /// id is written back here at start-up).
     pub node_id: u16,
+    /// The reactors' OS layer: `epoll`, `uring` (io_uring; a start-up error where the kernel refuses it) or
+    /// `auto`.
+    pub io_backend: IoBackend,
+}
+
+/// `server.io_backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    Epoll,
+    Uring,
+    /// The backend that measured better on this design (bench/RESULTS.md), where the kernel offers it.
+    #[default]
+    Auto,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +101,7 @@ impl Default for ServerConfig {
             shutdown_timeout: 10,
             max_buffered_bytes: 0,
             node_id: 0,
+            io_backend: IoBackend::Auto,
         }
     }
 }

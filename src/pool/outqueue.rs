@@ -74,15 +74,7 @@ impl OutQueue {
     pub fn flush(&mut self, fd: RawFd, iov: &mut Vec<libc::iovec>) -> io::Result<Flush> {
         while !self.frames.is_empty() {
             iov.clear();
-            let mut offset = self.head_sent as usize;
-            for frame in self.frames.iter().take(IOV_MAX) {
-                let bytes = &frame[offset..];
-                offset = 0;
-                iov.push(libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                });
-            }
+            let offered = self.fill_iov(iov);
             // SAFETY: every iovec points into a frame kept alive by `self.frames` for the duration of the call,
             // and writev(2) only reads from them.
             let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
@@ -95,7 +87,7 @@ impl OutQueue {
                 };
             }
             self.advance(n as usize);
-            if (n as usize) < iov.iter().map(|v| v.iov_len).sum::<usize>() {
+            if (n as usize) < offered {
                 return Ok(Flush::Blocked);
             }
         }
@@ -104,6 +96,24 @@ impl OutQueue {
             self.frames.shrink_to(4);
         }
         Ok(Flush::Done)
+    }
+
+    /// Appends one iovec per queued frame (the first from its unsent part), IOV_MAX at most, to `iov`; returns
+    /// their bytes. They point into the queued frames: valid until the queue changes. A writer that sends them
+    /// reports what the socket took with [`Self::consume`].
+    pub fn fill_iov(&self, iov: &mut Vec<libc::iovec>) -> usize {
+        let mut offset = self.head_sent as usize;
+        let mut total = 0;
+        for frame in self.frames.iter().take(IOV_MAX) {
+            let bytes = &frame[offset..];
+            offset = 0;
+            total += bytes.len();
+            iov.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+        }
+        total
     }
 
     /// The unsent bytes of the first queued frame (for a writer that transforms bytes before sending them, TLS).

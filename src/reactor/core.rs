@@ -61,6 +61,8 @@ pub struct Core<A> {
     pub(super) doomed: Vec<Key>,
     /// Connections whose input was aborted this iteration: their input buffers go back at the reap.
     pub(super) trim: Vec<Key>,
+    /// Sockets (descriptor, token) of connections freed at the reap, closed by the reactor right after it.
+    pub(super) closing: Vec<(std::os::fd::RawFd, u64)>,
     /// The process-wide budget for buffered input, and this reactor's share as last reported to it.
     pub(super) budget: Arc<MemoryBudget>,
     pub(super) reported: usize,
@@ -111,6 +113,7 @@ impl<A> Core<A> {
             leaving: Vec::new(),
             doomed: Vec::new(),
             trim: Vec::new(),
+            closing: Vec::new(),
             budget,
             reported: 0,
             iov: Vec::with_capacity(1024),
@@ -446,6 +449,29 @@ impl<A> Core<A> {
                 conn.flags |= flag::BLOCKED;
             }
             Err(_) => self.doom(key),
+        }
+    }
+
+    /// Applies the result of a write of `offered` bytes from the connection's queue (a batch write: a byte
+    /// count, or a negated errno), as `flush` does for its own writev.
+    pub(super) fn wrote(&mut self, key: Key, offered: usize, result: i32) {
+        let conn = &mut self.conns[key];
+        if result < 0 {
+            return match -result {
+                libc::EAGAIN => conn.flags |= flag::BLOCKED,
+                libc::EINTR => self.mark_dirty(key),
+                _ => self.doom(key),
+            };
+        }
+        let written = result as usize;
+        conn.out.consume(written);
+        self.tally.bytes_out_total += written as u64;
+        if conn.out.is_empty() {
+            self.drained(key);
+        } else if written < offered {
+            conn.flags |= flag::BLOCKED;
+        } else {
+            self.mark_dirty(key); // more frames than one writev takes
         }
     }
 

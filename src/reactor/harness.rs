@@ -34,11 +34,11 @@ impl Poller for Scripted {
         })
     }
 
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         self.epoll.add(fd, token)
     }
 
-    fn remove(&self, fd: RawFd) -> io::Result<()> {
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
         self.epoll.remove(fd)
     }
 

@@ -29,6 +29,7 @@ mod teardown;
 mod timer;
 mod tls_io;
 mod variants;
+mod write_batch;
 
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
@@ -36,7 +37,7 @@ pub use command::Command;
 pub use handler::{CommandFor, Handler, Key};
 pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
 pub use stats::{ReactorStats, Tally};
-pub use sys::{Epoll, Poller, Waker};
+pub use sys::{Epoll, Poller, Uring, Waker};
 
 use self::core::Limits;
 use crate::config::Config;
@@ -99,9 +100,11 @@ pub fn run<P: Poller, H: Handler>(
 }
 
 struct Reactor<P, H: Handler> {
+    /// First, so it is dropped first: an io_uring backend may point into the queues of `core`.
+    poller: P,
     core: Core<H::Conn>,
     handler: H,
-    poller: P,
+    batch: write_batch::WriteBatch,
     listener: Option<RawFd>,
     plain_listener: Option<RawFd>,
     tls: Option<Arc<TlsAcceptor>>,
@@ -132,7 +135,12 @@ struct Reactor<P, H: Handler> {
 }
 
 impl<P: Poller, H: Handler> Reactor<P, H> {
-    fn new(s: ReactorSetup<H::Command>, handler: H, clock: Clock, poller: P) -> io::Result<Self> {
+    fn new(
+        s: ReactorSetup<H::Command>,
+        handler: H,
+        clock: Clock,
+        mut poller: P,
+    ) -> io::Result<Self> {
         poller.add(s.listener, TOKEN_LISTENER)?;
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
         if let Some(fd) = s.plain_listener {
@@ -161,6 +169,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             ),
             handler,
             poller,
+            batch: Default::default(),
             listener: Some(s.listener),
             plain_listener: s.plain_listener,
             tls: s.tls,
@@ -187,6 +196,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     /// One loop iteration. True once the reactor has shut down and dropped its last connection.
     fn iterate(&mut self) -> io::Result<bool> {
         let busy = !self.core.pending_reads.is_empty()
+            || !self.core.dirty.is_empty()
             || (self.accept_ready || self.plain_accept_ready) && self.accept_paused_until == 0;
         let mut timeout = if busy { 0 } else { self.ms_to_next_tick() };
         if timeout > 0 {
@@ -223,9 +233,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         }
 
         self.run_commands();
-        self.flush_dirty();
+        self.flush_dirty()?;
         self.run_timers();
-        self.flush_dirty();
+        self.flush_dirty()?;
         self.teardown();
         self.publish_stats();
 
@@ -252,6 +262,13 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             self.core.drop_subscriptions(key);
         }
         self.core.reap();
+        let closing = &mut self.core.closing;
+        if let Err(e) = self.poller.forget(closing) {
+            log::error!("reactor {}: releasing closed sockets: {e}", self.core.id);
+        }
+        for (fd, _) in closing.drain(..) {
+            net::close(fd);
+        }
     }
 
     fn publish_stats(&mut self) {
@@ -457,20 +474,26 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     /// connections), publishes that arrive meanwhile are taken in every `MID_FLUSH_INTAKE` connections: they join
     /// the queues of connections not yet written in this pass (so those leave in the same writev), and the
     /// connections already written are flushed again in the next iteration.
+    /// A backend that batches writes gets them a batch at a time instead (write_batch.rs).
     ///
     /// Publishes queued before the pass are on the wire when it ends (a subscriber whose socket is full counts as
     /// delivered then too; the slow-consumer limit bounds how late it really is): their delivery latency is
     /// recorded, once per publish and weighted by its subscribers. Publishes taken during the pass wait for the
     /// next one, since subscribers already written this pass get them only then.
-    fn flush_dirty(&mut self) {
+    fn flush_dirty(&mut self) -> io::Result<()> {
         let written_by_this_pass = self.in_flight.len();
         let mut dirty = std::mem::take(&mut self.core.dirty);
-        for (i, &key) in dirty.iter().enumerate() {
-            self.core.flush(key);
-            if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 && !self.rx.is_empty() {
-                self.run_commands();
+        let outcome = if P::BATCHES_WRITES {
+            self.write_batches(&dirty)
+        } else {
+            for (i, &key) in dirty.iter().enumerate() {
+                self.core.flush(key);
+                if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 && !self.rx.is_empty() {
+                    self.run_commands();
+                }
             }
-        }
+            Ok(())
+        };
         // Keep what became dirty during the pass (taken commands, replies) for the next iteration.
         dirty.clear();
         dirty.append(&mut self.core.dirty);
@@ -483,6 +506,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             }
             self.in_flight.drain(..written_by_this_pass);
         }
+        outcome
     }
 
     // ---- timers ---------------------------------------------------------------------------------------------------

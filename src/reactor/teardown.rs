@@ -217,7 +217,8 @@ impl<A> Core<A> {
         if conn.tls != NO_TLS {
             self.tls_release(conn.tls, conn.fd, conn.state);
         }
-        net::close(conn.fd);
+        // Closed by the reactor once its backend has let go of it (see `Poller::forget`).
+        self.closing.push((conn.fd, key as u64));
         self.live_connections.fetch_sub(1, Ordering::Relaxed);
         self.tally.closed_total += 1;
     }

@@ -48,9 +48,10 @@ pub fn bin_path() -> &'static str {
     env!("CARGO_BIN_EXE_wsgate")
 }
 
-/// The standard arguments every test server gets (port 0 everywhere, 2 reactor threads).
+/// The standard arguments every test server gets (port 0 everywhere, 2 reactor threads), and the reactors' backend
+/// named by `WSGATE_TEST_IO_BACKEND` (epoll, uring, auto), so the suite runs on each (scripts/test.sh).
 pub fn base_args() -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
         "--api-listen",
@@ -60,7 +61,11 @@ pub fn base_args() -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    if let Ok(backend) = std::env::var("WSGATE_TEST_IO_BACKEND") {
+        args.extend(["--io-backend".to_string(), backend]);
+    }
+    args
 }
 
 /// The base arguments followed by `extra`; a base flag that `extra` gives too (e.g. `--threads 1`) is left out,
@@ -79,7 +84,7 @@ pub fn args_with_base(extra: &[&str]) -> Vec<String> {
 
 /// The binary with `args`, stdin from /dev/null, and `env` on top of the test's environment minus its WSGATE_*
 /// settings (a test never inherits them by accident).
-fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+pub fn command(args: &[String], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bin_path());
     cmd.args(args).stdin(Stdio::null());
     for (k, _) in std::env::vars() {

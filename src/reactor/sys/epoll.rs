@@ -39,12 +39,12 @@ impl Poller for Epoll {
         Epoll::create(capacity)
     }
 
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
         self.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, token)
     }
 
-    fn remove(&self, fd: RawFd) -> io::Result<()> {
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 

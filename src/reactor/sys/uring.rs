@@ -1,0 +1,337 @@
+//! The io_uring backend: one ring per reactor. Readiness comes from edge-triggered multishot polls (one SQE per
+//! socket for its whole life, like the epoll registration), and the writes of a flush pass go to the kernel
+//! together: one `io_uring_enter` submits a writev per dirty connection instead of one writev system call each.
+//!
+//! The sockets are non-blocking, so a write the socket cannot take completes at once with EAGAIN instead of
+//! waiting in the kernel; every write of a batch has therefore completed when `write_batch` returns, and the
+//! queued frames it points into are not touched until then.
+
+use super::{Poller, Ready, WriteOp};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::io;
+use std::os::fd::RawFd;
+
+/// Submission queue slots: the largest write batch, and the polls and cancels added between two waits before
+/// the queue is submitted early.
+const SQ_ENTRIES: u32 = 1024;
+/// Tags a write's user data (a poll's user data is `fd << 32 | token`, with `fd` below 2^30: descriptors are
+/// bounded by RLIMIT_NOFILE, far lower).
+const WRITE_TAG: u64 = 1 << 63;
+/// Tags the completion of a cancel (of a closed socket's or listener's poll), which reports nothing.
+const CANCEL_TAG: u64 = 1 << 62;
+/// Tokens above this map to the top of the u64 range (the reactor's listener and waker tokens).
+const SPECIAL_TOKENS: u32 = u32::MAX - 64;
+
+pub struct Uring {
+    ring: IoUring,
+    /// Readiness that arrived while a write batch was being completed; reported by the next wait.
+    backlog: Vec<Ready>,
+}
+
+impl Uring {
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        if self.ring.submission().is_full() {
+            self.ring.submit()?;
+        }
+        // SAFETY: the entries pushed here (polls, cancels) reference no memory; writes are pushed only by
+        // `write_batch`, which keeps their iovecs alive until they complete.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))
+    }
+
+    /// Moves completions out of the ring: readiness into `out`, write results into `results`.
+    fn reap(&mut self, out: &mut Vec<Ready>, results: &mut [i32]) -> io::Result<usize> {
+        let mut writes = 0;
+        let mut rearm = Vec::new();
+        for cqe in self.ring.completion() {
+            let data = cqe.user_data();
+            if data & WRITE_TAG != 0 {
+                // Every write completes inside its own `write_batch`, so its slot is there.
+                if let Some(slot) = results.get_mut((data & !WRITE_TAG) as usize) {
+                    *slot = cqe.result();
+                    writes += 1;
+                }
+                continue;
+            }
+            let res = cqe.result();
+            if data & CANCEL_TAG != 0 || res == -libc::ECANCELED {
+                continue; // a socket's poll ends when its connection is reaped
+            }
+            if !cqueue::more(cqe.flags()) && res >= 0 {
+                rearm.push(data); // a multishot poll the kernel ended early (CQ overflow): poll again
+            }
+            let bits = if res < 0 { libc::POLLERR as i32 } else { res };
+            out.push(Ready {
+                token: token_of(data),
+                readable: bits & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) as i32 != 0,
+                writable: bits & libc::POLLOUT as i32 != 0,
+                error: bits & libc::POLLERR as i32 != 0,
+            });
+        }
+        for data in rearm {
+            self.push(&poll_entry((data >> 32) as RawFd, data))?;
+        }
+        Ok(writes)
+    }
+}
+
+fn poll_entry(fd: RawFd, data: u64) -> squeue::Entry {
+    let mask = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
+    opcode::PollAdd::new(types::Fd(fd), mask)
+        .multi(true)
+        .build()
+        .user_data(data)
+}
+
+fn poll_data(fd: RawFd, token: u64) -> u64 {
+    let low = if token > u32::MAX as u64 {
+        (u32::MAX as u64 - (u64::MAX - token)) as u32
+    } else {
+        token as u32
+    };
+    (fd as u32 as u64) << 32 | low as u64
+}
+
+fn token_of(data: u64) -> u64 {
+    let low = data as u32;
+    if low > SPECIAL_TOKENS {
+        u64::MAX - (u32::MAX - low) as u64
+    } else {
+        low as u64
+    }
+}
+
+fn is_interrupt(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
+    )
+}
+
+/// A ring as the backend sets it up (the start-up probe builds one the same way). Completions are plentiful
+/// (every socket's poll may report while a write batch is completing); a single issuer and cooperative task
+/// running suit a ring that only its reactor thread touches.
+pub(super) fn ring(capacity: usize) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize((capacity as u32 * 8).max(SQ_ENTRIES * 4))
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .build(SQ_ENTRIES)
+}
+
+impl Poller for Uring {
+    fn new(capacity: usize) -> io::Result<Self> {
+        let ring = ring(capacity)?;
+        Ok(Uring {
+            ring,
+            backlog: Vec::with_capacity(capacity),
+        })
+    }
+
+    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        debug_assert!(token <= SPECIAL_TOKENS as u64 || token > u64::MAX - 64);
+        self.push(&poll_entry(fd, poll_data(fd, token)))
+    }
+
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
+        // Listeners only (at shutdown): cancelled by descriptor, which walks every pending request — fine once.
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(CANCEL_TAG);
+        self.push(&cancel)?;
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn forget(&mut self, socks: &[(RawFd, u64)]) -> io::Result<()> {
+        if socks.is_empty() {
+            return Ok(());
+        }
+        // A poll holds a reference to its socket: until it is cancelled, closing the descriptor would not close
+        // the connection. Cancelled by user data (a hash lookup), submitted before the descriptors are closed and
+        // before any new socket could be registered under the same descriptor and token.
+        for &(fd, token) in socks {
+            let cancel = opcode::AsyncCancel::new(poll_data(fd, token))
+                .build()
+                .user_data(CANCEL_TAG);
+            self.push(&cancel)?;
+        }
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn wait(&mut self, out: &mut Vec<Ready>, timeout_ms: i32) -> io::Result<()> {
+        out.clear();
+        out.append(&mut self.backlog);
+        let timeout_ms = if out.is_empty() { timeout_ms } else { 0 };
+        let entered = if timeout_ms == 0 {
+            self.ring.submit()
+        } else if timeout_ms < 0 {
+            self.ring.submit_and_wait(1)
+        } else {
+            let ts = types::Timespec::from(std::time::Duration::from_millis(timeout_ms as u64));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        };
+        match entered {
+            Err(e) if !is_interrupt(&e) => return Err(e),
+            _ => {}
+        }
+        self.reap(out, &mut [])?;
+        Ok(())
+    }
+
+    const BATCHES_WRITES: bool = true;
+
+    fn write_batch(
+        &mut self,
+        ops: &[WriteOp],
+        iov: &[libc::iovec],
+        results: &mut Vec<i32>,
+    ) -> io::Result<()> {
+        results.clear();
+        results.resize(ops.len(), -libc::EAGAIN);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Room for the whole batch (callers pass at most `MAX_BATCH` writes).
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < ops.len() {
+            self.ring.submit()?;
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let vecs = &iov[op.iov.clone()];
+            // RWF_NOWAIT: a socket that cannot take the bytes fails the write with EAGAIN, where io_uring would
+            // otherwise wait for room (and `finish` with it).
+            let entry = opcode::Writev::new(types::Fd(op.fd), vecs.as_ptr(), vecs.len() as u32)
+                .rw_flags(libc::RWF_NOWAIT)
+                .build()
+                .user_data(WRITE_TAG | i as u64);
+            // SAFETY: the iovecs (and the frames they point into, owned by the callers' queues) outlive this
+            // function, and it returns only after every write of the batch has completed.
+            if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                results[i..].fill(-libc::EBUSY);
+                return self.finish(i, results);
+            }
+        }
+        self.finish(ops.len(), results)
+    }
+}
+
+impl Uring {
+    /// Submits and waits until `count` write completions are in `results`. An error of the ring itself is
+    /// returned to the reactor, which stops (dropping the ring before the queues its writes point into).
+    fn finish(&mut self, count: usize, results: &mut [i32]) -> io::Result<()> {
+        let mut done = 0;
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let outcome = loop {
+            if done >= count {
+                break Ok(());
+            }
+            if let Err(e) = self.ring.submit_and_wait(count - done) {
+                if !is_interrupt(&e) {
+                    break Err(e);
+                }
+            }
+            match self.reap(&mut backlog, results) {
+                Ok(n) => done += n,
+                Err(e) => break Err(e),
+            }
+        };
+        self.backlog = backlog;
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    fn skip() -> bool {
+        super::super::probe::uring_support().is_err()
+    }
+
+    #[test]
+    fn a_full_socket_completes_with_eagain_instead_of_waiting() {
+        if skip() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        let (server, _client) = pair();
+        let payload = vec![7u8; 1 << 20];
+        let iov = [libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        }];
+        let ops = [WriteOp {
+            fd: server.as_raw_fd(),
+            iov: 0..1,
+        }];
+        let mut results = Vec::new();
+        let mut written = 0;
+        for _ in 0..64 {
+            ring.write_batch(&ops, &iov, &mut results).unwrap();
+            if results[0] < 0 {
+                break;
+            }
+            written += results[0];
+        }
+        assert!(written > 0, "the first write goes through");
+        assert_eq!(results[0], -libc::EAGAIN, "the peer never reads");
+    }
+
+    #[test]
+    fn polls_report_input_and_cancelled_sockets_close() {
+        if skip() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        let (server, mut client) = pair();
+        let fd = server.into_raw_fd();
+        ring.add(fd, 7).unwrap();
+        ring.add(fd + 1000, u64::MAX - 2).unwrap(); // not a descriptor: its poll fails with an error event
+        client.write_all(b"x").unwrap();
+        let mut ready = Vec::new();
+        let mut seen = (false, false);
+        for _ in 0..10 {
+            ring.wait(&mut ready, 200).unwrap();
+            for r in &ready {
+                match r.token {
+                    7 => seen.0 |= r.readable,
+                    t if t == u64::MAX - 2 => seen.1 |= r.error,
+                    t => panic!("unexpected token {t}"),
+                }
+            }
+            if seen == (true, true) {
+                break;
+            }
+        }
+        assert_eq!(seen, (true, true));
+        ring.forget(&[(fd, 7)]).unwrap();
+        crate::reactor::sys::net::close(fd);
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // Closed with our unread "x" in it, the socket resets the connection.
+        let mut buf = [0u8; 1];
+        match client.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the socket stayed open: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The flush pass for a backend that writes many sockets in one system call ([`Poller::BATCHES_WRITES`]): the
+//! queues of up to [`MAX_BATCH`] dirty connections become one batch of writevs, handed to the backend together,
+//! and each result is applied as a writev's would be (`Core::wrote`). TLS connections write their records
+//! themselves, as on every backend, and so does a connection with a backlog (more than [`BATCH_FRAMES`] frames).
+
+use super::conn::{flag, NO_TLS};
+use super::handler::{Handler, Key};
+use super::sys::{Poller, WriteOp, MAX_BATCH};
+use super::Reactor;
+use std::io;
+
+/// Connections with more frames queued than this write them with their own writev (a backlog: see
+/// bench/RESULTS.md, io backends).
+const BATCH_FRAMES: usize = 8;
+
+/// Reused buffers of one batch: nothing is allocated per flush once they have grown.
+#[derive(Default)]
+pub(super) struct WriteBatch {
+    ops: Vec<WriteOp>,
+    iov: Vec<libc::iovec>,
+    /// Per op: its connection and the bytes offered.
+    keys: Vec<(Key, usize)>,
+    results: Vec<i32>,
+}
+
+impl<P: Poller, H: Handler> Reactor<P, H> {
+    /// Writes `keys` (dirty connections) in batches; between batches, like the per-connection pass, takes in
+    /// publishes that arrived meanwhile.
+    pub(super) fn write_batches(&mut self, keys: &[Key]) -> io::Result<()> {
+        for (i, chunk) in keys.chunks(MAX_BATCH).enumerate() {
+            if i > 0 && !self.rx.is_empty() {
+                self.run_commands();
+            }
+            self.write_batch(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, keys: &[Key]) -> io::Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.ops.clear();
+        batch.iov.clear();
+        batch.keys.clear();
+        for &key in keys {
+            let conn = &mut self.core.conns[key];
+            if !conn.has(flag::DIRTY) {
+                continue;
+            }
+            if conn.tls != NO_TLS || conn.out.frame_count() > BATCH_FRAMES {
+                self.core.flush(key);
+                continue;
+            }
+            conn.flags &= !flag::DIRTY;
+            if conn.out.is_empty() {
+                self.core.drained(key);
+                continue;
+            }
+            let start = batch.iov.len();
+            let offered = conn.out.fill_iov(&mut batch.iov);
+            batch.ops.push(WriteOp {
+                fd: conn.fd,
+                iov: start..batch.iov.len(),
+            });
+            batch.keys.push((key, offered));
+        }
+        let outcome = self
+            .poller
+            .write_batch(&batch.ops, &batch.iov, &mut batch.results);
+        if outcome.is_ok() {
+            for (&(key, offered), &result) in batch.keys.iter().zip(&batch.results) {
+                self.core.wrote(key, offered, result);
+            }
+        }
+        self.batch = batch;
+        outcome
+    }
+}

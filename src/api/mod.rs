@@ -2,6 +2,7 @@
 //! publish once and hand it to the reactors through the hub.
 
 mod connection_routes;
+pub mod demo_relay;
 mod history_routes;
 /// Public so the fuzz targets (fuzz/) can reach the request parser; the API thread is its only real caller.
 pub mod http;

@@ -182,6 +182,8 @@ impl Default for ApiConfig {
 pub struct DebugConfig {
     /// If not empty, a WebSocket endpoint at this path echoes every message (for conformance tests).
     pub echo_path: String,
+    /// Clients' `op: msg` to a `demo:` channel are also published to it (the demo page; src/gateway/demo_relay.rs).
+    pub demo_relay: bool,
 }
 
 /// TLS termination (wss). With `cert` and `key` set, `server.listen` speaks TLS.

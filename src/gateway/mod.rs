@@ -11,6 +11,7 @@ mod acks;
 pub mod cluster_link;
 pub mod command;
 mod deliver;
+pub mod demo_relay;
 pub mod frames;
 mod handler;
 pub mod heartbeat;

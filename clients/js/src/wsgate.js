@@ -22,6 +22,7 @@ const DEFAULTS = {
   fallbackAfter: 2,
   backoff: { base: 500, cap: 30000, later: 5000 },
   pongTimeout: 10000,
+  openTimeout: 10000,
   refreshAhead: 0.2,
   maxQueue: 1000,
   ackEvery: 1000,
@@ -202,6 +203,11 @@ export class Wsgate {
       return;
     }
     this._conn = conn;
+    // A connection attempt that hangs (a proxy that swallows the handshake) counts as a failed one.
+    this._timers.open = setTimeout(() => {
+      this._timers.open = null;
+      if (this._conn === conn && !conn.welcomed) this._onClose(conn, LOCAL.OPEN_FAILED, "no welcome in time");
+    }, this.options.openTimeout);
   }
 
   /** The transport to try now: the first of `transports` this runtime has, advanced past one that failed to open
@@ -588,7 +594,7 @@ export class Wsgate {
   // ---------------------------------------------------------------------------------------------------------
 
   _stopConnectionTimers() {
-    for (const name of ["beat", "pong", "refresh", "ack"]) {
+    for (const name of ["open", "beat", "pong", "refresh", "ack"]) {
       clearTimeout(this._timers[name]);
       this._timers[name] = null;
     }

@@ -13,6 +13,12 @@ export const SECRET = "js-test-secret-0123456789";
 /// The binary: $WSGATE_BIN (tests/js_sdk.rs passes Cargo's), else the debug build under $CARGO_TARGET_DIR.
 export const BIN = process.env.WSGATE_BIN || `${process.env.CARGO_TARGET_DIR || "target"}/debug/wsgate`;
 
+// A test that exits early (a timeout calls process.exit) must not leave its gateways running.
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /// A running gateway. `args` are extra flags; `config` is TOML written to a file passed with --config.
 export class Gateway {
   static async start({ args = [], config = null } = {}) {
@@ -40,6 +46,8 @@ export class Gateway {
       stdio: ["ignore", "ignore", "pipe"],
     });
     this.child = child;
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     const exited = new Promise(resolve => {
       child.once("exit", resolve);
       child.once("error", e => resolve(`cannot start ${BIN}: ${e.message}`));

@@ -18,14 +18,13 @@ pub fn run_script(script: &str, env: &[(&str, &str)]) {
     run_node(&[script], env);
 }
 
-/// Runs `node --test tests/browser/<file>` (Node's own test runner; the scripts start the gateway themselves,
-/// `WSGATE_BIN` = this build's binary); panics with its output unless every test passed.
+/// Runs `node --test tests/browser/<file>` (Node's own test runner); panics with its output unless every test
+/// passed.
 pub fn run_node_tests(file: &str, env: &[(&str, &str)]) {
-    let mut env = env.to_vec();
-    env.push(("WSGATE_BIN", env!("CARGO_BIN_EXE_wsgate")));
-    run_node(&["--test", file], &env);
+    run_node(&["--test", file], env);
 }
 
+/// Scripts that start the gateway themselves (tests/browser/gateway.mjs) get this build's binary as `WSGATE_BIN`.
 fn run_node(args: &[&str], env: &[(&str, &str)]) {
     let dir = browser_dir();
     assert!(
@@ -36,6 +35,7 @@ fn run_node(args: &[&str], env: &[(&str, &str)]) {
     let out = Command::new("node")
         .args(args)
         .current_dir(&dir)
+        .env("WSGATE_BIN", env!("CARGO_BIN_EXE_wsgate"))
         .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run node (apt-get install nodejs): {e}"));

@@ -245,7 +245,10 @@ export class Wsgate {
     this.transport = null;
     if (!wasConnected) {
       this._openFailures++;
-      if (this._openFailures >= this.options.fallbackAfter && this.options.transports.length > 1) {
+      // Falling back is for finding a transport that works; once one did, an outage of the gateway (every
+      // transport fails the same way) is no reason to leave it.
+      const searching = !this._everConnected;
+      if (searching && this._openFailures >= this.options.fallbackAfter && this.options.transports.length > 1) {
         this._openFailures = 0;
         this._transportIndex = (this._transportIndex + 1) % this.options.transports.length;
       }
@@ -696,6 +699,9 @@ const TRANSPORTS = {
     let done = false;
     let session = null;
     const waiting = [];
+    // One op request at a time, so ops reach the server in the order they were sent (a subscribe before the
+    // message that names its channel).
+    let chain = Promise.resolve();
     const end = (code, reason) => {
       if (done) return;
       done = true;
@@ -706,10 +712,13 @@ const TRANSPORTS = {
       const u = new URL(opUrl);
       u.searchParams.set("sid", session.sid);
       u.searchParams.set("key", session.key);
-      doFetch(u.toString(), { method: "POST", headers: { "Content-Type": "application/json" }, body: text })
-        .then(r => {
-          if (r.status === 404) end(LOCAL.SESSION_ENDED, "session ended");
-        }, () => end(1006, "op request failed"));
+      chain = chain.then(() => done || doFetch(u.toString(), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: text,
+      }).then(r => {
+        if (r.status === 404) end(LOCAL.SESSION_ENDED, "session ended");
+      }, () => end(1006, "op request failed")));
     };
     es.onmessage = e => h.onMessage(e.data);
     // EventSource would reconnect by itself; the client reconnects with its own backoff and recovery instead.

@@ -1,0 +1,99 @@
+// The demo page (clients/js/demo/index.html with the SDK) in headless Chromium against the real gateway with
+// `debug.demo_relay` on. The page and the SDK come from a small static server here; the page reaches the gateway
+// through its `?ws=` parameter. Checks: two pages see each other's items; a long item arrives intact while the
+// gateway compresses (permessage-deflate, which Chromium always offers); both pages keep every item across a
+// gateway restart, including those added while it was down. WSGATE_SCREENSHOT=path saves the page.
+import http from "node:http";
+import { readFileSync } from "node:fs";
+import { run, waitFor, check } from "./harness.mjs";
+import { Gateway, metric } from "./gateway.mjs";
+
+const ROOT = new URL("../../clients/js/", import.meta.url);
+const FILES = {
+  "/": ["demo/index.html", "text/html; charset=utf-8"],
+  "/wsgate.js": ["src/wsgate.js", "text/javascript; charset=utf-8"],
+};
+
+function staticServer() {
+  const server = http.createServer((req, res) => {
+    const file = FILES[new URL(req.url, "http://x").pathname];
+    if (!file) return res.writeHead(404).end();
+    res.writeHead(200, { "Content-Type": file[1] }).end(readFileSync(new URL(file[0], ROOT)));
+  });
+  return new Promise(resolve => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+const started = Date.now();
+const step = text => console.log(`demo page: ${((Date.now() - started) / 1000).toFixed(1)} s: ${text}`);
+const items = page => page.evaluate(() => window.demo.items());
+const state = page => page.evaluate(() => window.demo.client.state);
+
+/// Types `text` into the form and submits it, as a user would (without focus games between background tabs).
+async function add(page, text) {
+  await page.$eval("#text", (input, t) => { input.value = t; }, text);
+  await page.$eval("#add", form => form.requestSubmit());
+}
+
+async function hasAll(page, texts, what) {
+  try {
+    await waitFor(async () => {
+      const have = await items(page);
+      return texts.every(t => have.includes(t));
+    }, what, 15000);
+  } catch (e) {
+    const log = await page.$eval("#log", l => l.textContent);
+    throw new Error(`${e.message}; the page has ${JSON.stringify(await items(page))}; its log:\n${log}`);
+  }
+}
+
+const gw = await Gateway.start({ args: ["--set", "debug.demo_relay=true"] });
+const web = await staticServer();
+const pageUrl = `http://127.0.0.1:${web.address().port}/?ws=${encodeURIComponent(gw.wsUrl())}`;
+
+await run("demo page", async (a, _browser, newPage) => {
+  const b = await newPage();
+  await a.goto(pageUrl);
+  await b.goto(pageUrl);
+  for (const p of [a, b]) await waitFor(async () => (await state(p)) === "connected", "both pages connected");
+  check((await a.$eval("#transport", e => e.textContent)) === "websocket", "the page shows its transport");
+
+  step("both pages connected");
+  // Two pages see each other's items.
+  await add(a, "from A");
+  await add(b, "from B");
+  await hasAll(a, ["from A", "from B"], "page A has both items");
+  await hasAll(b, ["from A", "from B"], "page B has both items");
+
+  step("the pages see each other's items");
+  // permessage-deflate in a real browser: a long item is published compressed and arrives intact.
+  const deflatedBefore = metric(await gw.metrics(), "wsgate_deflate_bytes_out_total");
+  const long = "a long line that compresses well, ".repeat(20) + "end";
+  await add(a, long);
+  await hasAll(b, [long], "page B has the long item, intact");
+  const deflatedAfter = metric(await gw.metrics(), "wsgate_deflate_bytes_out_total");
+  check(deflatedAfter > deflatedBefore, `no compressed frames (deflate bytes out ${deflatedBefore} → ${deflatedAfter})`);
+
+  step("a compressed item arrived intact");
+  // A gateway restart: items added while it is down are kept and reach the other page after the reconnect.
+  await gw.kill();
+  for (const p of [a, b]) await waitFor(async () => (await state(p)) !== "connected", "the pages notice");
+  await add(a, "offline A");
+  await add(b, "offline B");
+  step("items added while the gateway is down");
+  await gw.restart();
+  step("the gateway is back");
+  const all = ["from A", "from B", long, "offline A", "offline B"];
+  await hasAll(a, all, "page A has every item after the restart");
+  await hasAll(b, all, "page B has every item after the restart");
+  for (const p of [a, b]) {
+    check((await items(p)).length === all.length, `no duplicates: ${JSON.stringify(await items(p))}`);
+  }
+  if (process.env.WSGATE_SCREENSHOT) {
+    await a.bringToFront(); // a background tab renders no frames to capture
+    await a.setViewport({ width: 760, height: 560 });
+    await a.screenshot({ path: process.env.WSGATE_SCREENSHOT, fullPage: true });
+  }
+}, { timeoutMs: 90000, ignoreConsole: [/WebSocket connection to .* failed/] });
+
+await gw.stop();
+web.close();

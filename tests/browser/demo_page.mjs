@@ -6,7 +6,7 @@
 import http from "node:http";
 import { readFileSync } from "node:fs";
 import { run, waitFor, check } from "./harness.mjs";
-import { Gateway, metric } from "./gateway.mjs";
+import { Gateway, Proxy, metric } from "./gateway.mjs";
 
 const ROOT = new URL("../../clients/js/", import.meta.url);
 const FILES = {
@@ -46,14 +46,23 @@ async function hasAll(page, texts, what) {
   }
 }
 
-const gw = await Gateway.start({ args: ["--set", "debug.demo_relay=true"] });
+// The demo channels keep history, so a page that lost its connection recovers what it missed.
+const HISTORY = `
+[[channels.namespace]]
+prefix = "demo:"
+history_size = 1000
+recover = true
+`;
+const gw = await Gateway.start({ args: ["--set", "debug.demo_relay=true"], config: HISTORY });
+// Page B reaches the gateway through a proxy that can cut its connection.
+const proxy = await Proxy.start(gw.ws);
 const web = await staticServer();
-const pageUrl = `http://127.0.0.1:${web.address().port}/?ws=${encodeURIComponent(gw.wsUrl())}`;
+const pageUrl = ws => `http://127.0.0.1:${web.address().port}/?ws=${encodeURIComponent(ws)}`;
 
 await run("demo page", async (a, _browser, newPage) => {
   const b = await newPage();
-  await a.goto(pageUrl);
-  await b.goto(pageUrl);
+  await a.goto(pageUrl(gw.wsUrl()));
+  await b.goto(pageUrl(`ws://${proxy.addr}/ws`));
   for (const p of [a, b]) await waitFor(async () => (await state(p)) === "connected", "both pages connected");
   check((await a.$eval("#transport", e => e.textContent)) === "websocket", "the page shows its transport");
 
@@ -74,6 +83,18 @@ await run("demo page", async (a, _browser, newPage) => {
   check(deflatedAfter > deflatedBefore, `no compressed frames (deflate bytes out ${deflatedBefore} → ${deflatedAfter})`);
 
   step("a compressed item arrived intact");
+
+  // Page B's connection is cut while page A adds items: B recovers them from the channel's history.
+  proxy.refuse(true);
+  proxy.cut();
+  await waitFor(async () => (await state(b)) !== "connected", "page B notices the cut");
+  for (const n of [1, 2, 3]) await add(a, `while B was away ${n}`);
+  await hasAll(a, ["while B was away 3"], "page A has its items");
+  proxy.refuse(false);
+  await hasAll(b, [1, 2, 3].map(n => `while B was away ${n}`), "page B recovered the items it missed");
+  const bLog = await b.$eval("#log", l => l.textContent);
+  check(bLog.includes("resubscribed: nothing missed"), `page B recovered from history, not from peers:\n${bLog}`);
+  step("page B recovered what it missed while cut off");
   // A gateway restart: items added while it is down are kept and reach the other page after the reconnect.
   await gw.kill();
   for (const p of [a, b]) await waitFor(async () => (await state(p)) !== "connected", "the pages notice");
@@ -82,7 +103,7 @@ await run("demo page", async (a, _browser, newPage) => {
   step("items added while the gateway is down");
   await gw.restart();
   step("the gateway is back");
-  const all = ["from A", "from B", long, "offline A", "offline B"];
+  const all = ["from A", "from B", long, ...[1, 2, 3].map(n => `while B was away ${n}`), "offline A", "offline B"];
   await hasAll(a, all, "page A has every item after the restart");
   await hasAll(b, all, "page B has every item after the restart");
   for (const p of [a, b]) {
@@ -95,5 +116,6 @@ await run("demo page", async (a, _browser, newPage) => {
   }
 }, { timeoutMs: 90000, ignoreConsole: [/WebSocket connection to .* failed/] });
 
+proxy.close();
 await gw.stop();
 web.close();

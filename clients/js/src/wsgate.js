@@ -191,6 +191,7 @@ export class Wsgate {
     const conn = { name, welcomed: false };
     const handlers = {
       onMessage: text => this._conn === conn && this._onText(text),
+      onError: err => this._conn === conn && this._emitError(err),
       onClose: (code, reason) => this._conn === conn && this._onClose(conn, code, reason),
     };
     const params = { since: this._lastUserId, version: this.options.version };
@@ -712,15 +713,29 @@ const TRANSPORTS = {
       const u = new URL(opUrl);
       u.searchParams.set("sid", session.sid);
       u.searchParams.set("key", session.key);
-      chain = chain.then(() => done || doFetch(u.toString(), {
+      const attempt = tries => done || doFetch(u.toString(), {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: text,
       }).then(r => {
-        if (r.status === 404) end(LOCAL.SESSION_ENDED, "session ended");
-      }, () => end(1006, "op request failed")));
+        if (r.status === 404) return end(LOCAL.SESSION_ENDED, "session ended");
+        // 503: the session's reactor could not take the op just now.
+        if (r.status === 503 && tries < 5) return new Promise(res => setTimeout(res, 50 * 2 ** tries)).then(() => attempt(tries + 1));
+        if (r.status >= 300) h.onError(new WsgateError(`op refused: HTTP ${r.status}`));
+      }, () => end(1006, "op request failed"));
+      chain = chain.then(() => attempt(0));
     };
     es.onmessage = e => h.onMessage(e.data);
+    // The session's end: the close code a WebSocket would have got.
+    es.addEventListener("close", e => {
+      let info = {};
+      try {
+        info = JSON.parse(e.data);
+      } catch {
+        // no details: a plain end
+      }
+      end(typeof info.code === "number" ? info.code : 1006, info.reason || "");
+    });
     // EventSource would reconnect by itself; the client reconnects with its own backoff and recovery instead.
     es.onerror = () => end(1006, "event stream failed");
     return {

@@ -134,7 +134,9 @@ fn main() -> ExitCode {
         );
     }
     if config.debug.demo_relay {
-        log::warn!("debug.demo_relay: clients may publish to demo:* channels (op msg with a channel)");
+        log::warn!(
+            "debug.demo_relay: clients may publish to demo:* channels (op msg with a channel)"
+        );
     }
     if !config.debug.echo_path.is_empty() {
         log::warn!("debug echo endpoint enabled at {}", config.debug.echo_path);

@@ -51,7 +51,9 @@ impl Sink for DemoRelaySink {
                 match self.tx.try_send(publish) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => return Err(Refused("demo relay queue full")),
-                    Err(TrySendError::Disconnected(_)) => return Err(Refused("demo relay stopped")),
+                    Err(TrySendError::Disconnected(_)) => {
+                        return Err(Refused("demo relay stopped"))
+                    }
                 }
             }
         }
@@ -83,7 +85,8 @@ mod tests {
     #[test]
     fn relays_only_demo_channels_and_refuses_when_full() {
         let (sink, rx) = DemoRelaySink::wrap(Arc::new(LogSink));
-        sink.deliver(&message(Some("demo:list"), "{\"a\":1}")).unwrap();
+        sink.deliver(&message(Some("demo:list"), "{\"a\":1}"))
+            .unwrap();
         sink.deliver(&message(Some("doc:1"), "1")).unwrap();
         sink.deliver(&message(None, "2")).unwrap();
         let got = rx.try_recv().unwrap();

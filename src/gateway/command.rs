@@ -120,6 +120,11 @@ pub enum Command {
         query: Query,
         reply: Sender<Answer>,
     },
+    /// A client op for fallback session `sid` (SSE, long-poll), posted on another reactor's connection.
+    SessionOp {
+        sid: u64,
+        op: Box<[u8]>,
+    },
     /// The missed messages of connection `sid`, read by the bridge: delivered before the live ones held back.
     ReplayDone {
         sid: u64,

@@ -17,6 +17,7 @@ use std::rc::Rc;
 impl Gateway {
     pub(super) fn deliver(&mut self, core: &mut Core<Client>, cmd: Command) {
         match cmd {
+            Command::SessionOp { sid, op } => self.session_op(core, sid, &op),
             Command::PublishUser {
                 user,
                 device,

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::frame::handshake::{Reject, Request};
 use crate::pool::SharedFrame;
 use crate::ratelimit::ip_key;
-use crate::reactor::{Core, Handler, Key};
+use crate::reactor::{Core, Handler, Key, Reply};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -111,14 +111,15 @@ impl Handler for Gateway {
         ))
     }
 
-    fn on_upgrade(
+    fn on_http(
         &mut self,
         core: &mut Core<Client>,
         key: Key,
         req: &Request<'_>,
+        body: &[u8],
         response: &mut Vec<u8>,
-    ) -> Result<(), Reject> {
-        self.upgrade(core, key, req, response)
+    ) -> Result<Reply, Reject> {
+        self.route(core, key, req, body, response)
     }
 
     fn on_message(&mut self, core: &mut Core<Client>, key: Key, opcode: u8, payload: &[u8]) {
@@ -177,6 +178,11 @@ impl Handler for Gateway {
     /// `wsgate.msgpack` connections get MessagePack binary frames.
     fn transcode(frame: &[u8]) -> Option<Vec<u8>> {
         crate::msgpack::transcode_frame(frame)
+    }
+
+    /// Streams are server-sent events.
+    fn stream_form(frame: &[u8]) -> Vec<u8> {
+        super::sse::stream_form(frame)
     }
 
     fn on_iteration(&mut self, _core: &Core<Client>) {

@@ -46,6 +46,8 @@ pub mod wire {
     pub const CLIENT_CONTEXT: u8 = 0x10;
     /// The application's alternative format (its frames transcoded by [`super::super::Handler::transcode`]).
     pub const ALT_FORMAT: u8 = 0x20;
+    /// A streaming HTTP connection: frames leave in the handler's stream form, input is discarded.
+    pub const STREAM: u8 = 0x40;
 }
 
 /// Index of a connection's TLS state in the reactor's TLS slab; [`NO_TLS`] for a plaintext connection.

@@ -27,6 +27,8 @@ pub(super) struct Limits {
     pub max_message: usize,
     pub max_outbound: usize,
     pub max_head: usize,
+    /// Largest request body read on the client listener (`ws.max_message_size`).
+    pub max_body: usize,
     pub max_connections: usize,
     pub handshake_timeout: u32,
     pub message_timeout: u32,
@@ -72,6 +74,8 @@ pub struct Core<A> {
     pub(super) deflater: Option<Box<Deflater>>,
     /// The handler's transcoder into its alternative format ([`super::Handler::transcode`]).
     pub(super) transcode: fn(&[u8]) -> Option<Vec<u8>>,
+    /// The handler's stream form ([`super::Handler::stream_form`]) for streaming HTTP connections.
+    pub(super) stream_form: fn(&[u8]) -> Vec<u8>,
     /// Inflates the messages of clients that compress each message on its own (reset for each), and the output
     /// buffer of every inflate.
     pub(super) inflater: Option<Box<Inflater>>,
@@ -91,6 +95,7 @@ impl<A> Core<A> {
         budget: Arc<MemoryBudget>,
         tls: bool,
         transcode: fn(&[u8]) -> Option<Vec<u8>>,
+        stream_form: fn(&[u8]) -> Vec<u8>,
     ) -> Self {
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
@@ -120,6 +125,7 @@ impl<A> Core<A> {
             ping_frame: Rc::new(Arc::new(ping)),
             deflater: None,
             transcode,
+            stream_form,
             inflater: None,
             inflated: Vec::new(),
             inflate_contexts: HashMap::new(),
@@ -306,7 +312,7 @@ impl<A> Core<A> {
     /// form (transcoded, compressed), made for it alone.
     #[inline]
     pub fn queue(&mut self, key: Key, frame: OutFrame) {
-        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW) == 0 {
+        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW | wire::STREAM) == 0 {
             return self.push(key, frame);
         }
         let form = self.variant(key, &frame, &mut Variants::default());
@@ -317,8 +323,8 @@ impl<A> Core<A> {
     #[inline]
     pub(super) fn push(&mut self, key: Key, frame: OutFrame) {
         let conn = &mut self.conns[key];
-        if !conn.accepts_frames() {
-            return;
+        if !conn.accepts_frames() || frame.is_empty() {
+            return; // empty: a frame with no stream form (a pong on a stream)
         }
         let backlog = !conn.out.is_empty();
         conn.out.push(frame);
@@ -413,6 +419,20 @@ impl<A> Core<A> {
     /// ([`super::Handler::transcode`]); shared frames are transcoded once for all such connections.
     pub fn use_alt_format(&mut self, key: Key) {
         self.conns[key].wire |= wire::ALT_FORMAT;
+    }
+
+    /// Whether connection `key` is a streaming HTTP connection ([`super::Reply::Stream`]).
+    pub fn is_stream(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::STREAM != 0
+    }
+
+    /// The client of connection `key` showed life on another request (a stream's client speaks through separate
+    /// HTTP requests): counts like inbound bytes for the idle timeout and an outstanding ping.
+    pub fn touch(&mut self, key: Key) {
+        let now = self.now;
+        let conn = &mut self.conns[key];
+        conn.last_rx = now;
+        conn.flags &= !flag::PING_SENT;
     }
 
     /// Whether connection `key` uses the application's alternative format.

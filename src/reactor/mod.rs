@@ -34,7 +34,7 @@ mod write_batch;
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
 pub use command::Command;
-pub use handler::{CommandFor, Handler, Key};
+pub use handler::{CommandFor, Handler, Key, Reply};
 pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
 pub use stats::{ReactorStats, Tally};
 pub use sys::{Epoll, Poller, Uring, Waker};
@@ -42,7 +42,8 @@ pub use sys::{Epoll, Poller, Uring, Waker};
 use self::core::Limits;
 use crate::config::Config;
 use crate::frame::close_code;
-use crate::pool::MemoryBudget;
+use crate::frame::handshake::Reject;
+use crate::pool::{self, MemoryBudget};
 use crate::tls::TlsAcceptor;
 use clock::Clock;
 use conn::{Conn, State};
@@ -151,6 +152,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             max_message: c.ws.max_message_size,
             max_outbound: c.ws.max_outbound_bytes,
             max_head: c.server.max_request_head,
+            max_body: c.ws.max_message_size,
             max_connections: c.server.max_connections,
             handshake_timeout: c.server.handshake_timeout.min(u32::MAX as u64) as u32,
             message_timeout: c.ws.message_timeout.min(u32::MAX as u64 / 4) as u32,
@@ -166,6 +168,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 s.budget,
                 s.tls.is_some(),
                 H::transcode,
+                H::stream_form,
             ),
             handler,
             poller,
@@ -522,11 +525,17 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             }
             match conn.state {
                 State::Handshake => {
-                    self.core.tally.handshake_failures_total += 1;
                     if self.core.tls_handshaking(key) {
+                        self.core.tally.handshake_failures_total += 1;
                         self.core.tally.tls_failures_total += 1;
+                        self.core.doom(key);
+                    } else if conn.rbuf != pool::NO_BUF {
+                        // Part of a request arrived (a slow head or body): say why it ends.
+                        self.core.reject(key, Reject::RequestTimeout);
+                    } else {
+                        self.core.tally.handshake_failures_total += 1;
+                        self.core.doom(key);
                     }
-                    self.core.doom(key);
                 }
                 State::Closing | State::Lingering => self.core.doom(key),
                 State::Open => self.handler.on_timer(&mut self.core, key),

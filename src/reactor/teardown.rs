@@ -41,6 +41,10 @@ impl<A> Core<A> {
         self.leave_open(key, State::Closing);
         self.push_last(key, encode::close_frame(code, reason));
         self.schedule_grace(key);
+        if self.conns[key].wire & wire::STREAM != 0 {
+            // A stream's client has no close frame to send: it ends once ours is written.
+            self.close_after_flush(key);
+        }
     }
 
     /// Like [`Self::close`], without waiting for the client's close frame: the socket closes as soon as ours is
@@ -148,8 +152,29 @@ impl<A> Core<A> {
         conn.state = next;
     }
 
-    /// Queues a connection's last frame (its close frame), past the open-state check of `queue`.
+    /// Answers a request with a complete HTTP response ([`super::Reply::Respond`]): it is queued, our side shuts down
+    /// once it is written, and the client's EOF (or the grace timer) ends the connection.
+    pub(super) fn respond(&mut self, key: Key, response: &[u8]) {
+        self.conns[key].state = State::Lingering;
+        self.conns[key]
+            .out
+            .push(Rc::new(Arc::new(response.to_vec())));
+        self.mark_dirty(key);
+        self.shut_after_flush(key);
+        self.schedule_grace(key);
+    }
+
+    /// Queues a connection's last frame (its close frame, in the connection's stream form if it is a stream), past
+    /// the open-state check of `queue`.
     fn push_last(&mut self, key: Key, frame: Vec<u8>) {
+        let frame = if self.conns[key].wire & wire::STREAM != 0 {
+            (self.stream_form)(&frame)
+        } else {
+            frame
+        };
+        if frame.is_empty() {
+            return;
+        }
         self.conns[key].out.push(Rc::new(Arc::new(frame)));
         self.tally.messages_out_total += 1;
         self.mark_dirty(key);

@@ -243,13 +243,16 @@ fn sse_session_welcome_publications_ops_and_resume() {
 fn ops_reach_sessions_on_every_reactor() {
     // Two reactors: SO_REUSEPORT spreads the streams and the op requests over both, so ops cross reactors.
     let s = start(&[]);
-    let mut streams: Vec<(Sse, String, String)> = (0..6)
-        .map(|_| {
-            let mut sse = Sse::open(s.ws, "/sse", &[]);
-            let (sid, key) = sse.welcome();
-            (sse, sid, key)
-        })
-        .collect();
+    let mut streams = Vec::new();
+    while streams.len() < 6
+        || s.stat("/reactors/0/connections") == 0
+        || s.stat("/reactors/1/connections") == 0
+    {
+        assert!(streams.len() < 40, "every stream on one reactor");
+        let mut sse = Sse::open(s.ws, "/sse", &[]);
+        let (sid, key) = sse.welcome();
+        streams.push((sse, sid, key));
+    }
     for round in 0..4 {
         for (i, (_, sid, key)) in streams.iter().enumerate() {
             let op = format!(r#"{{"op":"ping","id":{}}}"#, round * 100 + i);

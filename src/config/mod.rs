@@ -14,7 +14,7 @@ mod bounds;
 
 // What client connections may do: the [auth], [heartbeat] and [limits] sections.
 mod gateway;
-pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
+pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig, TransportConfig};
 
 // Acks and retransmit of user pushes, the standalone replay store: the [delivery] section.
 mod delivery;
@@ -44,6 +44,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// History, recovery and merge windows per channel namespace.
     pub channels: ChannelsConfig,
+    /// The fallback transports (SSE, long-poll).
+    pub transport: TransportConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -65,6 +65,8 @@ pub struct Gateway {
     pub(super) policy: Policy,
     /// This reactor's share of the gateway state: socket ids, registry, counters.
     pub(super) local: ReactorState,
+    /// This reactor's long-poll sessions.
+    pub(super) polls: super::long_poll::PollSessions,
     stats: Arc<GatewayStats>,
 }
 
@@ -88,6 +90,7 @@ impl Gateway {
                 max_replay_bytes: config.ws.max_outbound_bytes / 2,
             },
             local: ReactorState::new(shared, reactor),
+            polls: super::long_poll::PollSessions::new(config),
             stats,
         }
     }
@@ -141,6 +144,9 @@ impl Handler for Gateway {
     }
 
     fn on_timer(&mut self, core: &mut Core<Client>, key: Key) {
+        if self.polls.contains(key) {
+            return self.poll_timer(core, key);
+        }
         self.on_open_timer(core, key);
     }
 
@@ -155,6 +161,14 @@ impl Handler for Gateway {
         if core.app(key).endpoint() == Endpoint::Gateway {
             self.end_session(core, key);
         }
+        if self.polls.contains(key) {
+            self.end_poll(core, key);
+        }
+    }
+
+    /// A long-poll session got messages.
+    fn on_output(&mut self, core: &mut Core<Client>, key: Key) {
+        self.poll_output(core, key);
     }
 
     fn on_command(&mut self, core: &mut Core<Client>, cmd: Command) {

@@ -16,6 +16,7 @@ pub mod fallback_sessions;
 pub mod frames;
 mod handler;
 pub mod heartbeat;
+pub mod long_poll;
 pub mod peers;
 mod recovery;
 pub mod registry;

@@ -2,6 +2,7 @@
 //! fallback transports (SSE stream and its ops), the demo page. Anything else is a 404.
 
 use super::handler::{Client, Endpoint, Gateway};
+use super::long_poll::POLL_PATH;
 use super::session_ops::SSE_OP_PATH;
 use super::sse::SSE_PATH;
 use crate::frame::handshake::{Reject, Request};
@@ -28,6 +29,7 @@ impl Gateway {
         match req.path {
             SSE_PATH => return self.open_sse(core, key, req, response),
             SSE_OP_PATH => return self.post_op(core, req, body, response),
+            POLL_PATH => return self.poll_request(core, key, req, body, response),
             _ => {}
         }
         if let Some(demo) = &self.local.shared.demo {

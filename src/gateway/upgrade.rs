@@ -352,7 +352,7 @@ impl Gateway {
     pub(super) fn end_session(&mut self, core: &Core<Client>, key: Key) {
         self.drop_floors(core, key);
         let client = core.app(key);
-        if core.is_stream(key) {
+        if core.is_stream(key) || self.polls.contains(key) {
             self.local.shared.fallback.close(client.sid);
         }
         self.state_change(StateChange::Close { sid: client.sid });

@@ -85,6 +85,30 @@ pub struct Core<A> {
     pub(super) inflate_contexts: HashMap<Key, Inflater>,
     /// Reusable list of connection keys (broadcast), so a broadcast allocates nothing.
     keys: Vec<u32>,
+    /// Detached connections with frames queued this iteration: the handler's `on_output` is due.
+    pub(super) parked: Vec<Key>,
+}
+
+impl<A: Default> Core<A> {
+    /// Opens a connection without a socket: a session whose client comes and goes over separate requests (HTTP
+    /// long-poll). It is open like any other — channels, timers, the slow-consumer limit, `on_close` — but what is
+    /// queued on it stays queued until the handler takes it ([`Self::take_queued`]; [`super::Handler::on_output`]
+    /// says when there is some). It counts against `server.max_connections`; None when that is reached.
+    pub fn open_detached(&mut self) -> Option<Key> {
+        use std::sync::atomic::Ordering;
+        if self.live_connections.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
+            self.live_connections.fetch_sub(1, Ordering::Relaxed);
+            self.tally.refused_total += 1;
+            return None;
+        }
+        let mut conn = Conn::new(-1, 0);
+        conn.state = State::Open;
+        conn.last_rx = self.now;
+        conn.wire = wire::DETACHED;
+        self.tally.connections += 1;
+        self.tally.handshakes_total += 1;
+        Some(self.conns.insert(conn))
+    }
 }
 
 impl<A> Core<A> {
@@ -130,6 +154,7 @@ impl<A> Core<A> {
             inflated: Vec::new(),
             inflate_contexts: HashMap::new(),
             keys: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -421,6 +446,44 @@ impl<A> Core<A> {
         self.conns[key].wire |= wire::ALT_FORMAT;
     }
 
+    /// Hands the frames queued on detached connection `key` to `take`, oldest first, and empties its queue.
+    pub fn take_queued(&mut self, key: Key, mut take: impl FnMut(&[u8])) {
+        let conn = &mut self.conns[key];
+        if conn.wire & wire::DETACHED == 0 {
+            return;
+        }
+        for frame in conn.out.drain() {
+            take(&frame);
+        }
+    }
+
+    /// The request on connection `key` (in [`super::Handler::on_http`]) is answered later: its input is
+    /// discarded until then, and at `deadline` (reactor second) the core answers 503 itself.
+    pub fn hold(&mut self, key: Key, deadline: u32) {
+        let conn = &mut self.conns[key];
+        if conn.state == State::Handshake && !conn.has(flag::DOOMED) {
+            conn.flags |= flag::HELD;
+            self.timers.schedule(&mut self.conns, key, deadline);
+        }
+    }
+
+    /// Whether `key` names a held request still waiting for its answer (any key may be asked).
+    pub fn is_held(&self, key: Key) -> bool {
+        self.conns.get(key).is_some_and(|c| {
+            c.state == State::Handshake && c.has(flag::HELD) && !c.has(flag::DOOMED)
+        })
+    }
+
+    /// Answers a held request with a complete HTTP response; false when it no longer waits (its client left).
+    pub fn answer_held(&mut self, key: Key, response: &[u8]) -> bool {
+        if !self.is_held(key) {
+            return false;
+        }
+        self.conns[key].flags &= !flag::HELD;
+        self.respond(key, response);
+        true
+    }
+
     /// Whether connection `key` is a streaming HTTP connection ([`super::Reply::Stream`]).
     pub fn is_stream(&self, key: Key) -> bool {
         self.conns[key].wire & wire::STREAM != 0
@@ -444,7 +507,11 @@ impl<A> Core<A> {
         let conn = &mut self.conns[key];
         if conn.flags & (flag::DIRTY | flag::BLOCKED) == 0 {
             conn.flags |= flag::DIRTY;
-            self.dirty.push(key);
+            if conn.wire & wire::DETACHED != 0 {
+                self.parked.push(key); // no socket: the handler hears of it instead
+            } else {
+                self.dirty.push(key);
+            }
         }
     }
 

@@ -105,6 +105,12 @@ pub trait Handler {
         frame.to_vec()
     }
 
+    /// Frames were queued on a detached connection ([`Core::open_detached`]) this iteration; the handler takes
+    /// them with [`Core::take_queued`] when it has somewhere to send them.
+    fn on_output(&mut self, core: &mut Core<Self::Conn>, key: Key) {
+        let _ = (core, key);
+    }
+
     /// Once per loop iteration, after teardown (publish counters).
     fn on_iteration(&mut self, core: &Core<Self::Conn>);
 }
@@ -121,6 +127,9 @@ pub enum Reply {
     Stream,
     /// A complete HTTP response: sent, then the connection closes.
     Respond,
+    /// No answer yet: the handler called [`Core::hold`] and answers later with [`Core::answer_held`] (or already
+    /// did, during the hook).
+    Hold,
 }
 
 /// The reactor's command type for handler `H`.

@@ -141,6 +141,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 return buf.len();
             }
             match conn.state {
+                State::Handshake if conn.has(flag::HELD) => return buf.len(),
                 State::Handshake => {
                     match handshake::parse_request(&buf[off..], self.core.limits.max_head) {
                         Ok(None) => return off,
@@ -202,6 +203,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 self.open(key, &response);
             }
             Ok(Reply::Respond) => self.core.respond(key, &response),
+            Ok(Reply::Hold) => {}
             Err(reject) => self.core.reject(key, reject),
         }
         if response.capacity() > SCRATCH {

@@ -236,8 +236,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         }
 
         self.run_commands();
+        self.notify_output();
         self.flush_dirty()?;
         self.run_timers();
+        self.notify_output();
         self.flush_dirty()?;
         self.teardown();
         self.publish_stats();
@@ -512,6 +514,22 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         outcome
     }
 
+    /// The handler hears of the detached connections that got frames (it may answer a waiting request with them).
+    fn notify_output(&mut self) {
+        let mut parked = std::mem::take(&mut self.core.parked);
+        for &key in &parked {
+            let conn = &mut self.core.conns[key];
+            conn.flags &= !conn::flag::DIRTY;
+            if conn.accepts_frames() && !conn.out.is_empty() {
+                self.handler.on_output(&mut self.core, key);
+            }
+        }
+        parked.clear();
+        // Frames queued by the handler during the pass wait for the next one.
+        parked.append(&mut self.core.parked);
+        self.core.parked = parked;
+    }
+
     // ---- timers ---------------------------------------------------------------------------------------------------
 
     fn run_timers(&mut self) {
@@ -524,6 +542,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 continue;
             }
             match conn.state {
+                State::Handshake if conn.has(conn::flag::HELD) => {
+                    self.core
+                        .reject(key, Reject::Unavailable("no answer in time; retry"));
+                }
                 State::Handshake => {
                     if self.core.tls_handshaking(key) {
                         self.core.tally.handshake_failures_total += 1;

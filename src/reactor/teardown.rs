@@ -41,7 +41,11 @@ impl<A> Core<A> {
         self.leave_open(key, State::Closing);
         self.push_last(key, encode::close_frame(code, reason));
         self.schedule_grace(key);
-        if self.conns[key].wire & wire::STREAM != 0 {
+        let form = self.conns[key].wire;
+        if form & wire::DETACHED != 0 {
+            // Nothing to wait for: the handler reads the close frame from the queue in `on_close`.
+            self.doom(key);
+        } else if form & wire::STREAM != 0 {
             // A stream's client has no close frame to send: it ends once ours is written.
             self.close_after_flush(key);
         }
@@ -209,6 +213,7 @@ impl<A> Core<A> {
         // The read and flush lists carry keys into the next iteration; a freed key may be reused by then.
         self.pending_reads.retain(|&k| !conns[k].has(flag::DOOMED));
         self.dirty.retain(|&k| !conns[k].has(flag::DOOMED));
+        self.parked.retain(|&k| !conns[k].has(flag::DOOMED));
         let mut doomed = std::mem::take(&mut self.doomed);
         for key in doomed.drain(..) {
             self.release(key);
@@ -242,8 +247,11 @@ impl<A> Core<A> {
         if conn.tls != NO_TLS {
             self.tls_release(conn.tls, conn.fd, conn.state);
         }
-        // Closed by the reactor once its backend has let go of it (see `Poller::forget`).
-        self.closing.push((conn.fd, key as u64));
+        // Closed by the reactor once its backend has let go of it (see `Poller::forget`). A detached connection
+        // has none.
+        if conn.wire & wire::DETACHED == 0 {
+            self.closing.push((conn.fd, key as u64));
+        }
         self.live_connections.fetch_sub(1, Ordering::Relaxed);
         self.tally.closed_total += 1;
     }

@@ -115,11 +115,19 @@ fn an_unpolled_session_expires() {
         "transport.poll_timeout=1",
     ]);
     let (sid, key, _) = open(s.ws, "");
-    assert_eq!(s.stat("/totals/connections"), 1);
+    // Counters are published at the end of the loop iteration that answered.
+    s.wait_stat("/totals/connections", 1, Duration::from_secs(2));
+    assert_eq!(s.stat("/sessions/poll_sessions"), 1);
     std::thread::sleep(Duration::from_millis(6500));
     let (status, _, _) = poll(s.ws, &sid, &key, "[]");
     assert_eq!(status, 404);
+    s.wait_stat(
+        "/sessions/fallback_unknown_session_total",
+        1,
+        Duration::from_secs(2),
+    );
     assert_eq!(s.stat("/totals/connections"), 0);
+    assert_eq!(s.stat("/sessions/poll_sessions"), 0);
 }
 
 #[test]
@@ -193,5 +201,10 @@ fn an_unpolled_session_past_the_outbound_limit_is_ended() {
     );
     let (status, _, _) = poll(s.ws, &sid, &key, "[]");
     assert_eq!(status, 404);
+    s.wait_stat(
+        "/sessions/fallback_unknown_session_total",
+        1,
+        Duration::from_secs(2),
+    );
     assert_eq!(s.stat("/totals/connections"), 0);
 }

@@ -376,6 +376,11 @@ fn a_slow_sse_consumer_is_ended() {
     let close = closed.expect("a close event").json();
     assert_eq!(close["code"], 1008);
     assert_eq!(close["reason"], "slow consumer");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.stat("/sessions/sse_sessions") != 1 {
+        assert!(Instant::now() < deadline, "the slow session still counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

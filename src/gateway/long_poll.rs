@@ -12,7 +12,7 @@
 
 use super::command::Command;
 use super::handler::{Client, Gateway};
-use super::session_ops::{answer, session_of};
+use super::session_ops::{answer, session_of, unknown_session};
 use super::upgrade::token_deadline;
 use crate::frame::close_code;
 use crate::frame::deflate::split_frame;
@@ -126,25 +126,20 @@ impl Gateway {
         body: &[u8],
         response: &mut Vec<u8>,
     ) -> Result<Reply, Reject> {
-        if req.method != "POST" {
-            return Ok(answer(response, 405, Some("use POST")));
-        }
-        if !self.fallback_origin_allowed(req.origin) {
-            return Err(Reject::Forbidden("origin not allowed"));
+        if let Some(refused) = self.refuse_post(req, response)? {
+            return Ok(refused);
         }
         if protocol::query_param(req.query, "sid").is_none() {
             return self.open_poll(core, key, req, response);
         }
         let Some(sid) = session_of(self, req.query) else {
-            return Ok(answer(
-                response,
-                404,
-                Some("unknown session (ended, or wrong sid or key): open a new one"),
-            ));
+            self.local.tally.fallback_unknown_session_total += 1;
+            return Ok(unknown_session(response));
         };
         if let Err(e) = parse_ops(body) {
             return Ok(answer(response, 400, Some(e)));
         }
+        self.local.tally.polls_total += 1;
         let token = self.local.sids.next_id();
         core.app_mut(key).sid = token;
         let waiter = Waiter {
@@ -191,6 +186,7 @@ impl Gateway {
         let mut first = Vec::new();
         self.begin(core, session, admission, true, &mut first);
         let now = core.now();
+        self.local.tally.poll_sessions += 1;
         self.polls.sessions.insert(
             session,
             Session {
@@ -217,11 +213,7 @@ impl Gateway {
         let session = self.local.registry.by_sid(sid).map(|k| k as Key);
         let Some(key) = session.filter(|&k| core.is_open(k) && self.polls.contains(k)) else {
             let mut gone = Vec::new();
-            answer(
-                &mut gone,
-                404,
-                Some("unknown session (ended): open a new one"),
-            );
+            unknown_session(&mut gone);
             return self.send_answer(core, waiter, gone);
         };
         core.touch(key);
@@ -305,7 +297,9 @@ impl Gateway {
     /// A long-poll session ended: a waiting poll gets what was queued, the close last.
     pub(super) fn end_poll(&mut self, core: &mut Core<Client>, key: Key) {
         self.answer_poll(core, key);
-        self.polls.sessions.remove(&key);
+        if self.polls.sessions.remove(&key).is_some() {
+            self.local.tally.poll_sessions -= 1;
+        }
     }
 
     /// Sends a poll's answer to its held request, here or on its reactor. An answer whose request is gone (its

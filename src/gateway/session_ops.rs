@@ -45,7 +45,31 @@ pub(super) fn session_of(gateway: &Gateway, query: &str) -> Option<u64> {
     (sid::node_of(sid) == shared.node_id && shared.fallback.check(sid, &key)).then_some(sid)
 }
 
+/// The answer to a request for a session that is not (or no longer) here, or with the wrong key.
+pub(super) fn unknown_session(response: &mut Vec<u8>) -> Reply {
+    answer(
+        response,
+        404,
+        Some("unknown session (ended, or wrong sid or key): open a new one"),
+    )
+}
+
 impl Gateway {
+    /// The checks every fallback POST route makes first: the method (405) and the origin (403). `Some` = answered.
+    pub(super) fn refuse_post(
+        &self,
+        req: &Request<'_>,
+        response: &mut Vec<u8>,
+    ) -> Result<Option<Reply>, Reject> {
+        if req.method != "POST" {
+            return Ok(Some(answer(response, 405, Some("use POST"))));
+        }
+        if !self.fallback_origin_allowed(req.origin) {
+            return Err(Reject::Forbidden("origin not allowed"));
+        }
+        Ok(None)
+    }
+
     /// `POST /sse/op`: 202 once the op is on its way to the session; 404 for an unknown or ended session or a
     /// wrong key, 400 for a body that is not one op object, 503 when the owning reactor's queue is full.
     pub(super) fn post_op(
@@ -55,18 +79,12 @@ impl Gateway {
         body: &[u8],
         response: &mut Vec<u8>,
     ) -> Result<Reply, Reject> {
-        if req.method != "POST" {
-            return Ok(answer(response, 405, Some("use POST")));
-        }
-        if !self.fallback_origin_allowed(req.origin) {
-            return Err(Reject::Forbidden("origin not allowed"));
+        if let Some(refused) = self.refuse_post(req, response)? {
+            return Ok(refused);
         }
         let Some(sid) = session_of(self, req.query) else {
-            return Ok(answer(
-                response,
-                404,
-                Some("unknown session (ended, or wrong sid or key): open a new one"),
-            ));
+            self.local.tally.fallback_unknown_session_total += 1;
+            return Ok(unknown_session(response));
         };
         if serde_json::from_slice::<protocol::ClientRequest>(body).is_err() {
             return Ok(answer(
@@ -78,6 +96,7 @@ impl Gateway {
         if !self.forward_op(core, sid, body) {
             return Ok(answer(response, 503, Some("server busy, retry")));
         }
+        self.local.tally.fallback_ops_total += 1;
         Ok(answer(response, 202, None))
     }
 

@@ -47,6 +47,7 @@ impl Gateway {
         response.extend_from_slice(HEAD);
         let head_len = response.len();
         self.begin(core, key, admission, true, response);
+        self.local.tally.sse_sessions += 1;
         let first = response.split_off(head_len);
         let mut rest = &first[..];
         while let Some(len) = encode::frame_len(rest) {

@@ -352,6 +352,9 @@ impl Gateway {
     pub(super) fn end_session(&mut self, core: &Core<Client>, key: Key) {
         self.drop_floors(core, key);
         let client = core.app(key);
+        if core.is_stream(key) {
+            self.local.tally.sse_sessions -= 1;
+        }
         if core.is_stream(key) || self.polls.contains(key) {
             self.local.shared.fallback.close(client.sid);
         }

@@ -208,3 +208,42 @@ fn an_unpolled_session_past_the_outbound_limit_is_ended() {
     );
     assert_eq!(s.stat("/totals/connections"), 0);
 }
+
+#[test]
+fn fallback_sessions_take_tokens_and_end_when_they_expire() {
+    let s = Server::start(&[&JWT_ARGS[..], &["--set", "auth.leeway=0"]].concat());
+    let r = post(s.ws, "/poll", "");
+    assert_eq!(r.status, 401, "{r}");
+    assert_eq!(r.json()["code"], 4001);
+    let r = http_get(s.ws, "/sse?token=bad");
+    assert_eq!(r.status, 401, "{r}");
+
+    let token = hs256(&serde_json::json!({"sub": "u1", "exp": unix_now() + 2}));
+    let mut c = Http::connect(s.ws);
+    let bearer = format!("Bearer {token}");
+    let r = c.request("POST", "/poll", &[("Authorization", &bearer)], b"");
+    assert_eq!(r.status, 200, "{r}");
+    let msgs: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(msgs[0]["user"], "u1", "{msgs:?}");
+    let (sid, key) = (
+        msgs[0]["sid"].as_str().unwrap().to_string(),
+        msgs[0]["key"].as_str().unwrap().to_string(),
+    );
+    // The first answer has the replay of the user's missed messages (none); a poll waiting when the token
+    // expires gets the session's close as its last message.
+    let started = Instant::now();
+    let last = loop {
+        let (status, msgs, _) = poll(s.ws, &sid, &key, "[]");
+        assert_eq!(status, 200);
+        if let Some(close) = msgs.iter().find(|m| m["type"] == "close") {
+            break close.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no close: {msgs:?}"
+        );
+    };
+    assert_eq!(last["code"], 4001, "{last}");
+    let (status, _, _) = poll(s.ws, &sid, &key, "[]");
+    assert_eq!(status, 404);
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 pub mod merge;
+pub mod peers;
 mod targeted;
 pub use targeted::sid_home;
 

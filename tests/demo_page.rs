@@ -1,6 +1,7 @@
 //! The demo page (clients/js/demo/) in headless Chromium against this build's gateway with `debug.demo_relay`:
-//! tests/browser/demo_page.mjs (two pages see each other's items; permessage-deflate in a real browser; every item
-//! kept across a gateway restart). `WSGATE_SCREENSHOT=docs/demo.png cargo test --test demo_page` renews the
+//! tests/browser/demo_page.mjs (two pages see each other's items; permessage-deflate in a real browser; a page cut
+//! off recovers from channel history; every item kept across a gateway restart) and demo_fallback.mjs (the page
+//! served by the gateway over WebSocket, SSE and long-poll). `WSGATE_SCREENSHOT=docs/demo.png cargo test --test demo_page` renews the
 //! README's screenshot.
 
 mod common;
@@ -16,4 +17,11 @@ fn demo_page_two_pages_deflate_and_restart() {
         .map(|p| ("WSGATE_SCREENSHOT", p.as_str()))
         .collect();
     common::browser::run_script("demo_page.mjs", &env);
+}
+
+/// The page served by the gateway (`debug.demo_path`) over WebSocket, SSE (no `window.WebSocket`) and long-poll
+/// (no EventSource either): tests/browser/demo_fallback.mjs.
+#[test]
+fn demo_page_over_websocket_sse_and_long_poll() {
+    common::browser::run_script("demo_fallback.mjs", &[]);
 }

@@ -216,3 +216,46 @@ test("user messages: acked, retransmits deduplicated by id, missed ones replayed
     await gw.stop();
   }
 });
+
+test("falls back to long-poll when WebSocket is refused, and recovers across a cut poll", async () => {
+  const gw = await Gateway.start({ config: HISTORY });
+  const proxy = await Proxy.start(gw.ws);
+  // A network that kills every WebSocket upgrade (a corporate proxy): each attempt fails at once.
+  let wsAttempts = 0;
+  class RefusedWebSocket {
+    constructor() {
+      wsAttempts++;
+      setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 5);
+    }
+    send() {}
+    close() {}
+  }
+  const c = new Wsgate(`ws://${proxy.addr}/ws`, {
+    WebSocket: RefusedWebSocket,
+    transports: ["websocket", "sse", "poll"], // Node has no EventSource: sse is skipped
+    backoff: { base: 20, cap: 100 },
+  });
+  try {
+    const got = [], recoveries = [];
+    c.subscribe("rec:p", { onMessage: d => got.push(d.n), onRecovered: r => recoveries.push(r) });
+    await connected(c);
+    assert.equal(c.transport, "poll");
+    assert.equal(wsAttempts, 2, "fallbackAfter (2) failed WebSocket attempts, then long-poll");
+    await until(() => c._subs.get("rec:p").subscribed, "subscribed over long-poll");
+    assert.ok((await c.send({ hello: 1 })).ok, "op msg over long-poll");
+    const N = 100;
+    for (let n = 1; n <= N; n++) {
+      await gw.publish("rec:p", { n });
+      if (n === 50) proxy.cut(); // the held poll dies with its TCP connection
+    }
+    await until(() => got.length >= N, `${N} messages over long-poll (have ${got.length})`);
+    await sleep(100);
+    assert.deepEqual(got, Array.from({ length: N }, (_, i) => i + 1), "every publication once, in order");
+    assert.ok(recoveries.length >= 1 && recoveries.every(r => r.recovered), JSON.stringify(recoveries));
+    assert.equal(c.transport, "poll", "it stays on long-poll");
+  } finally {
+    c.close();
+    proxy.close();
+    await gw.stop();
+  }
+});

@@ -3,29 +3,10 @@
 // (long-poll) edit the same list and see each other's items; then the SSE and long-poll pages keep every item
 // across a gateway restart, like the WebSocket page does (tests/browser/demo_page.mjs).
 import { run, waitFor, check } from "./harness.mjs";
+import { add, hasAll, info, items, stepper } from "./demo.mjs";
 import { Gateway } from "./gateway.mjs";
 
-const started = Date.now();
-const step = text => console.log(`demo fallback: ${((Date.now() - started) / 1000).toFixed(1)} s: ${text}`);
-const items = page => page.evaluate(() => window.demo.items());
-const info = page => page.evaluate(() => ({ state: window.demo.client.state, transport: window.demo.client.transport }));
-
-async function add(page, text) {
-  await page.$eval("#text", (input, t) => { input.value = t; }, text);
-  await page.$eval("#add", form => form.requestSubmit());
-}
-
-async function hasAll(page, texts, what) {
-  try {
-    await waitFor(async () => {
-      const have = await items(page);
-      return texts.every(t => have.includes(t));
-    }, what, 15000);
-  } catch (e) {
-    const log = await page.$eval("#log", l => l.textContent);
-    throw new Error(`${e.message}; the page has ${JSON.stringify(await items(page))}; its log:\n${log}`);
-  }
-}
+const step = stepper("demo fallback");
 
 const gw = await Gateway.start({ args: ["--set", "debug.demo_relay=true", "--set", "debug.demo_path=/demo"] });
 const url = `http://${gw.ws}/demo/`;

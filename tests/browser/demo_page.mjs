@@ -6,6 +6,7 @@
 import http from "node:http";
 import { readFileSync } from "node:fs";
 import { run, waitFor, check } from "./harness.mjs";
+import { add, hasAll, info, items, stepper } from "./demo.mjs";
 import { Gateway, Proxy, metric } from "./gateway.mjs";
 
 const ROOT = new URL("../../clients/js/", import.meta.url);
@@ -23,28 +24,8 @@ function staticServer() {
   return new Promise(resolve => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
-const started = Date.now();
-const step = text => console.log(`demo page: ${((Date.now() - started) / 1000).toFixed(1)} s: ${text}`);
-const items = page => page.evaluate(() => window.demo.items());
-const state = page => page.evaluate(() => window.demo.client.state);
-
-/// Types `text` into the form and submits it, as a user would (without focus games between background tabs).
-async function add(page, text) {
-  await page.$eval("#text", (input, t) => { input.value = t; }, text);
-  await page.$eval("#add", form => form.requestSubmit());
-}
-
-async function hasAll(page, texts, what) {
-  try {
-    await waitFor(async () => {
-      const have = await items(page);
-      return texts.every(t => have.includes(t));
-    }, what, 15000);
-  } catch (e) {
-    const log = await page.$eval("#log", l => l.textContent);
-    throw new Error(`${e.message}; the page has ${JSON.stringify(await items(page))}; its log:\n${log}`);
-  }
-}
+const step = stepper("demo page");
+const state = async page => (await info(page)).state;
 
 // The demo channels keep history, so a page that lost its connection recovers what it missed.
 const HISTORY = `

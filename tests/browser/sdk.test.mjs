@@ -259,3 +259,33 @@ test("falls back to long-poll when WebSocket is refused, and recovers across a c
     await gw.stop();
   }
 });
+
+test("close codes: the backend's 4000 ends the client, 4008 comes back no sooner than backoff.later", async () => {
+  const gw = await Gateway.start();
+  const later = 400;
+  const c = client(gw.wsUrl(), { backoff: { base: 20, cap: 100, later } });
+  const kicked = client(gw.wsUrl(), { backoff: { base: 20, cap: 100, later } });
+  try {
+    await connected(c);
+    await connected(kicked);
+    const retries = [];
+    kicked.on("reconnecting", r => retries.push(r));
+    await gw.request("POST", "/api/disconnect", { sid: kicked.sid, code: 4000, reason: "kicked" });
+    await until(() => kicked.state === "closed", "closed after 4000");
+    await sleep(200);
+    assert.deepEqual(retries, [], "no reconnect after the backend's disconnect");
+
+    const sid = c.sid;
+    const dropped = Date.now();
+    let delay = null;
+    c.on("reconnecting", r => { delay = r.delay; });
+    await gw.request("POST", "/api/disconnect", { sid, code: 4008, reason: "rate limit exceeded" });
+    await until(() => c.state === "connected" && c.sid !== sid, "back after 4008");
+    assert.ok(delay >= later, `delay ${delay} below backoff.later`);
+    assert.ok(Date.now() - dropped >= later, "did not come back before backoff.later");
+  } finally {
+    c.close();
+    kicked.close();
+    await gw.stop();
+  }
+});

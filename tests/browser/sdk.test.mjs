@@ -76,7 +76,11 @@ test("resubscribes with recovery: no gap and no duplicate across cut connections
     const N = 300;
     for (let n = 1; n <= N; n++) {
       await gw.publish("rec:a", { n });
-      if (n % 75 === 0) proxy.cut(); // three network failures while publications keep coming
+      if (n % 75 === 0) {
+        // Three network failures while publications keep coming, each on a connection that is up.
+        await until(() => c.state === "connected" && c._subs.get("rec:a").subscribed, "subscribed again");
+        proxy.cut();
+      }
     }
     await until(() => got.length >= N && recoveries.length >= 3, `${N} messages (have ${got.length})`);
     await sleep(100);
@@ -246,7 +250,12 @@ test("falls back to long-poll when WebSocket is refused, and recovers across a c
     const N = 100;
     for (let n = 1; n <= N; n++) {
       await gw.publish("rec:p", { n });
-      if (n === 50) proxy.cut(); // the held poll dies with its TCP connection
+      if (n === 50) {
+        // Once 50 arrived the client's next poll waits on the server: it dies with its TCP connection.
+        await until(() => got.length === 50 && proxy.pairs.size === 1, "a held poll");
+        await sleep(50);
+        proxy.cut();
+      }
     }
     await until(() => got.length >= N, `${N} messages over long-poll (have ${got.length})`);
     await sleep(100);

@@ -1,6 +1,6 @@
 //! TLS (wss) end to end: the binary with certificates generated here, a real rustls client and tungstenite on
 //! top. Covers fan-out over wss, TLS 1.2 and 1.3, ECDSA/RSA/Ed25519 keys, resumption, bad input, the handshake
-//! timeout, unknown SNI, hot reload (API and SIGHUP) and start-up errors.
+//! timeout, unknown SNI, hot reload (API and SIGHUP), start-up errors, and SSE and long-poll over TLS.
 
 mod common;
 

@@ -365,7 +365,7 @@ impl Gateway {
         if core.is_stream(key) {
             self.local.tally.sse_sessions -= 1;
         }
-        if core.is_stream(key) || self.polls.contains(key) {
+        if core.is_stream(key) || core.is_detached(key) {
             self.local.shared.fallback.close(client.sid);
         }
         self.state_change(StateChange::Close { sid: client.sid });

@@ -214,12 +214,14 @@ fn sse_session_welcome_publications_ops_and_resume() {
     assert_eq!(news.json()["data"]["multi"], "line");
     assert!(news.id.is_none(), "no history, no position: {news:?}");
 
-    // Resume: two publications while away, then a reconnect with Last-Event-ID gets exactly those.
+    // Resume: two publications while away, then a reconnect with Last-Event-ID gets exactly those (an EventSource
+    // repeats its first URL: the id supersedes the URL's older recover= position).
     drop(sse);
     publish(&mut api, "doc:1", r#"{"n":2}"#);
     publish(&mut api, "doc:1", r#"{"n":3}"#);
     let last = first.id.unwrap();
-    let mut again = Sse::open(s.ws, "/sse?channels=doc:1", &[("Last-Event-ID", &last)]);
+    let url = format!("/sse?channels=doc:1&recover=doc:1:0:{epoch}");
+    let mut again = Sse::open(s.ws, &url, &[("Last-Event-ID", &last)]);
     let (sid2, _) = again.welcome();
     assert_ne!(sid2, sid);
     let mut got = Vec::new();

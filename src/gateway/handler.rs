@@ -144,7 +144,7 @@ impl Handler for Gateway {
     }
 
     fn on_timer(&mut self, core: &mut Core<Client>, key: Key) {
-        if self.polls.contains(key) {
+        if core.is_detached(key) {
             return self.poll_timer(core, key);
         }
         self.on_open_timer(core, key);
@@ -161,7 +161,7 @@ impl Handler for Gateway {
         if core.app(key).endpoint() == Endpoint::Gateway {
             self.end_session(core, key);
         }
-        if self.polls.contains(key) {
+        if core.is_detached(key) {
             self.end_poll(core, key);
         }
     }

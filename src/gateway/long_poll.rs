@@ -181,6 +181,7 @@ impl Gateway {
     ) -> Result<Reply, Reject> {
         let admission = self.admit(core, key, req)?;
         let Some(session) = core.open_detached() else {
+            self.abandon(admission);
             return Err(Reject::Unavailable("connection limit reached"));
         };
         let mut first = Vec::new();

@@ -64,31 +64,59 @@ impl Gateway {
     }
 }
 
-/// The query of an SSE request, with `Last-Event-ID` turned into `recover=` or `since=` when the query has neither.
+/// The query of an SSE request with `Last-Event-ID` applied: an EventSource reconnecting by itself repeats its
+/// first URL, so the id (newer than anything in it) replaces the URL's `since=` (user message id form) or the URL's
+/// `recover=` entry for its channel (channel position form, for a channel in `channels=`).
 fn query_with_last_event_id(req: &Request<'_>) -> String {
-    let mut query = req.query.to_string();
     let Some(id) = req.last_event_id.filter(|id| !id.is_empty()) else {
-        return query;
+        return req.query.to_string();
     };
-    let has = |name: &str| protocol::query_param(req.query, name).is_some();
-    let param = if StreamId::parse_lenient(id).is_some() {
-        (!has("since")).then_some("since")
+    let (param, channel) = if StreamId::parse_lenient(id).is_some() {
+        ("since", None)
     } else {
-        // A channel position; only for a channel the request subscribes, as `recover=` demands.
-        let channel = id.rsplitn(3, ':').nth(2);
-        let listed = protocol::query_channels(req.query)
-            .is_ok_and(|c| channel.is_some_and(|ch| c.iter().any(|x| x == ch)));
-        (listed && !has("recover")).then_some("recover")
-    };
-    if let Some(param) = param {
-        if !query.is_empty() {
-            query.push('&');
+        let Some(channel) = id.rsplitn(3, ':').nth(2) else {
+            return req.query.to_string();
+        };
+        let listed =
+            protocol::query_channels(req.query).is_ok_and(|c| c.iter().any(|x| x == channel));
+        if !listed {
+            return req.query.to_string();
         }
-        query.push_str(param);
-        query.push('=');
-        percent_encode(&mut query, id);
+        ("recover", Some(channel))
+    };
+    let mut query = String::with_capacity(req.query.len() + id.len() + 16);
+    for pair in req.query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != param {
+            push_pair(&mut query, pair);
+            continue;
+        }
+        let Some(channel) = channel else {
+            continue; // since=: replaced
+        };
+        // recover=: the other channels' entries stay.
+        let kept: Vec<&str> = value
+            .split(',')
+            .filter(|item| {
+                let decoded = protocol::percent_decode(item).unwrap_or_default();
+                decoded.rsplitn(3, ':').nth(2) != Some(channel)
+            })
+            .collect();
+        if !kept.iter().all(|k| k.is_empty()) {
+            push_pair(&mut query, &format!("recover={}", kept.join(",")));
+        }
     }
+    let mut pair = format!("{param}=");
+    percent_encode(&mut pair, id);
+    push_pair(&mut query, &pair);
     query
+}
+
+fn push_pair(query: &mut String, pair: &str) {
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str(pair);
 }
 
 fn percent_encode(out: &mut String, s: &str) {
@@ -194,6 +222,36 @@ fn event_id(json: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_id(query: &str, id: &str) -> String {
+        let head = format!("GET /sse?{query} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {id}\r\n\r\n");
+        let req = crate::frame::handshake::parse_request(head.as_bytes(), 8192)
+            .unwrap()
+            .unwrap();
+        query_with_last_event_id(&req)
+    }
+
+    #[test]
+    fn last_event_id_replaces_the_urls_position() {
+        assert_eq!(
+            with_id("channels=a,b&recover=a:1:E,b:2:E", "a:9:E"),
+            "channels=a,b&recover=b:2:E&recover=a:9:E"
+        );
+        assert_eq!(with_id("channels=a", "a:9:E"), "channels=a&recover=a:9:E");
+        assert_eq!(
+            with_id("channels=a", "zz:9:E"),
+            "channels=a",
+            "not a listed channel"
+        );
+        assert_eq!(
+            with_id("channels=a&since=1-0", "1700000000000-3"),
+            "channels=a&since=1700000000000-3"
+        );
+        assert_eq!(
+            with_id("channels=a%3Ab&recover=a%3Ab:1:E", "a:b:4:E"),
+            "channels=a%3Ab&recover=a:b:4:E"
+        );
+    }
 
     fn text(json: &str) -> Vec<u8> {
         let mut f = Vec::new();

@@ -147,6 +147,16 @@ impl Gateway {
         })
     }
 
+    /// Gives up an admitted session that will not start: its per-user slot goes back.
+    pub(super) fn abandon(&mut self, admission: Admission) {
+        let Some(s) = admission.state else {
+            return;
+        };
+        if let (true, Some(user)) = (s.counted, s.user()) {
+            self.local.shared.users.release(user);
+        }
+    }
+
     /// Starts an admitted session on connection `key`: socket id, welcome (with the session key of a fallback
     /// transport when `fallback`), subscriptions with their recovery, the connection's timer. The first frames are
     /// appended to `response` as WebSocket frames (the caller converts them to the connection's form).
@@ -355,7 +365,7 @@ impl Gateway {
         if core.is_stream(key) {
             self.local.tally.sse_sessions -= 1;
         }
-        if core.is_stream(key) || self.polls.contains(key) {
+        if core.is_stream(key) || core.is_detached(key) {
             self.local.shared.fallback.close(client.sid);
         }
         self.state_change(StateChange::Close { sid: client.sid });

@@ -484,6 +484,11 @@ impl<A> Core<A> {
         true
     }
 
+    /// Whether connection `key` is detached ([`Self::open_detached`]).
+    pub fn is_detached(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::DETACHED != 0
+    }
+
     /// Whether connection `key` is a streaming HTTP connection ([`super::Reply::Stream`]).
     pub fn is_stream(&self, key: Key) -> bool {
         self.conns[key].wire & wire::STREAM != 0

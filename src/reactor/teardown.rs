@@ -157,7 +157,8 @@ impl<A> Core<A> {
     }
 
     /// Answers a request with a complete HTTP response ([`super::Reply::Respond`]): it is queued, our side shuts down
-    /// once it is written, and the client's EOF (or the grace timer) ends the connection.
+    /// once it is written, and the client's EOF ends the connection — or the handshake timeout, which gives a large
+    /// response (a page, a long-poll answer) on a slow link longer than the close grace would.
     pub(super) fn respond(&mut self, key: Key, response: &[u8]) {
         self.conns[key].state = State::Lingering;
         self.conns[key]
@@ -165,7 +166,8 @@ impl<A> Core<A> {
             .push(Rc::new(Arc::new(response.to_vec())));
         self.mark_dirty(key);
         self.shut_after_flush(key);
-        self.schedule_grace(key);
+        let deadline = self.now + self.limits.handshake_timeout.max(CLOSE_GRACE);
+        self.timers.schedule(&mut self.conns, key, deadline);
     }
 
     /// Queues a connection's last frame (its close frame, in the connection's stream form if it is a stream), past

@@ -1,7 +1,7 @@
 //! The demo page (clients/js/demo/) in headless Chromium against this build's gateway with `debug.demo_relay`:
 //! tests/browser/demo_page.mjs (two pages see each other's items; permessage-deflate in a real browser; a page cut
 //! off recovers from channel history; every item kept across a gateway restart) and demo_fallback.mjs (the page
-//! served by the gateway over WebSocket, SSE and long-poll). `WSGATE_SCREENSHOT=docs/demo.png cargo test --test demo_page` renews the
+//! served by the gateway over WebSocket, SSE and long-poll, each recovering from history after a cut). `WSGATE_SCREENSHOT=docs/demo.png cargo test --test demo_page` renews the
 //! README's screenshot.
 
 mod common;

@@ -2,6 +2,28 @@
 // add items as a user would, wait for items, and print timed steps.
 import { waitFor } from "./harness.mjs";
 
+/// Config that gives the demo channels history, so a page that lost its connection recovers what it missed.
+export const DEMO_HISTORY = `
+[[channels.namespace]]
+prefix = "demo:"
+history_size = 1000
+recover = true
+`;
+
+/// Adds an item to the list from the backend's side (the API), as a page would through the relay.
+export function publishItem(gw, text) {
+  const item = { id: "api-" + text, text, at: Date.now(), by: "api" };
+  return gw.publish("demo:list", { from: "api", data: { t: "add", item } });
+}
+
+/// Whether the page's log (newest line first) says its last resubscribe recovered everything from the channel's
+/// history.
+export async function recoveredFromHistory(page) {
+  const log = await page.$eval("#log", l => l.textContent);
+  const last = log.split("\n").find(line => line.includes("resubscribed:"));
+  return !!last && last.includes("resubscribed: nothing missed");
+}
+
 /// A logger of steps with the seconds since the script started.
 export function stepper(name) {
   const started = Date.now();

@@ -197,6 +197,66 @@ export class Proxy {
   }
 }
 
+/// Enough of the browser's EventSource for the SDK's SSE transport in Node (which has none): GET with
+/// `Accept: text/event-stream`, `data:` lines joined into `message` events, named events (`event: close`), `onerror`
+/// when the stream fails or ends, `close()`. No automatic reconnect (the SDK does its own).
+export class NodeEventSource {
+  constructor(url) {
+    this.listeners = new Map();
+    this.onmessage = null;
+    this.onerror = null;
+    this.controller = new AbortController();
+    this.closed = false;
+    this.read(url).catch(() => this.fail());
+  }
+
+  async read(url) {
+    const r = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: this.controller.signal });
+    if (r.status !== 200 || !r.body) return this.fail();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    let event = { type: "message", data: [] };
+    for await (const chunk of r.body) {
+      buffered += decoder.decode(chunk, { stream: true });
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl).replace(/\r$/, "");
+        buffered = buffered.slice(nl + 1);
+        if (line === "") {
+          if (event.data.length) this.dispatch(event.type, event.data.join("\n"));
+          event = { type: "message", data: [] };
+        } else if (line.startsWith("data:")) {
+          event.data.push(line.slice(5).replace(/^ /, ""));
+        } else if (line.startsWith("event:")) {
+          event.type = line.slice(6).trim();
+        }
+      }
+    }
+    this.fail();
+  }
+
+  dispatch(type, data) {
+    if (this.closed) return;
+    const e = { type, data };
+    if (type === "message") this.onmessage?.(e);
+    for (const fn of this.listeners.get(type) || []) fn(e);
+  }
+
+  fail() {
+    if (!this.closed) this.onerror?.({ type: "error" });
+  }
+
+  addEventListener(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, []);
+    this.listeners.get(type).push(fn);
+  }
+
+  close() {
+    this.closed = true;
+    this.controller.abort();
+  }
+}
+
 export const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 /// Polls `probe` until it returns a truthy value; throws naming `what` after `timeoutMs`.

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { Wsgate, LOCAL, compareIds } from "../../clients/js/src/wsgate.js";
-import { Gateway, Proxy, jwtArgs, metric, token, until, sleep } from "./gateway.mjs";
+import { Gateway, NodeEventSource, Proxy, jwtArgs, metric, token, until, sleep } from "./gateway.mjs";
 
 const HISTORY = `
 [[channels.namespace]]
@@ -221,53 +221,67 @@ test("user messages: acked, retransmits deduplicated by id, missed ones replayed
   }
 });
 
-test("falls back to long-poll when WebSocket is refused, and recovers across a cut poll", async () => {
-  const gw = await Gateway.start({ config: HISTORY });
-  const proxy = await Proxy.start(gw.ws);
-  // A network that kills every WebSocket upgrade (a corporate proxy): each attempt fails at once.
-  let wsAttempts = 0;
-  class RefusedWebSocket {
+/// A WebSocket for a network that kills every upgrade (a corporate proxy): each attempt fails at once.
+function refusedWebSocket() {
+  const counter = { attempts: 0 };
+  counter.WebSocket = class {
     constructor() {
-      wsAttempts++;
+      counter.attempts++;
       setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 5);
     }
     send() {}
     close() {}
-  }
-  const c = new Wsgate(`ws://${proxy.addr}/ws`, {
-    WebSocket: RefusedWebSocket,
-    transports: ["websocket", "sse", "poll"], // Node has no EventSource: sse is skipped
-    backoff: { base: 20, cap: 100 },
-  });
-  try {
-    const got = [], recoveries = [];
-    c.subscribe("rec:p", { onMessage: d => got.push(d.n), onRecovered: r => recoveries.push(r) });
-    await connected(c);
-    assert.equal(c.transport, "poll");
-    assert.equal(wsAttempts, 2, "fallbackAfter (2) failed WebSocket attempts, then long-poll");
-    await until(() => c._subs.get("rec:p").subscribed, "subscribed over long-poll");
-    assert.ok((await c.send({ hello: 1 })).ok, "op msg over long-poll");
-    const N = 100;
-    for (let n = 1; n <= N; n++) {
-      await gw.publish("rec:p", { n });
-      if (n === 50) {
-        // Once 50 arrived the client's next poll waits on the server: it dies with its TCP connection.
-        await until(() => got.length === 50 && proxy.pairs.size === 1, "a held poll");
-        await sleep(50);
-        proxy.cut();
-      }
+  };
+  return counter;
+}
+
+for (const [transport, extra] of [["sse", { EventSource: NodeEventSource }], ["poll", {}]]) {
+  test(`falls back to ${transport} when WebSocket is refused, and recovers across a cut connection`, async () => {
+    const gw = await Gateway.start({ config: HISTORY });
+    const proxy = await Proxy.start(gw.ws);
+    const refused = refusedWebSocket();
+    // Without an EventSource (Node has none) sse is skipped.
+    const c = new Wsgate(`ws://${proxy.addr}/ws`, {
+      WebSocket: refused.WebSocket,
+      backoff: { base: 20, cap: 100 },
+      ...extra,
+    });
+    try {
+      await fallbackAndRecover(c, transport, gw, proxy, refused);
+    } finally {
+      c.close();
+      proxy.close();
+      await gw.stop();
     }
-    await until(() => got.length >= N, `${N} messages over long-poll (have ${got.length})`);
-    await sleep(100);
-    assert.deepEqual(got, Array.from({ length: N }, (_, i) => i + 1), "every publication once, in order");
-    assert.ok(recoveries.length >= 1 && recoveries.every(r => r.recovered), JSON.stringify(recoveries));
-    assert.equal(c.transport, "poll", "it stays on long-poll");
-  } finally {
-    c.close();
-    proxy.close();
-    await gw.stop();
+  });
+}
+
+/// Over `transport`: subscribes, sends, and gets 100 publications with no gap although its connection is cut.
+async function fallbackAndRecover(c, transport, gw, proxy, refused) {
+  const got = [], recoveries = [];
+  c.subscribe("rec:p", { onMessage: d => got.push(d.n), onRecovered: r => recoveries.push(r) });
+  await connected(c);
+  assert.equal(c.transport, transport);
+  assert.equal(refused.attempts, 2, `fallbackAfter (2) failed WebSocket attempts, then ${transport}`);
+  await until(() => c._subs.get("rec:p").subscribed, `subscribed over ${transport}`);
+  assert.ok((await c.send({ hello: 1 })).ok, `op msg over ${transport}`);
+  const N = 100;
+  for (let n = 1; n <= N; n++) {
+    await gw.publish("rec:p", { n });
+    if (n === 50) {
+      // Once 50 arrived, the event stream (or the next poll, held by the server) is the one open connection: it
+      // dies with its TCP connection.
+      await until(() => got.length === 50 && proxy.pairs.size === 1, "one open connection");
+      await sleep(50);
+      proxy.cut();
+    }
   }
-});
+  await until(() => got.length >= N, `${N} messages over ${transport} (have ${got.length})`);
+  await sleep(100);
+  assert.deepEqual(got, Array.from({ length: N }, (_, i) => i + 1), "every publication once, in order");
+  assert.ok(recoveries.length >= 1 && recoveries.every(r => r.recovered), JSON.stringify(recoveries));
+  assert.equal(c.transport, transport, `it stays on ${transport}`);
+}
 
 test("close codes: the backend's 4000 ends the client, 4008 comes back no sooner than backoff.later", async () => {
   const gw = await Gateway.start();

@@ -12,12 +12,13 @@ use crate::protocol;
 
 impl Deliver for Hub {
     fn deliver(&self, event: &InEvent<'_>) -> bool {
+        let mut out = self.outbox();
         match event.kind {
             // `parse_entry` has checked the channel name and that `data` is JSON.
             // With an offset: a publication with history, read by every node (its own too) in offset order.
             EventKind::Channel if event.offset.is_some() => {
                 let offset = event.offset.unwrap_or_default();
-                if self.merge(event.target, event.data, Some((offset, event.epoch))) {
+                if out.merge(event.target, event.data, Some((offset, event.epoch))) {
                     return true;
                 }
                 let frame = match &self.gateway.history {
@@ -28,22 +29,22 @@ impl Deliver for Hub {
                     ),
                 };
                 if let Some(frame) = frame {
-                    self.publish_at(event.target, offset, frame);
+                    out.publish_at(event.target, offset, frame);
                 }
                 true
             }
             EventKind::Channel => {
-                if self.merge(event.target, event.data, None) {
+                if out.merge(event.target, event.data, None) {
                     return true;
                 }
-                self.publish(
+                out.publish(
                     event.target,
                     protocol::channel_message(event.target, event.data),
                 );
                 true
             }
             EventKind::Broadcast => {
-                self.broadcast(protocol::broadcast_message(event.data));
+                out.broadcast(protocol::broadcast_message(event.data));
                 true
             }
             // Every node delivers to its own connections of the user (possibly none).
@@ -66,7 +67,7 @@ impl Deliver for Hub {
             EventKind::Sid => {
                 if sid::node_of(event.sid) == self.gateway.node_id {
                     // A reactor this node does not run: the connection cannot exist (counted nowhere).
-                    let _ = self.deliver_sid(event.sid, frames::sid_message(event.sid, event.data));
+                    let _ = out.deliver_sid(event.sid, frames::sid_message(event.sid, event.data));
                 }
                 true
             }
@@ -76,10 +77,10 @@ impl Deliver for Hub {
                 };
                 match event.scope {
                     Scope::User => {
-                        self.disconnect_async(Target::User(event.target.into()), code, &reason)
+                        out.disconnect_async(Target::User(event.target.into()), code, &reason)
                     }
                     Scope::Sid if sid::node_of(event.sid) == self.gateway.node_id => {
-                        self.disconnect_async(Target::Sid(event.sid), code, &reason)
+                        out.disconnect_async(Target::Sid(event.sid), code, &reason)
                     }
                     Scope::Sid => {}
                 }
@@ -100,16 +101,17 @@ impl Deliver for Hub {
         // Without an id (not stored) there is nothing to ack: sent once.
         let ack = ack && id.is_some();
         let frame = user_push(user, data, id, false, ack);
-        Hub::deliver_user(self, user, device, tenant, frame, id, ack);
+        self.outbox()
+            .deliver_user(user, device, tenant, frame, id, ack);
     }
 
     fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {
-        Hub::replay_done(self, sid, outcome);
+        self.outbox().replay_done(sid, outcome);
     }
 
     fn to_sid(&self, sid: u64, frame: Vec<u8>) {
         // Gone meanwhile: nobody is left to tell.
-        let _ = self.deliver_sid(sid, std::sync::Arc::new(frame));
+        let _ = self.outbox().deliver_sid(sid, std::sync::Arc::new(frame));
     }
 
     fn snapshot(&self) -> Option<Vec<Answer>> {

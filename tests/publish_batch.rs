@@ -134,6 +134,34 @@ fn batch_answers_every_command_in_order() {
         ]
     );
 
+    // Every command well-formed JSON (the one-pass parse), one of them refused: answered in its slot too.
+    let batch = json!([
+        {"publish": {"channel": "a", "data": 9}},
+        {"publish": {"channel": "a", "data": null}},
+        {"publish": {"channel": "b", "data": 10}},
+    ]);
+    let (status, v) = post(&mut api, "/api/batch", &batch.to_string());
+    assert_eq!(status, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (statuses, &v["failed"]),
+        (vec![200, 400, 200], &json!(1)),
+        "{v}"
+    );
+    let got = read_texts(&mut sub, 2, Duration::from_secs(5));
+    assert_eq!(
+        got,
+        [
+            r#"{"channel":"a","data":9}"#,
+            r#"{"channel":"b","data":10}"#
+        ]
+    );
+
     // The request as a whole: not an array, empty, too many commands, wrong method.
     for (body, why) in [
         (
@@ -152,16 +180,16 @@ fn batch_answers_every_command_in_order() {
     }
     assert_eq!(api.get("/api/batch").status, 405);
     let stats = s.stats();
-    assert_eq!(stats["api"]["batches_total"], json!(1), "{stats}");
-    assert_eq!(stats["api"]["batch_commands_total"], json!(10), "{stats}");
+    assert_eq!(stats["api"]["batches_total"], json!(2), "{stats}");
+    assert_eq!(stats["api"]["batch_commands_total"], json!(13), "{stats}");
     assert_eq!(
         stats["api"]["batch_failed_commands_total"],
-        json!(6),
+        json!(7),
         "{stats}"
     );
     let metrics = api.get("/metrics").text();
     for series in [
-        "wsgate_api_batches_total 1",
+        "wsgate_api_batches_total 2",
         "wsgate_handoff_publishes_total ",
         "wsgate_handoff_batches_total{reactor=\"1\"}",
         "wsgate_wakeups_total{reactor=\"0\"}",

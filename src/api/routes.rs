@@ -121,7 +121,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[derive(Deserialize)]
-struct PublishBody<'a> {
+pub(super) struct PublishBody<'a> {
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -166,10 +166,14 @@ fn admit<'a>(
 }
 
 pub(super) fn publish(body: &[u8], ctx: &Context, out: &mut Outbox) -> Response {
-    let req: PublishBody = match parse_body(body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    match parse_body(body) {
+        Ok(req) => publish_parsed(req, ctx, out),
+        Err(resp) => resp,
+    }
+}
+
+/// A publish body, parsed (by [`publish`], or as one command of a batch).
+pub(super) fn publish_parsed(req: PublishBody, ctx: &Context, out: &mut Outbox) -> Response {
     let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,
@@ -261,7 +265,7 @@ pub(super) fn with_federation(mut open: String, ctx: &Context, not_federated: us
 }
 
 #[derive(Deserialize)]
-struct BroadcastBody<'a> {
+pub(super) struct BroadcastBody<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -269,10 +273,14 @@ struct BroadcastBody<'a> {
 }
 
 pub(super) fn broadcast(body: &[u8], ctx: &Context, out: &mut Outbox) -> Response {
-    let req: BroadcastBody = match parse_body(body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    match parse_body(body) {
+        Ok(req) => broadcast_parsed(req, ctx, out),
+        Err(resp) => resp,
+    }
+}
+
+/// A broadcast body, parsed (by [`broadcast`], or as one command of a batch).
+pub(super) fn broadcast_parsed(req: BroadcastBody, ctx: &Context, out: &mut Outbox) -> Response {
     let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,

@@ -53,7 +53,7 @@ pub fn batch(body: &[u8], ctx: &Context, out: &mut Outbox) -> Response {
             )
         }
     };
-    answer(commands, ctx, out, |raw, ctx, out| run(raw, ctx, out))
+    answer(commands, ctx, out, run)
 }
 
 fn one_of() -> Response {

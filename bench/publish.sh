@@ -130,7 +130,10 @@ run() {
         >"$OUT/$name.txt" 2>"$OUT/$name.progress" || rc=$?
     after="$(handoff "$API_ADDR")"
     if [ -n "$perf_pid" ]; then
+        # SIGINT makes perf stat write its counts; a perf that had not set up its handler yet gets SIGTERM.
         kill -INT "$perf_pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do kill -0 "$perf_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -TERM "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
     fi
     if [ "$side" = uws ]; then stop_uws; else stop_gateway; fi
@@ -198,7 +201,7 @@ LOAD="$(uptime | sed 's/.*load average/load average/')"
     echo "## $START_DATE — publish throughput, 10 subscribers, ~100-byte messages: old vs new vs µWebSockets (bench/publish.sh)"
     echo
     echo "\`bench/publish.sh --old OLD --new NEW${UWS:+ --uws UWS} --rounds $ROUNDS$([ "$QUICK" = 1 ] && echo ' --quick')\`; old $(sha256sum "$OLD" | cut -c1-16), new $(sha256sum "$NEW" | cut -c1-16)${UWS:+, µWebSockets $(sha256sum "$UWS" | cut -c1-16)}; commit $(git_commit "$ROOT"); $LOAD at the end."
-    echo "Rounds alternate old, new$([ -n "$UWS" ] && echo ', µWebSockets') per scenario; pub1/pub4: $MESSAGES publishes (64 in flight over 1/4 connections); batch: $BATCH_MESSAGES publishes, 1000 per \`POST /api/batch\`, 4 requests in flight. Rounds listed sorted."
+    echo "Rounds alternate old, new$([ -n "$UWS" ] && echo ', µWebSockets') per scenario; pub1/pub4: $MESSAGES publishes (64 in flight over 1/4 connections); batch: $BATCH_MESSAGES publishes, 1000 per \`POST /api/batch\`, 4 requests in flight. The publishes/s rounds are listed sorted, the other columns in round order."
     echo
     echo "$TABLE"
     [ "${#FAILED[@]}" -eq 0 ] || echo "Failed runs: ${FAILED[*]}"

@@ -70,6 +70,16 @@ fn read_texts(ws: &mut RawWs, n: usize, timeout: Duration) -> Vec<String> {
     out
 }
 
+/// The status of each command in a batch answer.
+fn statuses(v: &Value) -> Vec<u64> {
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().expect("status"))
+        .collect()
+}
+
 fn post(api: &mut Http, path: &str, body: &str) -> (u16, Value) {
     let r = api.post_json(path, body);
     let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {r}"));
@@ -96,12 +106,8 @@ fn batch_answers_every_command_in_order() {
     let (status, v) = post(&mut api, "/api/batch", &batch.to_string());
     assert_eq!(status, 200, "{v}");
     let results = v["results"].as_array().expect("results");
-    let statuses: Vec<u64> = results
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
     assert_eq!(
-        statuses,
+        statuses(&v),
         [200, 400, 200, 400, 400, 200, 404, 200, 400, 400],
         "{v}"
     );
@@ -142,14 +148,8 @@ fn batch_answers_every_command_in_order() {
     ]);
     let (status, v) = post(&mut api, "/api/batch", &batch.to_string());
     assert_eq!(status, 200, "{v}");
-    let statuses: Vec<u64> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
     assert_eq!(
-        (statuses, &v["failed"]),
+        (statuses(&v), &v["failed"]),
         (vec![200, 400, 200], &json!(1)),
         "{v}"
     );
@@ -229,13 +229,7 @@ fn batch_keeps_the_api_key_and_publish_rate() {
         body.as_bytes(),
     );
     let v = r.json();
-    let statuses: Vec<u64> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 1, "{v}");
+    assert_eq!(statuses(&v).iter().filter(|&&s| s == 429).count(), 1, "{v}");
 }
 
 /// A batch is one hand-over per reactor: the reactors, asleep before it, are woken once each however many

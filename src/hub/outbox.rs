@@ -11,9 +11,11 @@
 //! with SeqCst loads (crossbeam-channel's bounded flavour), R1 and S2 are SeqCst on `sleeping`: one total order.
 //! - S2 reads true: it writes the eventfd, so the reactor's sleep ends (or its next poll returns at once) and it
 //!   drains the queue, S1's command included.
-//! - S2 reads false: the reactor's next R1 (a store of true) comes after S2, or S2 would have read it; so that R1
-//!   comes after S1, and the R2 that follows it sees S1's command and does not sleep. A reactor that is busy polls
-//!   without sleeping and drains its queue every iteration anyway.
+//! - S2 reads false: that false was stored after the reactor's last R1 by its own wake-up or by another sender
+//!   that wrote the eventfd, so the reactor is awake or being woken, and will pass R1 again before it can sleep.
+//!   That next R1 (a store of true) comes after S2, or S2 would have read it; so it comes after S1, and the R2
+//!   that follows it sees S1's command: the reactor does not sleep. A busy reactor polls without sleeping and
+//!   drains its queue every iteration anyway.
 //!
 //! Between S1 and S2 a command may wait in a sleeping reactor's queue: that is the batching, bounded by one pass
 //! of the sender. A full queue is the one place a sender blocks, and it wakes the reactor before it blocks (the

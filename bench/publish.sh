@@ -44,16 +44,18 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -x "$OLD" ] && [ -x "$NEW" ] || die "--old and --new must be executables"
+if [ ! -x "$OLD" ] || [ ! -x "$NEW" ]; then die "--old and --new must be executables"; fi
 [ -x "$BENCH" ] || die "no generator at $BENCH (cargo build --release --workspace)"
 case "$ROUNDS" in '' | *[!0-9]*) die "--rounds must be a number" ;; esac
-[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "--rounds must be 1..20"
+if [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 20 ]; then die "--rounds must be 1..20"; fi
 command -v jq >/dev/null || die "needs jq"
 if [ -n "$UWS" ] && [ ! -x "$UWS" ]; then die "--uws $UWS is not an executable"; fi
 
 PROG=publish.sh
 OUT="$ROOT/bench/out/publish"
 RESULTS="$OUT/results.jsonl"
+# Read by bench/lib.sh.
+# shellcheck disable=SC2034
 WAIT_QUIET=0
 FAILED=()
 mkdir -p "$OUT"
@@ -114,7 +116,10 @@ run() {
         start_uws || { FAILED+=("$name"); stop_uws; return 0; }
         pid="$UWS_PID"
     else
+        # GW: the binary bench/lib.sh's start_gateway runs.
+        # shellcheck disable=SC2034
         GW="$OLD"
+        # shellcheck disable=SC2034
         [ "$side" = new ] && GW="$NEW"
         start_gateway "$name" >/dev/null || { FAILED+=("$name"); stop_gateway; return 0; }
         pid="$GW_PID"

@@ -106,6 +106,10 @@ pub struct PublishArgs {
     /// Use POST /api/broadcast instead of /api/publish
     #[arg(long)]
     pub broadcast: bool,
+    /// Send N publishes per request through POST /api/batch (1 = one POST /api/publish each); --inflight still
+    /// counts publishes
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Pad "data" with varied text that compresses like real JSON (~4×) instead of 'x' (for --deflate runs)
     #[arg(long)]
     pub text_pad: bool,
@@ -254,6 +258,7 @@ pub struct Config {
     pub interval_ms: u64,
     pub pub_conns: usize,
     pub broadcast: bool,
+    pub batch: usize,
     pub text_pad: bool,
     pub churn_rate: f64,
     pub churn_grace_ms: u64,
@@ -310,6 +315,7 @@ impl Config {
                 "interval_ms",
                 "pub_conns",
                 "broadcast",
+                "batch",
                 "churn_rate",
                 "churn_grace_ms",
             ],
@@ -394,6 +400,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: 0,
         pub_conns: 1,
         broadcast: false,
+        batch: 1,
         text_pad: false,
     };
     let (scenario, common, publish, churn_rate, churn_grace_ms, echo, connect_channel) = match cmd {
@@ -491,6 +498,9 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
     if inflight == 0 || publish.pub_conns == 0 {
         return Err("--inflight and --pub-conns must be at least 1".into());
     }
+    if publish.batch == 0 || publish.batch > 10_000 {
+        return Err("--batch must be 1..=10000".into());
+    }
     if publish.messages > 100_000_000 {
         return Err("--messages at most 100000000".into());
     }
@@ -526,6 +536,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: publish.interval_ms,
         pub_conns: publish.pub_conns,
         broadcast: publish.broadcast,
+        batch: publish.batch,
         text_pad: publish.text_pad,
         churn_rate,
         churn_grace_ms,

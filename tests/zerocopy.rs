@@ -126,6 +126,12 @@ fn subscribers_that_vanish_mid_send_leave_nothing_behind() {
     }
     // Wait until the server has written to them, then half reset, half close with a close frame unread.
     s.wait_stat("/totals/bytes_out_total", 16 * 64 * 1024, READ_TIMEOUT);
+    // Their peers read nothing, so the kernel still holds pages of the zero-copy sends when they vanish.
+    assert!(
+        s.wait_stat("/totals/zerocopy_pinned_bytes", 1, READ_TIMEOUT) > 0,
+        "no zero-copy send in flight: {}",
+        s.stats()["totals"]
+    );
     for (n, ws) in stalled.drain(..).enumerate() {
         if n % 2 == 0 {
             reset(ws.stream);

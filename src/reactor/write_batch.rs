@@ -42,16 +42,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         batch.iov.clear();
         batch.keys.clear();
         for &key in keys {
-            let conn = &mut self.core.conns[key];
+            let conn = &self.core.conns[key];
             if !conn.has(flag::DIRTY) {
                 continue;
             }
-            // A zero-copy connection's large frames leave in the batch, whatever its backlog.
+            // A zero-copy connection's large frames leave in the batch, whatever its backlog (unless its kernel
+            // copies them anyway: then it is a connection like the others).
             let zerocopy = conn.has(flag::ZEROCOPY);
-            if conn.tls != NO_TLS || conn.out.frame_count() > BATCH_FRAMES && !zerocopy {
+            let backlog = conn.out.frame_count() > BATCH_FRAMES;
+            if conn.tls != NO_TLS || backlog && !(zerocopy && self.core.zerocopy_live(key)) {
                 self.core.flush(key);
                 continue;
             }
+            let conn = &mut self.core.conns[key];
             conn.flags &= !flag::DIRTY;
             if conn.out.is_empty() {
                 self.core.drained(key);

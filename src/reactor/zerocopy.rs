@@ -157,6 +157,12 @@ impl<A> Core<A> {
         }
     }
 
+    /// Whether connection `key` (marked [`flag::ZEROCOPY`]) still lends its pages: not once its kernel reported
+    /// copying them anyway.
+    pub(super) fn zerocopy_live(&self, key: Key) -> bool {
+        self.zc.ledgers.get(&key).is_none_or(|p| !p.copied)
+    }
+
     /// For a batch write of connection `key` (iovecs `iov`): the cookie and send number of a zero-copy send, if
     /// this write should be one.
     pub(super) fn zerocopy_cookie(&mut self, key: Key, iov: &[libc::iovec]) -> Option<(u64, u32)> {
@@ -216,7 +222,8 @@ impl<A> Core<A> {
         let mut parked = std::mem::take(&mut self.zc.parked);
         parked.retain_mut(|(key, deadline, reset)| {
             let key = *key;
-            if self.zc.kind == Some(ZeroCopy::Socket) {
+            if self.now >= *deadline && self.zc.kind == Some(ZeroCopy::Socket) {
+                // EPOLLERR brings the notifications; past the deadline the queue is read once more anyway.
                 self.read_error_queue(key);
             }
             let in_flight = self.zc.ledgers.get(&key).is_some_and(Pinned::in_flight);

@@ -319,3 +319,49 @@ pub fn writev(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn zero_copy_sends_are_notified_on_the_error_queue_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut client, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let fd = server.as_raw_fd();
+        enable_zerocopy(fd).unwrap();
+        let payload = vec![9u8; 64 * 1024];
+        let iov = [libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        }];
+        let mut sends = 0u32;
+        let mut sent = 0;
+        for _ in 0..3 {
+            // SAFETY: `payload` outlives every notification read below (it is dropped at the end of the test).
+            sent += unsafe { send_zerocopy(fd, &iov) }.unwrap();
+            sends += 1;
+        }
+        let mut got = vec![0u8; sent];
+        client.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 9));
+        // Every send is notified once, as ranges in order from 0.
+        let mut done_below = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while done_below < sends && std::time::Instant::now() < deadline {
+            let only = zerocopy_notifications(fd, |from, to, _copied| {
+                assert_eq!(from, done_below, "ranges arrive in order on TCP");
+                done_below = to + 1;
+            });
+            assert!(only, "nothing but notifications on the error queue");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(done_below, sends);
+        assert_eq!(socket_error(fd), 0);
+    }
+}

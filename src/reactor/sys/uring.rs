@@ -402,4 +402,42 @@ mod tests {
             other => panic!("the socket stayed open: {other:?}"),
         }
     }
+
+    #[test]
+    fn a_zero_copy_send_completes_then_notifies_with_its_cookie() {
+        let ring = Uring::new(16);
+        let Ok(mut ring) = ring else { return };
+        if ring.zerocopy().is_none() {
+            return;
+        }
+        let (server, mut client) = pair();
+        let payload = vec![5u8; 64 * 1024];
+        let iov = [libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        }];
+        let cookie = (7u64 << 32) | 3;
+        let ops = [WriteOp {
+            fd: server.as_raw_fd(),
+            iov: 0..1,
+            zerocopy: Some(cookie),
+        }];
+        let mut results = Vec::new();
+        ring.write_batch(&ops, &iov, &mut results).unwrap();
+        assert_eq!(results[0], payload.len() as i32);
+        let mut got = vec![0u8; payload.len()];
+        client.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 5));
+        let mut notes = Vec::new();
+        let mut ready = Vec::new();
+        for _ in 0..50 {
+            ring.take_notifications(&mut notes);
+            if !notes.is_empty() {
+                break;
+            }
+            ring.wait(&mut ready, 20).unwrap();
+        }
+        assert_eq!(notes.len(), 1, "one notification per zero-copy send");
+        assert_eq!(notes[0].cookie, cookie);
+    }
 }

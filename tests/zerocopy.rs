@@ -163,6 +163,39 @@ fn subscribers_that_vanish_mid_send_leave_nothing_behind() {
 }
 
 #[test]
+fn a_reader_that_takes_frames_in_small_bites_gets_them_all_and_leaves_nothing_pinned() {
+    // A small receive buffer makes the zero-copy sends partial; the rest of a frame may leave after the kernel's
+    // first notification (which on loopback also says it copied, so the rest goes without zero-copy).
+    let s = Server::start(&["--set", THRESHOLD, "--set", "ws.max_outbound_bytes=4194304"]);
+    const MESSAGES: usize = 8;
+    let mut readers: Vec<RawWs> = (0..4)
+        .map(|_| {
+            // Smaller than a frame, not so small that the kernel drops the copies it makes of zero-copy
+            // packets at local delivery (they take a page per fragment).
+            let stream = tcp_connect_small_rcvbuf(s.ws, 32 * 1024);
+            RawWs::upgrade(stream, s.ws, "/ws?channels=b", &[]).expect("upgrade")
+        })
+        .collect();
+    let mut api = Http::connect(s.api);
+    for i in 0..MESSAGES {
+        publish(&mut api, "b", &large(i));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for (n, ws) in readers.iter_mut().enumerate() {
+        for i in 0..MESSAGES {
+            let f = ws
+                .read_frame_timeout(READ_TIMEOUT)
+                .unwrap_or_else(|e| panic!("reader {n} at {i}: {e}"));
+            assert!(f.text() == format!(r#"{{"channel":"b","data":{}}}"#, large(i)));
+        }
+    }
+    assert_released(&s, "while the readers are still connected");
+    drop(readers);
+    s.assert_idle("after the readers left");
+    assert_released(&s, "after the readers left");
+}
+
+#[test]
 fn slow_consumer_of_zero_copy_frames_is_closed_at_the_limit() {
     let s = Server::start(&["--set", THRESHOLD, "--set", "ws.max_outbound_bytes=262144"]);
     let stream = tcp_connect_small_rcvbuf(s.ws, 4096);

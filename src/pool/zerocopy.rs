@@ -42,12 +42,17 @@ impl Pinned {
     }
 
     /// A frame left the outbound queue after a write. `zerocopy` is the send that wrote its last bytes, if it was
-    /// a zero-copy one. A frame is kept if that send, or an earlier one that wrote its first bytes, was zero-copy.
+    /// a zero-copy one. A frame is kept if that send, or an earlier one that wrote its first bytes, was zero-copy
+    /// and has not been notified yet (a head frame partly sent before the notification can leave after it: no
+    /// notification would ever release it).
     pub fn left_queue(&mut self, frame: OutFrame, zerocopy: Option<u32>) {
         let head = self.head.take();
-        if let Some(seq) = zerocopy.or(head) {
-            self.bytes += frame.len();
-            self.frames.push_back((seq, frame));
+        match zerocopy.or(head) {
+            Some(seq) if !before(seq, self.done_below) => {
+                self.bytes += frame.len();
+                self.frames.push_back((seq, frame));
+            }
+            _ => {}
         }
     }
 
@@ -58,7 +63,7 @@ impl Pinned {
 
     /// Whether the kernel may read part of the frame at the head of the queue (it must outlive the queue).
     pub fn holds_head(&self) -> bool {
-        self.head.is_some()
+        self.head.is_some_and(|seq| !before(seq, self.done_below))
     }
 
     /// The kernel released the pages of sends `from..=to`. Returns the bytes released.
@@ -102,7 +107,7 @@ impl Pinned {
 
     /// True while a zero-copy send has not been notified (the connection's memory must not be freed yet).
     pub fn in_flight(&self) -> bool {
-        self.done_below != self.next || self.head.is_some() || !self.frames.is_empty()
+        self.done_below != self.next || !self.frames.is_empty()
     }
 
     /// Made ready for another connection (keeps the ring's capacity).
@@ -159,6 +164,22 @@ mod tests {
         p.left_queue(frame(5), None);
         assert_eq!(p.bytes(), 70);
         assert_eq!(p.notified(s, s), 70);
+        assert!(!p.in_flight());
+    }
+
+    #[test]
+    fn a_head_frame_whose_send_was_notified_before_it_left_is_not_kept() {
+        let mut p = Pinned::default();
+        let s = p.next_send();
+        p.head_written(s);
+        p.notified(s, s);
+        assert!(
+            !p.holds_head(),
+            "the kernel let go of the head's first bytes"
+        );
+        // The rest leaves with a plain write (the connection stopped lending pages): nothing would release it.
+        p.left_queue(frame(64), None);
+        assert_eq!(p.bytes(), 0);
         assert!(!p.in_flight());
     }
 

@@ -366,7 +366,8 @@ pub fn parse_url(url: &str, scheme: &str) -> Result<(SocketAddrV4, String, Strin
         host.parse()
             .map_err(|_| format!("{url}: host must be an IPv4 address or localhost"))?
     };
-    if !ip.is_loopback() && !(ip.is_private() && in_own_network_namespace()) {
+    let reachable_here = ip.is_loopback() || ip.is_private() && in_own_network_namespace();
+    if !reachable_here {
         return Err(format!(
             "{url}: only loopback targets (127.0.0.0/8) are allowed (and private addresses when the generator \
              runs in its own network namespace: bench/compare.sh --netns)"

@@ -109,8 +109,7 @@ impl<A> Core<A> {
     /// `sendmsg(MSG_ZEROCOPY)` for a write that carries a large one (epoll; on io_uring the write batch sends those,
     /// and this writes without zero-copy).
     pub(super) fn flush_zerocopy(&mut self, key: Key) {
-        let socket = self.zc.kind == Some(ZeroCopy::Socket);
-        let mut lend = socket;
+        let mut lend = self.zc.kind == Some(ZeroCopy::Socket);
         loop {
             let conn = &mut self.conns[key];
             if conn.out.is_empty() {
@@ -133,7 +132,9 @@ impl<A> Core<A> {
             match sent {
                 Ok(n) => {
                     let conn = &mut self.conns[key];
-                    let pinned = self.zc.ledgers.get_mut(&key).expect("made above");
+                    let Some(pinned) = self.zc.ledgers.get_mut(&key) else {
+                        return self.doom(key); // made above: not reached
+                    };
                     let seq = zerocopy.then(|| pinned.next_send());
                     self.zc.pinned_bytes += consume(&mut conn.out, pinned, n, seq);
                     self.zc.sends_total += zerocopy as u64;
@@ -183,9 +184,9 @@ impl<A> Core<A> {
     /// A batch write of a zero-copy connection took `written` bytes (`seq`: it was zero-copy send `seq`).
     pub(super) fn wrote_pinned(&mut self, key: Key, written: usize, seq: Option<u32>) {
         let fd = self.conns[key].fd;
-        self.zc.ledger(key, fd);
-        let pinned = self.zc.ledgers.get_mut(&key).expect("made above");
-        self.zc.pinned_bytes += consume(&mut self.conns[key].out, pinned, written, seq);
+        let pinned = self.zc.ledger(key, fd);
+        let added = consume(&mut self.conns[key].out, pinned, written, seq);
+        self.zc.pinned_bytes += added;
     }
 
     /// EPOLLERR on a zero-copy connection: reads its notifications. True if the socket has a real error too.

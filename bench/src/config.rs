@@ -11,7 +11,7 @@ use serde::Serialize;
     version,
     about = "Load generator for wsgate: raw epoll WebSocket clients over many processes and source addresses",
     after_help = "Every run is bounded by --duration and --timeout and stops by itself. Targets must be loopback \
-                  addresses. Output: a human summary, then one JSON line with all figures."
+                  addresses (or private ones from a network namespace of its own: bench/compare.sh --netns). Output: a human summary, then one JSON line with all figures."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -331,7 +331,24 @@ impl Config {
     }
 }
 
-/// Splits `scheme://host[:port][/path]` and checks the host is a loopback address (the only allowed target).
+/// True when this process runs in a named network namespace (`ip netns add`, as bench/compare.sh --netns creates
+/// for the generator, whose only link is a veth pair to the gateway's namespace): there a private address reaches
+/// nothing but that gateway.
+fn in_own_network_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/net") else {
+        return false;
+    };
+    let Ok(named) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    named.flatten().any(|e| {
+        std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == own.ino() && m.dev() == own.dev())
+    })
+}
+
+/// Splits `scheme://host[:port][/path]` and checks the host is a loopback address (the only allowed target; see
+/// [`in_own_network_namespace`] for the exception).
 pub fn parse_url(url: &str, scheme: &str) -> Result<(SocketAddrV4, String, String), String> {
     let rest = url
         .strip_prefix(scheme)
@@ -355,9 +372,11 @@ pub fn parse_url(url: &str, scheme: &str) -> Result<(SocketAddrV4, String, Strin
         host.parse()
             .map_err(|_| format!("{url}: host must be an IPv4 address or localhost"))?
     };
-    if !ip.is_loopback() {
+    let reachable_here = ip.is_loopback() || ip.is_private() && in_own_network_namespace();
+    if !reachable_here {
         return Err(format!(
-            "{url}: only loopback targets (127.0.0.0/8) are allowed"
+            "{url}: only loopback targets (127.0.0.0/8) are allowed (and private addresses when the generator \
+             runs in its own network namespace: bench/compare.sh --netns)"
         ));
     }
     Ok((SocketAddrV4::new(ip, port), authority.to_string(), path))

@@ -150,6 +150,24 @@ const FIELDS: &[Field] = &[
         true,
         |t| t.inflate_bytes_out_total,
     ),
+    (
+        "zerocopy_sends_total",
+        "Zero-copy sends of large frames (ws.zerocopy_threshold).",
+        true,
+        |t| t.zerocopy_sends_total,
+    ),
+    (
+        "zerocopy_pinned_bytes",
+        "Bytes of frames sent zero-copy that the kernel may still read (released at its notification).",
+        false,
+        |t| t.zerocopy_pinned_bytes,
+    ),
+    (
+        "zerocopy_parked",
+        "Closed connections whose slot and socket wait for the kernel's zero-copy notifications.",
+        false,
+        |t| t.zerocopy_parked,
+    ),
 ];
 
 pub fn stats_json(ctx: &Context) -> String {

@@ -35,6 +35,9 @@ pub mod flag {
     pub const DOOMED: u8 = 16;
     /// Shut our side down (SHUT_WR) once the outbound queue is written (a lingering connection's last bytes).
     pub const SHUT_AFTER_FLUSH: u8 = 32;
+    /// Takes zero-copy sends (it was queued a frame of at least `ws.zerocopy_threshold`): its writes go through
+    /// its zero-copy ledger (reactor/zerocopy.rs).
+    pub const ZEROCOPY: u8 = 64;
 }
 
 /// What a connection's frames look like on the wire, in [`Conn::wire`].

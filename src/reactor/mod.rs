@@ -30,6 +30,7 @@ mod timer;
 mod tls_io;
 mod variants;
 mod write_batch;
+mod zerocopy;
 
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
@@ -157,7 +158,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             deflate: c.ws.deflate,
             deflate_threshold: c.ws.deflate_threshold,
             deflate_client_context: c.ws.deflate_client_context,
+            zerocopy_threshold: c.ws.zerocopy_threshold,
         };
+        let zerocopy = poller.zerocopy();
         Ok(Reactor {
             core: Core::new(
                 s.id,
@@ -166,6 +169,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 s.budget,
                 s.tls.is_some(),
                 H::transcode,
+                zerocopy,
             ),
             handler,
             poller,
@@ -246,6 +250,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     self.core.doom(key);
                 }
                 self.teardown();
+                self.core.zc.abandon();
                 self.publish_stats();
                 self.hand_over_latency();
                 return Ok(true);
@@ -261,7 +266,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             self.handler.on_close(&mut self.core, key);
             self.core.drop_subscriptions(key);
         }
-        self.core.reap();
+        let poller = &mut self.poller;
+        self.core.reap(|notes| poller.take_notifications(notes));
         let closing = &mut self.core.closing;
         if let Err(e) = self.poller.forget(closing) {
             log::error!("reactor {}: releasing closed sockets: {e}", self.core.id);
@@ -279,6 +285,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         core.tally.read_buffers_lent = core.bufs.lent_count() as u64;
         core.tally.buffered_bytes = core.bufs.held() as u64;
         core.tally.tls_sessions = core.tls.sessions() as u64;
+        core.tally.zerocopy_sends_total = core.zc.sends_total;
+        core.tally.zerocopy_pinned_bytes = core.zc.pinned_bytes as u64;
+        core.tally.zerocopy_parked = core.zc.parked() as u64;
         self.stats.store(&core.tally);
         self.handler.on_iteration(&self.core);
     }

@@ -10,6 +10,9 @@
 #   --wait-quiet N   before each run wait up to N seconds for the machine to be at least 90% idle
 #   --old-args FLAGS, --new-args FLAGS   extra gateway flags per side, e.g. the same binary twice with
 #                --old-args "--io-backend epoll" --new-args "--io-backend uring"
+#   --netns      gateway and generator in two network namespaces joined by a veth pair (created for the run,
+#                removed at exit; needs root): traffic crosses a device instead of loopback, where the kernel
+#                copies zero-copy payloads anyway
 # Environment: WSGATE_BENCH (generator binary); default ${CARGO_TARGET_DIR:-target}/release/wsgate-bench
 # (build it with `cargo build --release --workspace`).
 #
@@ -41,6 +44,7 @@ ONLY=""
 WAIT_QUIET=0
 OLD_ARGS=""
 NEW_ARGS=""
+NETNS=0
 SCENARIOS=(connect fanout fanout-paced)
 # Run only when named in --only (the io backend comparison): 1 KiB every 10 ms; 64 KiB frames to 2000 subscribers.
 EXTRA_SCENARIOS=(fanout-paced10 fanout-64k)
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
         --wait-quiet) WAIT_QUIET="${2:?--wait-quiet needs seconds}"; shift ;;
         --old-args) OLD_ARGS="${2?--old-args needs flags}"; shift ;;
         --new-args) NEW_ARGS="${2?--new-args needs flags}"; shift ;;
+        --netns) NETNS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -120,8 +125,29 @@ PROG=compare.sh
 COMMIT="$(git_commit "$ROOT")"
 FAILED=()
 GW=""
-trap stop_gateway EXIT
-trap 'stop_gateway; exit 130' INT TERM
+NETNS_SRV=wsgate-cmp-srv
+NETNS_GEN=wsgate-cmp-gen
+remove_netns() {
+    [ "$NETNS" -eq 1 ] || return 0
+    ip netns del "$NETNS_SRV" 2>/dev/null || true
+    ip netns del "$NETNS_GEN" 2>/dev/null || true
+}
+trap 'stop_gateway; remove_netns' EXIT
+trap 'stop_gateway; remove_netns; exit 130' INT TERM
+PLACE="loopback"
+if [ "$NETNS" -eq 1 ]; then
+    remove_netns
+    ip netns add "$NETNS_SRV"
+    ip netns add "$NETNS_GEN"
+    ip link add wsgcmp-srv netns "$NETNS_SRV" type veth peer name wsgcmp-gen netns "$NETNS_GEN"
+    ip -n "$NETNS_SRV" addr add 10.231.0.1/24 dev wsgcmp-srv
+    ip -n "$NETNS_GEN" addr add 10.231.0.2/24 dev wsgcmp-gen
+    for ns in "$NETNS_SRV" "$NETNS_GEN"; do ip -n "$ns" link set lo up; done
+    ip -n "$NETNS_SRV" link set wsgcmp-srv up
+    ip -n "$NETNS_GEN" link set wsgcmp-gen up
+    GW_NETNS="$NETNS_SRV" GW_HOST=10.231.0.1 BENCH_NETNS="$NETNS_GEN"
+    PLACE="a veth pair between two network namespaces (gateway 10.231.0.1, generator 10.231.0.2, MTU 1500)"
+fi
 
 # scenario_args NAME: sets SCEN (wsgate-bench scenario), WSPATH and ARGS for NAME at the chosen size.
 scenario_args() {
@@ -264,7 +290,7 @@ MACHINE="$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /pro
     echo "- generator (the same for every run): $BENCH_ID"
     echo "- commit: that of the checkout running bench/compare.sh; the gateways are identified by their sha256"
     echo
-    echo "Every run against a fresh gateway (\`--listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo\`);"
+    echo "Every run against a fresh gateway (\`--listen HOST:0 --api-listen HOST:0 --echo-path /echo\`) over $PLACE;"
     echo "per scenario the rounds alternate old, new; ${ELAPSED} s in all. Generator arguments:"
     for sc in "${SCENARIOS[@]}" "${EXTRA_SCENARIOS[@]}"; do
         wanted "$sc" || continue

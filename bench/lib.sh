@@ -64,7 +64,12 @@ start_gateway() {
     # The gateway reads WSGATE_SECTION_KEY variables as config: keep the scripts' own (WSGATE_BENCH) away from it.
     # GW_ARGS: extra gateway flags of the side being measured (compare.sh --old-args / --new-args).
     # shellcheck disable=SC2086
-    env -u WSGATE_BENCH "$GW" --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo-path /echo ${GW_ARGS:-} 2>"$log" &
+    # GW_NETNS / GW_HOST: the network namespace and address the gateway runs in and listens on (compare.sh --netns;
+    # default: this namespace, loopback). `ip netns exec` execs the gateway, so $! is its pid.
+    local host="${GW_HOST:-127.0.0.1}"
+    # shellcheck disable=SC2086
+    ${GW_NETNS:+ip netns exec "$GW_NETNS"} env -u WSGATE_BENCH "$GW" --listen "$host:0" --api-listen "$host:0" \
+        --echo-path /echo ${GW_ARGS:-} 2>"$log" &
     GW_PID=$!
     local line=""
     for _ in $(seq 1 100); do
@@ -124,7 +129,8 @@ run_scenario() {
         return 0
     fi
     local log="$OUT/$name.txt" rc=0
-    "$BENCH" "$scenario" --label "$name" --url "ws://$WS_ADDR$path" --api "http://$API_ADDR" --server-pid "$GW_PID" "$@" \
+    # BENCH_NETNS: the namespace the generator runs in (compare.sh --netns).
+    ${BENCH_NETNS:+ip netns exec "$BENCH_NETNS"} "$BENCH" "$scenario" --label "$name" --url "ws://$WS_ADDR$path" --api "http://$API_ADDR" --server-pid "$GW_PID" "$@" \
         >"$log" 2>"$OUT/$name.progress" || rc=$?
     grep -v '^{' "$log" || true
     tail -n 1 "$log" | grep '^{' >>"$RESULTS" || true

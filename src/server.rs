@@ -174,6 +174,7 @@ impl Server {
                 gateway: gateway_stats.clone(),
                 latency: latency.clone(),
                 busiest: busiest.clone(),
+                batches_total: Default::default(),
             });
             setups.push(ReactorSetup {
                 id,
@@ -197,6 +198,7 @@ impl Server {
             started: std::time::Instant::now(),
             gateway: sessions,
             merger: crate::hub::merge::Merger::from_config(&config.channels),
+            handoff: Default::default(),
         });
         let merge_stop = Arc::new(AtomicBool::new(false));
         let merge = match hub.merger.clone() {
@@ -282,7 +284,7 @@ impl Server {
     /// `server.shutdown_timeout`).
     pub fn shutdown(mut self) {
         let drain_ms = self.config.server.shutdown_timeout * 1000;
-        self.hub.shutdown(drain_ms);
+        self.hub.outbox().shutdown(drain_ms);
         for r in self.reactors.drain(..) {
             let _ = r.join();
         }

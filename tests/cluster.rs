@@ -801,3 +801,43 @@ fn sentinel_mode_follows_a_failover() {
         ws.expect_silence(Duration::from_millis(200), &format!("node {i}"));
     }
 }
+
+/// `POST /api/batch` federates each command like its single route: every command's result says it was queued for
+/// the other nodes, and the other node delivers the batch in order (its reader hands a whole read over at once).
+#[test]
+fn batch_commands_federate_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut on_a = sub(&a, "feed");
+    let mut on_b = sub(&b, "feed");
+    let commands: Vec<Value> = (0..200)
+        .map(|k| serde_json::json!({"publish": {"channel": "feed", "data": k}}))
+        .chain([serde_json::json!({"broadcast": {"data": "end"}})])
+        .collect();
+    let mut api = Http::connect(a.api);
+    let r = api.post_json("/api/batch", &Value::Array(commands).to_string());
+    let v = r.json();
+    assert_eq!(
+        (r.status, &v["failed"]),
+        (200, &serde_json::json!(0)),
+        "{v}"
+    );
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 201);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["federated"] == serde_json::json!(true)),
+        "{v}"
+    );
+    let mut want: Vec<String> = (0..200)
+        .map(|k| channel_msg("feed", &k.to_string()))
+        .collect();
+    want.push(r#"{"broadcast":true,"data":"end"}"#.to_string());
+    assert_eq!(recv_n(&mut on_a, 201, "sub on the publishing node"), want);
+    assert_eq!(recv_n(&mut on_b, 201, "sub on the other node"), want);
+    wait_metric(&b, "wsgate_cluster_events_in_total", READ_TIMEOUT, |v| {
+        v == 201.0
+    });
+}

@@ -584,6 +584,43 @@ fn key_update_requested_by_the_client_keeps_the_stream_decryptable() {
     }
 }
 
+#[test]
+fn zero_copy_threshold_leaves_tls_connections_on_their_own_path() {
+    // rustls encrypts into its own buffer: a large frame reaches a TLS subscriber whole, and no zero-copy send
+    // happens for it, while a plaintext subscriber of the same publish gets it zero-copy.
+    let cert = Cert::new("zerocopy", "ecdsa", &["localhost"]);
+    let (gw, wss_addr) = start(
+        &cert,
+        &[
+            "--set",
+            "ws.zerocopy_threshold=8192",
+            "--set",
+            "tls.plain_listen=127.0.0.1:0",
+        ],
+    );
+    let mut api = Http::connect(gw.api);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut secure = wss(&cfg, wss_addr, "big");
+    let big = format!("\"{}\"", "z".repeat(100_000));
+    publish(&mut api, "big", &big);
+    assert_eq!(
+        recv_text(&mut secure),
+        format!("{{\"channel\":\"big\",\"data\":{big}}}")
+    );
+    assert_eq!(gw.stat("/totals/zerocopy_sends_total"), 0);
+    let mut plain = ws_connect(gw.ws, "/ws?channels=big");
+    publish(&mut api, "big", &big);
+    assert_eq!(
+        recv_text(&mut secure),
+        format!("{{\"channel\":\"big\",\"data\":{big}}}")
+    );
+    assert_eq!(
+        tws_next_text(&mut plain, READ_TIMEOUT, "plain delivery"),
+        format!("{{\"channel\":\"big\",\"data\":{big}}}")
+    );
+    assert!(gw.wait_stat("/totals/zerocopy_sends_total", 1, READ_TIMEOUT) >= 1);
+}
+
 /// Reads from a TLS stream until `needle` shows up in what arrived (or the server closes).
 fn tls_read_until(s: &mut StreamOwned<ClientConnection, TcpStream>, needle: &str) -> String {
     let mut got = Vec::new();

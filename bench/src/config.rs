@@ -11,7 +11,7 @@ use serde::Serialize;
     version,
     about = "Load generator for wsgate: raw epoll WebSocket clients over many processes and source addresses",
     after_help = "Every run is bounded by --duration and --timeout and stops by itself. Targets must be loopback \
-                  addresses. Output: a human summary, then one JSON line with all figures."
+                  addresses (or private ones from a network namespace of its own: bench/compare.sh --netns). Output: a human summary, then one JSON line with all figures."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -106,6 +106,10 @@ pub struct PublishArgs {
     /// Use POST /api/broadcast instead of /api/publish
     #[arg(long)]
     pub broadcast: bool,
+    /// Send N publishes per request through POST /api/batch (1 = one POST /api/publish each); --inflight still
+    /// counts publishes
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Pad "data" with varied text that compresses like real JSON (~4×) instead of 'x' (for --deflate runs)
     #[arg(long)]
     pub text_pad: bool,
@@ -254,6 +258,7 @@ pub struct Config {
     pub interval_ms: u64,
     pub pub_conns: usize,
     pub broadcast: bool,
+    pub batch: usize,
     pub text_pad: bool,
     pub churn_rate: f64,
     pub churn_grace_ms: u64,
@@ -310,6 +315,7 @@ impl Config {
                 "interval_ms",
                 "pub_conns",
                 "broadcast",
+                "batch",
                 "churn_rate",
                 "churn_grace_ms",
             ],
@@ -325,7 +331,24 @@ impl Config {
     }
 }
 
-/// Splits `scheme://host[:port][/path]` and checks the host is a loopback address (the only allowed target).
+/// True when this process runs in a named network namespace (`ip netns add`, as bench/compare.sh --netns creates
+/// for the generator, whose only link is a veth pair to the gateway's namespace): there a private address reaches
+/// nothing but that gateway.
+fn in_own_network_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/net") else {
+        return false;
+    };
+    let Ok(named) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    named.flatten().any(|e| {
+        std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == own.ino() && m.dev() == own.dev())
+    })
+}
+
+/// Splits `scheme://host[:port][/path]` and checks the host is a loopback address (the only allowed target; see
+/// [`in_own_network_namespace`] for the exception).
 pub fn parse_url(url: &str, scheme: &str) -> Result<(SocketAddrV4, String, String), String> {
     let rest = url
         .strip_prefix(scheme)
@@ -349,9 +372,11 @@ pub fn parse_url(url: &str, scheme: &str) -> Result<(SocketAddrV4, String, Strin
         host.parse()
             .map_err(|_| format!("{url}: host must be an IPv4 address or localhost"))?
     };
-    if !ip.is_loopback() {
+    let reachable_here = ip.is_loopback() || ip.is_private() && in_own_network_namespace();
+    if !reachable_here {
         return Err(format!(
-            "{url}: only loopback targets (127.0.0.0/8) are allowed"
+            "{url}: only loopback targets (127.0.0.0/8) are allowed (and private addresses when the generator \
+             runs in its own network namespace: bench/compare.sh --netns)"
         ));
     }
     Ok((SocketAddrV4::new(ip, port), authority.to_string(), path))
@@ -394,6 +419,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: 0,
         pub_conns: 1,
         broadcast: false,
+        batch: 1,
         text_pad: false,
     };
     let (scenario, common, publish, churn_rate, churn_grace_ms, echo, connect_channel) = match cmd {
@@ -491,6 +517,9 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
     if inflight == 0 || publish.pub_conns == 0 {
         return Err("--inflight and --pub-conns must be at least 1".into());
     }
+    if publish.batch == 0 || publish.batch > 10_000 {
+        return Err("--batch must be 1..=10000".into());
+    }
     if publish.messages > 100_000_000 {
         return Err("--messages at most 100000000".into());
     }
@@ -526,6 +555,7 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         interval_ms: publish.interval_ms,
         pub_conns: publish.pub_conns,
         broadcast: publish.broadcast,
+        batch: publish.batch,
         text_pad: publish.text_pad,
         churn_rate,
         churn_grace_ms,

@@ -36,8 +36,9 @@ struct ApiConn {
     fd: RawFd,
     out: Vec<u8>,
     inbuf: Vec<u8>,
-    /// (seq, send mono ns) of requests awaiting their response, in order.
-    waiting: VecDeque<(u64, u64)>,
+    /// (first seq, publishes, send mono ns) of requests awaiting their response, in order (a batch carries
+    /// several publishes, numbered from its first seq).
+    waiting: VecDeque<(u64, u64, u64)>,
 }
 
 /// Parses one HTTP response at the start of `buf`: Some((status, total length)) once complete.
@@ -76,6 +77,14 @@ pub fn parse_http_response(buf: &[u8]) -> Result<Option<(u16, usize)>, String> {
         return Ok(None);
     }
     Ok(Some((status, total)))
+}
+
+/// A batch response (or any other) without failed commands: it does not end in `"failed":N}` with N > 0.
+fn batch_ok(response: &[u8]) -> bool {
+    !response.ends_with(b"}") || response.ends_with(b"\"failed\":0}") || {
+        let tail = &response[response.len().saturating_sub(24)..];
+        msg::find_from(tail, b"\"failed\":", 0).is_none()
+    }
 }
 
 pub struct Publisher<'a> {
@@ -131,22 +140,14 @@ impl<'a> Publisher<'a> {
     }
 
     fn outstanding(&self) -> usize {
-        self.conns.iter().map(|c| c.waiting.len()).sum()
+        self.conns
+            .iter()
+            .map(|c| c.waiting.iter().map(|w| w.1 as usize).sum::<usize>())
+            .sum()
     }
 
-    /// Builds and writes the request for `seq` on the least loaded connection.
-    fn send(&mut self, seq: u64) {
-        let k = (0..self.conns.len())
-            .min_by_key(|&k| self.conns[k].waiting.len())
-            .unwrap_or(0);
-        // Announce the publish before it can reach the server (see SeqTracker::begin).
-        self.sh.hdr().sent.store(seq + 1, Ordering::Release);
-        let ts = sys::real_us();
-        if self.res.first_rt_us == 0 {
-            self.res.first_rt_us = ts;
-        }
-        self.res.last_rt_us = ts;
-        self.body.clear();
+    /// Appends the body of one publish (or broadcast) of `seq` sent at `ts` to `self.body`.
+    fn push_publish(&mut self, seq: u64, ts: u64) {
         if self.cfg.broadcast {
             self.body.extend_from_slice(b"{\"data\":");
         } else {
@@ -160,10 +161,46 @@ impl<'a> Publisher<'a> {
         }
         msg::push_data(&mut self.body, seq, ts, self.cfg.size, self.cfg.text_pad);
         self.body.push(b'}');
-        let path: &[u8] = if self.cfg.broadcast {
-            b"/api/broadcast"
+    }
+
+    /// Builds and writes the request for publishes `seq..seq + count` on the least loaded connection: one
+    /// `POST /api/publish` (or broadcast), or with --batch one `POST /api/batch` carrying them all.
+    fn send(&mut self, seq: u64, count: u64) {
+        let k = (0..self.conns.len())
+            .min_by_key(|&k| self.conns[k].waiting.len())
+            .unwrap_or(0);
+        // Announce the publishes before they can reach the server (see SeqTracker::begin).
+        self.sh.hdr().sent.store(seq + count, Ordering::Release);
+        let ts = sys::real_us();
+        if self.res.first_rt_us == 0 {
+            self.res.first_rt_us = ts;
+        }
+        self.res.last_rt_us = ts;
+        self.body.clear();
+        let path: &[u8] = if self.cfg.batch > 1 {
+            self.body.push(b'[');
+            for s in seq..seq + count {
+                if s > seq {
+                    self.body.push(b',');
+                }
+                let wrap: &[u8] = if self.cfg.broadcast {
+                    b"{\"broadcast\":"
+                } else {
+                    b"{\"publish\":"
+                };
+                self.body.extend_from_slice(wrap);
+                self.push_publish(s, ts);
+                self.body.push(b'}');
+            }
+            self.body.push(b']');
+            b"/api/batch"
         } else {
-            b"/api/publish"
+            self.push_publish(seq, ts);
+            if self.cfg.broadcast {
+                b"/api/broadcast"
+            } else {
+                b"/api/publish"
+            }
         };
         let c = &mut self.conns[k];
         let start = c.out.len();
@@ -183,8 +220,8 @@ impl<'a> Publisher<'a> {
         c.out.extend_from_slice(b"\r\n\r\n");
         c.out.extend_from_slice(&self.body);
         self.res.request_bytes = c.out.len() - start;
-        c.waiting.push_back((seq, sys::mono_ns()));
-        self.res.published += 1;
+        c.waiting.push_back((seq, count, sys::mono_ns()));
+        self.res.published += count;
         self.flush(k);
     }
 
@@ -232,9 +269,11 @@ impl<'a> Publisher<'a> {
 
     /// The connection broke: its outstanding publishes failed; replace it.
     fn broken(&mut self, k: usize) {
-        let waiting: Vec<(u64, u64)> = self.conns[k].waiting.drain(..).collect();
-        for (seq, t) in waiting {
-            self.answer(seq, 0, t);
+        let waiting: Vec<(u64, u64, u64)> = self.conns[k].waiting.drain(..).collect();
+        for (seq, count, t) in waiting {
+            for s in seq..seq + count {
+                self.answer(s, 0, t);
+            }
         }
         sys::close(self.conns[k].fd);
         self.res.reconnects += 1;
@@ -261,9 +300,19 @@ impl<'a> Publisher<'a> {
                     match parse_http_response(&c.inbuf) {
                         Ok(None) => break,
                         Ok(Some((status, len))) => {
+                            // A batch answers 200 with per-command results: any failed one fails them all here.
+                            let status = if status == 200 && !batch_ok(&c.inbuf[..len]) {
+                                207
+                            } else {
+                                status
+                            };
                             c.inbuf.drain(..len);
                             match c.waiting.pop_front() {
-                                Some((seq, t)) => self.answer(seq, status, t),
+                                Some((seq, count, t)) => {
+                                    for s in seq..seq + count {
+                                        self.answer(s, status, t);
+                                    }
+                                }
                                 None => break,
                             }
                         }
@@ -309,8 +358,9 @@ impl<'a> Publisher<'a> {
                     && self.outstanding() < self.cfg.inflight
                     && (interval == 0 || next_due <= sys::mono_ns())
                 {
-                    self.send(seq);
-                    seq += 1;
+                    let count = (self.cfg.batch as u64).min(self.cfg.messages - seq);
+                    self.send(seq, count);
+                    seq += count;
                     next_due += interval;
                     if interval != 0 {
                         break;
@@ -348,9 +398,11 @@ impl<'a> Publisher<'a> {
         }
         // Whatever never got an answer counts as failed.
         for k in 0..self.conns.len() {
-            let waiting: Vec<(u64, u64)> = self.conns[k].waiting.drain(..).collect();
-            for (s, t) in waiting {
-                self.answer(s, 0, t);
+            let waiting: Vec<(u64, u64, u64)> = self.conns[k].waiting.drain(..).collect();
+            for (seq, count, t) in waiting {
+                for s in seq..seq + count {
+                    self.answer(s, 0, t);
+                }
             }
             sys::close(self.conns[k].fd);
         }

@@ -304,7 +304,9 @@ impl<'a> Worker<'a> {
                 self.res.first_attempt_ns = now;
             }
         }
-        match sys::tcp_connect(Some(src), self.cfg.target) {
+        // Source addresses 127.0.0.x reach loopback targets only (a target in another namespace: the kernel's).
+        let src = self.cfg.target.ip().is_loopback().then_some(src);
+        match sys::tcp_connect(src, self.cfg.target) {
             Err(e) => self.fail(i, FailKind::from_errno(e)),
             Ok(fd) => {
                 let c = &mut self.conns[i];

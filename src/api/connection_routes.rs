@@ -8,7 +8,7 @@ use crate::cluster::ClusterHandle;
 use crate::config::Config;
 use crate::gateway::frames::{self, code};
 use crate::gateway::Target;
-use crate::hub::Hub;
+use crate::hub::{Hub, Outbox};
 use crate::ids::sid;
 use crate::protocol::{percent_decode, valid_channel};
 use serde::Deserialize;
@@ -23,7 +23,12 @@ const PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// Answers the connection routes; None for any other path.
-pub fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Option<Response> {
+pub fn route(
+    req: &Request<'_>,
+    ctx: &Context,
+    config: &Config,
+    out: &mut Outbox,
+) -> Option<Response> {
     let method = match req.path {
         "/api/disconnect" => "POST",
         "/api/presence" => "GET",
@@ -41,6 +46,8 @@ pub fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Option<Respon
             "missing or wrong API key (Authorization: apikey KEY)",
         ));
     }
+    // These routes wait for the reactors' answers: the hand-overs queued so far are woken first, not after the wait.
+    out.flush();
     Some(match req.path {
         "/api/disconnect" => disconnect(req.body, ctx),
         _ => match parse_lookup(req) {
@@ -135,7 +142,12 @@ pub fn rate_limited(ctx: &Context, tenant: Option<&str>) -> Option<Response> {
 }
 
 /// A user- or socket-targeted publish; None when the body targets channels (handled by the caller).
-pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Response> {
+pub fn publish(
+    ctx: &Context,
+    t: &Targets<'_>,
+    data: &RawValue,
+    out: &mut Outbox,
+) -> Option<Response> {
     if t.ack && t.user.is_none() {
         return Some(Response::error(400, "\"ack\" needs \"user\""));
     }
@@ -176,10 +188,9 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
                 if !cluster.user(user, device, tenant, data.get(), t.ack) {
                     not_federated = 1;
                     let frame = frames::user_message(user, data.get());
-                    ctx.hub
-                        .deliver_user(user, device, tenant, frame, None, false);
+                    out.deliver_user(user, device, tenant, frame, None, false);
                 }
-                ctx.hub.count_user_publish();
+                out.count_user_publish();
             }
             // Standalone: stored in the replay store first (its id goes into the frame), then delivered.
             None => {
@@ -192,7 +203,7 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
                 }
                 let id = log.map(|l| l.append(user, device, tenant, data.get(), t.ack));
                 let frame = frames::user_push(user, data.get(), id, false, t.ack);
-                ctx.hub.publish_user(user, device, tenant, frame, id, t.ack)
+                out.publish_user(user, device, tenant, frame, id, t.ack)
             }
         }
         let ok = json!({"ok": true, "user": user}).to_string();
@@ -232,10 +243,7 @@ pub fn publish(ctx: &Context, t: &Targets<'_>, data: &RawValue) -> Option<Respon
         return Some(ok());
     }
     Some(
-        match ctx
-            .hub
-            .publish_sid(sid, frames::sid_message(sid, data.get()))
-        {
+        match out.publish_sid(sid, frames::sid_message(sid, data.get())) {
             Ok(()) => ok(),
             Err(why) => Response::error(404, why),
         },

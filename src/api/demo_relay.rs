@@ -3,7 +3,7 @@
 
 use crate::cluster::ClusterHandle;
 use crate::gateway::demo_relay::DemoPublish;
-use crate::hub::Hub;
+use crate::hub::{Hub, Outbox};
 use crate::protocol;
 use crossbeam_channel::Receiver;
 use std::sync::Arc;
@@ -17,28 +17,38 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("demo-relay".into())
         .spawn(move || {
-            for p in rx {
-                publish(&hub, cluster.as_ref(), &p.channel, &p.data);
+            // What queued up meanwhile goes out as one batch: one wake-up per reactor (the outbox flushes on drop).
+            while let Ok(first) = rx.recv() {
+                let mut out = hub.outbox();
+                for p in std::iter::once(first).chain(rx.try_iter()) {
+                    publish(&hub, &mut out, cluster.as_ref(), &p.channel, &p.data);
+                }
             }
         })?;
     Ok(())
 }
 
-fn publish(hub: &Hub, cluster: Option<&ClusterHandle>, channel: &str, data: &str) {
+fn publish(
+    hub: &Hub,
+    out: &mut Outbox<'_>,
+    cluster: Option<&ClusterHandle>,
+    channel: &str,
+    data: &str,
+) {
     let history = hub.gateway.history.as_deref();
     if let Some((h, ns)) = history.and_then(|h| Some((h, h.namespace(channel)?))) {
         if let Some(cluster) = cluster {
             if let Err(e) = cluster.read(|r| r.publish_history(channel, ns, data)) {
                 log::warn!("demo relay: {channel:?} not published: {e}");
             }
-        } else if !hub.merge(channel, data, None) {
+        } else if !out.merge(channel, data, None) {
             let (frame, offset) = h.publish(channel, ns, data);
-            hub.publish_at(channel, offset, frame);
+            out.publish_at(channel, offset, frame);
         }
         return;
     }
-    if !hub.merge(channel, data, None) {
-        hub.publish(channel, protocol::channel_message(channel, data));
+    if !out.merge(channel, data, None) {
+        out.publish(channel, protocol::channel_message(channel, data));
     }
     if let Some(cluster) = cluster {
         cluster.publish(channel, data);

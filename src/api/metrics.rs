@@ -150,6 +150,24 @@ const FIELDS: &[Field] = &[
         true,
         |t| t.inflate_bytes_out_total,
     ),
+    (
+        "zerocopy_sends_total",
+        "Zero-copy sends of large frames (ws.zerocopy_threshold).",
+        true,
+        |t| t.zerocopy_sends_total,
+    ),
+    (
+        "zerocopy_pinned_bytes",
+        "Bytes of frames sent zero-copy that the kernel may still read (released at its notification).",
+        false,
+        |t| t.zerocopy_pinned_bytes,
+    ),
+    (
+        "zerocopy_parked",
+        "Closed connections whose slot and socket wait for the kernel's zero-copy notifications.",
+        false,
+        |t| t.zerocopy_parked,
+    ),
 ];
 
 pub fn stats_json(ctx: &Context) -> String {
@@ -181,7 +199,11 @@ pub fn stats_json(ctx: &Context) -> String {
             "errors_total": ctx.stats.errors_total.load(r),
             "publishes_total": ctx.stats.publishes_total.load(r),
             "broadcasts_total": ctx.stats.broadcasts_total.load(r),
+            "batches_total": ctx.stats.batches_total.load(r),
+            "batch_commands_total": ctx.stats.batch_commands_total.load(r),
+            "batch_failed_commands_total": ctx.stats.batch_failed_commands_total.load(r),
         },
+        "handoff": handoff_json(&ctx.hub),
         "sessions": gateway_json(&ctx.hub),
         "cluster": ctx.cluster.as_ref().map(|c| c.stats_json()),
         "latency": super::latency::stats_json(ctx),
@@ -207,7 +229,7 @@ pub fn prometheus(ctx: &Context) -> String {
         }
     }
     let r = Ordering::Relaxed;
-    let api: [(&str, &str, u64); 4] = [
+    let api: [(&str, &str, u64); 7] = [
         (
             "api_requests_total",
             "HTTP API requests.",
@@ -228,6 +250,21 @@ pub fn prometheus(ctx: &Context) -> String {
             "Broadcasts accepted by the API.",
             ctx.stats.broadcasts_total.load(r),
         ),
+        (
+            "api_batches_total",
+            "POST /api/batch requests with a valid array of commands.",
+            ctx.stats.batches_total.load(r),
+        ),
+        (
+            "api_batch_commands_total",
+            "Commands in those batches.",
+            ctx.stats.batch_commands_total.load(r),
+        ),
+        (
+            "api_batch_failed_commands_total",
+            "Batch commands answered with an error (the others of their batch were done).",
+            ctx.stats.batch_failed_commands_total.load(r),
+        ),
     ];
     for (name, help, v) in api {
         let _ = writeln!(
@@ -236,6 +273,7 @@ pub fn prometheus(ctx: &Context) -> String {
         );
     }
     gateway_prometheus(&ctx.hub, &mut out);
+    handoff_prometheus(&ctx.hub, &mut out);
     if let Some((bytes, publications, channels)) = history_usage(&ctx.hub) {
         for (name, help, v) in [
             (
@@ -274,6 +312,60 @@ pub fn prometheus(ctx: &Context) -> String {
     );
     out
 }
+/// Per reactor: batches of commands handed to it by other threads, and eventfd writes that woke it.
+fn handoffs_per_reactor(hub: &Hub) -> Vec<(u64, u64)> {
+    hub.reactors
+        .iter()
+        .map(|h| (h.batches_total.load(Ordering::Relaxed), h.waker.wakeups()))
+        .collect()
+}
+
+/// The `"handoff"` object of `/api/stats`: publishes handed to the reactors, batches, wake-ups, and wake-ups per
+/// publish (null before the first publish).
+fn handoff_json(hub: &Hub) -> serde_json::Value {
+    let per = handoffs_per_reactor(hub);
+    let publishes = hub.handoff.publishes_total.load(Ordering::Relaxed);
+    let wakeups: u64 = per.iter().map(|p| p.1).sum();
+    json!({
+        "publishes_total": publishes,
+        "batches_total": per.iter().map(|p| p.0).sum::<u64>(),
+        "wakeups_total": wakeups,
+        "wakeups_per_publish": (publishes > 0).then(|| wakeups as f64 / publishes as f64),
+    })
+}
+
+fn handoff_prometheus(hub: &Hub, out: &mut String) {
+    let per = handoffs_per_reactor(hub);
+    let series = [
+        (
+            "handoff_batches_total",
+            "Batches of commands (publishes, targeted pushes, queries) other threads handed to the reactor.",
+            per.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ),
+        (
+            "wakeups_total",
+            "Times another thread woke the reactor from sleep (eventfd writes).",
+            per.iter().map(|p| p.1).collect(),
+        ),
+    ];
+    for (name, help, values) in series {
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} counter"
+        );
+        for (i, v) in values.iter().enumerate() {
+            let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_handoff_publishes_total Publishes (channel, broadcast, user, socket id) handed to the reactors, \
+         once each whatever the number of reactors.\n# TYPE wsgate_handoff_publishes_total counter\n\
+         wsgate_handoff_publishes_total {}",
+        hub.handoff.publishes_total.load(Ordering::Relaxed)
+    );
+}
+
 /// Channel history held in memory: (bytes, publications, channels); None without history namespaces.
 fn history_usage(hub: &Hub) -> Option<(usize, usize, usize)> {
     hub.gateway.history.as_ref().map(|h| h.usage())

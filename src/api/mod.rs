@@ -1,6 +1,7 @@
 //! The HTTP/1.1 API listener: one thread with its own epoll loop, keep-alive and pipelining. Handlers encode a
 //! publish once and hand it to the reactors through the hub.
 
+mod batch_routes;
 mod connection_routes;
 pub mod demo_relay;
 mod history_routes;
@@ -15,7 +16,7 @@ mod status_routes;
 
 use crate::cluster::ClusterHandle;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, Outbox};
 use crate::pool::MemoryBudget;
 use crate::reactor::sys::{net, Epoll, Poller, Ready};
 use crate::reactor::SharedLatency;
@@ -83,6 +84,10 @@ pub struct ApiStats {
     pub errors_total: AtomicU64,
     pub publishes_total: AtomicU64,
     pub broadcasts_total: AtomicU64,
+    /// `POST /api/batch` requests accepted, the commands they held, and those answered with an error.
+    pub batches_total: AtomicU64,
+    pub batch_commands_total: AtomicU64,
+    pub batch_failed_commands_total: AtomicU64,
     /// First byte of a request received → its response queued.
     pub request_latency: SharedLatency,
 }
@@ -173,25 +178,30 @@ impl Api {
     pub fn run(&mut self) -> io::Result<()> {
         let mut ready: Vec<Ready> = Vec::with_capacity(256);
         let mut last_sweep = Instant::now();
+        let hub = self.ctx.hub.clone();
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(l) = &self.lookups {
                 l.arm();
             }
-            self.finish_lookups();
+            // Everything handed to the reactors is woken before this thread may sleep: each outbox is dropped
+            // (flushed) before the next wait.
+            self.finish_lookups(&mut hub.outbox());
             self.poller
                 .wait(&mut ready, SWEEP_EVERY.as_millis() as i32)?;
+            // One batch of hand-overs for all the requests of this pass: one wake-up per reactor at most.
+            let mut out = hub.outbox();
             for ev in ready.iter() {
                 if ev.token == TOKEN_LISTENER {
                     self.accept_all();
                 } else if ev.token == TOKEN_LOOKUPS {
-                    self.finish_lookups();
+                    self.finish_lookups(&mut out);
                 } else {
-                    self.on_ready(ev.token as usize, ev);
+                    self.on_ready(ev.token as usize, ev, &mut out);
                 }
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
-                self.sweep();
+                self.sweep(&mut out);
                 self.ctx
                     .history
                     .lock()
@@ -205,7 +215,7 @@ impl Api {
     /// Enforces the deadlines: a request not complete within `api.request_timeout` of its first byte gets 408; a
     /// connection without read or write progress for `api.idle_timeout` is closed (idle keep-alive, or a client
     /// that leaves its responses unread); a probe connection lives at most `api.request_timeout`.
-    fn sweep(&mut self) {
+    fn sweep(&mut self, out: &mut Outbox) {
         let request_timeout = Duration::from_secs(self.ctx.config.api.request_timeout);
         let idle_timeout = Duration::from_secs(self.ctx.config.api.idle_timeout);
         let now = Instant::now();
@@ -240,7 +250,7 @@ impl Api {
                 .wbuf
                 .extend_from_slice(&http::error_response(408, &message));
             client.close_after_write = true;
-            self.write(key);
+            self.write(key, out);
         }
     }
 
@@ -288,22 +298,22 @@ impl Api {
         }
     }
 
-    fn on_ready(&mut self, key: usize, ev: &Ready) {
+    fn on_ready(&mut self, key: usize, ev: &Ready, out: &mut Outbox) {
         if !self.clients.contains(key) {
             return;
         }
         if ev.error {
             return self.close(key);
         }
-        if ev.readable && !self.read(key) {
+        if ev.readable && !self.read(key, out) {
             return;
         }
-        self.write(key);
+        self.write(key, out);
     }
 
     /// Reads at most READ_CHUNK at a time and answers every complete request, until the socket is drained or too
     /// many responses are unsent. False if the client was closed.
-    fn read(&mut self, key: usize) -> bool {
+    fn read(&mut self, key: usize, out: &mut Outbox) -> bool {
         let mut eof = false;
         loop {
             let client = &mut self.clients[key];
@@ -340,7 +350,7 @@ impl Api {
                     return false;
                 }
             }
-            self.answer(key);
+            self.answer(key, out);
         }
         if eof {
             // The client half-closed: finish writing what it asked for, then close.
@@ -356,7 +366,7 @@ impl Api {
 
     /// Handles the complete requests in the read buffer in order (pipelining), appending their responses, until
     /// MAX_PENDING_RESPONSES bytes are unsent.
-    fn answer(&mut self, key: usize) {
+    fn answer(&mut self, key: usize, out: &mut Outbox) {
         let max_body = self.ctx.config.api.max_body;
         loop {
             let client = &mut self.clients[key];
@@ -410,7 +420,7 @@ impl Api {
                                 Err(response) => (consumed, response, close),
                             },
                             None => {
-                                let response = routes::handle(&req, &self.ctx);
+                                let response = routes::handle(&req, &self.ctx, out);
                                 (consumed, response.to_bytes(close), close)
                             }
                         }
@@ -460,7 +470,7 @@ impl Api {
 
     /// Sends the lookups' answers to the clients still waiting for them, then reads and answers what those
     /// clients sent meanwhile.
-    fn finish_lookups(&mut self) {
+    fn finish_lookups(&mut self, out: &mut Outbox) {
         let Some(lookups) = &self.lookups else {
             return;
         };
@@ -483,7 +493,7 @@ impl Api {
             client.close_after_write |= close;
             // Reading stopped while the lookup ran: write() resumes it once the response is out.
             client.read_paused = true;
-            self.write(d.client);
+            self.write(d.client, out);
         }
     }
 
@@ -515,7 +525,7 @@ impl Api {
     }
 
     /// Sends the unsent responses; once all are out, resumes a client paused for backpressure.
-    fn write(&mut self, key: usize) {
+    fn write(&mut self, key: usize, out: &mut Outbox) {
         loop {
             let client = &mut self.clients[key];
             while client.written < client.wbuf.len() {
@@ -553,8 +563,8 @@ impl Api {
             }
             // Edge-triggered: bytes that arrived while paused raise no new event, so answer and read them now,
             // then send what that produced.
-            self.answer(key);
-            if !self.read(key) {
+            self.answer(key, out);
+            if !self.read(key, out) {
                 return;
             }
         }

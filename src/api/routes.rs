@@ -4,6 +4,7 @@ use super::http::{Request, Response};
 use super::metrics;
 use super::Context;
 use crate::config::Config;
+use crate::hub::Outbox;
 use crate::protocol;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 const ROUTES: &[(&str, &str)] = &[
     ("/api/publish", "POST"),
     ("/api/broadcast", "POST"),
+    ("/api/batch", "POST"),
     ("/api/stats", "GET"),
     ("/healthz", "GET"),
     ("/metrics", "GET"),
@@ -21,7 +23,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/history", "GET"),
 ];
 
-pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
+/// Answers one request; its hand-overs to the reactors go into `out` (the caller flushes it).
+pub fn handle(req: &Request<'_>, ctx: &Context, out: &mut Outbox) -> Response {
     let converted;
     let req = if req.msgpack {
         // A MessagePack body is taken as the JSON it converts to: every route reads one format.
@@ -40,20 +43,20 @@ pub fn handle(req: &Request<'_>, ctx: &Context) -> Response {
     } else {
         req
     };
-    let response = route(req, ctx, &ctx.config);
+    let response = route(req, ctx, &ctx.config, out);
     if response.status >= 400 {
         ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
     }
     response
 }
 
-fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
+fn route(req: &Request<'_>, ctx: &Context, config: &Config, out: &mut Outbox) -> Response {
     // The status page and its live stream (src/api/status_routes.rs).
     if let Some(response) = super::status_routes::route(req, ctx) {
         return response;
     }
     // Disconnect, presence and user lookups (src/api/connection_routes.rs).
-    if let Some(response) = super::connection_routes::route(req, ctx, config) {
+    if let Some(response) = super::connection_routes::route(req, ctx, config, out) {
         return response;
     }
     let Some(&(_, method)) = ROUTES.iter().find(|(p, _)| *p == req.path) else {
@@ -69,8 +72,9 @@ fn route(req: &Request<'_>, ctx: &Context, config: &Config) -> Response {
         return Response::error(401, "missing or wrong API key (Authorization: apikey KEY)");
     }
     match req.path {
-        "/api/publish" => publish(req.body, ctx),
-        "/api/broadcast" => broadcast(req.body, ctx),
+        "/api/publish" => publish(req.body, ctx, out),
+        "/api/broadcast" => broadcast(req.body, ctx, out),
+        "/api/batch" => super::batch_routes::batch(req.body, ctx, out),
         "/api/stats" => Response::json(200, metrics::stats_json(ctx)),
         "/healthz" => Response::json(200, "{\"ok\":true}"),
         "/api/reload-tls" => reload_tls(ctx),
@@ -117,7 +121,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[derive(Deserialize)]
-struct PublishBody<'a> {
+pub(super) struct PublishBody<'a> {
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -161,11 +165,15 @@ fn admit<'a>(
     Ok(data)
 }
 
-fn publish(body: &[u8], ctx: &Context) -> Response {
-    let req: PublishBody = match parse_body(body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+pub(super) fn publish(body: &[u8], ctx: &Context, out: &mut Outbox) -> Response {
+    match parse_body(body) {
+        Ok(req) => publish_parsed(req, ctx, out),
+        Err(resp) => resp,
+    }
+}
+
+/// A publish body, parsed (by [`publish`], or as one command of a batch).
+pub(super) fn publish_parsed(req: PublishBody, ctx: &Context, out: &mut Outbox) -> Response {
     let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,
@@ -178,7 +186,7 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
         has_channels: req.channel.is_some() || req.channels.is_some(),
         ack: req.ack,
     };
-    if let Some(r) = super::connection_routes::publish(ctx, &targets, data) {
+    if let Some(r) = super::connection_routes::publish(ctx, &targets, data, out) {
         return r;
     }
     let names: Vec<Cow<str>> = match (req.channel, req.channels) {
@@ -214,15 +222,14 @@ fn publish(body: &[u8], ctx: &Context) -> Response {
                 }
                 continue;
             }
-            if !ctx.hub.merge(name, data.get(), None) {
+            if !out.merge(name, data.get(), None) {
                 let (frame, offset) = h.publish(name, ns, data.get());
-                ctx.hub.publish_at(name, offset, frame);
+                out.publish_at(name, offset, frame);
             }
             continue;
         }
-        if !ctx.hub.merge(name, data.get(), None) {
-            ctx.hub
-                .publish(name, protocol::channel_message(name, data.get()));
+        if !out.merge(name, data.get(), None) {
+            out.publish(name, protocol::channel_message(name, data.get()));
         }
         // Other nodes: queued without blocking; a full outbox drops and counts (wsgate_cluster_events_dropped_total).
         if let Some(cluster) = &ctx.cluster {
@@ -258,23 +265,27 @@ pub(super) fn with_federation(mut open: String, ctx: &Context, not_federated: us
 }
 
 #[derive(Deserialize)]
-struct BroadcastBody<'a> {
+pub(super) struct BroadcastBody<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tenant: Option<Cow<'a, str>>,
 }
 
-fn broadcast(body: &[u8], ctx: &Context) -> Response {
-    let req: BroadcastBody = match parse_body(body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+pub(super) fn broadcast(body: &[u8], ctx: &Context, out: &mut Outbox) -> Response {
+    match parse_body(body) {
+        Ok(req) => broadcast_parsed(req, ctx, out),
+        Err(resp) => resp,
+    }
+}
+
+/// A broadcast body, parsed (by [`broadcast`], or as one command of a batch).
+pub(super) fn broadcast_parsed(req: BroadcastBody, ctx: &Context, out: &mut Outbox) -> Response {
     let data = match admit(req.data, req.tenant.as_deref(), ctx) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    ctx.hub.broadcast(protocol::broadcast_message(data.get()));
+    out.broadcast(protocol::broadcast_message(data.get()));
     let federated = ctx.cluster.as_ref().is_none_or(|c| c.broadcast(data.get()));
     ctx.stats.broadcasts_total.fetch_add(1, Ordering::Relaxed);
     let body = with_federation("{\"ok\":true".into(), ctx, usize::from(!federated));

@@ -54,8 +54,10 @@ use std::time::{Duration, Instant};
 /// How the bridge threads reach this node's connections. The hub implements it (src/cluster/dispatch.rs); a new
 /// event kind is one more arm there.
 pub trait Deliver: Send + Sync {
-    /// Delivers an event of another node; false if this node does not handle its kind (counted as ignored).
-    fn deliver(&self, event: &InEvent<'_>) -> bool;
+    /// Delivers the events of other nodes read in one go, in order, as one hand-over to the reactors (one wake-up
+    /// per reactor for all of them); returns how many of them this node handles (the others, of a kind it does not
+    /// handle, are counted as ignored).
+    fn deliver(&self, events: &[InEvent<'_>]) -> usize;
     /// Delivers a user push this node accepted (after it was stored for replay: `id`; or without an id); `ack`:
     /// each connection must ack the id.
     fn deliver_user(

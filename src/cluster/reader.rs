@@ -11,7 +11,7 @@
 use super::conn::{self, Reconnecting, RedisConn, IO_TIMEOUT};
 use super::event::{self, parse_entry, Rejected};
 use super::stats::Link;
-use super::{Deliver, Shared};
+use super::{Deliver, InEvent, Shared};
 use crate::ids::StreamId;
 use redis::{RedisResult, Value};
 use std::collections::HashMap;
@@ -152,6 +152,7 @@ impl Reader {
             return self.lost(&format!("unexpected XREAD reply: {why}"));
         }
         let mut advanced = false;
+        let mut fresh = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
             let Some(sid) = event::str_of(id).and_then(StreamId::parse) else {
                 self.invalid("entry id is not ms-seq");
@@ -165,7 +166,17 @@ impl Reader {
             let Some(id) = event::str_of(id) else {
                 continue;
             };
-            self.handle(id, fields);
+            if let Some(ev) = self.accept(id, fields) {
+                fresh.push(ev);
+            }
+        }
+        if !fresh.is_empty() {
+            let handled = self.deliver.deliver(&fresh) as u64;
+            let stats = &self.shared.stats;
+            stats.events_in_total.fetch_add(handled, Ordering::Relaxed);
+            stats
+                .events_ignored_total
+                .fetch_add(fresh.len() as u64 - handled, Ordering::Relaxed);
         }
         if !advanced && reply != Value::Nil && !matches!(&reply, Value::Array(a) if a.is_empty()) {
             // Entries, but none we could move past: do not spin on them.
@@ -173,31 +184,32 @@ impl Reader {
         }
     }
 
-    fn handle(&mut self, id: &str, fields: &Value) {
+    /// The event of entry `id` if it is one to deliver: well-formed, of a kind this node knows, from another node
+    /// and not seen before (each rejection is counted).
+    fn accept<'a>(&mut self, id: &'a str, fields: &'a Value) -> Option<InEvent<'a>> {
         let stats = self.shared.stats.clone();
         let ev = match parse_entry(id, fields) {
             Ok(ev) => ev,
             Err(Rejected::UnknownKind) => {
                 stats.events_ignored_total.fetch_add(1, Ordering::Relaxed);
-                return;
+                return None;
             }
-            Err(Rejected::Malformed(why)) => return self.invalid(why),
+            Err(Rejected::Malformed(why)) => {
+                self.invalid(why);
+                return None;
+            }
         };
         if ev.origin == self.shared.origin {
-            return;
+            return None;
         }
         if !self.fresh(ev.origin, ev.seq) {
             stats.events_duplicate_total.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         if let Some(written) = StreamId::parse(id) {
             stats.hop_latency.record(since_epoch_ms(written.0));
         }
-        if self.deliver.deliver(&ev) {
-            stats.events_in_total.fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.events_ignored_total.fetch_add(1, Ordering::Relaxed);
-        }
+        Some(ev)
     }
 
     fn invalid(&mut self, why: &str) {

@@ -568,8 +568,8 @@ mod tests {
     struct FakeReactors(Mutex<Option<Vec<Answer>>>);
 
     impl Deliver for FakeReactors {
-        fn deliver(&self, _: &super::super::InEvent<'_>) -> bool {
-            true
+        fn deliver(&self, events: &[super::super::InEvent<'_>]) -> usize {
+            events.len()
         }
         fn deliver_user(
             &self,

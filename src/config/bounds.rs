@@ -67,6 +67,12 @@ pub const INTEGER_KEYS: &[IntRange] = &[
         MAX_OUTBOUND_BYTES_LIMIT,
         " bytes",
     ),
+    int(
+        "ws.zerocopy_threshold",
+        0,
+        MAX_OUTBOUND_BYTES_LIMIT,
+        " bytes",
+    ),
     int("api.max_body", 1, MAX_MESSAGE_SIZE_LIMIT as u64, " bytes"),
     int("api.request_timeout", 1, 3600, " seconds"),
     int("api.idle_timeout", 1, DAY, " seconds"),

@@ -133,6 +133,9 @@ pub struct WsConfig {
     /// Keep an inflate context per connection for clients that compress with context takeover; false = ask every
     /// client for `client_no_context_takeover` (no per-connection inflate memory).
     pub deflate_client_context: bool,
+    /// Frames of at least this many bytes go to plaintext sockets without a copy per subscriber (the kernel reads
+    /// the shared frame: `MSG_ZEROCOPY` on epoll, `SENDMSG_ZC` on io_uring); 0 = off.
+    pub zerocopy_threshold: usize,
 }
 
 impl Default for WsConfig {
@@ -148,6 +151,7 @@ impl Default for WsConfig {
             deflate: true,
             deflate_threshold: 128,
             deflate_client_context: false,
+            zerocopy_threshold: 0,
         }
     }
 }

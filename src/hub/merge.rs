@@ -7,7 +7,7 @@
 //! [`MAX_BATCH_ITEMS`] / [`MAX_BATCH_BYTES`]. With history, a batch's publications are stored in one step as it
 //! leaves (src/history/), so a recovering client gets either all of a batch in its replay or none of it.
 
-use super::Hub;
+use super::{Hub, Outbox};
 use crate::config::ChannelsConfig;
 use crate::protocol;
 use std::collections::HashMap;
@@ -77,14 +77,14 @@ impl Merger {
     }
 
     /// Adds a publication to `channel`'s batch (the channel has a window); a full batch is handed out here.
-    pub fn add(&self, hub: &Hub, channel: &str, window: Duration, item: Item) {
+    pub fn add(&self, out: &mut Outbox, channel: &str, window: Duration, item: Item) {
         let mut pending = self.lock();
         // Batches are handed out under the lock, so a later batch of a channel cannot overtake an earlier one.
         if pending.bytes + item.data.len() > MAX_PENDING_BYTES {
             let all: Vec<Arc<str>> = pending.open.keys().cloned().collect();
             for c in all {
                 let batch = pending.take(&c).expect("listed above");
-                send(hub, &c, batch.items);
+                send(out, &c, batch.items);
             }
         }
         pending.bytes += item.data.len();
@@ -103,7 +103,7 @@ impl Merger {
         batch.items.push(item);
         if batch.items.len() >= MAX_BATCH_ITEMS || batch.bytes >= MAX_BATCH_BYTES {
             let full = pending.take(channel).expect("present");
-            send(hub, channel, full.items);
+            send(out, channel, full.items);
         }
     }
 
@@ -123,10 +123,12 @@ impl Merger {
                 .filter(|(_, b)| stopping || b.due <= now)
                 .map(|(c, _)| c.clone())
                 .collect();
+            let mut out = hub.outbox();
             for channel in due {
                 let batch = pending.take(&channel).expect("listed above");
-                send(hub, &channel, batch.items);
+                send(&mut out, &channel, batch.items);
             }
+            out.flush();
             if stopping {
                 return;
             }
@@ -153,22 +155,23 @@ impl Merger {
 }
 
 /// Stores (with history) and hands one batch to the reactors: a single publication as the ordinary frame.
-fn send(hub: &Hub, channel: &str, items: Vec<Item>) {
-    let history = hub
+fn send(out: &mut Outbox, channel: &str, items: Vec<Item>) {
+    let history = out
+        .hub
         .gateway
         .history
         .as_deref()
         .and_then(|h| Some((h, h.namespace(channel)?)));
     let Some((history, ns)) = history else {
         if let [one] = items.as_slice() {
-            return hub.publish(channel, protocol::channel_message(channel, &one.data));
+            return out.publish(channel, protocol::channel_message(channel, &one.data));
         }
         let data: Vec<&str> = items.iter().map(|i| &*i.data).collect();
-        return hub.publish(channel, protocol::batch_message(channel, None, &[], &data));
+        return out.publish(channel, protocol::batch_message(channel, None, &[], &data));
     };
     let data: Vec<&str> = items.iter().map(|i| &*i.data).collect();
     let given: Vec<Option<(u64, Arc<str>)>> = items.iter().map(|i| i.at.clone()).collect();
     for (frame, last) in history.append_batch(channel, ns, &data, &given) {
-        hub.publish_at(channel, last, frame);
+        out.publish_at(channel, last, frame);
     }
 }

@@ -1,17 +1,20 @@
 //! Routing between threads. A publish is encoded once into a [`SharedFrame`] and handed to every reactor through
 //! its command channel; each reactor queues it on its own local subscribers. No global lock on this path.
-//! Targeted publishes, disconnects and queries of the gateway state go the same way ([`targeted`]).
+//! Targeted publishes, disconnects and queries of the gateway state go the same way ([`targeted`]). Senders go
+//! through an [`Outbox`]: one wake-up per reactor per batch of commands, however many it carries.
 
 use crate::gateway::{self, stats::GatewayStats};
 use crate::pool::SharedFrame;
 use crate::reactor::{self, BusiestChannels, ReactorLatency, ReactorStats, Tally, Waker};
 use crossbeam_channel::Sender;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 pub mod merge;
+mod outbox;
 pub mod peers;
 mod targeted;
+pub use outbox::{HandoffStats, Outbox};
 pub use targeted::sid_home;
 
 /// A command for a reactor running the gateway.
@@ -28,6 +31,8 @@ pub struct ReactorHandle {
     pub latency: Arc<ReactorLatency>,
     /// The reactor's busiest channels, refreshed a second after [`BusiestChannels::want`].
     pub busiest: Arc<BusiestChannels>,
+    /// Batches of commands handed to this reactor: one per outbox flush that gave it commands.
+    pub batches_total: AtomicU64,
 }
 
 /// Everything the API and the cluster bridge need to reach the reactors.
@@ -40,24 +45,35 @@ pub struct Hub {
     pub gateway: Arc<gateway::Shared>,
     /// Batches of channels with a merge window (`merge_ms`); None when no namespace has one.
     pub merger: Option<Arc<merge::Merger>>,
+    pub handoff: HandoffStats,
 }
 
 impl Hub {
-    fn send(&self, make: impl Fn() -> Command) {
-        for r in &self.reactors {
-            // The queue is bounded: a full one blocks this (API or bridge) thread until the reactor catches up,
-            // which is the backpressure publishers feel. A reactor that has exited (shutdown) drops its receiver;
-            // nothing to deliver there.
-            if r.tx.send(make()).is_ok() {
-                r.waker.wake();
-            }
+    /// A batch of commands for the reactors; each reactor given one is woken once, when it is flushed or dropped.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox::new(self)
+    }
+
+    /// Sum of all reactors' counters.
+    pub fn totals(&self) -> Vec<Tally> {
+        self.reactors.iter().map(|r| r.stats.load()).collect()
+    }
+}
+
+/// Publishes, broadcasts and shutdown: handed to every reactor.
+impl Outbox<'_> {
+    fn send(&mut self, make: impl Fn() -> Command) {
+        for i in 0..self.hub.reactors.len() {
+            // A reactor that has exited (shutdown) dropped its receiver: nothing to deliver there.
+            self.push(i, make());
         }
     }
 
     /// Hands an encoded channel message to every reactor.
-    pub fn publish(&self, channel: &str, frame: SharedFrame) {
+    pub fn publish(&mut self, channel: &str, frame: SharedFrame) {
         let channel: Arc<str> = Arc::from(channel);
         let since = std::time::Instant::now();
+        self.count_publish();
         self.send(|| Command::Publish {
             channel: channel.clone(),
             frame: frame.clone(),
@@ -67,8 +83,9 @@ impl Hub {
 
     /// A channel publication (raw JSON `data`; `at`: offset and epoch Redis gave it) into the channel's merge
     /// window; false when the channel has none (the caller publishes it directly).
-    pub fn merge(&self, channel: &str, data: &str, at: Option<(u64, &str)>) -> bool {
-        let Some(merger) = &self.merger else {
+    pub fn merge(&mut self, channel: &str, data: &str, at: Option<(u64, &str)>) -> bool {
+        let hub = self.hub;
+        let Some(merger) = &hub.merger else {
             return false;
         };
         let Some(window) = merger.window(channel) else {
@@ -83,9 +100,10 @@ impl Hub {
     }
 
     /// Hands a publication with its offset in the channel's history to every reactor.
-    pub fn publish_at(&self, channel: &str, offset: u64, frame: SharedFrame) {
+    pub fn publish_at(&mut self, channel: &str, offset: u64, frame: SharedFrame) {
         let channel: Arc<str> = Arc::from(channel);
         let since = std::time::Instant::now();
+        self.count_publish();
         self.send(|| Command::PublishAt {
             channel: channel.clone(),
             offset,
@@ -94,20 +112,16 @@ impl Hub {
         });
     }
 
-    pub fn broadcast(&self, frame: SharedFrame) {
+    pub fn broadcast(&mut self, frame: SharedFrame) {
         let since = std::time::Instant::now();
+        self.count_publish();
         self.send(|| Command::Broadcast {
             frame: frame.clone(),
             since,
         });
     }
 
-    pub fn shutdown(&self, drain_ms: u64) {
+    pub fn shutdown(&mut self, drain_ms: u64) {
         self.send(|| Command::Shutdown { drain_ms });
-    }
-
-    /// Sum of all reactors' counters.
-    pub fn totals(&self) -> Vec<Tally> {
-        self.reactors.iter().map(|r| r.stats.load()).collect()
     }
 }

@@ -1,7 +1,7 @@
 //! Targeted publishes, disconnects and queries: the API's and the bridge's way to the gateway state of the
 //! reactors. Each is a command on the reactor's queue; queries collect one answer per reactor.
 
-use super::{Hub, ReactorHandle};
+use super::{Hub, Outbox};
 use crate::gateway::command::{
     Answer, Command as GatewayCommand, ConnInfo, Member, Query, ReplayOutcome, Target,
 };
@@ -28,20 +28,16 @@ pub fn sid_home(hub: &Hub, sid: u64) -> Result<usize, &'static str> {
     Ok(reactor)
 }
 
-/// Targeted publishes, disconnects and queries: the API's and the bridge's side of the gateway state.
-impl Hub {
-    fn send_to(&self, r: &ReactorHandle, cmd: GatewayCommand) -> bool {
-        let ok = r.tx.send(Command::App(cmd)).is_ok();
-        if ok {
-            r.waker.wake();
-        }
-        ok
+/// Targeted publishes: the API's and the bridge's way to the connections of a user or one socket id.
+impl Outbox<'_> {
+    fn send_to(&mut self, i: usize, cmd: GatewayCommand) -> bool {
+        self.push(i, Command::App(cmd))
     }
 
     /// Delivers `frame` to every connection of `user` on every reactor (an API publish: counted); with its id in
     /// the standalone replay store, and whether each connection must ack it.
     pub fn publish_user(
-        &self,
+        &mut self,
         user: &str,
         device: Option<&str>,
         tenant: Option<&str>,
@@ -53,8 +49,9 @@ impl Hub {
         self.count_user_publish();
     }
 
-    pub fn count_user_publish(&self) {
-        self.gateway
+    pub fn count_user_publish(&mut self) {
+        self.hub
+            .gateway
             .api
             .user_publishes_total
             .fetch_add(1, Ordering::Relaxed);
@@ -63,7 +60,7 @@ impl Hub {
     /// Delivers `frame` (with its id in the notify stream or the replay store) to every connection of `user` on
     /// every reactor; `ack`: each connection must ack the id, or gets the push again.
     pub fn deliver_user(
-        &self,
+        &mut self,
         user: &str,
         device: Option<&str>,
         tenant: Option<&str>,
@@ -71,12 +68,13 @@ impl Hub {
         id: Option<StreamId>,
         ack: bool,
     ) {
+        self.count_publish();
         let user: Arc<str> = Arc::from(user);
         let device: Option<Arc<str>> = device.map(Arc::from);
         let tenant: Option<Arc<str>> = tenant.map(Arc::from);
-        for r in &self.reactors {
+        for i in 0..self.hub.reactors.len() {
             self.send_to(
-                r,
+                i,
                 GatewayCommand::PublishUser {
                     user: user.clone(),
                     device: device.clone(),
@@ -90,9 +88,10 @@ impl Hub {
     }
 
     /// Delivers `frame` to one connection, through the one reactor that owns it (an API publish: counted).
-    pub fn publish_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
+    pub fn publish_sid(&mut self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
         self.deliver_sid(sid, frame)?;
-        self.gateway
+        self.hub
+            .gateway
             .api
             .sid_publishes_total
             .fetch_add(1, Ordering::Relaxed);
@@ -100,30 +99,25 @@ impl Hub {
     }
 
     /// Delivers `frame` to connection `sid` of this node.
-    pub fn deliver_sid(&self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
-        let reactor = sid_home(self, sid)?;
-        self.send_to(
-            &self.reactors[reactor],
-            GatewayCommand::PublishSid { sid, frame },
-        );
+    pub fn deliver_sid(&mut self, sid: u64, frame: SharedFrame) -> Result<(), &'static str> {
+        let reactor = sid_home(self.hub, sid)?;
+        self.count_publish();
+        self.send_to(reactor, GatewayCommand::PublishSid { sid, frame });
         Ok(())
     }
 
     /// Hands a connection's replay result to its reactor.
-    pub fn replay_done(&self, sid: u64, outcome: ReplayOutcome) {
-        if let Ok(reactor) = sid_home(self, sid) {
-            self.send_to(
-                &self.reactors[reactor],
-                GatewayCommand::ReplayDone { sid, outcome },
-            );
+    pub fn replay_done(&mut self, sid: u64, outcome: ReplayOutcome) {
+        if let Ok(reactor) = sid_home(self.hub, sid) {
+            self.send_to(reactor, GatewayCommand::ReplayDone { sid, outcome });
         }
     }
 
     /// Closes the target's connections on this node without waiting for the reactors (a disconnect from another
     /// node).
-    pub fn disconnect_async(&self, target: Target, code: u16, reason: &str) {
+    pub fn disconnect_async(&mut self, target: Target, code: u16, reason: &str) {
         let only = match &target {
-            Target::Sid(sid) => match sid_home(self, *sid) {
+            Target::Sid(sid) => match sid_home(self.hub, *sid) {
                 Ok(r) => Some(r),
                 Err(_) => return,
             },
@@ -131,11 +125,11 @@ impl Hub {
         };
         let reason: Arc<str> = Arc::from(reason);
         // Nobody reads the answers: the reactors' sends to a dropped receiver fail quietly.
-        let (reply, _) = crossbeam_channel::bounded(self.reactors.len().max(1));
-        for (i, r) in self.reactors.iter().enumerate() {
+        let (reply, _) = crossbeam_channel::bounded(self.hub.reactors.len().max(1));
+        for i in 0..self.hub.reactors.len() {
             if only.is_none_or(|o| o == i) {
                 self.send_to(
-                    r,
+                    i,
                     GatewayCommand::Disconnect {
                         target: target.clone(),
                         code,
@@ -146,7 +140,10 @@ impl Hub {
             }
         }
     }
+}
 
+/// Disconnects and queries: the API's and the bridge's side of the gateway state.
+impl Hub {
     /// Every open gateway connection of this node, per reactor with the sequence number of its last state event.
     pub fn snapshot(&self) -> Result<Vec<Answer>, &'static str> {
         self.ask(None, |reply| GatewayCommand::Query {
@@ -163,14 +160,17 @@ impl Hub {
     ) -> Result<Vec<Answer>, &'static str> {
         let (tx, rx) = crossbeam_channel::bounded(self.reactors.len().max(1));
         let mut asked = 0;
-        for (i, r) in self.reactors.iter().enumerate() {
+        let mut out = self.outbox();
+        for i in 0..self.reactors.len() {
             if only.is_some_and(|o| o != i) {
                 continue;
             }
-            if self.send_to(r, make(tx.clone())) {
+            if out.send_to(i, make(tx.clone())) {
                 asked += 1;
             }
         }
+        // The reactors are woken before this thread waits for their answers.
+        drop(out);
         drop(tx);
         let deadline = Instant::now() + QUERY_TIMEOUT;
         let mut answers = Vec::with_capacity(asked);

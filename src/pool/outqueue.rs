@@ -141,6 +141,38 @@ impl OutQueue {
         }
     }
 
+    /// Like [`Self::consume`], handing every frame that left the queue to `left` (the zero-copy ledger keeps the
+    /// ones the kernel may still read).
+    pub fn consume_with(&mut self, mut written: usize, mut left: impl FnMut(OutFrame)) {
+        self.queued = self.queued.saturating_sub(written as u32);
+        while written > 0 {
+            let rest = self.frames[0].len() - self.head_sent as usize;
+            if written < rest {
+                self.head_sent += written as u32;
+                break;
+            }
+            written -= rest;
+            self.head_sent = 0;
+            if let Some(frame) = self.frames.pop_front() {
+                left(frame);
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            self.frames.shrink_to(4);
+        }
+    }
+
+    /// Removes the first frame, sent or not (a connection being freed hands a frame the kernel may still read to
+    /// the zero-copy ledger).
+    pub fn take_front(&mut self) -> Option<OutFrame> {
+        let frame = self.frames.pop_front()?;
+        self.queued = self
+            .queued
+            .saturating_sub((frame.len() - self.head_sent as usize) as u32);
+        self.head_sent = 0;
+        Some(frame)
+    }
+
     fn advance(&mut self, mut written: usize) {
         self.queued = self.queued.saturating_sub(written as u32);
         while written > 0 {

@@ -35,8 +35,11 @@ pub mod flag {
     pub const DOOMED: u8 = 16;
     /// Shut our side down (SHUT_WR) once the outbound queue is written (a lingering connection's last bytes).
     pub const SHUT_AFTER_FLUSH: u8 = 32;
+    /// Takes zero-copy sends (it was queued a frame of at least `ws.zerocopy_threshold`): its writes go through
+    /// its zero-copy ledger (reactor/zerocopy.rs).
+    pub const ZEROCOPY: u8 = 64;
     /// A request the handler answers later ([`super::super::Core::hold`]): input is discarded meanwhile.
-    pub const HELD: u8 = 64;
+    pub const HELD: u8 = 128;
 }
 
 /// What a connection's frames look like on the wire, in [`Conn::wire`].

@@ -11,6 +11,7 @@ use super::stats::Tally;
 use super::timer::TimerWheel;
 use super::tls_io::TlsIo;
 use super::variants::Variants;
+use super::zerocopy::ZeroCopySends;
 use crate::frame::deflate::{Deflater, Inflater};
 use crate::frame::deflate_offer::{self, Agreed};
 use crate::frame::handshake::Request;
@@ -36,6 +37,8 @@ pub(super) struct Limits {
     pub deflate: bool,
     pub deflate_threshold: usize,
     pub deflate_client_context: bool,
+    /// `ws.zerocopy_threshold` (0 = off).
+    pub zerocopy_threshold: usize,
 }
 
 pub struct Core<A> {
@@ -85,8 +88,17 @@ pub struct Core<A> {
     pub(super) inflate_contexts: HashMap<Key, Inflater>,
     /// Reusable list of connection keys (broadcast), so a broadcast allocates nothing.
     keys: Vec<u32>,
+    /// Zero-copy sends: the frames the kernel may still read, per connection; parked connections.
+    pub(super) zc: ZeroCopySends,
     /// Detached connections with frames queued this iteration: the handler's `on_output` is due.
-    pub(super) parked: Vec<Key>,
+    pub(super) with_output: Vec<Key>,
+}
+
+/// The handler's conversions of a frame into its other wire forms ([`super::Handler::transcode`],
+/// [`super::Handler::stream_form`]).
+pub(super) struct Forms {
+    pub transcode: fn(&[u8]) -> Option<Vec<u8>>,
+    pub stream_form: fn(&[u8]) -> Vec<u8>,
 }
 
 impl<A: Default> Core<A> {
@@ -118,11 +130,16 @@ impl<A> Core<A> {
         live_connections: Arc<AtomicUsize>,
         budget: Arc<MemoryBudget>,
         tls: bool,
-        transcode: fn(&[u8]) -> Option<Vec<u8>>,
-        stream_form: fn(&[u8]) -> Vec<u8>,
+        forms: Forms,
+        zerocopy: Option<super::sys::ZeroCopy>,
     ) -> Self {
+        let Forms {
+            transcode,
+            stream_form,
+        } = forms;
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
+        let zc = ZeroCopySends::new(limits.zerocopy_threshold, zerocopy);
         Core {
             id,
             conns: Slab::new(),
@@ -153,8 +170,9 @@ impl<A> Core<A> {
             inflater: None,
             inflated: Vec::new(),
             inflate_contexts: HashMap::new(),
+            zc,
             keys: Vec::new(),
-            parked: Vec::new(),
+            with_output: Vec::new(),
         }
     }
 
@@ -351,11 +369,21 @@ impl<A> Core<A> {
         if !conn.accepts_frames() || frame.is_empty() {
             return; // empty: a frame with no stream form (a pong on a stream)
         }
+        // A detached connection has no socket to send from.
+        if frame.len() >= self.zc.threshold && conn.tls == NO_TLS && conn.wire & wire::DETACHED == 0
+        {
+            conn.flags |= flag::ZEROCOPY;
+        }
         let backlog = !conn.out.is_empty();
         conn.out.push(frame);
         self.tally.messages_out_total += 1;
-        if backlog && conn.out.queued_bytes() > self.limits.max_outbound {
-            return self.slow_consumer(key);
+        if backlog {
+            // Frames the kernel may still read (zero-copy sends) count until it lets go of them.
+            let held = conn.out.queued_bytes();
+            let max = self.limits.max_outbound;
+            if held > max || conn.has(flag::ZEROCOPY) && held + self.zc.bytes_of(key) > max {
+                return self.slow_consumer(key);
+            }
         }
         self.mark_dirty(key);
     }
@@ -513,7 +541,7 @@ impl<A> Core<A> {
         if conn.flags & (flag::DIRTY | flag::BLOCKED) == 0 {
             conn.flags |= flag::DIRTY;
             if conn.wire & wire::DETACHED != 0 {
-                self.parked.push(key); // no socket: the handler hears of it instead
+                self.with_output.push(key); // no socket: the handler hears of it instead
             } else {
                 self.dirty.push(key);
             }
@@ -530,6 +558,9 @@ impl<A> Core<A> {
         if conn.tls != NO_TLS {
             return self.tls_flush(key);
         }
+        if conn.has(flag::ZEROCOPY) {
+            return self.flush_zerocopy(key);
+        }
         let before = conn.out.queued_bytes();
         match conn.out.flush(conn.fd, &mut self.iov) {
             Ok(Flush::Done) => {
@@ -545,8 +576,8 @@ impl<A> Core<A> {
     }
 
     /// Applies the result of a write of `offered` bytes from the connection's queue (a batch write: a byte
-    /// count, or a negated errno), as `flush` does for its own writev.
-    pub(super) fn wrote(&mut self, key: Key, offered: usize, result: i32) {
+    /// count, or a negated errno), as `flush` does for its own writev; `zerocopy`: it was that zero-copy send.
+    pub(super) fn wrote(&mut self, key: Key, offered: usize, result: i32, zerocopy: Option<u32>) {
         let conn = &mut self.conns[key];
         if result < 0 {
             return match -result {
@@ -556,7 +587,12 @@ impl<A> Core<A> {
             };
         }
         let written = result as usize;
-        conn.out.consume(written);
+        if conn.has(flag::ZEROCOPY) {
+            self.wrote_pinned(key, written, zerocopy);
+        } else {
+            conn.out.consume(written);
+        }
+        let conn = &mut self.conns[key];
         self.tally.bytes_out_total += written as u64;
         if conn.out.is_empty() {
             self.drained(key);

@@ -29,8 +29,15 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             return;
         };
         if ev.error {
-            return self.core.doom(key);
+            // On epoll, zero-copy notifications raise EPOLLERR: a real error only if something else is there.
+            let notifications = conn.has(flag::ZEROCOPY)
+                && self.core.zc.kind == Some(super::sys::ZeroCopy::Socket)
+                && !self.core.read_error_queue(key);
+            if !notifications {
+                return self.core.doom(key);
+            }
         }
+        let conn = &mut self.core.conns[key];
         if ev.writable {
             conn.flags &= !flag::BLOCKED;
             if !conn.out.is_empty() || conn.tls != NO_TLS {

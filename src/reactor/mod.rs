@@ -30,6 +30,7 @@ mod timer;
 mod tls_io;
 mod variants;
 mod write_batch;
+mod zerocopy;
 
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
@@ -39,7 +40,7 @@ pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
 pub use stats::{ReactorStats, Tally};
 pub use sys::{Epoll, Poller, Uring, Waker};
 
-use self::core::Limits;
+use self::core::{Forms, Limits};
 use crate::config::Config;
 use crate::frame::close_code;
 use crate::frame::handshake::Reject;
@@ -159,7 +160,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             deflate: c.ws.deflate,
             deflate_threshold: c.ws.deflate_threshold,
             deflate_client_context: c.ws.deflate_client_context,
+            zerocopy_threshold: c.ws.zerocopy_threshold,
         };
+        let zerocopy = poller.zerocopy();
         Ok(Reactor {
             core: Core::new(
                 s.id,
@@ -167,8 +170,11 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 s.live_connections,
                 s.budget,
                 s.tls.is_some(),
-                H::transcode,
-                H::stream_form,
+                Forms {
+                    transcode: H::transcode,
+                    stream_form: H::stream_form,
+                },
+                zerocopy,
             ),
             handler,
             poller,
@@ -251,6 +257,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     self.core.doom(key);
                 }
                 self.teardown();
+                self.core.zc.abandon();
                 self.publish_stats();
                 self.hand_over_latency();
                 return Ok(true);
@@ -266,7 +273,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             self.handler.on_close(&mut self.core, key);
             self.core.drop_subscriptions(key);
         }
-        self.core.reap();
+        let poller = &mut self.poller;
+        self.core.reap(|notes| poller.take_notifications(notes));
         let closing = &mut self.core.closing;
         if let Err(e) = self.poller.forget(closing) {
             log::error!("reactor {}: releasing closed sockets: {e}", self.core.id);
@@ -284,6 +292,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         core.tally.read_buffers_lent = core.bufs.lent_count() as u64;
         core.tally.buffered_bytes = core.bufs.held() as u64;
         core.tally.tls_sessions = core.tls.sessions() as u64;
+        core.tally.zerocopy_sends_total = core.zc.sends_total;
+        core.tally.zerocopy_pinned_bytes = core.zc.pinned_bytes as u64;
+        core.tally.zerocopy_parked = core.zc.parked() as u64;
         self.stats.store(&core.tally);
         self.handler.on_iteration(&self.core);
     }
@@ -516,18 +527,18 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
 
     /// The handler hears of the detached connections that got frames (it may answer a waiting request with them).
     fn notify_output(&mut self) {
-        let mut parked = std::mem::take(&mut self.core.parked);
-        for &key in &parked {
+        let mut with_output = std::mem::take(&mut self.core.with_output);
+        for &key in &with_output {
             let conn = &mut self.core.conns[key];
             conn.flags &= !conn::flag::DIRTY;
             if conn.accepts_frames() && !conn.out.is_empty() {
                 self.handler.on_output(&mut self.core, key);
             }
         }
-        parked.clear();
+        with_output.clear();
         // Frames queued by the handler during the pass wait for the next one.
-        parked.append(&mut self.core.parked);
-        self.core.parked = parked;
+        with_output.append(&mut self.core.with_output);
+        self.core.with_output = with_output;
     }
 
     // ---- timers ---------------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ pub struct ReactorStats {
     pub deflate_bytes_out_total: AtomicU64,
     pub inflate_bytes_in_total: AtomicU64,
     pub inflate_bytes_out_total: AtomicU64,
+    pub zerocopy_sends_total: AtomicU64,
+    pub zerocopy_pinned_bytes: AtomicU64,
+    pub zerocopy_parked: AtomicU64,
 }
 
 /// The reactor's private tallies, copied into [`ReactorStats`] once per loop iteration so the per-message path
@@ -73,6 +76,12 @@ pub struct Tally {
     pub inflate_bytes_in_total: u64,
     /// Bytes those client messages inflated to.
     pub inflate_bytes_out_total: u64,
+    /// Zero-copy sends (`ws.zerocopy_threshold`).
+    pub zerocopy_sends_total: u64,
+    /// Bytes of frames the kernel may still read (zero-copy sends not yet notified).
+    pub zerocopy_pinned_bytes: u64,
+    /// Closed connections whose slot and socket wait for zero-copy notifications.
+    pub zerocopy_parked: u64,
 }
 
 impl ReactorStats {
@@ -111,6 +120,9 @@ impl ReactorStats {
             .store(t.inflate_bytes_in_total, r);
         self.inflate_bytes_out_total
             .store(t.inflate_bytes_out_total, r);
+        self.zerocopy_sends_total.store(t.zerocopy_sends_total, r);
+        self.zerocopy_pinned_bytes.store(t.zerocopy_pinned_bytes, r);
+        self.zerocopy_parked.store(t.zerocopy_parked, r);
     }
 
     pub fn load(&self) -> Tally {
@@ -141,6 +153,9 @@ impl ReactorStats {
             deflate_bytes_out_total: self.deflate_bytes_out_total.load(r),
             inflate_bytes_in_total: self.inflate_bytes_in_total.load(r),
             inflate_bytes_out_total: self.inflate_bytes_out_total.load(r),
+            zerocopy_sends_total: self.zerocopy_sends_total.load(r),
+            zerocopy_pinned_bytes: self.zerocopy_pinned_bytes.load(r),
+            zerocopy_parked: self.zerocopy_parked.load(r),
         }
     }
 }

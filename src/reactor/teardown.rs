@@ -202,7 +202,8 @@ impl<A> Core<A> {
 
     /// Frees every doomed connection. The only place a connection's resources are released. Runs after the
     /// handler's `on_close` for the connections that left the open state (see the reactor's `teardown`).
-    pub(super) fn reap(&mut self) {
+    pub(super) fn reap(&mut self, zerocopy_notes: impl FnOnce(&mut Vec<super::sys::Notification>)) {
+        self.settle_zerocopy(zerocopy_notes);
         let mut trim = std::mem::take(&mut self.trim);
         for key in trim.drain(..) {
             self.release_input(key);
@@ -215,7 +216,7 @@ impl<A> Core<A> {
         // The read and flush lists carry keys into the next iteration; a freed key may be reused by then.
         self.pending_reads.retain(|&k| !conns[k].has(flag::DOOMED));
         self.dirty.retain(|&k| !conns[k].has(flag::DOOMED));
-        self.parked.retain(|&k| !conns[k].has(flag::DOOMED));
+        self.with_output.retain(|&k| !conns[k].has(flag::DOOMED));
         let mut doomed = std::mem::take(&mut self.doomed);
         for key in doomed.drain(..) {
             self.release(key);
@@ -240,14 +241,29 @@ impl<A> Core<A> {
     fn release(&mut self, key: Key) {
         self.drop_subscriptions(key);
         self.timers.cancel(&mut self.conns, key);
-        let conn = self.conns.remove(key);
+        let conn = &mut self.conns[key];
         if conn.wire & wire::CLIENT_CONTEXT != 0 {
             self.inflate_contexts.remove(&key);
         }
-        self.bufs.give_back(conn.rbuf);
-        self.bufs.give_back(conn.msg);
+        let (rbuf, msg) = (conn.rbuf, conn.msg);
+        (conn.rbuf, conn.msg) = (NO_BUF, NO_BUF);
+        self.bufs.give_back(rbuf);
+        self.bufs.give_back(msg);
+        // The kernel may still read pages of its frames (zero-copy sends): the slot and socket wait for that.
+        if self.conns[key].has(flag::ZEROCOPY) && self.park(key) {
+            return;
+        }
+        self.free(key);
+    }
+
+    /// The last of a connection: its slot, TLS state and socket.
+    pub(super) fn free(&mut self, key: Key) {
+        let conn = self.conns.remove(key);
         if conn.tls != NO_TLS {
             self.tls_release(conn.tls, conn.fd, conn.state);
+        }
+        if conn.has(flag::ZEROCOPY) {
+            self.recycle_ledger(key);
         }
         // Closed by the reactor once its backend has let go of it (see `Poller::forget`). A detached connection
         // has none.

@@ -18,8 +18,8 @@ const BATCH_FRAMES: usize = 8;
 pub(super) struct WriteBatch {
     ops: Vec<WriteOp>,
     iov: Vec<libc::iovec>,
-    /// Per op: its connection and the bytes offered.
-    keys: Vec<(Key, usize)>,
+    /// Per op: its connection, the bytes offered, and its number if it is a zero-copy send.
+    keys: Vec<(Key, usize, Option<u32>)>,
     results: Vec<i32>,
 }
 
@@ -42,14 +42,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         batch.iov.clear();
         batch.keys.clear();
         for &key in keys {
-            let conn = &mut self.core.conns[key];
+            let conn = &self.core.conns[key];
             if !conn.has(flag::DIRTY) {
                 continue;
             }
-            if conn.tls != NO_TLS || conn.out.frame_count() > BATCH_FRAMES {
+            // A zero-copy connection's large frames leave in the batch, whatever its backlog (unless its kernel
+            // copies them anyway: then it is a connection like the others).
+            let zerocopy = conn.has(flag::ZEROCOPY);
+            let backlog = conn.out.frame_count() > BATCH_FRAMES;
+            if conn.tls != NO_TLS || backlog && !(zerocopy && self.core.zerocopy_live(key)) {
                 self.core.flush(key);
                 continue;
             }
+            let conn = &mut self.core.conns[key];
             conn.flags &= !flag::DIRTY;
             if conn.out.is_empty() {
                 self.core.drained(key);
@@ -57,18 +62,25 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             }
             let start = batch.iov.len();
             let offered = conn.out.fill_iov(&mut batch.iov);
+            let fd = conn.fd;
+            let cookie = if zerocopy {
+                self.core.zerocopy_cookie(key, &batch.iov[start..])
+            } else {
+                None
+            };
             batch.ops.push(WriteOp {
-                fd: conn.fd,
+                fd,
                 iov: start..batch.iov.len(),
+                zerocopy: cookie.map(|(cookie, _)| cookie),
             });
-            batch.keys.push((key, offered));
+            batch.keys.push((key, offered, cookie.map(|(_, seq)| seq)));
         }
         let outcome = self
             .poller
             .write_batch(&batch.ops, &batch.iov, &mut batch.results);
         if outcome.is_ok() {
-            for (&(key, offered), &result) in batch.keys.iter().zip(&batch.results) {
-                self.core.wrote(key, offered, result);
+            for (&(key, offered, seq), &result) in batch.keys.iter().zip(&batch.results) {
+                self.core.wrote(key, offered, result, seq);
             }
         }
         self.batch = batch;

@@ -26,11 +26,31 @@ pub struct Ready {
     pub error: bool,
 }
 
-/// One connection's write in a batch: `iov` is its range in the batch's iovec array.
+/// One connection's write in a batch: `iov` is its range in the batch's iovec array. With `zerocopy` set (on a
+/// backend whose [`Poller::zerocopy`] is [`ZeroCopy::Ring`]) the kernel reads the pages instead of copying them,
+/// and a [`Notification`] with this cookie (below 2^52) says when it has let go of them.
 #[derive(Debug, Clone)]
 pub struct WriteOp {
     pub fd: RawFd,
     pub iov: std::ops::Range<usize>,
+    pub zerocopy: Option<u64>,
+}
+
+/// How a backend sends without copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroCopy {
+    /// `sendmsg(MSG_ZEROCOPY)` by the reactor; notifications on each socket's error queue.
+    Socket,
+    /// Zero-copy ops in the write batch ([`WriteOp::zerocopy`]); notifications from the backend
+    /// ([`Poller::take_notifications`]).
+    Ring,
+}
+
+/// The kernel let go of the pages of the zero-copy write `cookie` (`copied`: it had copied them after all).
+#[derive(Debug, Clone, Copy)]
+pub struct Notification {
+    pub cookie: u64,
+    pub copied: bool,
 }
 
 /// Writes per [`Poller::write_batch`] call, at most.
@@ -52,6 +72,13 @@ pub trait Poller: Sized {
     /// Waits up to `timeout_ms` (-1 = forever) and fills `out` with ready tokens.
     fn wait(&mut self, out: &mut Vec<Ready>, timeout_ms: i32) -> io::Result<()>;
 
+    /// How zero-copy sends work on this backend (None: they cannot).
+    fn zerocopy(&self) -> Option<ZeroCopy> {
+        Some(ZeroCopy::Socket)
+    }
+    /// Moves the zero-copy notifications received so far into `out`.
+    fn take_notifications(&mut self, _out: &mut Vec<Notification>) {}
+
     /// Whether [`Self::write_batch`] writes many sockets in one system call, so the reactor should hand it a
     /// flush pass's writes together rather than write each connection itself.
     const BATCHES_WRITES: bool = false;
@@ -65,6 +92,7 @@ pub trait Poller: Sized {
     ) -> io::Result<()> {
         results.clear();
         for op in ops {
+            debug_assert!(op.zerocopy.is_none(), "a batch write that copies");
             let vecs = &iov[op.iov.clone()];
             // SAFETY: the iovecs point into buffers the caller keeps alive across this call; writev only reads.
             let n = unsafe { libc::writev(op.fd, vecs.as_ptr(), vecs.len() as libc::c_int) };

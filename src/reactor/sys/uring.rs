@@ -6,7 +6,7 @@
 //! waiting in the kernel; every write of a batch has therefore completed when `write_batch` returns, and the
 //! queued frames it points into are not touched until then.
 
-use super::{Poller, Ready, WriteOp};
+use super::{Notification, Poller, Ready, WriteOp, ZeroCopy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;
@@ -19,6 +19,14 @@ const SQ_ENTRIES: u32 = 1024;
 const WRITE_TAG: u64 = 1 << 63;
 /// Tags the completion of a cancel (of a closed socket's or listener's poll), which reports nothing.
 const CANCEL_TAG: u64 = 1 << 62;
+/// Tags a zero-copy write (with `WRITE_TAG`): its user data also carries the reactor's cookie above the slot.
+const ZC_TAG: u64 = 1 << 61;
+/// A write's slot in its batch (`MAX_BATCH` is 512) is in the low bits of its user data.
+const SLOT_BITS: u32 = 9;
+/// `IORING_SEND_ZC_REPORT_USAGE` (ioprio of a zero-copy send) and `IORING_NOTIF_USAGE_ZC_COPIED` (result of its
+/// notification): the kernel says whether it copied after all.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// Tokens above this map to the top of the u64 range (the reactor's listener and waker tokens).
 const SPECIAL_TOKENS: u32 = u32::MAX - 64;
 
@@ -26,6 +34,12 @@ pub struct Uring {
     ring: IoUring,
     /// Readiness that arrived while a write batch was being completed; reported by the next wait.
     backlog: Vec<Ready>,
+    /// The headers of a batch's zero-copy sends (`SENDMSG_ZC` points to them until it completes).
+    msgs: Vec<libc::msghdr>,
+    /// Zero-copy notifications not yet taken by the reactor.
+    notifications: Vec<Notification>,
+    /// The kernel offers `SENDMSG_ZC`.
+    sendmsg_zc: bool,
 }
 
 impl Uring {
@@ -46,8 +60,24 @@ impl Uring {
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
             if data & WRITE_TAG != 0 {
+                let cookie = (data & !(WRITE_TAG | ZC_TAG)) >> SLOT_BITS;
+                if cqueue::notif(cqe.flags()) {
+                    self.notifications.push(Notification {
+                        cookie,
+                        copied: cqe.result() as u32 & NOTIF_USAGE_ZC_COPIED != 0,
+                    });
+                    continue;
+                }
+                if data & ZC_TAG != 0 && !cqueue::more(cqe.flags()) {
+                    // No notification follows: the kernel holds no page of this send.
+                    self.notifications.push(Notification {
+                        cookie,
+                        copied: false,
+                    });
+                }
                 // Every write completes inside its own `write_batch`, so its slot is there.
-                if let Some(slot) = results.get_mut((data & !WRITE_TAG) as usize) {
+                let slot = (data & ((1 << SLOT_BITS) - 1)) as usize;
+                if let Some(slot) = results.get_mut(slot) {
                     *slot = cqe.result();
                     writes += 1;
                 }
@@ -122,10 +152,24 @@ pub(super) fn ring(capacity: usize) -> io::Result<IoUring> {
 impl Poller for Uring {
     fn new(capacity: usize) -> io::Result<Self> {
         let ring = ring(capacity)?;
+        let mut probe = io_uring::Probe::new();
+        let sendmsg_zc = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::SendMsgZc::CODE);
         Ok(Uring {
             ring,
             backlog: Vec::with_capacity(capacity),
+            msgs: Vec::with_capacity(super::MAX_BATCH),
+            notifications: Vec::new(),
+            sendmsg_zc,
         })
+    }
+
+    fn zerocopy(&self) -> Option<ZeroCopy> {
+        self.sendmsg_zc.then_some(ZeroCopy::Ring)
+    }
+
+    fn take_notifications(&mut self, out: &mut Vec<Notification>) {
+        out.append(&mut self.notifications);
     }
 
     fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
@@ -202,16 +246,39 @@ impl Poller for Uring {
         if free < ops.len() {
             self.ring.submit()?;
         }
+        // Every header first: the entries point into `msgs`, which must not move afterwards.
+        self.msgs.clear();
+        for op in ops.iter().filter(|op| op.zerocopy.is_some()) {
+            // SAFETY: a zeroed msghdr is valid (no address, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov[op.iov.start..].as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = op.iov.len() as _;
+            self.msgs.push(msg);
+        }
+        let mut zc = 0;
         for (i, op) in ops.iter().enumerate() {
             let vecs = &iov[op.iov.clone()];
-            // RWF_NOWAIT: a socket that cannot take the bytes fails the write with EAGAIN, where io_uring would
-            // otherwise wait for room (and `finish` with it).
-            let entry = opcode::Writev::new(types::Fd(op.fd), vecs.as_ptr(), vecs.len() as u32)
-                .rw_flags(libc::RWF_NOWAIT)
-                .build()
-                .user_data(WRITE_TAG | i as u64);
-            // SAFETY: the iovecs (and the frames they point into, owned by the callers' queues) outlive this
-            // function, and it returns only after every write of the batch has completed.
+            let entry = if let Some(cookie) = op.zerocopy {
+                let msg: *const libc::msghdr = &self.msgs[zc];
+                zc += 1;
+                // MSG_DONTWAIT: a full socket completes with EAGAIN, as a writev with RWF_NOWAIT does.
+                opcode::SendMsgZc::new(types::Fd(op.fd), msg)
+                    .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+                    .ioprio(SEND_ZC_REPORT_USAGE)
+                    .build()
+                    .user_data(WRITE_TAG | ZC_TAG | cookie << SLOT_BITS | i as u64)
+            } else {
+                // RWF_NOWAIT: a socket that cannot take the bytes fails the write with EAGAIN, where io_uring
+                // would otherwise wait for room (and `finish` with it).
+                opcode::Writev::new(types::Fd(op.fd), vecs.as_ptr(), vecs.len() as u32)
+                    .rw_flags(libc::RWF_NOWAIT)
+                    .build()
+                    .user_data(WRITE_TAG | i as u64)
+            };
+            // SAFETY: the iovecs and headers outlive this function, which returns only after every write of the
+            // batch has completed. The frames they point into are owned by the callers' queues; for a zero-copy
+            // send the kernel reads those pages until its notification, and the reactor keeps the frames in its
+            // zero-copy ledger until that notification has been taken (`take_notifications`).
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
                 results[i..].fill(-libc::EBUSY);
                 return self.finish(i, results);
@@ -280,6 +347,7 @@ mod tests {
         let ops = [WriteOp {
             fd: server.as_raw_fd(),
             iov: 0..1,
+            zerocopy: None,
         }];
         let mut results = Vec::new();
         let mut written = 0;
@@ -333,5 +401,43 @@ mod tests {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             other => panic!("the socket stayed open: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_zero_copy_send_completes_then_notifies_with_its_cookie() {
+        let ring = Uring::new(16);
+        let Ok(mut ring) = ring else { return };
+        if ring.zerocopy().is_none() {
+            return;
+        }
+        let (server, mut client) = pair();
+        let payload = vec![5u8; 64 * 1024];
+        let iov = [libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        }];
+        let cookie = (7u64 << 32) | 3;
+        let ops = [WriteOp {
+            fd: server.as_raw_fd(),
+            iov: 0..1,
+            zerocopy: Some(cookie),
+        }];
+        let mut results = Vec::new();
+        ring.write_batch(&ops, &iov, &mut results).unwrap();
+        assert_eq!(results[0], payload.len() as i32);
+        let mut got = vec![0u8; payload.len()];
+        client.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 5));
+        let mut notes = Vec::new();
+        let mut ready = Vec::new();
+        for _ in 0..50 {
+            ring.take_notifications(&mut notes);
+            if !notes.is_empty() {
+                break;
+            }
+            ring.wait(&mut ready, 20).unwrap();
+        }
+        assert_eq!(notes.len(), 1, "one notification per zero-copy send");
+        assert_eq!(notes[0].cookie, cookie);
     }
 }

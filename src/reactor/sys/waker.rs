@@ -3,11 +3,13 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Waker {
     fd: RawFd,
     sleeping: AtomicBool,
+    /// Eventfd writes: times a sender woke the reactor from sleep.
+    wakeups: AtomicU64,
 }
 
 impl Waker {
@@ -20,6 +22,7 @@ impl Waker {
         Ok(Waker {
             fd,
             sleeping: AtomicBool::new(false),
+            wakeups: AtomicU64::new(0),
         })
     }
 
@@ -27,14 +30,20 @@ impl Waker {
         self.fd
     }
 
-    /// Called by a sender after queueing a command.
+    /// Called by a sender after queueing a command (see src/hub/outbox.rs for why no command is missed).
     pub fn wake(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN) still leaves it
             // readable, which is all that matters.
             unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
         }
+    }
+
+    /// Eventfd writes so far.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
     }
 
     /// Called by the reactor before it blocks; it must then re-check its queue before sleeping.

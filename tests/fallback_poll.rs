@@ -46,6 +46,18 @@ fn poll(addr: SocketAddr, sid: &str, key: &str, ops: &str) -> (u16, Vec<Value>, 
     (r.status, msgs, started.elapsed())
 }
 
+/// The session ended: its poll gets 404 (counted), and nothing of it is left open.
+fn assert_session_gone(s: &Server, sid: &str, key: &str) {
+    let (status, _, _) = poll(s.ws, sid, key, "[]");
+    assert_eq!(status, 404);
+    s.wait_stat(
+        "/sessions/fallback_unknown_session_total",
+        1,
+        Duration::from_secs(2),
+    );
+    assert_eq!(s.stat("/totals/connections"), 0);
+}
+
 #[test]
 fn poll_session_open_wait_timeout_ops_and_second_poll() {
     let s = Server::start(&["--set", "transport.poll_timeout=1"]);
@@ -119,14 +131,7 @@ fn an_unpolled_session_expires() {
     s.wait_stat("/totals/connections", 1, Duration::from_secs(2));
     assert_eq!(s.stat("/sessions/poll_sessions"), 1);
     std::thread::sleep(Duration::from_millis(6500));
-    let (status, _, _) = poll(s.ws, &sid, &key, "[]");
-    assert_eq!(status, 404);
-    s.wait_stat(
-        "/sessions/fallback_unknown_session_total",
-        1,
-        Duration::from_secs(2),
-    );
-    assert_eq!(s.stat("/totals/connections"), 0);
+    assert_session_gone(&s, &sid, &key);
     assert_eq!(s.stat("/sessions/poll_sessions"), 0);
 }
 
@@ -199,14 +204,7 @@ fn an_unpolled_session_past_the_outbound_limit_is_ended() {
         1,
         Duration::from_secs(5),
     );
-    let (status, _, _) = poll(s.ws, &sid, &key, "[]");
-    assert_eq!(status, 404);
-    s.wait_stat(
-        "/sessions/fallback_unknown_session_total",
-        1,
-        Duration::from_secs(2),
-    );
-    assert_eq!(s.stat("/totals/connections"), 0);
+    assert_session_gone(&s, &sid, &key);
 }
 
 #[test]

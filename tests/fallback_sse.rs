@@ -376,6 +376,7 @@ fn a_slow_sse_consumer_is_ended() {
         }
     }
     let close = closed.expect("a close event").json();
+    assert_eq!(close["type"], "close");
     assert_eq!(close["code"], 1008);
     assert_eq!(close["reason"], "slow consumer");
     let deadline = Instant::now() + Duration::from_secs(2);

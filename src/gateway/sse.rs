@@ -132,8 +132,8 @@ fn percent_encode(out: &mut String, s: &str) {
 }
 
 /// A server frame as an SSE event: a text message → `id:` (its position, when it has one) and `data:` lines; a
-/// ping → a comment (keeps proxies from timing the stream out); a close → `event: close` with its code and
-/// reason. Anything else has no SSE form.
+/// ping → a comment (keeps proxies from timing the stream out); a close → `event: close` with
+/// `{"type":"close","code":N,"reason":"..."}` (the long-poll form of a close too). Anything else has no SSE form.
 pub fn stream_form(frame: &[u8]) -> Vec<u8> {
     let Some((opcode, payload)) = split_frame(frame) else {
         return Vec::new();
@@ -146,7 +146,7 @@ pub fn stream_form(frame: &[u8]) -> Vec<u8> {
                 .get(..2)
                 .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
             let reason = payload.get(2..).unwrap_or_default();
-            let mut json = format!("{{\"code\":{code},\"reason\":");
+            let mut json = format!("{{\"type\":\"close\",\"code\":{code},\"reason\":");
             json.push_str(
                 &serde_json::to_string(&String::from_utf8_lossy(reason)).unwrap_or_default(),
             );
@@ -299,7 +299,7 @@ mod tests {
         let close = encode::close_frame(1008, "slow consumer");
         assert_eq!(
             String::from_utf8(stream_form(&close)).unwrap(),
-            "event: close\ndata: {\"code\":1008,\"reason\":\"slow consumer\"}\n\n"
+            "event: close\ndata: {\"type\":\"close\",\"code\":1008,\"reason\":\"slow consumer\"}\n\n"
         );
         let mut pong = Vec::new();
         encode::push_frame(&mut pong, crate::frame::OP_PONG, b"");

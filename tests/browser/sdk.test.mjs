@@ -256,7 +256,8 @@ for (const [transport, extra] of [["sse", { EventSource: NodeEventSource }], ["p
   });
 }
 
-/// Over `transport`: subscribes, sends, and gets 100 publications with no gap although its connection is cut.
+/// Over `transport`: subscribes, sends, gets 100 publications with no gap although its connection is cut, and is
+/// told the close code when the backend ends the session.
 async function fallbackAndRecover(c, transport, gw, proxy, refused) {
   const got = [], recoveries = [];
   c.subscribe("rec:p", { onMessage: d => got.push(d.n), onRecovered: r => recoveries.push(r) });
@@ -281,6 +282,12 @@ async function fallbackAndRecover(c, transport, gw, proxy, refused) {
   assert.deepEqual(got, Array.from({ length: N }, (_, i) => i + 1), "every publication once, in order");
   assert.ok(recoveries.length >= 1 && recoveries.every(r => r.recovered), JSON.stringify(recoveries));
   assert.equal(c.transport, transport, `it stays on ${transport}`);
+  // The session's end reaches the client with its close code (SSE `event: close`, long-poll `type: close`).
+  const drops = [];
+  c.on("disconnected", d => drops.push(d));
+  await gw.request("POST", "/api/disconnect", { sid: c.sid, code: 4000, reason: "kicked" });
+  await until(() => c.state === "closed", `closed after the backend's disconnect over ${transport}`);
+  assert.deepEqual(drops.map(d => [d.code, d.reason, d.reconnect]), [[4000, "kicked", false]]);
 }
 
 test("close codes: the backend's 4000 ends the client, 4008 comes back no sooner than backoff.later", async () => {

@@ -30,7 +30,7 @@ if [ ${#browser_pkgs[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${browser_pkgs[@]}" >/dev/null
 fi
-if [ ! -d tests/browser/node_modules/puppeteer-core ]; then
+if [ ! -d tests/browser/node_modules/puppeteer-core ] || [ ! -d tests/browser/node_modules/ws ]; then
     echo "installing: tests/browser npm packages"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -133,6 +133,11 @@ fn main() -> ExitCode {
             config.server.ws_path
         );
     }
+    if config.debug.demo_relay {
+        log::warn!(
+            "debug.demo_relay: clients may publish to demo:* channels (op msg with a channel)"
+        );
+    }
     if !config.debug.echo_path.is_empty() {
         log::warn!("debug echo endpoint enabled at {}", config.debug.echo_path);
     }

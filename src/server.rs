@@ -133,6 +133,14 @@ impl Server {
             sessions.sink = c.upstream_sink();
             cluster = Some(c);
         }
+        // The demo page's channels: client messages to `demo:*` are published there too.
+        let demo_relay = if config.debug.demo_relay {
+            let (sink, rx) = crate::gateway::demo_relay::DemoRelaySink::wrap(sessions.sink.clone());
+            sessions.sink = sink;
+            Some(rx)
+        } else {
+            None
+        };
         // The command queues first: a reactor's gateway hands fallback ops to the others through them.
         let mut queues = Vec::new();
         for _ in 0..threads {
@@ -226,6 +234,9 @@ impl Server {
             reactors.push(handle);
         }
 
+        if let Some(rx) = demo_relay {
+            api::demo_relay::spawn(hub.clone(), cluster.as_ref().map(|c| c.handle()), rx)?;
+        }
         let api_stop = Arc::new(AtomicBool::new(false));
         let ctx = api::Context::new(
             hub.clone(),

@@ -3,6 +3,7 @@
 
 mod batch_routes;
 mod connection_routes;
+pub mod demo_relay;
 mod history_routes;
 /// Public so the fuzz targets (fuzz/) can reach the request parser; the API thread is its only real caller.
 pub mod http;

@@ -188,6 +188,8 @@ impl Default for ApiConfig {
 pub struct DebugConfig {
     /// If not empty, a WebSocket endpoint at this path echoes every message (for conformance tests).
     pub echo_path: String,
+    /// Clients' `op: msg` to a `demo:` channel are also published to it (the demo page; src/gateway/demo_relay.rs).
+    pub demo_relay: bool,
     /// If not empty, the demo page and the JavaScript SDK are served under this path on the client listener.
     pub demo_path: String,
 }

@@ -12,6 +12,7 @@ pub mod cluster_link;
 pub mod command;
 mod deliver;
 pub mod demo;
+pub mod demo_relay;
 pub mod fallback_sessions;
 pub mod frames;
 mod handler;

@@ -16,9 +16,11 @@ const FLAGS = [
   "--disable-dev-shm-usage",
 ];
 
-/// Launches Chromium, hands `test` a page (and the browser), and exits 0 on success, 1 on any error or after
-/// `timeoutMs`. Console errors of the page fail the test too: a page that throws is broken.
-export async function run(name, test, { timeoutMs = 60000 } = {}) {
+/// Launches Chromium, hands `test` a page, the browser and `newPage()` (another page watched the same way), and
+/// exits 0 on success, 1 on any error or after `timeoutMs`. Console errors of the pages fail the test too: a page
+/// that throws is broken. `ignoreConsole`: regexps of console errors that are expected (e.g. the browser's own
+/// "WebSocket connection failed" while a test has the gateway down).
+export async function run(name, test, { timeoutMs = 60000, ignoreConsole = [] } = {}) {
   const timer = setTimeout(() => {
     console.error(`${name}: FAIL: no result within ${timeoutMs} ms`);
     process.exit(1);
@@ -26,12 +28,18 @@ export async function run(name, test, { timeoutMs = 60000 } = {}) {
   let browser;
   try {
     browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
-    const page = await browser.newPage();
     const pageErrors = [];
-    page.on("pageerror", e => pageErrors.push(String(e)));
-    page.on("console", m => { if (m.type() === "error") pageErrors.push(m.text()); });
-    page.on("dialog", d => { pageErrors.push("unexpected dialog: " + d.message()); d.dismiss().catch(() => {}); });
-    await test(page, browser);
+    const newPage = async () => {
+      const page = await browser.newPage();
+      page.on("pageerror", e => pageErrors.push(String(e)));
+      page.on("console", m => {
+        if (m.type() === "error" && !ignoreConsole.some(re => re.test(m.text()))) pageErrors.push(m.text());
+      });
+      page.on("dialog", d => { pageErrors.push("unexpected dialog: " + d.message()); d.dismiss().catch(() => {}); });
+      return page;
+    };
+    const page = await newPage();
+    await test(page, browser, newPage);
     if (pageErrors.length) throw new Error("errors in the page: " + pageErrors.join(" | "));
     console.log(`${name}: ok`);
     process.exitCode = 0;

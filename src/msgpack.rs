@@ -52,7 +52,7 @@ pub fn transcode_frame(frame: &[u8]) -> Option<Vec<u8>> {
 pub fn transcode_frames(frames: &mut Vec<u8>) {
     let mut out = Vec::with_capacity(frames.len());
     let mut rest = &frames[..];
-    while let Some(len) = frame_len(rest) {
+    while let Some(len) = crate::frame::encode::frame_len(rest) {
         let frame = &rest[..len];
         match transcode_frame(frame) {
             Some(t) => out.extend_from_slice(&t),
@@ -62,24 +62,6 @@ pub fn transcode_frames(frames: &mut Vec<u8>) {
     }
     out.extend_from_slice(rest);
     *frames = out;
-}
-
-/// Length of the complete server frame at the start of `buf`, if there is one.
-fn frame_len(buf: &[u8]) -> Option<usize> {
-    let len7 = *buf.get(1)? & 0x7F;
-    let (header, len): (usize, usize) = match len7 {
-        126 => (
-            4,
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-        ),
-        127 => (
-            10,
-            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
-        ),
-        n => (2, n as usize),
-    };
-    let total = header.checked_add(len)?;
-    (buf.len() >= total).then_some(total)
 }
 
 #[cfg(test)]

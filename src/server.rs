@@ -133,6 +133,20 @@ impl Server {
             sessions.sink = c.upstream_sink();
             cluster = Some(c);
         }
+        // The command queues first: a reactor's gateway hands fallback ops to the others through them.
+        let mut queues = Vec::new();
+        for _ in 0..threads {
+            queues.push((
+                crossbeam_channel::bounded(COMMAND_QUEUE),
+                Arc::new(Waker::new()?),
+            ));
+        }
+        sessions.peers = Some(Arc::new(crate::hub::peers::Peers {
+            reactors: queues
+                .iter()
+                .map(|((tx, _), waker)| (tx.clone(), waker.clone()))
+                .collect(),
+        }));
         let sessions = Arc::new(sessions);
 
         let live = Arc::new(AtomicUsize::new(0));
@@ -140,9 +154,7 @@ impl Server {
         let mut handles = Vec::new();
         let mut setups = Vec::new();
         let mut gateways = Vec::new();
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-            let waker = Arc::new(Waker::new()?);
+        for ((id, listener), ((tx, rx), waker)) in listeners.into_iter().enumerate().zip(queues) {
             let stats = Arc::new(ReactorStats::default());
             let gateway_stats = Arc::new(GatewayStats::default());
             let latency = Arc::new(ReactorLatency::default());

@@ -1,6 +1,6 @@
 //! TLS (wss) end to end: the binary with certificates generated here, a real rustls client and tungstenite on
 //! top. Covers fan-out over wss, TLS 1.2 and 1.3, ECDSA/RSA/Ed25519 keys, resumption, bad input, the handshake
-//! timeout, unknown SNI, hot reload (API and SIGHUP) and start-up errors.
+//! timeout, unknown SNI, hot reload (API and SIGHUP), start-up errors, and SSE and long-poll over TLS.
 
 mod common;
 
@@ -619,4 +619,48 @@ fn zero_copy_threshold_leaves_tls_connections_on_their_own_path() {
         format!("{{\"channel\":\"big\",\"data\":{big}}}")
     );
     assert!(gw.wait_stat("/totals/zerocopy_sends_total", 1, READ_TIMEOUT) >= 1);
+}
+
+/// Reads from a TLS stream until `needle` shows up in what arrived (or the server closes).
+fn tls_read_until(s: &mut StreamOwned<ClientConnection, TcpStream>, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn sse_and_long_poll_over_tls() {
+    let cert = Cert::new("fallback", "ecdsa", &["localhost"]);
+    let (gw, wss_addr) = start(&cert, &[]);
+    let cfg = client_config(&[&cert], all_versions());
+    let mut api = Http::connect(gw.api);
+
+    let mut sse = tls_connect(&cfg, wss_addr, "localhost").expect("TLS handshake");
+    sse.write_all(
+        b"GET /sse?channels=t HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    let head = tls_read_until(&mut sse, "\"welcome\"");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    publish(&mut api, "t", r#"{"over":"tls"}"#);
+    let event = tls_read_until(&mut sse, "\"over\"");
+    assert!(
+        event.contains("data: {\"channel\":\"t\",\"data\":{\"over\":\"tls\"}}"),
+        "{event}"
+    );
+
+    // A complete response (the long-poll open) leaves over TLS and the connection closes after it.
+    let mut poll = tls_connect(&cfg, wss_addr, "localhost").expect("TLS handshake");
+    poll.write_all(b"POST /poll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let answer = tls_read_until(&mut poll, "\"welcome\"");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"key\":\""), "{answer}");
 }

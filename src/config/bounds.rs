@@ -81,6 +81,8 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("heartbeat.healthy_beats", 1, 255, ""),
     int("heartbeat.step", 1, 3600, " seconds"),
     int("heartbeat.max_interval", 1, 3600, " seconds"),
+    int("transport.poll_timeout", 1, 120, " seconds"),
+    int("transport.session_ttl", 5, 3600, " seconds"),
     int("heartbeat.tolerance", 0, 3600, " seconds"),
     int("limits.connect_burst", 0, 1_000_000, ""),
     int("limits.ping_burst", 0, 1_000_000, ""),

@@ -77,6 +77,25 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// The fallback transports (SSE, HTTP long-poll; docs/PROTOCOL.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Seconds a long-poll waits for a message before it is answered with an empty list.
+    pub poll_timeout: u64,
+    /// Seconds a long-poll session lives without a poll before it ends.
+    pub session_ttl: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            poll_timeout: 25,
+            session_ttl: 60,
+        }
+    }
+}
+
 /// Token-bucket rate limits: `*_rate` tokens per second (0 = unlimited), `*_burst` bucket size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

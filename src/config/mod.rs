@@ -14,7 +14,7 @@ mod bounds;
 
 // What client connections may do: the [auth], [heartbeat] and [limits] sections.
 mod gateway;
-pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig};
+pub use gateway::{AuthConfig, AuthMode, HeartbeatConfig, LimitsConfig, TransportConfig};
 
 // Acks and retransmit of user pushes, the standalone replay store: the [delivery] section.
 mod delivery;
@@ -44,6 +44,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// History, recovery and merge windows per channel namespace.
     pub channels: ChannelsConfig,
+    /// The fallback transports (SSE, long-poll).
+    pub transport: TransportConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +188,8 @@ impl Default for ApiConfig {
 pub struct DebugConfig {
     /// If not empty, a WebSocket endpoint at this path echoes every message (for conformance tests).
     pub echo_path: String,
+    /// If not empty, the demo page and the JavaScript SDK are served under this path on the client listener.
+    pub demo_path: String,
 }
 
 /// TLS termination (wss). With `cert` and `key` set, `server.listen` speaks TLS.
@@ -362,7 +366,42 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// The fixed routes of the fallback transports on the client listener (docs/PROTOCOL.md).
+pub const FALLBACK_PATHS: [&str; 3] = ["/sse", "/sse/op", "/poll"];
+
 impl Config {
+    /// `server.ws_path` and `debug.demo_path` must leave the fallback routes (and each other) alone.
+    fn validate_transport_paths(&self) -> Result<(), ConfigError> {
+        if FALLBACK_PATHS.contains(&self.server.ws_path.as_str()) {
+            return Err(err(
+                "server.ws_path",
+                "must differ from the fallback transport routes /sse, /sse/op and /poll",
+            ));
+        }
+        let demo = self.debug.demo_path.as_str();
+        if demo.is_empty() {
+            return Ok(());
+        }
+        if !demo.starts_with('/') {
+            return Err(err(
+                "debug.demo_path",
+                "must start with '/' (or be empty to disable)",
+            ));
+        }
+        let base = demo.trim_end_matches('/');
+        let shadows = |p: &str| p == base || p.starts_with(&format!("{base}/"));
+        if shadows(&self.server.ws_path)
+            || (!self.debug.echo_path.is_empty() && shadows(&self.debug.echo_path))
+            || FALLBACK_PATHS.iter().any(|p| shadows(p))
+        {
+            return Err(err(
+                "debug.demo_path",
+                "must not contain server.ws_path, debug.echo_path or the routes /sse, /sse/op, /poll",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self, key_check: Option<KeyCheck>) -> Result<(), ConfigError> {
         bounds::check(self)?;
         parse_addr("server.listen", &self.server.listen)?;
@@ -379,6 +418,7 @@ impl Config {
         if self.debug.echo_path == self.server.ws_path {
             return Err(err("debug.echo_path", "must differ from server.ws_path"));
         }
+        self.validate_transport_paths()?;
         if self.ws.idle_timeout <= self.ws.ping_interval {
             return Err(err(
                 "ws.idle_timeout",

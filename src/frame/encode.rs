@@ -62,6 +62,24 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     out
 }
 
+/// Length of the complete server frame at the start of `buf`, if there is one.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let len7 = *buf.get(1)? & 0x7F;
+    let (header, len): (usize, usize) = match len7 {
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+        ),
+        n => (2, n as usize),
+    };
+    let total = header.checked_add(len)?;
+    (buf.len() >= total).then_some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ pub const MAX_HEADERS: usize = 64;
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The parts of an upgrade request the gateway uses. Borrowed from the read buffer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub method: &'a str,
     /// Path without the query string, not decoded.
@@ -37,10 +37,14 @@ pub struct Request<'a> {
     pub client_version: Option<&'a str>,
     /// True if the request is HTTP/1.1 (httparse version 1).
     pub http11: bool,
+    /// `Content-Length`: the bytes of body that follow the head (0 when absent).
+    pub content_length: usize,
+    /// `Last-Event-ID` (an EventSource reconnecting after the last event it saw).
+    pub last_event_id: Option<&'a str>,
 }
 
 /// Up to [`MAX_EXTENSION_HEADERS`] `Sec-WebSocket-Extensions` header values (more → 400).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Extensions<'a> {
     values: [&'a str; MAX_EXTENSION_HEADERS],
     len: usize,
@@ -71,6 +75,10 @@ pub enum Reject {
     TooManyRequests(&'static str),
     /// The server cannot open connections now (503); another server can.
     Unavailable(&'static str),
+    /// The request body is over the limit (413).
+    PayloadTooLarge,
+    /// The request (head or body) did not arrive in time (408).
+    RequestTimeout,
 }
 
 /// True if the comma-separated token list `value` contains `token` (ASCII case-insensitive).
@@ -141,7 +149,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         host: None,
         client_version: None,
         http11: version == 1,
+        content_length: 0,
+        last_event_id: None,
     };
+    let mut content_length = None;
     for h in parsed.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("upgrade") {
@@ -189,7 +200,33 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
                 h.value,
                 "duplicate X-Client-Version header",
             )?;
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            set_once(
+                &mut req.last_event_id,
+                h.value,
+                "duplicate Last-Event-ID header",
+            )?;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            set_once(
+                &mut content_length,
+                h.value,
+                "duplicate Content-Length header",
+            )?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // A body of unknown length cannot be bounded before it is read (and a length next to it is ambiguous).
+            return Err(Reject::BadRequest(
+                "Transfer-Encoding is not accepted: send the body with Content-Length",
+            ));
         }
+    }
+    if let Some(len) = content_length {
+        // Digits only: `+5` or `0x10` would parse differently in other HTTP stacks (request smuggling).
+        if len.is_empty() || len.len() > 19 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Reject::BadRequest("invalid Content-Length"));
+        }
+        req.content_length = len
+            .parse()
+            .map_err(|_| Reject::BadRequest("invalid Content-Length"))?;
     }
     Ok(Some(req))
 }
@@ -264,7 +301,7 @@ pub fn write_switching(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Status code for a rejection (400, 401, 403, 404, 405, 426, 429, 431, 503).
+/// Status code for a rejection (400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 503).
 pub fn status(reject: Reject) -> u16 {
     match reject {
         Reject::BadRequest(_) => 400,
@@ -276,17 +313,37 @@ pub fn status(reject: Reject) -> u16 {
         Reject::Unauthorized(_) => 401,
         Reject::TooManyRequests(_) => 429,
         Reject::Unavailable(_) => 503,
+        Reject::PayloadTooLarge => 413,
+        Reject::RequestTimeout => 408,
     }
+}
+
+/// Appends a complete HTTP response with `Connection: close`: `headers` are whole header lines (each ending in
+/// CRLF, built by the caller from constants), `body` follows with its `Content-Length`.
+pub fn write_response(out: &mut Vec<u8>, status: u16, headers: &str, body: &[u8]) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    out.extend_from_slice(body);
 }
 
 /// Reason phrase for the status line.
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        202 => "Accepted",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -307,6 +364,8 @@ fn message(reject: Reject) -> &'static str {
         Reject::MethodNotAllowed => "method not allowed",
         Reject::UpgradeRequired => "unsupported Sec-WebSocket-Version, 13 required",
         Reject::HeadTooLarge => "request head too large",
+        Reject::PayloadTooLarge => "request body too large",
+        Reject::RequestTimeout => "request not complete in time",
     }
 }
 

@@ -120,6 +120,23 @@ pub enum Command {
         query: Query,
         reply: Sender<Answer>,
     },
+    /// A client op for fallback session `sid` (SSE, long-poll), posted on another reactor's connection.
+    SessionOp {
+        sid: u64,
+        op: Box<[u8]>,
+    },
+    /// A long-poll for session `sid`, held by reactor `waiter.reactor` (which may be this one).
+    Poll {
+        sid: u64,
+        ops: Box<[u8]>,
+        waiter: super::long_poll::Waiter,
+    },
+    /// The answer to a poll held by this reactor on connection `key`, if it still holds `token`.
+    PollAnswer {
+        key: usize,
+        token: u64,
+        response: Vec<u8>,
+    },
     /// The missed messages of connection `sid`, read by the bridge: delivered before the live ones held back.
     ReplayDone {
         sid: u64,

@@ -17,6 +17,13 @@ use std::rc::Rc;
 impl Gateway {
     pub(super) fn deliver(&mut self, core: &mut Core<Client>, cmd: Command) {
         match cmd {
+            Command::SessionOp { sid, op } => self.session_op(core, sid, &op),
+            Command::Poll { sid, ops, waiter } => self.poll(core, sid, &ops, waiter),
+            Command::PollAnswer {
+                key,
+                token,
+                response,
+            } => super::long_poll::held_answer(core, key, token, &response),
             Command::PublishUser {
                 user,
                 device,

@@ -43,10 +43,22 @@ fn push_str_list<S: AsRef<str>>(json: &mut String, key: &str, list: &[S]) {
     json.push(']');
 }
 
-/// `{"type":"welcome","sid":"<decimal>","heartbeat":{"interval":N,"timeout":M}}` plus `"user"` when authenticated.
-pub fn push_welcome(out: &mut Vec<u8>, sid: u64, interval: u32, timeout: u32, user: Option<&str>) {
-    let mut json = String::with_capacity(96);
+/// `{"type":"welcome","sid":"<decimal>","heartbeat":{"interval":N,"timeout":M}}` plus `"user"` when authenticated and
+/// `"key"` (the session key a fallback transport's requests carry) on SSE and long-poll sessions.
+pub fn push_welcome(
+    out: &mut Vec<u8>,
+    sid: u64,
+    interval: u32,
+    timeout: u32,
+    user: Option<&str>,
+    session_key: Option<&str>,
+) {
+    let mut json = String::with_capacity(128);
     let _ = write!(json, "{{\"type\":\"welcome\",\"sid\":\"{sid}\"");
+    if let Some(k) = session_key {
+        // Hex digits only: nothing to escape.
+        let _ = write!(json, ",\"key\":\"{k}\"");
+    }
     if let Some(u) = user {
         json.push_str(",\"user\":");
         json_str(&mut json, u);
@@ -195,7 +207,7 @@ mod tests {
     #[test]
     fn frames_are_the_documented_json() {
         let mut out = Vec::new();
-        push_welcome(&mut out, 42, 25, 60, Some("u\"1"));
+        push_welcome(&mut out, 42, 25, 60, Some("u\"1"), None);
         assert_eq!(
             &out[2..],
             br#"{"type":"welcome","sid":"42","user":"u\"1","heartbeat":{"interval":25,"timeout":60}}"#

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::frame::handshake::{Reject, Request};
 use crate::pool::SharedFrame;
 use crate::ratelimit::ip_key;
-use crate::reactor::{Core, Handler, Key};
+use crate::reactor::{Core, Handler, Key, Reply};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -65,6 +65,8 @@ pub struct Gateway {
     pub(super) policy: Policy,
     /// This reactor's share of the gateway state: socket ids, registry, counters.
     pub(super) local: ReactorState,
+    /// This reactor's long-poll sessions.
+    pub(super) polls: super::long_poll::PollSessions,
     stats: Arc<GatewayStats>,
 }
 
@@ -88,6 +90,7 @@ impl Gateway {
                 max_replay_bytes: config.ws.max_outbound_bytes / 2,
             },
             local: ReactorState::new(shared, reactor),
+            polls: super::long_poll::PollSessions::new(config),
             stats,
         }
     }
@@ -111,14 +114,15 @@ impl Handler for Gateway {
         ))
     }
 
-    fn on_upgrade(
+    fn on_http(
         &mut self,
         core: &mut Core<Client>,
         key: Key,
         req: &Request<'_>,
+        body: &[u8],
         response: &mut Vec<u8>,
-    ) -> Result<(), Reject> {
-        self.upgrade(core, key, req, response)
+    ) -> Result<Reply, Reject> {
+        self.route(core, key, req, body, response)
     }
 
     fn on_message(&mut self, core: &mut Core<Client>, key: Key, opcode: u8, payload: &[u8]) {
@@ -140,6 +144,9 @@ impl Handler for Gateway {
     }
 
     fn on_timer(&mut self, core: &mut Core<Client>, key: Key) {
+        if core.is_detached(key) {
+            return self.poll_timer(core, key);
+        }
         self.on_open_timer(core, key);
     }
 
@@ -154,6 +161,14 @@ impl Handler for Gateway {
         if core.app(key).endpoint() == Endpoint::Gateway {
             self.end_session(core, key);
         }
+        if core.is_detached(key) {
+            self.end_poll(core, key);
+        }
+    }
+
+    /// A long-poll session got messages.
+    fn on_output(&mut self, core: &mut Core<Client>, key: Key) {
+        self.poll_output(core, key);
     }
 
     fn on_command(&mut self, core: &mut Core<Client>, cmd: Command) {
@@ -177,6 +192,11 @@ impl Handler for Gateway {
     /// `wsgate.msgpack` connections get MessagePack binary frames.
     fn transcode(frame: &[u8]) -> Option<Vec<u8>> {
         crate::msgpack::transcode_frame(frame)
+    }
+
+    /// Streams are server-sent events.
+    fn stream_form(frame: &[u8]) -> Vec<u8> {
+        super::sse::stream_form(frame)
     }
 
     fn on_iteration(&mut self, _core: &Core<Client>) {

@@ -11,13 +11,20 @@ mod acks;
 pub mod cluster_link;
 pub mod command;
 mod deliver;
+pub mod demo;
+pub mod fallback_sessions;
 pub mod frames;
 mod handler;
 pub mod heartbeat;
+pub mod long_poll;
+pub mod peers;
 mod recovery;
 pub mod registry;
 mod requests;
+mod routes;
 pub mod scripted;
+mod session_ops;
+pub mod sse;
 pub mod stats;
 mod timer;
 mod upgrade;
@@ -92,6 +99,12 @@ pub struct Shared {
     pub user_log: Option<user_log::UserLog>,
     /// Channel history (standalone), when a `[[channels.namespace]]` keeps one; the API writes, reactors read.
     pub history: Option<Arc<History>>,
+    /// Live SSE and long-poll sessions and their keys, seen from every reactor.
+    pub fallback: fallback_sessions::FallbackSessions,
+    /// How a reactor hands a fallback session's op to the reactor that holds the session (set at start-up).
+    pub peers: Option<Arc<dyn peers::PeerLink>>,
+    /// The demo page and SDK (`debug.demo_path`), when on.
+    pub demo: Option<demo::DemoPages>,
 }
 
 impl Shared {
@@ -135,6 +148,10 @@ impl Shared {
                 None
             },
             history: History::from_config(&config.channels, !config.cluster.redis.is_empty()),
+            fallback: fallback_sessions::FallbackSessions::new()
+                .map_err(|e| format!("reading /dev/urandom for session keys: {e}"))?,
+            peers: None,
+            demo: demo::DemoPages::new(&config.debug.demo_path, &config.server.ws_path),
         })
     }
 

@@ -34,6 +34,9 @@ pub fn config() -> Config {
     c.ws.max_channels_per_connection = 4;
     c.ws.error_budget = 3;
     c.debug.echo_path = "/echo".into();
+    c.debug.demo_path = "/demo".into();
+    c.transport.poll_timeout = 1;
+    c.transport.session_ttl = 5;
     c
 }
 
@@ -97,16 +100,27 @@ pub fn run(data: &[u8]) -> Result<Tally, String> {
                 // interesting: it is a protocol error), else the picked one.
                 let i = upgraded.iter().position(|u| !u).unwrap_or(pick);
                 upgraded[i] = true;
-                let path = match script.byte() % 4 {
+                // WebSocket upgrades, and the other requests of the client listener: an event stream, a long-poll
+                // session (detached, it outlives its request until `transport.session_ttl`), ops and polls for
+                // sessions that do not exist, a body that never completes, the demo page.
+                let path = match script.byte() % 8 {
                     0 => "/echo",
                     1 => "/ws",
                     2 => "/ws?channels=a,b",
-                    _ => "/ws?channels=c",
+                    3 => "/ws?channels=c",
+                    4 => "GET /sse?channels=a,c HTTP/1.1\r\nHost: x\r\n\r\n",
+                    5 => "POST /poll?channels=a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                    6 => "POST /sse/op?sid=1&key=00 HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"op\":\"ping\"}",
+                    _ => "POST /poll?sid=1&key=0 HTTP/1.1\r\nContent-Length: 50\r\n\r\n[{\"op\"",
                 };
-                let request = format!(
-                    "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                );
+                let request = if path.contains(' ') {
+                    path.to_string()
+                } else {
+                    format!(
+                        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                    )
+                };
                 send(&mut clients[i], request.as_bytes());
             }
             (2, Some(i)) => {

@@ -71,6 +71,11 @@ gateway_counters! {
     channel_recoveries_failed_total: "Channel recoveries answered recovered:false (history gone, other epoch, too large).",
     channel_recovered_messages_total: "Channel publications replayed by recoveries.",
     channel_recovery_skips_total: "Live channel publications not delivered to a connection because its replay had them.",
+    sse_sessions: "Open server-sent-events sessions (GET /sse).",
+    poll_sessions: "Open long-poll sessions (POST /poll).",
+    fallback_ops_total: "Client ops posted to POST /sse/op and accepted.",
+    polls_total: "Polls (POST /poll with a session) taken.",
+    fallback_unknown_session_total: "Requests to /sse/op or /poll for an unknown or ended session or with a wrong key (404).",
 }
 
 /// Counters of the API side of the gateway (targeted publishes, disconnects).

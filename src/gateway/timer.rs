@@ -6,6 +6,9 @@ use super::handler::{Client, Gateway};
 use crate::frame::close_code;
 use crate::reactor::{Core, Key};
 
+/// Seconds between keep-alive comments on an event stream, at most.
+const STREAM_KEEPALIVE: u32 = 15;
+
 impl Gateway {
     pub(super) fn on_open_timer(&mut self, core: &mut Core<Client>, key: Key) {
         let now = core.now();
@@ -15,6 +18,14 @@ impl Gateway {
         if expires_at <= now {
             self.local.tally.token_expired_closes_total += 1;
             return core.close_without_wait(key, code::UNAUTHORIZED, "token expired");
+        }
+        if core.is_stream(key) {
+            // A stream's client cannot answer a ping on it; its ops are its sign of life. What keeps the stream
+            // (and proxies on its way) from idling out is a comment every few seconds; a dead client shows as a
+            // failed write.
+            core.send_ping(key);
+            let next = now + heartbeat.base.min(STREAM_KEEPALIVE);
+            return core.schedule(key, next.min(expires_at));
         }
         let hb = state.map(|s| &s.heartbeat);
         let (ping_after, timeout) = (heartbeat.ping_after(hb), heartbeat.timeout(hb));

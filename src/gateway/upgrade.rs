@@ -25,6 +25,14 @@ pub(super) struct ConnectOptions {
     pub client_version: Option<String>,
 }
 
+/// What [`Gateway::admit`] checked and [`Gateway::begin`] applies.
+pub(super) struct Admission {
+    channels: Vec<String>,
+    opts: ConnectOptions,
+    recover: recovery::RecoverRequest,
+    state: Option<Box<ClientState>>,
+}
+
 /// Reads `since` and the client version from an upgrade request.
 pub(super) fn connect_options(req: &Request<'_>) -> Result<ConnectOptions, &'static str> {
     const BAD_SINCE: &str = "invalid since (a stream id like 1700000000000-0, or $)";
@@ -52,42 +60,60 @@ pub(super) fn connect_options(req: &Request<'_>) -> Result<ConnectOptions, &'sta
 }
 
 impl Gateway {
-    /// The upgrade policy: the path picks the endpoint, then the RFC 6455 checks, the origin, and on the gateway
-    /// endpoint the connect-time channels, options and token. Everything that can refuse runs before anything
-    /// changes; then the 101 response, the session and the subscriptions.
+    /// A WebSocket upgrade on `endpoint` (the router picked it by path): the RFC 6455 checks, the origin, and on the
+    /// gateway endpoint the session ([`Self::admit`] and [`Self::begin`]). Everything that can refuse runs before
+    /// anything changes; then the 101 response, the session and the subscriptions.
     pub(super) fn upgrade(
         &mut self,
         core: &mut Core<Client>,
         key: Key,
         req: &Request<'_>,
+        endpoint: Endpoint,
         response: &mut Vec<u8>,
     ) -> Result<(), Reject> {
-        let policy = &self.policy;
-        let endpoint = if req.path == policy.ws_path {
-            Endpoint::Gateway
-        } else if !policy.echo_path.is_empty() && req.path == policy.echo_path {
-            Endpoint::Echo
-        } else {
-            return Err(Reject::NotFound);
-        };
         let ws_key = handshake::check_upgrade(req)?;
-        if !policy.allowed_origins.is_empty() {
-            let allowed = req
-                .origin
-                .is_some_and(|o| policy.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                return Err(Reject::Forbidden("origin not allowed"));
-            }
+        if !self.origin_allowed(req.origin) {
+            return Err(Reject::Forbidden("origin not allowed"));
         }
         if endpoint == Endpoint::Echo {
             let deflate = core.negotiate_deflate(key, req);
             handshake::write_switching(response, ws_key, token::reply_protocol(req), deflate);
-            let deadline = core.now() + policy.ping_interval;
+            let deadline = core.now() + self.policy.ping_interval;
             core.schedule(key, deadline);
             return Ok(());
         }
+        let admission = self.admit(core, key, req)?;
+        let deflate = core.negotiate_deflate(key, req);
+        let protocol = token::reply_protocol(req);
+        handshake::write_switching(response, ws_key, protocol, deflate);
+        let head_len = response.len();
+        self.begin(core, key, admission, false, response);
+        if protocol == Some(msgpack::SUBPROTOCOL) {
+            core.use_alt_format(key);
+            let mut first = response.split_off(head_len);
+            msgpack::transcode_frames(&mut first);
+            response.extend_from_slice(&first);
+        }
+        Ok(())
+    }
+
+    /// `server.allowed_origins` (empty = any origin; a request without `Origin` is refused when it is set).
+    pub(super) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.policy.allowed_origins;
+        allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o))
+    }
+
+    /// The checks of a session's request (WebSocket upgrade or fallback transport), from its query string and
+    /// headers: connect-time channels and options, recovery positions, the token and the per-user limit. Changes
+    /// nothing on refusal.
+    pub(super) fn admit(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        req: &Request<'_>,
+    ) -> Result<Admission, Reject> {
         let channels = match protocol::query_channels(req.query) {
-            Ok(c) if c.len() > policy.max_channels => {
+            Ok(c) if c.len() > self.policy.max_channels => {
                 return Err(Reject::BadRequest("too many channels"))
             }
             Ok(c) => c,
@@ -113,12 +139,42 @@ impl Gateway {
             ));
         }
         let state = self.authenticate(core, req)?;
+        Ok(Admission {
+            channels,
+            opts,
+            recover,
+            state,
+        })
+    }
 
-        let deflate = core.negotiate_deflate(key, req);
-        let protocol = token::reply_protocol(req);
-        handshake::write_switching(response, ws_key, protocol, deflate);
-        let head_len = response.len();
-        let channels = self.open_session(core, key, state, channels, opts, response);
+    /// Gives up an admitted session that will not start: its per-user slot goes back.
+    pub(super) fn abandon(&mut self, admission: Admission) {
+        let Some(s) = admission.state else {
+            return;
+        };
+        if let (true, Some(user)) = (s.counted, s.user()) {
+            self.local.shared.users.release(user);
+        }
+    }
+
+    /// Starts an admitted session on connection `key`: socket id, welcome (with the session key of a fallback
+    /// transport when `fallback`), subscriptions with their recovery, the connection's timer. The first frames are
+    /// appended to `response` as WebSocket frames (the caller converts them to the connection's form).
+    pub(super) fn begin(
+        &mut self,
+        core: &mut Core<Client>,
+        key: Key,
+        admission: Admission,
+        fallback: bool,
+        response: &mut Vec<u8>,
+    ) {
+        let Admission {
+            channels,
+            opts,
+            recover,
+            state,
+        } = admission;
+        let channels = self.open_session(core, key, state, channels, opts, fallback, response);
         let mut positions = Vec::new();
         let mut replay = Vec::new();
         for name in &channels {
@@ -133,15 +189,8 @@ impl Gateway {
                 response.extend_from_slice(&frame);
             }
         }
-        if protocol == Some(msgpack::SUBPROTOCOL) {
-            core.use_alt_format(key);
-            let mut first = response.split_off(head_len);
-            msgpack::transcode_frames(&mut first);
-            response.extend_from_slice(&first);
-        }
         let deadline = (core.now() + self.policy.ping_interval).min(token_deadline(core, key));
         core.schedule(key, deadline);
-        Ok(())
     }
 
     /// The token and the per-user connection limit. `Ok(None)` with `auth.mode = "none"`. On success with a token
@@ -224,6 +273,7 @@ impl Gateway {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// After the checks on the gateway endpoint: gives the connection its socket id, registers it, appends the
     /// welcome frame (and a refusal for connect-time channels the token does not allow) to the 101 response, and
     /// reports the connect upstream. In cluster mode also records the session in Redis (through the state thread)
@@ -235,17 +285,23 @@ impl Gateway {
         state: Option<Box<ClientState>>,
         channels: Vec<String>,
         opts: ConnectOptions,
+        fallback: bool,
         response: &mut Vec<u8>,
     ) -> Vec<String> {
         let sid = self.local.sids.next_id();
         let heartbeat = self.local.shared.heartbeat;
         let profile = state.as_ref().and_then(|s| s.profile.clone());
+        let session_key = fallback.then(|| {
+            self.local.shared.fallback.open(sid);
+            self.local.shared.fallback.key(sid)
+        });
         frames::push_welcome(
             response,
             sid,
             heartbeat.interval(None),
             heartbeat.timeout(None),
             profile.as_deref().map(|p| &*p.user),
+            session_key.as_deref(),
         );
         let allowed = match &profile {
             Some(p) => {
@@ -306,6 +362,12 @@ impl Gateway {
     pub(super) fn end_session(&mut self, core: &Core<Client>, key: Key) {
         self.drop_floors(core, key);
         let client = core.app(key);
+        if core.is_stream(key) {
+            self.local.tally.sse_sessions -= 1;
+        }
+        if core.is_stream(key) || core.is_detached(key) {
+            self.local.shared.fallback.close(client.sid);
+        }
         self.state_change(StateChange::Close { sid: client.sid });
         let s = client.state.as_deref();
         let user = s.and_then(|s| s.user());

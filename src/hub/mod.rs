@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub mod merge;
 mod outbox;
+pub mod peers;
 mod targeted;
 pub use outbox::{HandoffStats, Outbox};
 pub use targeted::sid_home;

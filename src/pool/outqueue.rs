@@ -60,6 +60,13 @@ impl OutQueue {
         self.queued = 0;
     }
 
+    /// Takes every queued frame (none of which was started: a queue that is never written).
+    pub fn drain(&mut self) -> impl Iterator<Item = OutFrame> + '_ {
+        self.head_sent = 0;
+        self.queued = 0;
+        self.frames.drain(..)
+    }
+
     /// Drops every frame not yet started; a frame already partly written stays (nothing may cut into it).
     pub fn drop_unsent(&mut self) {
         if self.head_sent == 0 {

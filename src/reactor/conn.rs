@@ -38,6 +38,8 @@ pub mod flag {
     /// Takes zero-copy sends (it was queued a frame of at least `ws.zerocopy_threshold`): its writes go through
     /// its zero-copy ledger (reactor/zerocopy.rs).
     pub const ZEROCOPY: u8 = 64;
+    /// A request the handler answers later ([`super::super::Core::hold`]): input is discarded meanwhile.
+    pub const HELD: u8 = 128;
 }
 
 /// What a connection's frames look like on the wire, in [`Conn::wire`].
@@ -49,6 +51,10 @@ pub mod wire {
     pub const CLIENT_CONTEXT: u8 = 0x10;
     /// The application's alternative format (its frames transcoded by [`super::super::Handler::transcode`]).
     pub const ALT_FORMAT: u8 = 0x20;
+    /// A streaming HTTP connection: frames leave in the handler's stream form, input is discarded.
+    pub const STREAM: u8 = 0x40;
+    /// No socket ([`super::super::Core::open_detached`]): frames stay queued until the handler takes them.
+    pub const DETACHED: u8 = 0x80;
 }
 
 /// Index of a connection's TLS state in the reactor's TLS slab; [`NO_TLS`] for a plaintext connection.

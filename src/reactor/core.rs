@@ -28,6 +28,8 @@ pub(super) struct Limits {
     pub max_message: usize,
     pub max_outbound: usize,
     pub max_head: usize,
+    /// Largest request body read on the client listener (`ws.max_message_size`).
+    pub max_body: usize,
     pub max_connections: usize,
     pub handshake_timeout: u32,
     pub message_timeout: u32,
@@ -75,6 +77,8 @@ pub struct Core<A> {
     pub(super) deflater: Option<Box<Deflater>>,
     /// The handler's transcoder into its alternative format ([`super::Handler::transcode`]).
     pub(super) transcode: fn(&[u8]) -> Option<Vec<u8>>,
+    /// The handler's stream form ([`super::Handler::stream_form`]) for streaming HTTP connections.
+    pub(super) stream_form: fn(&[u8]) -> Vec<u8>,
     /// Inflates the messages of clients that compress each message on its own (reset for each), and the output
     /// buffer of every inflate.
     pub(super) inflater: Option<Box<Inflater>>,
@@ -86,6 +90,37 @@ pub struct Core<A> {
     keys: Vec<u32>,
     /// Zero-copy sends: the frames the kernel may still read, per connection; parked connections.
     pub(super) zc: ZeroCopySends,
+    /// Detached connections with frames queued this iteration: the handler's `on_output` is due.
+    pub(super) with_output: Vec<Key>,
+}
+
+/// The handler's conversions of a frame into its other wire forms ([`super::Handler::transcode`],
+/// [`super::Handler::stream_form`]).
+pub(super) struct Forms {
+    pub transcode: fn(&[u8]) -> Option<Vec<u8>>,
+    pub stream_form: fn(&[u8]) -> Vec<u8>,
+}
+
+impl<A: Default> Core<A> {
+    /// Opens a connection without a socket: a session whose client comes and goes over separate requests (HTTP
+    /// long-poll). It is open like any other — channels, timers, the slow-consumer limit, `on_close` — but what is
+    /// queued on it stays queued until the handler takes it ([`Self::take_queued`]; [`super::Handler::on_output`]
+    /// says when there is some). It counts against `server.max_connections`; None when that is reached.
+    pub fn open_detached(&mut self) -> Option<Key> {
+        use std::sync::atomic::Ordering;
+        if self.live_connections.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
+            self.live_connections.fetch_sub(1, Ordering::Relaxed);
+            self.tally.refused_total += 1;
+            return None;
+        }
+        let mut conn = Conn::new(-1, 0);
+        conn.state = State::Open;
+        conn.last_rx = self.now;
+        conn.wire = wire::DETACHED;
+        self.tally.connections += 1;
+        self.tally.handshakes_total += 1;
+        Some(self.conns.insert(conn))
+    }
 }
 
 impl<A> Core<A> {
@@ -95,9 +130,13 @@ impl<A> Core<A> {
         live_connections: Arc<AtomicUsize>,
         budget: Arc<MemoryBudget>,
         tls: bool,
-        transcode: fn(&[u8]) -> Option<Vec<u8>>,
+        forms: Forms,
         zerocopy: Option<super::sys::ZeroCopy>,
     ) -> Self {
+        let Forms {
+            transcode,
+            stream_form,
+        } = forms;
         let mut ping = Vec::new();
         encode::push_frame(&mut ping, OP_PING, b"");
         let zc = ZeroCopySends::new(limits.zerocopy_threshold, zerocopy);
@@ -127,11 +166,13 @@ impl<A> Core<A> {
             ping_frame: Rc::new(Arc::new(ping)),
             deflater: None,
             transcode,
+            stream_form,
             inflater: None,
             inflated: Vec::new(),
             inflate_contexts: HashMap::new(),
             zc,
             keys: Vec::new(),
+            with_output: Vec::new(),
         }
     }
 
@@ -314,7 +355,7 @@ impl<A> Core<A> {
     /// form (transcoded, compressed), made for it alone.
     #[inline]
     pub fn queue(&mut self, key: Key, frame: OutFrame) {
-        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW) == 0 {
+        if self.conns[key].wire & (wire::ALT_FORMAT | wire::WINDOW | wire::STREAM) == 0 {
             return self.push(key, frame);
         }
         let form = self.variant(key, &frame, &mut Variants::default());
@@ -325,10 +366,12 @@ impl<A> Core<A> {
     #[inline]
     pub(super) fn push(&mut self, key: Key, frame: OutFrame) {
         let conn = &mut self.conns[key];
-        if !conn.accepts_frames() {
-            return;
+        if !conn.accepts_frames() || frame.is_empty() {
+            return; // empty: a frame with no stream form (a pong on a stream)
         }
-        if frame.len() >= self.zc.threshold && conn.tls == NO_TLS {
+        // A detached connection has no socket to send from.
+        if frame.len() >= self.zc.threshold && conn.tls == NO_TLS && conn.wire & wire::DETACHED == 0
+        {
             conn.flags |= flag::ZEROCOPY;
         }
         let backlog = !conn.out.is_empty();
@@ -431,6 +474,63 @@ impl<A> Core<A> {
         self.conns[key].wire |= wire::ALT_FORMAT;
     }
 
+    /// Hands the frames queued on detached connection `key` to `take`, oldest first, and empties its queue.
+    pub fn take_queued(&mut self, key: Key, mut take: impl FnMut(&[u8])) {
+        let conn = &mut self.conns[key];
+        if conn.wire & wire::DETACHED == 0 {
+            return;
+        }
+        for frame in conn.out.drain() {
+            take(&frame);
+        }
+    }
+
+    /// The request on connection `key` (in [`super::Handler::on_http`]) is answered later: its input is
+    /// discarded until then, and at `deadline` (reactor second) the core answers 503 itself.
+    pub fn hold(&mut self, key: Key, deadline: u32) {
+        let conn = &mut self.conns[key];
+        if conn.state == State::Handshake && !conn.has(flag::DOOMED) {
+            conn.flags |= flag::HELD;
+            self.timers.schedule(&mut self.conns, key, deadline);
+        }
+    }
+
+    /// Whether `key` names a held request still waiting for its answer (any key may be asked).
+    pub fn is_held(&self, key: Key) -> bool {
+        self.conns.get(key).is_some_and(|c| {
+            c.state == State::Handshake && c.has(flag::HELD) && !c.has(flag::DOOMED)
+        })
+    }
+
+    /// Answers a held request with a complete HTTP response; false when it no longer waits (its client left).
+    pub fn answer_held(&mut self, key: Key, response: &[u8]) -> bool {
+        if !self.is_held(key) {
+            return false;
+        }
+        self.conns[key].flags &= !flag::HELD;
+        self.respond(key, response);
+        true
+    }
+
+    /// Whether connection `key` is detached ([`Self::open_detached`]).
+    pub fn is_detached(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::DETACHED != 0
+    }
+
+    /// Whether connection `key` is a streaming HTTP connection ([`super::Reply::Stream`]).
+    pub fn is_stream(&self, key: Key) -> bool {
+        self.conns[key].wire & wire::STREAM != 0
+    }
+
+    /// The client of connection `key` showed life on another request (a stream's client speaks through separate
+    /// HTTP requests): counts like inbound bytes for the idle timeout and an outstanding ping.
+    pub fn touch(&mut self, key: Key) {
+        let now = self.now;
+        let conn = &mut self.conns[key];
+        conn.last_rx = now;
+        conn.flags &= !flag::PING_SENT;
+    }
+
     /// Whether connection `key` uses the application's alternative format.
     pub fn alt_format(&self, key: Key) -> bool {
         self.conns[key].wire & wire::ALT_FORMAT != 0
@@ -440,7 +540,11 @@ impl<A> Core<A> {
         let conn = &mut self.conns[key];
         if conn.flags & (flag::DIRTY | flag::BLOCKED) == 0 {
             conn.flags |= flag::DIRTY;
-            self.dirty.push(key);
+            if conn.wire & wire::DETACHED != 0 {
+                self.with_output.push(key); // no socket: the handler hears of it instead
+            } else {
+                self.dirty.push(key);
+            }
         }
     }
 

@@ -32,18 +32,26 @@ pub trait Handler {
         peer: Option<IpAddr>,
     ) -> Result<(), Reject>;
 
-    /// A complete HTTP request head on a new connection. The handler routes it and checks it as an upgrade
-    /// (`frame::handshake::check_upgrade`, after its own routing so an unknown path is a 404, not a 400). To
-    /// accept, write the 101 response (`frame::handshake::write_switching`) and any first frames into `response`,
-    /// set up the connection (app state, subscriptions, its timer) and return Ok: the connection is then open and
-    /// `response` is sent. Refuse with `Err` before changing anything; the core answers with that HTTP error.
-    fn on_upgrade(
+    /// A complete HTTP request on a new connection: its head and its body (`Content-Length` bytes, at most
+    /// `ws.max_message_size`; the core answers 413 beyond, and the handshake timeout bounds how long head and body
+    /// may take). The handler routes it and answers with a [`Reply`], the bytes to send written into `response`:
+    /// - a WebSocket upgrade: it checks the request (`frame::handshake::check_upgrade`, after its own routing so an
+    ///   unknown path is a 404, not a 400), writes the 101 response (`frame::handshake::write_switching`) and any
+    ///   first frames, sets up the connection (app state, subscriptions, its timer) and returns
+    ///   [`Reply::WebSocket`]: the connection is then open;
+    /// - a streaming HTTP response: the same with the response head and first bytes in the handler's stream form,
+    ///   returning [`Reply::Stream`];
+    /// - a complete HTTP response ([`Reply::Respond`]): sent, then the connection closes.
+    ///
+    /// Refuse with `Err` before changing anything; the core answers with that HTTP error.
+    fn on_http(
         &mut self,
         core: &mut Core<Self::Conn>,
         key: Key,
         req: &Request<'_>,
+        body: &[u8],
         response: &mut Vec<u8>,
-    ) -> Result<(), Reject>;
+    ) -> Result<Reply, Reject>;
 
     /// A complete text or binary message on an open connection (fragments already joined, text already valid
     /// UTF-8).
@@ -90,8 +98,38 @@ pub trait Handler {
         None
     }
 
+    /// A complete frame in the handler's stream form, for connections opened with [`Reply::Stream`]: every frame
+    /// queued on them (messages, pings, the close frame) leaves in this form; empty = nothing is sent for it.
+    /// Shared frames are converted once per publish.
+    fn stream_form(frame: &[u8]) -> Vec<u8> {
+        frame.to_vec()
+    }
+
+    /// Frames were queued on a detached connection ([`Core::open_detached`]) this iteration; the handler takes
+    /// them with [`Core::take_queued`] when it has somewhere to send them.
+    fn on_output(&mut self, core: &mut Core<Self::Conn>, key: Key) {
+        let _ = (core, key);
+    }
+
     /// Once per loop iteration, after teardown (publish counters).
     fn on_iteration(&mut self, core: &Core<Self::Conn>);
+}
+
+/// What a handler made of an HTTP request ([`Handler::on_http`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Upgraded to a WebSocket: the response holds the 101 response and any first frames.
+    WebSocket,
+    /// A streaming HTTP response (server-sent events): the response holds its head and first bytes. The connection
+    /// is open like a WebSocket one — sessions, channels, timers, the slow-consumer limit — but what is queued on it
+    /// leaves in [`Handler::stream_form`], its input is discarded (the client speaks on other requests), and a
+    /// close ends it as soon as the last bytes are written.
+    Stream,
+    /// A complete HTTP response: sent, then the connection closes.
+    Respond,
+    /// No answer yet: the handler called [`Core::hold`] and answers later with [`Core::answer_held`] (or already
+    /// did, during the hook).
+    Hold,
 }
 
 /// The reactor's command type for handler `H`.

@@ -3,7 +3,7 @@
 //! and after a protocol violation nothing more of the buffer is decoded.
 
 use super::conn::{flag, wire, State, NO_TLS};
-use super::handler::{Handler, Key};
+use super::handler::{Handler, Key, Reply};
 use super::sys::{net, Poller, Ready};
 use super::Reactor;
 use crate::frame::close_code::INVALID_PAYLOAD;
@@ -148,12 +148,22 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 return buf.len();
             }
             match conn.state {
+                State::Handshake if conn.has(flag::HELD) => return buf.len(),
                 State::Handshake => {
                     match handshake::parse_request(&buf[off..], self.core.limits.max_head) {
                         Ok(None) => return off,
                         Ok(Some(req)) => {
-                            off += req.head_len;
-                            self.upgrade(key, &req);
+                            let body_len = req.content_length;
+                            if body_len > self.core.limits.max_body {
+                                self.core.reject(key, handshake::Reject::PayloadTooLarge);
+                                return buf.len();
+                            }
+                            let start = off + req.head_len;
+                            if buf.len() - start < body_len {
+                                return off; // the body is incomplete: the request is parsed again then
+                            }
+                            off = start + body_len;
+                            self.request(key, &req, &buf[start..off]);
                         }
                         Err(reject) => {
                             self.core.reject(key, reject);
@@ -162,8 +172,8 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     }
                 }
                 State::Open | State::Closing => {
-                    if off == buf.len() {
-                        return off;
+                    if off == buf.len() || conn.wire & wire::STREAM != 0 {
+                        return buf.len();
                     }
                     match conn
                         .decoder
@@ -185,17 +195,26 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         }
     }
 
-    /// Completes the upgrade or refuses it: the handler decides, the core sends.
-    fn upgrade(&mut self, key: Key, req: &handshake::Request<'_>) {
+    /// Answers a request: the handler decides (upgrade, stream, response or refusal), the core sends.
+    fn request(&mut self, key: Key, req: &handshake::Request<'_>, body: &[u8]) {
         // One reusable buffer for every 101 response: a handshake allocates no response.
         let mut response = std::mem::take(&mut self.response);
         response.clear();
         match self
             .handler
-            .on_upgrade(&mut self.core, key, req, &mut response)
+            .on_http(&mut self.core, key, req, body, &mut response)
         {
-            Ok(()) => self.open(key, &response),
+            Ok(Reply::WebSocket) => self.open(key, &response),
+            Ok(Reply::Stream) => {
+                self.core.conns[key].wire |= wire::STREAM;
+                self.open(key, &response);
+            }
+            Ok(Reply::Respond) => self.core.respond(key, &response),
+            Ok(Reply::Hold) => {}
             Err(reject) => self.core.reject(key, reject),
+        }
+        if response.capacity() > SCRATCH {
+            response = Vec::new(); // a large response (a page) does not keep its memory
         }
         self.response = response;
     }

@@ -35,15 +35,16 @@ mod zerocopy;
 pub use self::core::Core;
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
 pub use command::Command;
-pub use handler::{CommandFor, Handler, Key};
+pub use handler::{CommandFor, Handler, Key, Reply};
 pub use latency::{Latency, ReactorLatency, SharedLatency, QUANTILES};
 pub use stats::{ReactorStats, Tally};
 pub use sys::{Epoll, Poller, Uring, Waker};
 
-use self::core::Limits;
+use self::core::{Forms, Limits};
 use crate::config::Config;
 use crate::frame::close_code;
-use crate::pool::MemoryBudget;
+use crate::frame::handshake::Reject;
+use crate::pool::{self, MemoryBudget};
 use crate::tls::TlsAcceptor;
 use clock::Clock;
 use conn::{Conn, State};
@@ -152,6 +153,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             max_message: c.ws.max_message_size,
             max_outbound: c.ws.max_outbound_bytes,
             max_head: c.server.max_request_head,
+            max_body: c.ws.max_message_size,
             max_connections: c.server.max_connections,
             handshake_timeout: c.server.handshake_timeout.min(u32::MAX as u64) as u32,
             message_timeout: c.ws.message_timeout.min(u32::MAX as u64 / 4) as u32,
@@ -168,7 +170,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 s.live_connections,
                 s.budget,
                 s.tls.is_some(),
-                H::transcode,
+                Forms {
+                    transcode: H::transcode,
+                    stream_form: H::stream_form,
+                },
                 zerocopy,
             ),
             handler,
@@ -237,8 +242,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         }
 
         self.run_commands();
+        self.notify_output();
         self.flush_dirty()?;
         self.run_timers();
+        self.notify_output();
         self.flush_dirty()?;
         self.teardown();
         self.publish_stats();
@@ -518,6 +525,22 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         outcome
     }
 
+    /// The handler hears of the detached connections that got frames (it may answer a waiting request with them).
+    fn notify_output(&mut self) {
+        let mut with_output = std::mem::take(&mut self.core.with_output);
+        for &key in &with_output {
+            let conn = &mut self.core.conns[key];
+            conn.flags &= !conn::flag::DIRTY;
+            if conn.accepts_frames() && !conn.out.is_empty() {
+                self.handler.on_output(&mut self.core, key);
+            }
+        }
+        with_output.clear();
+        // Frames queued by the handler during the pass wait for the next one.
+        with_output.append(&mut self.core.with_output);
+        self.core.with_output = with_output;
+    }
+
     // ---- timers ---------------------------------------------------------------------------------------------------
 
     fn run_timers(&mut self) {
@@ -530,12 +553,22 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 continue;
             }
             match conn.state {
+                State::Handshake if conn.has(conn::flag::HELD) => {
+                    self.core
+                        .reject(key, Reject::Unavailable("no answer in time; retry"));
+                }
                 State::Handshake => {
-                    self.core.tally.handshake_failures_total += 1;
                     if self.core.tls_handshaking(key) {
+                        self.core.tally.handshake_failures_total += 1;
                         self.core.tally.tls_failures_total += 1;
+                        self.core.doom(key);
+                    } else if conn.rbuf != pool::NO_BUF {
+                        // Part of a request arrived (a slow head or body): say why it ends.
+                        self.core.reject(key, Reject::RequestTimeout);
+                    } else {
+                        self.core.tally.handshake_failures_total += 1;
+                        self.core.doom(key);
                     }
-                    self.core.doom(key);
                 }
                 State::Closing | State::Lingering => self.core.doom(key),
                 State::Open => self.handler.on_timer(&mut self.core, key),

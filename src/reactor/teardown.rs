@@ -41,6 +41,14 @@ impl<A> Core<A> {
         self.leave_open(key, State::Closing);
         self.push_last(key, encode::close_frame(code, reason));
         self.schedule_grace(key);
+        let form = self.conns[key].wire;
+        if form & wire::DETACHED != 0 {
+            // Nothing to wait for: the handler reads the close frame from the queue in `on_close`.
+            self.doom(key);
+        } else if form & wire::STREAM != 0 {
+            // A stream's client has no close frame to send: it ends once ours is written.
+            self.close_after_flush(key);
+        }
     }
 
     /// Like [`Self::close`], without waiting for the client's close frame: the socket closes as soon as ours is
@@ -148,8 +156,31 @@ impl<A> Core<A> {
         conn.state = next;
     }
 
-    /// Queues a connection's last frame (its close frame), past the open-state check of `queue`.
+    /// Answers a request with a complete HTTP response ([`super::Reply::Respond`]): it is queued, our side shuts down
+    /// once it is written, and the client's EOF ends the connection — or the handshake timeout, which gives a large
+    /// response (a page, a long-poll answer) on a slow link longer than the close grace would.
+    pub(super) fn respond(&mut self, key: Key, response: &[u8]) {
+        self.conns[key].state = State::Lingering;
+        self.conns[key]
+            .out
+            .push(Rc::new(Arc::new(response.to_vec())));
+        self.mark_dirty(key);
+        self.shut_after_flush(key);
+        let deadline = self.now + self.limits.handshake_timeout.max(CLOSE_GRACE);
+        self.timers.schedule(&mut self.conns, key, deadline);
+    }
+
+    /// Queues a connection's last frame (its close frame, in the connection's stream form if it is a stream), past
+    /// the open-state check of `queue`.
     fn push_last(&mut self, key: Key, frame: Vec<u8>) {
+        let frame = if self.conns[key].wire & wire::STREAM != 0 {
+            (self.stream_form)(&frame)
+        } else {
+            frame
+        };
+        if frame.is_empty() {
+            return;
+        }
         self.conns[key].out.push(Rc::new(Arc::new(frame)));
         self.tally.messages_out_total += 1;
         self.mark_dirty(key);
@@ -185,6 +216,7 @@ impl<A> Core<A> {
         // The read and flush lists carry keys into the next iteration; a freed key may be reused by then.
         self.pending_reads.retain(|&k| !conns[k].has(flag::DOOMED));
         self.dirty.retain(|&k| !conns[k].has(flag::DOOMED));
+        self.with_output.retain(|&k| !conns[k].has(flag::DOOMED));
         let mut doomed = std::mem::take(&mut self.doomed);
         for key in doomed.drain(..) {
             self.release(key);
@@ -233,8 +265,11 @@ impl<A> Core<A> {
         if conn.has(flag::ZEROCOPY) {
             self.recycle_ledger(key);
         }
-        // Closed by the reactor once its backend has let go of it (see `Poller::forget`).
-        self.closing.push((conn.fd, key as u64));
+        // Closed by the reactor once its backend has let go of it (see `Poller::forget`). A detached connection
+        // has none.
+        if conn.wire & wire::DETACHED == 0 {
+            self.closing.push((conn.fd, key as u64));
+        }
         self.live_connections.fetch_sub(1, Ordering::Relaxed);
         self.tally.closed_total += 1;
     }

@@ -1,5 +1,5 @@
 //! The forms one shared frame takes on the wire: as published, permessage-deflate compressed, in the application's
-//! alternative format, and that compressed. Each form is made at most once per frame, by the first connection that
+//! alternative format, that compressed, and in the application's stream form (streaming HTTP connections). Each form is made at most once per frame, by the first connection that
 //! wants it, and shared by reference like the frame itself: a publish costs one compression (and one transcoding)
 //! whatever the number of subscribers, and each subscriber still costs one reference and a queue push. A frame
 //! for one connection (`Core::queue`) gets its form made for that connection alone.
@@ -20,12 +20,20 @@ pub(super) struct Variants {
     deflated: Option<Option<OutFrame>>,
     alt: Option<Option<OutFrame>>,
     alt_deflated: Option<Option<OutFrame>>,
+    stream: Option<OutFrame>,
 }
 
 impl<A> Core<A> {
     /// The form of `plain` connection `key` gets.
     pub(super) fn variant(&mut self, key: Key, plain: &OutFrame, forms: &mut Variants) -> OutFrame {
         let wire = self.conns[key].wire;
+        if wire & wire::STREAM != 0 {
+            let form = self.stream_form;
+            return forms
+                .stream
+                .get_or_insert_with(|| Rc::new(Arc::new(form(plain))))
+                .clone();
+        }
         let alt = wire & wire::ALT_FORMAT != 0;
         let base = if alt {
             let transcode = self.transcode;

@@ -90,45 +90,23 @@ impl Uring {
         self.push(&entry)
     }
 
-    /// Files an accept completion with its listener; true if the reactor should hear of it (the first socket
-    /// waiting, an error, or the multishot's end).
-    fn on_accepted(&mut self, index: usize, res: i32, more: bool) -> bool {
-        let Some(l) = self.listeners.get_mut(index) else {
-            return false;
-        };
-        if !more {
-            l.armed = false;
-        }
-        if l.removed {
-            if res >= 0 {
-                net::close(res);
-            }
-            return false;
-        }
-        if res >= 0 {
-            l.accepted.push_back(res);
-            l.accepted.len() == 1 || !more
-        } else {
-            if res != -libc::ECANCELED {
-                l.error = Some(res);
-            }
-            true
-        }
-    }
-
     /// Moves completions out of the ring: readiness into `out`, write results into `results`.
     fn reap(&mut self, out: &mut Vec<Ready>, results: &mut [i32]) -> io::Result<usize> {
         let mut writes = 0;
         let mut rearm = Vec::new();
-        let mut accepted = Vec::new();
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
             if data & ACCEPT_TAG == ACCEPT_TAG {
-                accepted.push((
-                    (data & !ACCEPT_TAG) as usize,
-                    cqe.result(),
-                    cqueue::more(cqe.flags()),
-                ));
+                let index = (data & !ACCEPT_TAG) as usize;
+                let more = cqueue::more(cqe.flags());
+                if let Some(token) = on_accepted(&mut self.listeners, index, cqe.result(), more) {
+                    out.push(Ready {
+                        token,
+                        readable: true,
+                        writable: false,
+                        error: false,
+                    });
+                }
                 continue;
             }
             if data & WRITE_TAG != 0 {
@@ -173,18 +151,33 @@ impl Uring {
         for data in rearm {
             self.push(&poll_entry((data >> 32) as RawFd, data))?;
         }
-        for (index, res, more) in accepted {
-            if self.on_accepted(index, res, more) {
-                out.push(Ready {
-                    token: self.listeners[index].token,
-                    readable: true,
-                    writable: false,
-                    error: false,
-                });
-            }
-        }
         Ok(writes)
     }
+}
+
+/// Files an accept completion with its listener; the listener's token if the reactor should hear of it (the first
+/// socket waiting, an error, or the multishot's end).
+fn on_accepted(listeners: &mut [Listener], index: usize, res: i32, more: bool) -> Option<u64> {
+    let l = listeners.get_mut(index)?;
+    if !more {
+        l.armed = false;
+    }
+    if l.removed {
+        if res >= 0 {
+            net::close(res);
+        }
+        return None;
+    }
+    let tell = if res >= 0 {
+        l.accepted.push_back(res);
+        l.accepted.len() == 1 || !more
+    } else {
+        if res != -libc::ECANCELED {
+            l.error = Some(res);
+        }
+        true
+    };
+    tell.then_some(l.token)
 }
 
 fn poll_entry(fd: RawFd, data: u64) -> squeue::Entry {

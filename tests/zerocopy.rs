@@ -54,7 +54,9 @@ fn assert_released(s: &Server, ctx: &str) {
 
 #[test]
 fn large_frames_arrive_intact_and_in_order_among_small_ones() {
-    let s = Server::start(&["--set", THRESHOLD]);
+    // All 24 messages (~1.1 MB) are published before anyone reads: room for them all above the default 1 MiB
+    // slow-consumer limit, which a test of its own below covers.
+    let s = Server::start(&["--set", THRESHOLD, "--set", "ws.max_outbound_bytes=8388608"]);
     const SUBSCRIBERS: usize = 40;
     const MESSAGES: usize = 24;
     let mut clients: Vec<Tws> = (0..SUBSCRIBERS)

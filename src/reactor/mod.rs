@@ -143,10 +143,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         clock: Clock,
         mut poller: P,
     ) -> io::Result<Self> {
-        poller.add(s.listener, TOKEN_LISTENER)?;
+        poller.add_listener(s.listener, TOKEN_LISTENER)?;
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
         if let Some(fd) = s.plain_listener {
-            poller.add(fd, TOKEN_PLAIN_LISTENER)?;
+            poller.add_listener(fd, TOKEN_PLAIN_LISTENER)?;
         }
         let c = &s.config;
         let limits = Limits {
@@ -355,7 +355,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         let accepted_us = self.clock_us();
         let core = &mut self.core;
         loop {
-            let (fd, peer) = match net::accept_peer(listener) {
+            let (fd, peer) = match self.poller.accept(listener) {
                 Ok(accepted) => accepted,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return false,

@@ -1,4 +1,4 @@
-//! The reactor's OS layer, in one place: readiness and batched writes (a [`Poller`] backend: epoll or io_uring,
+//! The reactor's OS layer, in one place: readiness, accepts and batched writes (a [`Poller`] backend: epoll or io_uring,
 //! chosen at start-up by [`probe`]), the cross-thread [`Waker`] (an eventfd) and socket calls ([`net`]). The event
 //! loop is generic over the [`Poller`], so each backend is an implementation of this trait, not a fork of the
 //! loop. Other threads (the HTTP API) use the same layer for their own sockets.
@@ -14,6 +14,7 @@ pub use uring::Uring;
 pub use waker::Waker;
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 /// Readiness bits reported for a token.
@@ -62,6 +63,16 @@ pub trait Poller: Sized {
     /// Registers `fd` for edge-triggered read and write readiness under `token` (tokens are below 2^32 - 64 or
     /// within 64 of `u64::MAX`).
     fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
+    /// Registers a listening socket under `token`, reported readable when connections wait for [`Self::accept`].
+    /// Epoll watches it like any socket; io_uring accepts ahead of the reactor (one multishot accept).
+    fn add_listener(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.add(fd, token)
+    }
+    /// One connection of the listener `fd` (registered with [`Self::add_listener`]): its socket (non-blocking,
+    /// close-on-exec, TCP_NODELAY) and its peer's IP address; EAGAIN when none waits, and `accept4`'s errors.
+    fn accept(&mut self, fd: RawFd) -> io::Result<(RawFd, Option<IpAddr>)> {
+        net::accept_peer(fd)
+    }
     /// Stops watching `fd`, which stays open.
     fn remove(&mut self, fd: RawFd) -> io::Result<()>;
     /// Called with the sockets (descriptor and token) about to be closed. Closing a socket ends its epoll

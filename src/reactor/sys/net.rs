@@ -91,6 +91,35 @@ pub fn accept_peer(listener: RawFd) -> io::Result<(RawFd, Option<std::net::IpAdd
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    set_nodelay(fd);
+    Ok((fd, ip_of(&storage, len)))
+}
+
+/// Readies a socket accepted elsewhere (non-blocking and close-on-exec already, e.g. by an io_uring accept) like
+/// [`accept_peer`] does and returns its peer's IP address. A connection the peer has already reset has none
+/// (ENOTCONN): the socket is closed and the error returned.
+pub fn adopt_accepted(fd: RawFd) -> io::Result<(RawFd, Option<std::net::IpAddr>)> {
+    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into `storage`, a live local of that size; checked.
+    let rc = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        close(fd);
+        return Err(e);
+    }
+    set_nodelay(fd);
+    Ok((fd, ip_of(&storage, len)))
+}
+
+fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads a c_int from a live local for the given length.
     unsafe {
@@ -102,24 +131,26 @@ pub fn accept_peer(listener: RawFd) -> io::Result<(RawFd, Option<std::net::IpAdd
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    let ip = match i32::from(storage.ss_family) {
+}
+
+/// The IP address in a socket address the kernel filled `len` bytes of.
+fn ip_of(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<std::net::IpAddr> {
+    match i32::from(storage.ss_family) {
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: the kernel filled an AF_INET address of sufficient length into the storage.
-            let a = unsafe {
-                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(std::net::IpAddr::from(a.sin_addr.s_addr.to_ne_bytes()))
         }
         libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: the kernel filled an AF_INET6 address of sufficient length into the storage.
             let a = unsafe {
-                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
             };
             Some(std::net::IpAddr::from(a.sin6_addr.s6_addr))
         }
         _ => None,
-    };
-    Ok((fd, ip))
+    }
 }
 
 /// One non-blocking write; returns the bytes written (0 on EAGAIN or error, which the caller's next write or read

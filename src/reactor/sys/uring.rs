@@ -1,14 +1,17 @@
 //! The io_uring backend: one ring per reactor. Readiness comes from edge-triggered multishot polls (one SQE per
 //! socket for its whole life, like the epoll registration), and the writes of a flush pass go to the kernel
 //! together: one `io_uring_enter` submits a writev per dirty connection instead of one writev system call each.
+//! Listeners accept ahead of the reactor with one multishot accept each (see [`Listener`]).
 //!
 //! The sockets are non-blocking, so a write the socket cannot take completes at once with EAGAIN instead of
 //! waiting in the kernel; every write of a batch has therefore completed when `write_batch` returns, and the
 //! queued frames it points into are not touched until then.
 
-use super::{Notification, Poller, Ready, WriteOp, ZeroCopy};
+use super::{net, Notification, Poller, Ready, WriteOp, ZeroCopy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 /// Submission queue slots: the largest write batch, and the polls and cancels added between two waits before
@@ -21,6 +24,9 @@ const WRITE_TAG: u64 = 1 << 63;
 const CANCEL_TAG: u64 = 1 << 62;
 /// Tags a zero-copy write (with `WRITE_TAG`): its user data also carries the reactor's cookie above the slot.
 const ZC_TAG: u64 = 1 << 61;
+/// Tags a multishot accept's completions (a pair no write, poll or cancel uses: write cookies stay below bit 61);
+/// the low bits are the listener's index in `Uring::listeners`.
+const ACCEPT_TAG: u64 = WRITE_TAG | CANCEL_TAG;
 /// A write's slot in its batch (`MAX_BATCH` is 512) is in the low bits of its user data.
 const SLOT_BITS: u32 = 9;
 /// `IORING_SEND_ZC_REPORT_USAGE` (ioprio of a zero-copy send) and `IORING_NOTIF_USAGE_ZC_COPIED` (result of its
@@ -40,6 +46,27 @@ pub struct Uring {
     notifications: Vec<Notification>,
     /// The kernel offers `SENDMSG_ZC`.
     sendmsg_zc: bool,
+    listeners: Vec<Listener>,
+}
+
+/// A listening socket with its multishot accept. The kernel accepts while connections arrive and completes with
+/// each new socket, which waits here for the reactor's [`Poller::accept`]. A multishot accept carries no peer
+/// address (one address buffer would be overwritten by every accept), so the peer's IP address comes from a
+/// `getpeername` per socket: the same address `accept4` reports, for the per-source limits.
+///
+/// An accept that fails (EMFILE, ENFILE, ENOMEM...) ends the multishot: the error goes to the reactor like
+/// `accept4`'s (it pauses accepting), and while unarmed the listener is accepted from with `accept4` until its
+/// backlog is empty, then armed again. So a descriptor shortage never turns into a loop of failing accepts.
+struct Listener {
+    fd: RawFd,
+    token: u64,
+    /// A multishot accept is in the kernel.
+    armed: bool,
+    /// Closed (at shutdown): its late completions' sockets are closed.
+    removed: bool,
+    accepted: VecDeque<RawFd>,
+    /// An accept error not yet reported to the reactor (a negated errno).
+    error: Option<i32>,
 }
 
 impl Uring {
@@ -53,12 +80,35 @@ impl Uring {
             .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))
     }
 
+    fn arm(&mut self, index: usize) -> io::Result<()> {
+        let l = &mut self.listeners[index];
+        l.armed = true;
+        let entry = opcode::AcceptMulti::new(types::Fd(l.fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ACCEPT_TAG | index as u64);
+        self.push(&entry)
+    }
+
     /// Moves completions out of the ring: readiness into `out`, write results into `results`.
     fn reap(&mut self, out: &mut Vec<Ready>, results: &mut [i32]) -> io::Result<usize> {
         let mut writes = 0;
         let mut rearm = Vec::new();
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
+            if data & ACCEPT_TAG == ACCEPT_TAG {
+                let index = (data & !ACCEPT_TAG) as usize;
+                let more = cqueue::more(cqe.flags());
+                if let Some(token) = on_accepted(&mut self.listeners, index, cqe.result(), more) {
+                    out.push(Ready {
+                        token,
+                        readable: true,
+                        writable: false,
+                        error: false,
+                    });
+                }
+                continue;
+            }
             if data & WRITE_TAG != 0 {
                 let cookie = (data & !(WRITE_TAG | ZC_TAG)) >> SLOT_BITS;
                 if cqueue::notif(cqe.flags()) {
@@ -103,6 +153,31 @@ impl Uring {
         }
         Ok(writes)
     }
+}
+
+/// Files an accept completion with its listener; the listener's token if the reactor should hear of it (the first
+/// socket waiting, an error, or the multishot's end).
+fn on_accepted(listeners: &mut [Listener], index: usize, res: i32, more: bool) -> Option<u64> {
+    let l = listeners.get_mut(index)?;
+    if !more {
+        l.armed = false;
+    }
+    if l.removed {
+        if res >= 0 {
+            net::close(res);
+        }
+        return None;
+    }
+    let tell = if res >= 0 {
+        l.accepted.push_back(res);
+        l.accepted.len() == 1 || !more
+    } else {
+        if res != -libc::ECANCELED {
+            l.error = Some(res);
+        }
+        true
+    };
+    tell.then_some(l.token)
 }
 
 fn poll_entry(fd: RawFd, data: u64) -> squeue::Entry {
@@ -161,7 +236,43 @@ impl Poller for Uring {
             msgs: Vec::with_capacity(super::MAX_BATCH),
             notifications: Vec::new(),
             sendmsg_zc,
+            listeners: Vec::new(),
         })
+    }
+
+    fn add_listener(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.listeners.push(Listener {
+            fd,
+            token,
+            armed: false,
+            removed: false,
+            accepted: VecDeque::new(),
+            error: None,
+        });
+        self.arm(self.listeners.len() - 1)
+    }
+
+    fn accept(&mut self, fd: RawFd) -> io::Result<(RawFd, Option<IpAddr>)> {
+        let Some(index) = self.listeners.iter().position(|l| l.fd == fd && !l.removed) else {
+            return net::accept_peer(fd);
+        };
+        let l = &mut self.listeners[index];
+        if let Some(sock) = l.accepted.pop_front() {
+            // A peer gone before its address is read has nothing to be served: like accept4's ECONNABORTED.
+            return net::adopt_accepted(sock)
+                .map_err(|_| io::Error::from_raw_os_error(libc::ECONNABORTED));
+        }
+        if let Some(errno) = l.error.take() {
+            return Err(io::Error::from_raw_os_error(-errno));
+        }
+        if l.armed {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        let accepted = net::accept_peer(fd);
+        if matches!(&accepted, Err(e) if e.raw_os_error() == Some(libc::EAGAIN)) {
+            self.arm(index)?;
+        }
+        accepted
     }
 
     fn zerocopy(&self) -> Option<ZeroCopy> {
@@ -179,6 +290,14 @@ impl Poller for Uring {
 
     fn remove(&mut self, fd: RawFd) -> io::Result<()> {
         // Listeners only (at shutdown): cancelled by descriptor, which walks every pending request — fine once.
+        for l in self
+            .listeners
+            .iter_mut()
+            .filter(|l| l.fd == fd && !l.removed)
+        {
+            l.removed = true;
+            l.accepted.drain(..).for_each(net::close);
+        }
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
             .build()
             .user_data(CANCEL_TAG);
@@ -285,6 +404,14 @@ impl Poller for Uring {
             }
         }
         self.finish(ops.len(), results)
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        for l in &mut self.listeners {
+            l.accepted.drain(..).for_each(net::close);
+        }
     }
 }
 
@@ -400,6 +527,180 @@ mod tests {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             other => panic!("the socket stayed open: {other:?}"),
+        }
+    }
+
+    /// Accepts of `listener` through the backend until one fails or none waits (then waits up to 200 ms).
+    fn accept_some(ring: &mut Uring, listener: RawFd, out: &mut Vec<RawFd>) -> io::Result<()> {
+        let mut ready = Vec::new();
+        loop {
+            match ring.accept(listener) {
+                Ok((fd, peer)) => {
+                    assert_eq!(peer, Some(IpAddr::from([127, 0, 0, 1])));
+                    out.push(fd);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    ring.wait(&mut ready, 200)?;
+                    if ready.is_empty() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[test]
+    fn multishot_accepts_hand_over_sockets_with_their_peer_address() {
+        if skip() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        ring.add_listener(listener.as_raw_fd(), u64::MAX - 1)
+            .unwrap();
+        let clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut accepted = Vec::new();
+        let end = accept_some(&mut ring, listener.as_raw_fd(), &mut accepted).unwrap_err();
+        assert_eq!(end.raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(accepted.len(), clients.len());
+        assert!(ring.listeners[0].armed, "one multishot accept did it all");
+        accepted.into_iter().for_each(net::close);
+    }
+
+    /// Run in a child process (it lowers the process's descriptor limit) by the test below.
+    #[test]
+    #[ignore]
+    fn out_of_descriptors_child() {
+        if std::env::var_os("WSGATE_URING_EMFILE_CHILD").is_none() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The client sockets are made first, so only the accepts run out of descriptors.
+        let clients: Vec<socket2_free::Socket> =
+            (0..8).map(|_| socket2_free::Socket::new()).collect();
+        let late = socket2_free::Socket::new();
+        // SAFETY: dup returns the lowest free descriptor, closed at once.
+        let lowest = unsafe { libc::dup(0) };
+        net::close(lowest);
+        // Room for one descriptor: the lowest free one.
+        let limit = libc::rlimit {
+            rlim_cur: lowest as u64 + 1,
+            rlim_max: lowest as u64 + 1,
+        };
+        // SAFETY: setrlimit reads a live rlimit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        ring.add_listener(listener.as_raw_fd(), u64::MAX - 1)
+            .unwrap();
+        for c in &clients {
+            c.connect(addr);
+        }
+        let mut accepted = Vec::new();
+        let end = accept_some(&mut ring, listener.as_raw_fd(), &mut accepted).unwrap_err();
+        assert_eq!(end.raw_os_error(), Some(libc::EMFILE), "{end}");
+        assert!(
+            !ring.listeners[0].armed,
+            "an accept error ends the multishot"
+        );
+        assert!(accepted.len() < clients.len());
+        // Descriptors free again: the backlog is accepted (accept4 while unarmed), then the multishot re-armed.
+        let mut all = accepted.len();
+        accepted.into_iter().for_each(net::close);
+        // One descriptor of room: each round accepts one, then fails with EMFILE until the backlog is empty.
+        for _ in 0..=clients.len() {
+            let mut more = Vec::new();
+            let end = accept_some(&mut ring, listener.as_raw_fd(), &mut more);
+            all += more.len();
+            more.into_iter().for_each(net::close);
+            match end {
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(all, clients.len(), "every waiting connection accepted");
+        assert!(
+            ring.listeners[0].armed,
+            "armed again once the backlog was empty"
+        );
+        drop(clients);
+        late.connect(addr);
+        let mut got = Vec::new();
+        let _ = accept_some(&mut ring, listener.as_raw_fd(), &mut got);
+        assert_eq!(got.len(), 1, "the re-armed multishot accepts");
+        drop(late);
+    }
+
+    #[test]
+    fn out_of_descriptors_accepting_fails_then_resumes() {
+        if skip() {
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "reactor::sys::uring::tests::out_of_descriptors_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("WSGATE_URING_EMFILE_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Unconnected client sockets, made before the descriptor limit is lowered.
+    mod socket2_free {
+        use std::net::SocketAddr;
+        use std::os::fd::RawFd;
+
+        pub struct Socket(RawFd);
+
+        impl Socket {
+            pub fn new() -> Socket {
+                // SAFETY: a plain socket call; the descriptor is owned by the returned value.
+                let fd = unsafe {
+                    libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                };
+                assert!(fd >= 0);
+                Socket(fd)
+            }
+
+            pub fn connect(&self, addr: SocketAddr) {
+                let SocketAddr::V4(v4) = addr else {
+                    panic!("IPv4 only")
+                };
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                // SAFETY: connect reads a live sockaddr_in of the given length.
+                let rc = unsafe {
+                    libc::connect(self.0, &sin as *const _ as *const libc::sockaddr, len)
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            }
+        }
+
+        impl Drop for Socket {
+            fn drop(&mut self) {
+                crate::reactor::sys::net::close(self.0);
+            }
         }
     }
 

@@ -396,22 +396,13 @@ impl Gateway {
         let Some(link) = shared.bridge.clone() else {
             return self.on_standalone_ack(core, key, id);
         };
-        let s = core.app(key).state.as_deref();
-        let Some(user) = s.and_then(|s| s.user()) else {
-            let reply = protocol::reply(id, Some("ack needs an authenticated user"));
-            return core.send(key, reply);
-        };
-        let Some(stream_id) = parse_ack_id(id) else {
-            let reply = protocol::reply(id, Some(BAD_ACK_ID));
-            return core.send(key, reply);
+        let Some((user, device, stream_id)) = ack_target(core, key, id) else {
+            return;
         };
         let ack = Ack {
             sid: core.app(key).sid,
-            user: user.to_string(),
-            device: s
-                .and_then(|s| s.device.as_deref())
-                .unwrap_or("")
-                .to_string(),
+            user,
+            device,
             id: stream_id,
         };
         self.confirm_pushes(core, key, stream_id);
@@ -420,6 +411,28 @@ impl Gateway {
             core.send(key, reply);
         }
     }
+}
+
+/// The user, device and stream id an `op: ack` names; None (after the error reply) for an anonymous connection or
+/// an invalid id.
+fn ack_target(
+    core: &mut Core<Client>,
+    key: Key,
+    id: Option<&RawValue>,
+) -> Option<(String, String, StreamId)> {
+    let s = core.app(key).state.as_deref();
+    let Some(user) = s.and_then(|s| s.user()) else {
+        let reply = protocol::reply(id, Some("ack needs an authenticated user"));
+        core.send(key, reply);
+        return None;
+    };
+    let Some(stream_id) = parse_ack_id(id) else {
+        let reply = protocol::reply(id, Some(BAD_ACK_ID));
+        core.send(key, reply);
+        return None;
+    };
+    let device = s.and_then(|s| s.device.as_deref()).unwrap_or("");
+    Some((user.to_string(), device.to_string(), stream_id))
 }
 
 impl Gateway {
@@ -435,17 +448,10 @@ impl Gateway {
             );
             return core.send(key, reply);
         };
-        let s = core.app(key).state.as_deref();
-        let Some(user) = s.and_then(|s| s.user()) else {
-            let reply = protocol::reply(id, Some("ack needs an authenticated user"));
-            return core.send(key, reply);
+        let Some((user, device, stream_id)) = ack_target(core, key, id) else {
+            return;
         };
-        let Some(stream_id) = parse_ack_id(id) else {
-            let reply = protocol::reply(id, Some(BAD_ACK_ID));
-            return core.send(key, reply);
-        };
-        let device = s.and_then(|s| s.device.as_deref()).unwrap_or("");
-        if let Err(why) = log.ack(user, device, stream_id) {
+        if let Err(why) = log.ack(&user, &device, stream_id) {
             return core.send(key, protocol::reply(id, Some(why)));
         }
         self.confirm_pushes(core, key, stream_id);

@@ -66,7 +66,7 @@ else
     echo "skipped: this kernel refuses io_uring, so the pass above ran on epoll"
 fi
 
-echo "== fuzz smoke (every parser target for 10 s; long runs: scripts/fuzz.sh, docs/FUZZING.md)"
+echo "== fuzz smoke (every parser target for 5 s; long runs: scripts/fuzz.sh, docs/FUZZING.md)"
 # Needs nightly and cargo-fuzz; CI does not install them, so without them this step says why it is skipped.
 # The first run also builds fuzz/ (several minutes on 2 cores); WSGATE_FUZZ_SMOKE=0 skips it.
 if [ "${WSGATE_FUZZ_SMOKE:-1}" = 0 ]; then
@@ -76,7 +76,7 @@ elif ! command -v rustup >/dev/null 2>&1 || ! rustup toolchain list | grep -q '^
 elif ! cargo fuzz --version >/dev/null 2>&1; then
     echo "skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
 else
-    scripts/fuzz.sh all 10
+    scripts/fuzz.sh all 5
 fi
 
 echo "== static release binary"

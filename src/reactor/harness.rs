@@ -136,6 +136,7 @@ impl<H: Handler> Harness<H> {
             readable,
             writable,
             error,
+            received: None,
         });
     }
 

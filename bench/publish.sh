@@ -226,6 +226,8 @@ run() {
 
 : >"$OUT/figures.txt"
 START_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+# Before the run: the results section appended to RESULTS.md below would make the checkout look modified.
+COMMIT="$(git_commit "$ROOT")"
 START_LOAD="$(sed 's/^\([^ ]* [^ ]* [^ ]*\).*/\1/' /proc/loadavg)"
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $ONLY; do
@@ -268,7 +270,7 @@ LOAD="$(uptime | sed 's/.*load average/load average/')"
     echo
     echo "## $START_DATE — publish throughput ($ONLY): old vs new vs µWebSockets (bench/publish.sh)"
     echo
-    echo "\`$COMMAND_LINE\`; old $(sha256sum "$OLD" | cut -c1-16), new $(sha256sum "$NEW" | cut -c1-16)${UWS:+, µWebSockets $(sha256sum "$UWS" | cut -c1-16)}; commit $(git_commit "$ROOT"); load average (1/5/15 min) $START_LOAD at the start, ${LOAD#load average: } at the end (a shared machine)."
+    echo "\`$COMMAND_LINE\`; old $(sha256sum "$OLD" | cut -c1-16), new $(sha256sum "$NEW" | cut -c1-16)${UWS:+, µWebSockets $(sha256sum "$UWS" | cut -c1-16)}; commit $COMMIT; load average (1/5/15 min) $START_LOAD at the start, ${LOAD#load average: } at the end (a shared machine)."
     echo "Rounds alternate old, new$([ -n "$UWS" ] && echo ', µWebSockets') per scenario; pub1/pub4: 10 subscribers, up to $MESSAGES publishes of a 100-byte \`data\` (64 in flight over 1/4 connections); batch: up to $BATCH_MESSAGES publishes, 1000 per \`POST /api/batch\`, 4 requests in flight; users1/users4/users-batch: the same to $USERS connected users (JWT, one connection each), every push to one user (round robin), and for µWebSockets, which has no users, to $USERS channels \`user:N\` with one subscriber each. Each run is bounded by 4 s. The publishes/s rounds are listed sorted, the other columns in round order; CPU, context switches and wake-ups over the load phase."
     echo
     echo "$TABLE"

@@ -159,6 +159,9 @@ impl ApiConns {
         if probe {
             self.probes.push_back(key);
         }
+        ctx.per_reactor[self.me]
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
         Some(key as u32)
     }
 
@@ -352,6 +355,9 @@ impl ApiConns {
                 }
                 Parsed::Request(req) => {
                     ctx.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+                    ctx.per_reactor[self.me]
+                        .requests_total
+                        .fetch_add(1, Ordering::Relaxed);
                     let consumed = req.total_len;
                     if probe && !PROBE_ROUTES.contains(&req.path) {
                         ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
@@ -514,6 +520,9 @@ impl ApiConns {
             self.closed.push((client.fd, key as u32));
             self.held -= client.counted;
             self.ctx.budget.report(&mut self.reported, self.held);
+            self.ctx.per_reactor[self.me]
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
             if client.probe {
                 self.probes.retain(|&k| k != key);
             } else {

@@ -69,6 +69,15 @@ pub struct Context {
     pub history: Mutex<stats_history::History>,
     /// Ordinary API connections open over all reactors (bounded by [`MAX_API_CONNECTIONS`]).
     pub ordinary_connections: AtomicUsize,
+    /// Per reactor: the API connections it serves and the requests it read (how the API load spreads).
+    pub per_reactor: Vec<ReactorApiStats>,
+}
+
+/// One reactor's share of the API (`/api/stats` `reactors[i].api_connections`, `api_requests_total`).
+#[derive(Default)]
+pub struct ReactorApiStats {
+    pub connections: AtomicU64,
+    pub requests_total: AtomicU64,
 }
 
 impl Context {
@@ -80,7 +89,6 @@ impl Context {
         budget: Arc<MemoryBudget>,
     ) -> Self {
         Context {
-            hub,
             config,
             tls,
             cluster,
@@ -88,6 +96,10 @@ impl Context {
             budget,
             history: Mutex::default(),
             ordinary_connections: AtomicUsize::new(0),
+            per_reactor: (0..hub.reactors.len())
+                .map(|_| Default::default())
+                .collect(),
+            hub,
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{routes, Context, MAX_API_CONNECTIONS, PROBE_CONNECTIONS};
 use crate::hub::Backlog;
 use crate::reactor::sys::net;
 use crate::reactor::sys::Ready;
-use crate::reactor::SIDE_TOKENS;
+use crate::reactor::{Latency, SIDE_TOKENS};
 use crossbeam_channel::Receiver;
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags};
@@ -97,6 +97,9 @@ pub struct ApiConns {
     /// Bytes of request buffers held, and the share last reported to the memory budget.
     held: usize,
     reported: usize,
+    /// Request latencies recorded since the last hand-over to the shared histogram (at each sweep: no lock per
+    /// request shared by the reactors).
+    latency: Latency,
 }
 
 impl ApiConns {
@@ -117,6 +120,7 @@ impl ApiConns {
             last_sweep: Instant::now(),
             held: 0,
             reported: 0,
+            latency: Latency::default(),
         }
     }
 
@@ -200,6 +204,7 @@ impl ApiConns {
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             self.last_sweep = Instant::now();
             self.sweep();
+            self.ctx.stats.request_latency.absorb(&mut self.latency);
         }
         self.backlog.flush(&self.ctx.hub);
         if self.backlog.waiting() > 0 {
@@ -397,7 +402,7 @@ impl ApiConns {
             };
             let client = &mut self.clients[key];
             if let Some(started) = client.request_started {
-                self.ctx.stats.request_latency.record(started.elapsed());
+                self.latency.record(started.elapsed());
             }
             client.rbuf.drain(..consumed);
             client.wbuf.extend_from_slice(&response);

@@ -43,9 +43,15 @@ const MAX_PENDING_RESPONSES: usize = 16 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How long the reactor may sleep while commands wait for a full queue (that reactor is busy draining it).
 const BACKLOG_RETRY_MS: i32 = 1;
+/// A connection's token is its slot below this, plus a generation above: a readiness the poller reported for a
+/// closed connection's socket (io_uring completions already queued when its poll was cancelled) is not taken for
+/// the connection that got its slot.
+const SLOTS: u32 = 1 << 16;
 
 struct Client {
     fd: RawFd,
+    /// The reactor's token for this connection's socket (slot and generation, see SLOTS).
+    token: u32,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     written: usize,
@@ -93,6 +99,10 @@ pub struct ApiConns {
     next_ticket: u64,
     /// Sockets closed since the caller last took them ([`Self::take_closed`]).
     closed: Vec<(RawFd, u32)>,
+    /// Generation of the next connection's token.
+    generation: u32,
+    /// Connections that sent requests in this loop iteration: read again during a long flush pass.
+    recent: Vec<usize>,
     last_sweep: Instant,
     /// Bytes of request buffers held, and the share last reported to the memory budget.
     held: usize,
@@ -117,6 +127,8 @@ impl ApiConns {
             done,
             next_ticket: 0,
             closed: Vec::new(),
+            generation: 0,
+            recent: Vec::new(),
             last_sweep: Instant::now(),
             held: 0,
             reported: 0,
@@ -137,7 +149,7 @@ impl ApiConns {
                 }
             }
         }
-        if self.clients.vacant_key() >= SIDE_TOKENS as usize {
+        if self.clients.vacant_key() >= SLOTS as usize {
             // Unreachable below the connection limits; a token must fit all the same.
             if !probe {
                 ordinary.fetch_sub(1, Ordering::Relaxed);
@@ -146,8 +158,11 @@ impl ApiConns {
             return None;
         }
         let now = Instant::now();
+        self.generation = (self.generation + 1) % (SIDE_TOKENS / SLOTS);
+        let token = self.generation * SLOTS + self.clients.vacant_key() as u32;
         let key = self.clients.insert(Client {
             fd,
+            token,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             written: 0,
@@ -166,7 +181,7 @@ impl ApiConns {
         ctx.per_reactor[self.me]
             .connections
             .fetch_add(1, Ordering::Relaxed);
-        Some(key as u32)
+        Some(token)
     }
 
     /// The sockets closed since the last call, with their tokens: the reactor stops watching and closes them.
@@ -175,9 +190,9 @@ impl ApiConns {
     }
 
     pub fn on_ready(&mut self, token: u32, ev: &Ready) {
-        let key = token as usize;
-        if !self.clients.contains(key) {
-            return;
+        let key = (token % SLOTS) as usize;
+        if self.clients.get(key).is_none_or(|c| c.token != token) {
+            return; // a closed connection's
         }
         if ev.error {
             return self.close(key);
@@ -188,10 +203,30 @@ impl ApiConns {
         self.write(key);
     }
 
+    /// During the reactor's long flush pass: the connections that sent requests in this iteration are read again,
+    /// so a publisher is not held up for the whole pass (with few requests in flight, it would be limited to those
+    /// per pass), and what that hands over is woken at once.
+    pub fn mid_flush(&mut self) {
+        for i in 0..self.recent.len() {
+            let key = self.recent[i];
+            if self.clients.contains(key) && self.read(key) {
+                self.write(key);
+            }
+        }
+        self.hand_over();
+    }
+
+    /// The requests of this iteration are read: the other reactors given commands are woken now (once each), so
+    /// they deliver while this one writes its own subscribers.
+    pub fn hand_over(&mut self) {
+        self.backlog.flush(&self.ctx.hub);
+    }
+
     /// The end of the reactor's iteration: retries the backlog, sends the worker's answers, resumes the clients
     /// the backlog stalled once it is empty, enforces deadlines, and wakes the reactors given commands. Returns
     /// how long the reactor may sleep.
     pub fn before_wait(&mut self) -> Option<i32> {
+        self.recent.clear();
         self.backlog.flush(&self.ctx.hub);
         self.finish_held();
         if self.backlog.waiting() == 0 {
@@ -359,6 +394,9 @@ impl ApiConns {
                     )
                 }
                 Parsed::Request(req) => {
+                    if self.recent.last() != Some(&key) && !self.recent.contains(&key) {
+                        self.recent.push(key);
+                    }
                     ctx.stats.requests_total.fetch_add(1, Ordering::Relaxed);
                     ctx.per_reactor[self.me]
                         .requests_total
@@ -522,7 +560,7 @@ impl ApiConns {
 
     fn close(&mut self, key: usize) {
         if let Some(client) = self.clients.try_remove(key) {
-            self.closed.push((client.fd, key as u32));
+            self.closed.push((client.fd, client.token));
             self.held -= client.counted;
             self.ctx.budget.report(&mut self.reported, self.held);
             self.ctx.per_reactor[self.me]

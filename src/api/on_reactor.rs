@@ -130,6 +130,15 @@ impl Handler for GatewayWithApi {
         self.release_closed(core);
     }
 
+    fn after_reads(&mut self, _core: &mut Core<Client>) {
+        self.api.hand_over();
+    }
+
+    fn mid_flush(&mut self, core: &mut Core<Client>) {
+        self.api.mid_flush();
+        self.release_closed(core);
+    }
+
     fn before_wait(&mut self, core: &mut Core<Client>) -> Option<i32> {
         let bound = self.api.before_wait();
         self.release_closed(core);

@@ -25,8 +25,8 @@
 //! A reactor serving the HTTP API must never block: it would wait for itself, or two reactors each for the
 //! other's full queue. Its outbox keeps a [`Backlog`]: a command for a full queue waits in the backlog (behind it,
 //! every later command for that reactor, so each queue keeps its order) and is retried at [`Backlog::flush`],
-//! once per loop iteration, which also does the iteration's wake-ups (S2 above, at the end of the iteration
-//! rather than per outbox). The reactor's own queue needs no wake-up: it looks at it before it sleeps (R2). The
+//! which also does the wake-ups (S2 above, once the iteration's requests are read rather than per outbox, and
+//! again before the reactor sleeps for what it queued since). The reactor's own queue needs no wake-up: it looks at it before it sleeps (R2). The
 //! caller bounds the backlog by not taking new requests while it is not empty.
 
 use super::{Command, Hub};

@@ -135,6 +135,21 @@ pub trait Handler {
         let _ = (core, token, ready);
     }
 
+    /// The iteration's input is read (ready sockets, side sockets, accepts), before commands run and output is
+    /// flushed: the moment to hand what the handler gathered to other threads, so they work on it while this
+    /// reactor writes.
+    fn after_reads(&mut self, core: &mut Core<Self::Conn>) {
+        let _ = core;
+    }
+
+    /// During a long flush pass, between groups of connections written: the handler may take in more of its own
+    /// input (side sockets) meanwhile; commands it queues for this reactor join the queues of the connections not
+    /// yet written in the pass. A reactor busy writing thousands of sockets otherwise reads nothing for the whole
+    /// pass.
+    fn mid_flush(&mut self, core: &mut Core<Self::Conn>) {
+        let _ = core;
+    }
+
     /// Right before the loop may sleep, once per iteration (after the previous iteration's teardown): the
     /// handler's last chance to act on what other threads left for it outside the command channel. It runs
     /// after the reactor announced it may sleep ([`super::Waker::arm`]), so a thread that hands it work and then

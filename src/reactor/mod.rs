@@ -6,7 +6,8 @@
 //! of what messages mean. The application plugs in as a [`Handler`] (static dispatch), and acts on connections
 //! only through [`Core`].
 //!
-//! One loop iteration: wait for readiness → read and decode (handler: upgrade, message) → accept → run commands
+//! One loop iteration: (handler: before_wait) wait for readiness → read and decode (handler: upgrade, message, side
+//! sockets) → accept (handler: after_reads) → run commands
 //! (publishes queue frame references on subscribers; handler: its commands) → flush every connection with pending
 //! output in one writev each → timers (handler: open connections' timers) → flush → teardown (handler: `on_close`
 //! for connections that left the open state; then every doomed connection is freed, see teardown.rs).
@@ -267,6 +268,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if self.side_accept_ready && self.core.now >= self.accept_paused_until {
             self.side_accept_ready = self.accept_side();
         }
+        self.handler.after_reads(&mut self.core);
 
         self.run_commands();
         self.notify_output();
@@ -384,22 +386,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         loop {
             let (fd, peer) = match self.poller.accept(listener) {
                 Ok(accepted) => accepted,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return false,
-                    Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
-                        log::warn!(
-                            "reactor {}: accept: {e}; pausing accepts for a second",
-                            core.id
-                        );
-                        self.accept_paused_until = core.now + 1;
-                        return true;
-                    }
-                    _ => {
-                        log::error!("reactor {}: accept: {e}", core.id);
-                        return false;
-                    }
+                Err(e) => match accept_failed(&e, core, &mut self.accept_paused_until) {
+                    Some(retry) => return retry,
+                    None => continue,
                 },
             };
             let live = &core.live_connections;
@@ -446,23 +435,13 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     self.handler.on_side_accept(&mut self.core, fd, peer);
                     self.watch_side();
                 }
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return false,
-                    Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
-                        log::warn!(
-                            "reactor {}: side accept: {e}; pausing accepts for a second",
-                            self.core.id
-                        );
-                        self.accept_paused_until = self.core.now + 1;
-                        return true;
+                Err(e) => {
+                    if let Some(retry) =
+                        accept_failed(&e, &self.core, &mut self.accept_paused_until)
+                    {
+                        return retry;
                     }
-                    _ => {
-                        log::error!("reactor {}: side accept: {e}", self.core.id);
-                        return false;
-                    }
-                },
+                }
             }
         }
     }
@@ -583,8 +562,11 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         } else {
             for (i, &key) in dirty.iter().enumerate() {
                 self.core.flush(key);
-                if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 && !self.rx.is_empty() {
-                    self.run_commands();
+                if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 {
+                    self.handler.mid_flush(&mut self.core);
+                    if !self.rx.is_empty() {
+                        self.run_commands();
+                    }
                 }
             }
             Ok(())
@@ -666,6 +648,27 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             if self.core.conns.get(key).is_some_and(Conn::accepts_frames) {
                 self.handler.on_ms_timer(&mut self.core, key);
             }
+        }
+    }
+}
+
+/// What an accept error means to an accept loop: None = go on with the next connection; Some(retry) = stop, and
+/// whether to retry later (descriptors or memory exhausted: accepting pauses for a second, `paused_until`).
+fn accept_failed<A>(e: &io::Error, core: &Core<A>, paused_until: &mut u32) -> Option<bool> {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Some(false),
+        Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => None,
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            log::warn!(
+                "reactor {}: accept: {e}; pausing accepts for a second",
+                core.id
+            );
+            *paused_until = core.now + 1;
+            Some(true)
+        }
+        _ => {
+            log::error!("reactor {}: accept: {e}", core.id);
+            Some(false)
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! A reactor never blocks, so neither does anything here:
 //! - hand-overs to the reactors go through the reactor's outbox and [`Backlog`]: commands for this reactor run in
-//!   the same iteration, the others' are woken once at the end of it; a command for a full queue waits in the
+//!   the same iteration, the other reactors are woken once the iteration's requests are read; a command for a full queue waits in the
 //!   backlog, and while any waits no connection is read or parsed (backpressure, and the backlog's bound: at most
 //!   what one request hands over);
 //! - a route that waits goes to the worker (worker.rs); its connection reads nothing more until the answer is

@@ -30,6 +30,9 @@ pub enum Command {
     Echo(EchoArgs),
     /// Publish to everyone every --interval-ms; every client answers each delivery with {"op":"ping","id":SEQ}.
     Acks(AcksArgs),
+    /// --conns distinct users, one connection each; every publish is a push to one user (round robin): pushes/s,
+    /// deliveries/s, latency, and per user exactly the pushes addressed to it.
+    Users(UsersArgs),
     /// Turn result JSON lines (from run.sh) into a dated RESULTS.md section and a latency SVG chart.
     Report(ReportArgs),
 }
@@ -171,6 +174,32 @@ pub struct AcksArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// The gateway's auth.hs256_secret: connection N authenticates as user "uN" (HS256 token with sub "uN", sent
+    /// as ?token=) and publish S is POST /api/publish {"user":"u<S mod conns>",...}
+    #[arg(long, conflicts_with = "topics")]
+    pub jwt_secret: Option<String>,
+    /// For servers without users (the µWebSockets peer): connection N subscribes to the channel "user:N" (one
+    /// subscriber per channel) and publish S goes to the channel "user:<S mod conns>"
+    #[arg(long)]
+    pub topics: bool,
+}
+
+/// How the users scenario addresses a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserAddressing {
+    /// Authenticated users and `{"user":...}` pushes.
+    Jwt,
+    /// One channel per user.
+    Topics,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     /// File of JSON result lines (one per scenario run)
     #[arg(long)]
@@ -200,6 +229,7 @@ pub enum Scenario {
     Churn,
     Echo,
     Acks,
+    Users,
 }
 
 impl Scenario {
@@ -210,12 +240,16 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Echo => "echo",
             Scenario::Acks => "acks",
+            Scenario::Users => "users",
         }
     }
 
     /// Scenarios whose connections are subscribers receiving publishes.
     pub fn subscribes(self) -> bool {
-        matches!(self, Scenario::Fanout | Scenario::Churn | Scenario::Acks)
+        matches!(
+            self,
+            Scenario::Fanout | Scenario::Churn | Scenario::Acks | Scenario::Users
+        )
     }
 }
 
@@ -263,9 +297,23 @@ pub struct Config {
     pub churn_rate: f64,
     pub churn_grace_ms: u64,
     pub binary: bool,
+    /// Users scenario: how connections are made users (None for the other scenarios).
+    pub users: Option<UserAddressing>,
+    #[serde(skip)]
+    pub jwt_secret: Option<String>,
 }
 
 impl Config {
+    /// Which publishes each connection is owed.
+    pub fn owed(&self) -> crate::users::Owed {
+        match self.scenario {
+            Scenario::Users => crate::users::Owed::RoundRobin {
+                users: self.conns as u64,
+            },
+            _ => crate::users::Owed::All,
+        }
+    }
+
     pub fn duration_ns(&self) -> u64 {
         (self.duration_s * 1e9) as u64
     }
@@ -299,7 +347,7 @@ impl Config {
                 "inflight",
                 "binary",
             ],
-            Scenario::Fanout | Scenario::Acks | Scenario::Churn => &[
+            Scenario::Fanout | Scenario::Acks | Scenario::Churn | Scenario::Users => &[
                 "url",
                 "api",
                 "conns",
@@ -318,6 +366,7 @@ impl Config {
                 "batch",
                 "churn_rate",
                 "churn_grace_ms",
+                "users",
             ],
         };
         if let serde_json::Value::Object(m) = &mut v {
@@ -325,6 +374,11 @@ impl Config {
             if self.scenario != Scenario::Churn {
                 m.remove("churn_rate");
                 m.remove("churn_grace_ms");
+            }
+            if self.scenario == Scenario::Users {
+                m.remove("channel");
+            } else {
+                m.remove("users");
             }
         }
         v
@@ -395,7 +449,7 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-fn with_channel(path: &str, channel: &str) -> String {
+pub fn with_channel(path: &str, channel: &str) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
     format!("{path}{sep}channels={}", url_encode(channel))
 }
@@ -466,8 +520,29 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
             }
             (Scenario::Acks, &a.common, p, 0.0, 0, None, None)
         }
+        Command::Users(a) => (
+            Scenario::Users,
+            &a.common,
+            a.publish.clone(),
+            0.0,
+            0,
+            None,
+            None,
+        ),
         Command::Report(_) => return Err("report is not a load scenario".into()),
     };
+    let users =
+        match cmd {
+            Command::Users(a) => match (&a.jwt_secret, a.topics) {
+                (Some(s), false) if !s.is_empty() => Some(UserAddressing::Jwt),
+                (None, true) => Some(UserAddressing::Topics),
+                _ => return Err(
+                    "users needs --jwt-secret SECRET (the gateway's auth.hs256_secret) or --topics"
+                        .into(),
+                ),
+            },
+            _ => None,
+        };
     let url = common.url.clone().unwrap_or_else(|| {
         if scenario == Scenario::Echo {
             "ws://127.0.0.1:8080/echo".into()
@@ -477,7 +552,8 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
     });
     let (target, host, mut path) = parse_url(&url, "ws")?;
     let (api_addr, api_host, _) = parse_url(common.api.trim_end_matches('/'), "http")?;
-    if scenario.subscribes() {
+    // A user connection's path gets its own token or channel per connection (Worker::request_path).
+    if scenario.subscribes() && scenario != Scenario::Users {
         path = with_channel(&path, &publish.channel);
     } else if let Some(ch) = &connect_channel {
         path = with_channel(&path, ch);
@@ -520,6 +596,9 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
     if publish.batch == 0 || publish.batch > 10_000 {
         return Err("--batch must be 1..=10000".into());
     }
+    if scenario == Scenario::Users && publish.broadcast {
+        return Err("users: every publish goes to one user; --broadcast does not apply".into());
+    }
     if publish.messages > 100_000_000 {
         return Err("--messages at most 100000000".into());
     }
@@ -560,6 +639,11 @@ pub fn resolve(cmd: &Command) -> Result<Config, String> {
         churn_rate,
         churn_grace_ms,
         binary,
+        users,
+        jwt_secret: match cmd {
+            Command::Users(a) => a.jwt_secret.clone(),
+            _ => None,
+        },
     })
 }
 
@@ -595,5 +679,21 @@ mod tests {
         assert_eq!(resolve(&cli.cmd).unwrap().interval_ms, 1000);
         let cli = Cli::parse_from(["wsgate-bench", "echo", "--size", "5"]);
         assert!(resolve(&cli.cmd).is_err());
+        let cli = Cli::parse_from(["wsgate-bench", "users", "--conns", "10"]);
+        assert!(
+            resolve(&cli.cmd).is_err(),
+            "users needs a way to address users"
+        );
+        let cli = Cli::parse_from(["wsgate-bench", "users", "--jwt-secret", "k"]);
+        let c = resolve(&cli.cmd).unwrap();
+        assert_eq!(
+            (c.path.as_str(), c.users),
+            ("/ws", Some(UserAddressing::Jwt))
+        );
+        assert!(c.params_json().get("channel").is_none());
+        assert!(
+            Cli::try_parse_from(["wsgate-bench", "users", "--jwt-secret", "k", "--topics"])
+                .is_err()
+        );
     }
 }

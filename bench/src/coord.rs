@@ -140,38 +140,40 @@ pub fn run(cfg: &Config) -> Result<(), String> {
                 sh.set_phase(PHASE_GO);
                 wait_echo(cfg, &sh, load_start);
             }
-            Scenario::Fanout | Scenario::Churn | Scenario::Acks => match Publisher::new(cfg, &sh) {
-                Err(e) => {
-                    ctx.aborted = Some(e);
-                    sh.set_phase(PHASE_ABORT);
-                }
-                Ok(p) => {
-                    sh.hdr().go_mono_ns.store(sys::mono_ns(), Ordering::Release);
-                    sh.set_phase(PHASE_GO);
-                    let mut tick = |sent: u64, ok: u64| {
-                        let d: u64 = (0..cfg.procs)
-                            .map(|i| sh.slot(i).deliveries.load(Ordering::Relaxed))
-                            .sum();
+            Scenario::Fanout | Scenario::Churn | Scenario::Acks | Scenario::Users => {
+                match Publisher::new(cfg, &sh) {
+                    Err(e) => {
+                        ctx.aborted = Some(e);
+                        sh.set_phase(PHASE_ABORT);
+                    }
+                    Ok(p) => {
+                        sh.hdr().go_mono_ns.store(sys::mono_ns(), Ordering::Release);
+                        sh.set_phase(PHASE_GO);
+                        let mut tick = |sent: u64, ok: u64| {
+                            let d: u64 = (0..cfg.procs)
+                                .map(|i| sh.slot(i).deliveries.load(Ordering::Relaxed))
+                                .sum();
+                            progress(
+                                cfg,
+                                format!("publishing: {sent} sent, {ok} ok, {d} deliveries"),
+                            );
+                        };
+                        let r = p.run(&mut tick);
                         progress(
                             cfg,
-                            format!("publishing: {sent} sent, {ok} ok, {d} deliveries"),
+                            format!(
+                                "published {} ({} failed); waiting for stragglers",
+                                r.published, r.failed
+                            ),
                         );
-                    };
-                    let r = p.run(&mut tick);
-                    progress(
-                        cfg,
-                        format!(
-                            "published {} ({} failed); waiting for stragglers",
-                            r.published, r.failed
-                        ),
-                    );
-                    sh.hdr()
-                        .drain_deadline_ns
-                        .store(sys::mono_ns() + cfg.timeout_ns(), Ordering::Release);
-                    sh.set_phase(PHASE_DRAIN);
-                    pub_result = Some(r);
+                        sh.hdr()
+                            .drain_deadline_ns
+                            .store(sys::mono_ns() + cfg.timeout_ns(), Ordering::Release);
+                        sh.set_phase(PHASE_DRAIN);
+                        pub_result = Some(r);
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -13,6 +13,7 @@ mod rng;
 mod seq;
 mod shared;
 mod sys;
+mod users;
 mod worker;
 mod ws;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, UserAddressing};
 use crate::hist::{self, new_hist, Percentiles};
 use crate::msg;
 use crate::shared::Shared;
@@ -146,10 +146,19 @@ impl<'a> Publisher<'a> {
             .sum()
     }
 
-    /// Appends the body of one publish (or broadcast) of `seq` sent at `ts` to `self.body`.
+    /// Appends the body of one publish (or broadcast, or push to one user) of `seq` sent at `ts` to `self.body`.
     fn push_publish(&mut self, seq: u64, ts: u64) {
+        let owed = self.cfg.owed();
         if self.cfg.broadcast {
             self.body.extend_from_slice(b"{\"data\":");
+        } else if let Some(how) = &self.cfg.users {
+            let target: &[u8] = match how {
+                UserAddressing::Jwt => b"{\"user\":\"u",
+                UserAddressing::Topics => b"{\"channel\":\"user:",
+            };
+            self.body.extend_from_slice(target);
+            msg::push_u64(&mut self.body, owed.target(seq));
+            self.body.extend_from_slice(b"\",\"data\":");
         } else {
             self.body.extend_from_slice(b"{\"channel\":");
             self.body.extend_from_slice(

@@ -339,6 +339,26 @@ pub fn build(
             res.insert("lost_while_connected".into(), json!(r.seq.lost));
             headline.push(format!("{} reconnects", r.reconnects));
         }
+        if cfg.scenario == Scenario::Users {
+            // Every delivery went to the one user it was addressed to: "lost" and "duplicated" above are per user.
+            line(
+                &mut out,
+                format!(
+                    "users: {} addressed round robin ({} of them connected), {} pushes each on average; pushes at the wrong user: {}",
+                    cfg.conns,
+                    r.connected,
+                    si(p.published as f64 / cfg.conns as f64),
+                    r.misdelivered
+                ),
+            );
+            res.insert("users".into(), json!(cfg.conns));
+            res.insert("misdelivered".into(), json!(r.misdelivered));
+            headline.push(format!(
+                "{} pushes/s, {} at the wrong user",
+                si(p.publishes_per_s),
+                r.misdelivered
+            ));
+        }
         if cfg.scenario == Scenario::Acks {
             let ack = pct(&r.ack_rtt_us);
             let up_rate = per_s(r.acks_sent, dspan);
@@ -550,19 +570,20 @@ pub fn build(
     (out, doc)
 }
 
-/// The command line for the record, with the value of --api-key replaced.
+/// The command line for the record, with the values of --api-key and --jwt-secret replaced.
 pub fn redacted_command(args: impl Iterator<Item = String>) -> String {
+    const SECRETS: [&str; 2] = ["--api-key", "--jwt-secret"];
     let mut out = Vec::new();
     let mut hide_next = false;
     for a in args {
         if hide_next {
             out.push("***".to_string());
             hide_next = false;
-        } else if a == "--api-key" {
+        } else if SECRETS.contains(&a.as_str()) {
             out.push(a);
             hide_next = true;
-        } else if a.starts_with("--api-key=") {
-            out.push("--api-key=***".to_string());
+        } else if let Some(flag) = SECRETS.iter().find(|f| a.starts_with(&format!("{f}="))) {
+            out.push(format!("{flag}=***"));
         } else {
             out.push(a);
         }
@@ -584,11 +605,14 @@ mod tests {
             "--api-key=x",
             "--conns",
             "5",
+            "--jwt-secret",
+            "k",
+            "--jwt-secret=k",
         ]
         .map(String::from);
         assert_eq!(
             redacted_command(args.into_iter()),
-            "b fanout --api-key *** --api-key=*** --conns 5"
+            "b fanout --api-key *** --api-key=*** --conns 5 --jwt-secret *** --jwt-secret=***"
         );
     }
 

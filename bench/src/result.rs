@@ -123,6 +123,8 @@ pub struct WorkerResult {
     pub handshake_us: HistData,
 
     pub deliveries: u64,
+    /// Users scenario: pushes that arrived at a user they were not addressed to (not counted as deliveries).
+    pub misdelivered: u64,
     pub seq: SeqTotals,
     pub latency_us: HistData,
     /// Realtime µs of the first and last delivery.
@@ -191,6 +193,7 @@ impl WorkerResult {
         }
         self.handshake_us.0.extend_from_slice(&o.handshake_us.0);
         self.deliveries += o.deliveries;
+        self.misdelivered += o.misdelivered;
         self.seq.add(&o.seq);
         self.latency_us.0.extend_from_slice(&o.latency_us.0);
         self.first_delivery_rt = min_nonzero(self.first_delivery_rt, o.first_delivery_rt);

@@ -10,15 +10,16 @@ use std::os::fd::RawFd;
 
 use hdrhistogram::Histogram;
 
-use crate::config::{Config, Scenario};
+use crate::config::{Config, Scenario, UserAddressing};
 use crate::hist::{self, new_hist};
 use crate::inflate::Inflate;
 use crate::msg::{self, Incoming};
 use crate::result::{FailKind, WorkerResult};
 use crate::rng::Rng;
-use crate::seq::SeqTracker;
+use crate::seq::{SeqTotals, SeqTracker};
 use crate::shared::{Shared, PHASE_ABORT, PHASE_DRAIN, PHASE_GO};
 use crate::sys::{self, Epoll, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
+use crate::users::{self, Owed};
 use crate::ws::{self, Event};
 
 const SWEEP_NS: u64 = 25_000_000;
@@ -97,6 +98,26 @@ impl Conn {
 
     fn acks_pending(&self) -> bool {
         self.acks.iter().any(|a| a.0 != u64::MAX)
+    }
+
+    /// True when this connection has every publish below the global number `end` that is addressed to it.
+    fn has_all(&self, owed: Owed, end: u64) -> bool {
+        self.seq.is_complete(owed.count(self.global as u64, end))
+    }
+
+    /// Ends the lifetime, which was owed the publishes below the global number `end` that are addressed to it.
+    fn finish_lifetime(&mut self, owed: Owed, sh: &Shared, end: u64) -> SeqTotals {
+        let me = self.global as u64;
+        let failed = |a: u64, b: u64| match owed {
+            Owed::All => sh.failed_in(a, b),
+            Owed::RoundRobin { .. } => (a..b)
+                .map(|k| {
+                    let s = owed.global(me, k);
+                    sh.failed_in(s, s + 1)
+                })
+                .sum(),
+        };
+        self.seq.finish(owed.count(me, end), &failed)
     }
 }
 
@@ -362,15 +383,10 @@ impl<'a> Worker<'a> {
                     self.fail(i, FailKind::from_errno(err));
                     return;
                 }
+                let path = self.request_path(i);
                 let c = &mut self.conns[i];
                 c.st = St::Handshake;
-                ws::write_request(
-                    &mut c.tx,
-                    &self.cfg.host,
-                    &self.cfg.path,
-                    &c.key,
-                    self.cfg.deflate,
-                );
+                ws::write_request(&mut c.tx, &self.cfg.host, &path, &c.key, self.cfg.deflate);
                 c.dec.deflate = self.cfg.deflate;
                 if !self.flush(i) {
                     return;
@@ -388,6 +404,33 @@ impl<'a> Worker<'a> {
                 }
             }
             St::Idle | St::Dead => {}
+        }
+    }
+
+    /// The upgrade request's path: the configured one, or for a user its own token or channel.
+    fn request_path(&self, i: usize) -> std::borrow::Cow<'a, str> {
+        let user = self.conns[i].global as u64;
+        match self.cfg.users {
+            None => std::borrow::Cow::Borrowed(&self.cfg.path),
+            Some(UserAddressing::Topics) => {
+                crate::config::with_channel(&self.cfg.path, &format!("user:{user}")).into()
+            }
+            Some(UserAddressing::Jwt) => {
+                // Valid past every bound of the run (see coord::hard_bound_ns).
+                let ttl = (self.cfg.duration_s + 4.0 * self.cfg.timeout_s) as u64 + 3600;
+                let secret = self.cfg.jwt_secret.as_deref().unwrap_or_default();
+                let sep = if self.cfg.path.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                format!(
+                    "{}{sep}token={}",
+                    self.cfg.path,
+                    users::token(secret, user, ttl)
+                )
+                .into()
+            }
         }
     }
 
@@ -574,7 +617,7 @@ impl<'a> Worker<'a> {
             self.res.reconnects += 1;
         }
         if subscribes {
-            c.seq.begin(start);
+            c.seq.begin(self.cfg.owed().count(c.global as u64, start));
         }
         if self.echo_sending {
             for _ in 0..self.cfg.inflight {
@@ -616,6 +659,8 @@ impl<'a> Worker<'a> {
             ws::OP_TEXT
         };
         let max_message = self.cfg.max_message;
+        let owed = self.cfg.owed();
+        let me = self.conns[i].global as u64;
         let Worker {
             conns,
             res,
@@ -679,13 +724,16 @@ impl<'a> Worker<'a> {
                         if !counting {
                             return;
                         }
+                        let Some(own) = owed.local(me, s) else {
+                            return res.misdelivered += 1;
+                        };
                         res.deliveries += 1;
                         hist::record(h_latency, now_rt.saturating_sub(ts));
                         if res.first_delivery_rt == 0 {
                             res.first_delivery_rt = now_rt;
                         }
                         res.last_delivery_rt = now_rt;
-                        seq.record(s);
+                        seq.record(own);
                         if acks {
                             let mask = rng.mask();
                             let start = ws::begin_frame(tx, ws::OP_TEXT, msg::receipt_len(s), mask);
@@ -753,6 +801,7 @@ impl<'a> Worker<'a> {
         use std::sync::atomic::Ordering::Acquire;
         let phase = self.sh.phase();
         let hdr = self.sh.hdr();
+        let owed = self.cfg.owed();
         let c = &mut self.conns[i];
         if c.seq.is_active() {
             let end = if c.close_at_ns != 0 {
@@ -762,8 +811,7 @@ impl<'a> Worker<'a> {
             } else {
                 hdr.acked.load(Acquire)
             };
-            let sh = self.sh;
-            let t = c.seq.finish(end, &|a, b| sh.failed_in(a, b));
+            let t = c.finish_lifetime(owed, self.sh, end);
             self.res.seq.add(&t);
         }
         if matches!(c.st, St::Open | St::Closing) {
@@ -811,7 +859,7 @@ impl<'a> Worker<'a> {
                 St::Open
                     if c.close_at_ns != 0
                         && now >= c.close_at_ns
-                        && (c.seq.is_complete(c.lifetime_end)
+                        && (c.has_all(self.cfg.owed(), c.lifetime_end)
                             || now >= c.close_at_ns + self.cfg.timeout_ns()) =>
                 {
                     self.begin_close(i, now + self.cfg.timeout_ns())
@@ -829,8 +877,9 @@ impl<'a> Worker<'a> {
                 .hdr()
                 .end_seq
                 .load(std::sync::atomic::Ordering::Acquire);
+            let owed = self.cfg.owed();
             self.drain_complete = self.conns.iter().all(|c| match c.st {
-                St::Open => c.seq.is_complete(end) && !c.acks_pending(),
+                St::Open => c.has_all(owed, end) && !c.acks_pending(),
                 St::Closing => false,
                 _ => true,
             });
@@ -907,7 +956,7 @@ impl<'a> Worker<'a> {
         } else {
             hdr.acked.load(std::sync::atomic::Ordering::Acquire)
         };
-        let sh = self.sh;
+        let owed = self.cfg.owed();
         for c in &mut self.conns {
             if c.seq.is_active() {
                 let e = if c.close_at_ns != 0 {
@@ -915,7 +964,7 @@ impl<'a> Worker<'a> {
                 } else {
                     end
                 };
-                let t = c.seq.finish(e, &|a, b| sh.failed_in(a, b));
+                let t = c.finish_lifetime(owed, self.sh, e);
                 self.res.seq.add(&t);
             }
         }

@@ -3,9 +3,10 @@
 use crate::config::Config;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// Descriptors kept free of client connections: listeners, epoll and eventfds per reactor, API clients
-/// (`api::MAX_API_CONNECTIONS`), Redis connections, certificate and key files read at reload.
-const RESERVED_FDS: u64 = 1024 + 256;
+/// Descriptors kept free of client connections besides the API's (`api::MAX_API_CONNECTIONS`, and
+/// `api::PROBE_CONNECTIONS` per reactor): listeners, epoll and eventfds per reactor, Redis connections, certificate
+/// and key files read at reload.
+const RESERVED_FDS: u64 = 256;
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit, tells the operator the resulting capacity, and lowers
 /// `server.max_connections` to it: past that, a client gets a quick 503 instead of waiting in the accept backlog
@@ -29,7 +30,9 @@ pub fn raise_nofile(config: &mut Config) {
     } else {
         soft
     };
-    let capacity = limit.saturating_sub(RESERVED_FDS).max(1);
+    let api =
+        crate::api::MAX_API_CONNECTIONS + crate::api::PROBE_CONNECTIONS * config.reactor_threads();
+    let capacity = limit.saturating_sub(RESERVED_FDS + api as u64).max(1);
     log::info!("file-descriptor limit {limit}: room for about {capacity} connections");
     let wanted = config.server.max_connections as u64;
     if capacity < wanted {

@@ -1,6 +1,7 @@
-//! Start-up: bind the listeners, start one reactor per core and the API thread, and shut them down in order.
+//! Start-up: bind the listeners, start one reactor per core (each serving clients and the API) and the API's
+//! workers, and shut them down in order.
 
-use crate::api::{self, Api};
+use crate::api::{self, GatewayWithApi};
 use crate::cluster::Cluster;
 use crate::config::{Config, IoBackend};
 use crate::gateway::{stats::GatewayStats, Gateway};
@@ -34,8 +35,8 @@ pub struct Server {
     pub hub: Arc<Hub>,
     config: Arc<Config>,
     reactors: Vec<JoinHandle<()>>,
-    api: Option<JoinHandle<()>>,
-    api_stop: Arc<AtomicBool>,
+    /// The API's workers (src/api/worker.rs).
+    api_worker: Option<api::Worker>,
     /// The merge thread (src/hub/merge.rs), when a namespace has a merge window.
     merge: Option<JoinHandle<()>>,
     merge_stop: Arc<AtomicBool>,
@@ -115,10 +116,16 @@ impl Server {
             plain_addr = Some(bound);
         }
         let mut plain_listeners = plain_listeners.into_iter();
+        // The API listener: one socket per reactor as well, separate from the client listener.
         let api_fd = net::listen_reuseport(config.api_addr(), 1024).map_err(|e| {
             io::Error::new(e.kind(), format!("api.listen {}: {e}", config.api.listen))
         })?;
         let api_addr = net::local_addr(api_fd)?;
+        let mut api_listeners = vec![api_fd];
+        for _ in 1..threads {
+            api_listeners.push(net::listen_reuseport(api_addr, 1024)?);
+        }
+        let mut api_listeners = api_listeners.into_iter();
 
         // Cluster mode: lease the node id before anything uses it; the effective id goes into the config.
         let mut cluster = None;
@@ -186,6 +193,7 @@ impl Server {
                 live_connections: live.clone(),
                 tls: tls.clone(),
                 plain_listener: plain_listeners.next(),
+                side_listener: api_listeners.next(),
                 budget: budget.clone(),
                 latency,
                 busiest,
@@ -213,19 +221,37 @@ impl Server {
             None => None,
         };
 
+        if let Some(rx) = demo_relay {
+            api::demo_relay::spawn(hub.clone(), cluster.as_ref().map(|c| c.handle()), rx)?;
+        }
+        let ctx = Arc::new(api::Context::new(
+            hub.clone(),
+            config.clone(),
+            tls.clone(),
+            cluster.as_ref().map(|c| c.handle()),
+            budget,
+        ));
+        let (done_tx, done_rx): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| crossbeam_channel::unbounded()).unzip();
+        let api_worker = api::Worker::start(ctx.clone(), done_tx)?;
+
         let mut reactors = Vec::new();
-        for (setup, (shared, stats)) in setups.into_iter().zip(gateways) {
+        for ((setup, (shared, stats)), done) in setups.into_iter().zip(gateways).zip(done_rx) {
             let id = setup.id;
             let config = config.clone();
+            let (ctx, worker) = (ctx.clone(), api_worker.queue());
             let handle = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
                 .spawn(move || {
                     net::pin_to_cpu(id);
-                    let gateway = || Gateway::new(&config, shared, id, stats);
+                    let handler = || {
+                        let gateway = Gateway::new(&config, shared, id, stats);
+                        GatewayWithApi::new(gateway, id, ctx, worker, done)
+                    };
                     let ran = if uring {
-                        reactor::run::<Uring, Gateway>(setup, gateway)
+                        reactor::run::<Uring, GatewayWithApi>(setup, handler)
                     } else {
-                        reactor::run::<Epoll, Gateway>(setup, gateway)
+                        reactor::run::<Epoll, GatewayWithApi>(setup, handler)
                     };
                     if let Err(e) = ran {
                         log::error!("reactor {id} stopped: {e}");
@@ -233,26 +259,6 @@ impl Server {
                 })?;
             reactors.push(handle);
         }
-
-        if let Some(rx) = demo_relay {
-            api::demo_relay::spawn(hub.clone(), cluster.as_ref().map(|c| c.handle()), rx)?;
-        }
-        let api_stop = Arc::new(AtomicBool::new(false));
-        let ctx = api::Context::new(
-            hub.clone(),
-            config.clone(),
-            tls.clone(),
-            cluster.as_ref().map(|c| c.handle()),
-            budget,
-        );
-        let mut api = Api::new(api_fd, ctx, api_stop.clone())?;
-        let api = std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                if let Err(e) = api.run() {
-                    log::error!("api stopped: {e}");
-                }
-            })?;
 
         if let Some(c) = cluster.as_mut() {
             c.start(hub.clone(), hub.live_connections.clone())?;
@@ -266,8 +272,7 @@ impl Server {
             hub,
             config,
             reactors,
-            api: Some(api),
-            api_stop,
+            api_worker: Some(api_worker),
             merge,
             merge_stop,
             cluster,
@@ -288,9 +293,8 @@ impl Server {
         for r in self.reactors.drain(..) {
             let _ = r.join();
         }
-        self.api_stop.store(true, Ordering::Relaxed);
-        if let Some(api) = self.api.take() {
-            let _ = api.join();
+        if let Some(worker) = self.api_worker.take() {
+            worker.stop();
         }
         // Pending batches leave (to reactors that are gone by now: nothing is sent) and the thread ends.
         self.merge_stop.store(true, Ordering::Relaxed);

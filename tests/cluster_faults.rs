@@ -134,6 +134,46 @@ fn a_hung_redis_stalls_neither_publishes_nor_lookups_nor_local_user_pushes_nor_s
     redis.resume();
 }
 
+/// One reactor serves every API connection: a lookup held for a hung Redis holds up only its own connection. The
+/// reactor's other connections publish at their usual pace meanwhile, and the requests pipelined behind the lookup
+/// are answered after it, in order — the publish among them reaches the subscriber after the other connection's.
+#[test]
+fn a_held_lookup_holds_up_only_its_own_connection() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--set", "server.threads=1"]);
+    let mut u = user_ws(&a, "u1", "phone");
+    let mut api = Http::connect(a.api);
+    let normal = timed_publish(&mut api, &json!("first"));
+    assert_eq!(u.expect_json("first")["data"], "first");
+
+    redis.pause();
+    let mut held = Http::connect(a.api);
+    let mut wire = held.build("GET", "/api/presence?channel=room", &[], b"");
+    let body = json!({"channel": "room", "data": "behind the lookup"}).to_string();
+    wire.extend(held.build("POST", "/api/publish", &[], body.as_bytes()));
+    wire.extend(held.build("GET", "/healthz", &[], b""));
+    held.send(&wire);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut slowest = Duration::ZERO;
+    for k in 0..5 {
+        slowest = slowest.max(timed_publish(&mut api, &json!(k)));
+        assert_eq!(u.expect_json("while held")["data"], json!(k));
+    }
+    assert!(
+        slowest < Duration::from_millis(500).max(normal * 10),
+        "publishes beside a held lookup took {slowest:?} (normal {normal:?})"
+    );
+    let presence = held.read_response(READ_TIMEOUT).expect("presence answer");
+    assert_eq!(presence.status, 200, "{presence}");
+    assert_eq!(presence.json()["scope"], "node", "{presence}");
+    let published = held.read_response(READ_TIMEOUT).expect("publish answer");
+    assert_eq!(published.status, 200, "{published}");
+    let health = held.read_response(READ_TIMEOUT).expect("healthz answer");
+    assert_eq!((health.status, health.json()), (200, json!({"ok": true})));
+    assert_eq!(u.expect_json("behind")["data"], "behind the lookup");
+    redis.resume();
+}
+
 /// Start-up against a hung Redis ends within `cluster.startup_timeout` with an error naming the cause (a single
 /// server, and Redis Cluster).
 #[test]

@@ -67,19 +67,6 @@ pub enum Lookup {
     User(String),
 }
 
-/// The lookup a valid, authorized request asks for when answering it reads Redis (cluster mode): the API loop
-/// hands it to its worker (src/api/lookups.rs). None: answer it with [`route`].
-pub fn deferred_lookup(req: &Request<'_>, ctx: &Context) -> Option<Lookup> {
-    let is_lookup = req.path == "/api/presence" || req.path.starts_with("/api/user/");
-    if ctx.cluster.is_none() || !is_lookup || req.method != "GET" {
-        return None;
-    }
-    if !super::routes::authorized(req, &ctx.config) {
-        return None;
-    }
-    parse_lookup(req).ok()
-}
-
 fn parse_lookup(req: &Request<'_>) -> Result<Lookup, Response> {
     match req.path.strip_prefix("/api/user/") {
         Some(raw) => match percent_decode(raw).filter(|u| !u.is_empty() && u.len() <= MAX_NAME) {
@@ -102,18 +89,6 @@ pub fn look_up(lookup: &Lookup, hub: &Hub, cluster: Option<&ClusterHandle>) -> R
             limit,
         } => presence(channel, *after, *limit, hub, cluster, None),
         Lookup::User(id) => user(id, hub, cluster, None),
-    }
-}
-
-/// Answers `lookup` from this node alone, saying why (`cluster_error`).
-pub fn look_up_here(lookup: &Lookup, hub: &Hub, why: &str) -> Response {
-    match lookup {
-        Lookup::Presence {
-            channel,
-            after,
-            limit,
-        } => presence(channel, *after, *limit, hub, None, Some(why)),
-        Lookup::User(id) => user(id, hub, None, Some(why)),
     }
 }
 

@@ -181,6 +181,14 @@ pub fn stats_json(ctx: &Context) -> String {
             for (name, _, _, get) in FIELDS {
                 m.insert((*name).into(), json!(get(t)));
             }
+            if let Some(api) = ctx.per_reactor.get(i) {
+                let r = Ordering::Relaxed;
+                m.insert("api_connections".into(), json!(api.connections.load(r)));
+                m.insert(
+                    "api_requests_total".into(),
+                    json!(api.requests_total.load(r)),
+                );
+            }
             serde_json::Value::Object(m)
         })
         .collect();

@@ -23,6 +23,25 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/history", "GET"),
 ];
 
+/// Whether answering `req` waits (for the reactors' answers, Redis or files): such a request is answered by a
+/// worker thread (src/api/worker.rs), never on a reactor. Refusals that need no waiting (405, 401) are not.
+pub fn waits(req: &Request<'_>, ctx: &Context) -> bool {
+    let wanted = match req.path {
+        "/api/disconnect" | "/api/reload-tls" => "POST",
+        "/api/presence" => "GET",
+        p if p.starts_with("/api/user/") => "GET",
+        // Cluster mode: Redis keeps the history, and gives a publication to a channel with history its offset.
+        "/api/history" if ctx.cluster.is_some() => "GET",
+        "/api/publish" | "/api/batch"
+            if ctx.cluster.is_some() && ctx.hub.gateway.history.is_some() =>
+        {
+            "POST"
+        }
+        _ => return false,
+    };
+    req.method == wanted && authorized(req, &ctx.config)
+}
+
 /// Answers one request; its hand-overs to the reactors go into `out` (the caller flushes it).
 pub fn handle(req: &Request<'_>, ctx: &Context, out: &mut Outbox) -> Response {
     let converted;

@@ -1,6 +1,6 @@
 //! The last five minutes, one point a second, for the live status page (`GET /api/stats/stream`): gauges, rates
-//! from counter deltas, and latency percentiles of the samples recorded in that second. Taken by the API thread
-//! whether or not anyone watches, so a page opened at 3 a.m. shows the minutes before it was opened.
+//! from counter deltas, and latency percentiles of the samples recorded in that second. Taken by an API worker
+//! thread whether or not anyone watches, so a page opened at 3 a.m. shows the minutes before it was opened.
 
 use super::latency::{self, Measured};
 use super::Context;

@@ -43,8 +43,8 @@ pub fn stream_key(channel: &str) -> String {
 }
 
 impl Reader {
-    /// Publishes `data` to `channel` with history (API thread): the offset it got. The publication reaches this
-    /// node's connections through the bus like every other node's.
+    /// Publishes `data` to `channel` with history (an API worker thread): the offset it got. The publication
+    /// reaches this node's connections through the bus like every other node's.
     pub fn publish_history(
         &mut self,
         channel: &str,

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
 /// The non-blocking way into the bridge, held by the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    /// Cluster-wide session reads for the API (one connection, used by the API's lookup worker).
+    /// Cluster-wide session reads for the API (one connection, used by the API's worker threads).
     reader: Option<Arc<std::sync::Mutex<query::Reader>>>,
     tx: Sender<OutEvent>,
     stats: Arc<BridgeStats>,
@@ -138,8 +138,8 @@ impl ClusterHandle {
         self.send(OutEvent::new(EventKind::Sid, &sid.to_string(), data))
     }
 
-    /// Runs `f` with the cluster-wide session reader (the API's lookup worker only: uncontended). Blocks on Redis
-    /// (bounded by the reader's timeouts): never call it on the API thread.
+    /// Runs `f` with the cluster-wide session reader (the API's worker threads only). Blocks on Redis (bounded
+    /// by the reader's timeouts): never call it on a reactor.
     pub fn read<T>(
         &self,
         f: impl FnOnce(&mut query::Reader) -> Result<T, String>,

@@ -1,6 +1,6 @@
 //! Cluster-wide reads of the session state for the API (`GET /api/presence`, `GET /api/user/{id}`), from the keys
-//! the state threads of all nodes keep (src/cluster/state.rs). Made on the API's lookup worker (src/api/lookups.rs),
-//! never on the API thread; so that a slow or dead Redis cannot hold a lookup for long either, the connection has
+//! the state threads of all nodes keep (src/cluster/state.rs). Made on the API's worker threads (src/api/worker.rs),
+//! never on a reactor; so that a slow or dead Redis cannot hold a lookup for long either, the connection has
 //! short timeouts (connect and set-up 0.5 s, replies 1 s) and after a failure further reads fail at once until the
 //! reconnect backoff has passed. The caller then answers from this node alone and says so.
 //!

@@ -4,7 +4,7 @@
 //! connect). Bounded per user (`delivery.offline_maxlen`) and in total (`delivery.offline_max_bytes`: the oldest
 //! pushes go first).
 //!
-//! Sharded by user: the API thread appends (one shard lock per push), reactors read at connect and record acks.
+//! Sharded by user: the API appends (one shard lock per push), reactors read at connect and record acks.
 //! Ids are `ms-seq`, increasing within a shard and therefore per user (all a client compares).
 
 use super::cluster_link::Since;

@@ -4,8 +4,8 @@
 //! the history; in cluster mode it is this node's copy of what it read from the bus (Redis has the history,
 //! src/cluster/history.rs), from which it serves recoveries without a round trip.
 //!
-//! Publications are stored before they are handed to the reactors, by whoever hands them out: the API thread
-//! (standalone), the bus reader (cluster), the merge thread (merge windows). So a reactor that reads the history
+//! Publications are stored before they are handed to the reactors, by whoever hands them out: the reactor that
+//! read the API request (standalone), the bus reader (cluster), the merge thread (merge windows). So a reactor that reads the history
 //! while recovering a client sees every publication whose frame may still be in its command queue
 //! (src/gateway/recovery.rs skips those by offset). One mutex, held for a publish or one channel's read, never
 //! across I/O.

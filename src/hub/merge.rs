@@ -2,7 +2,7 @@
 //! as one frame, `{"channel":C,"batch":[{"data":..},...]}` (with history: `"epoch"` and each item's `"offset"`),
 //! encoded once per batch. Fewer, larger writes for channels that get bursts of small messages.
 //!
-//! Publishers (the API thread, the cluster bus reader) add to the channel's pending batch; the merge thread hands
+//! Publishers (the API on the reactors, the cluster bus reader) add to the channel's pending batch; the merge thread hands
 //! out each batch when its window (opened by its first publication) closes, or at once when it reaches
 //! [`MAX_BATCH_ITEMS`] / [`MAX_BATCH_BYTES`]. With history, a batch's publications are stored in one step as it
 //! leaves (src/history/), so a recovering client gets either all of a batch in its replay or none of it.

@@ -14,7 +14,7 @@ pub mod merge;
 mod outbox;
 pub mod peers;
 mod targeted;
-pub use outbox::{HandoffStats, Outbox};
+pub use outbox::{Backlog, HandoffStats, Outbox};
 pub use targeted::sid_home;
 
 /// A command for a reactor running the gateway.
@@ -51,7 +51,13 @@ pub struct Hub {
 impl Hub {
     /// A batch of commands for the reactors; each reactor given one is woken once, when it is flushed or dropped.
     pub fn outbox(&self) -> Outbox<'_> {
-        Outbox::new(self)
+        Outbox::new(self, None)
+    }
+
+    /// A reactor's batch of commands: it never blocks, and leaves full queues' commands and its wake-ups to
+    /// `backlog`, flushed once per loop iteration ([`Backlog::flush`]).
+    pub fn reactor_outbox<'h>(&'h self, backlog: &'h mut Backlog) -> Outbox<'h> {
+        Outbox::new(self, Some(backlog))
     }
 
     /// Sum of all reactors' counters.

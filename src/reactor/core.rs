@@ -23,6 +23,9 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+/// Tokens a handler may give side sockets ([`Core::watch`]): 0..SIDE_TOKENS.
+pub const SIDE_TOKENS: u32 = 1 << 30;
+
 /// Settings copied out of the config for the hot path.
 pub(super) struct Limits {
     pub max_message: usize,
@@ -92,6 +95,8 @@ pub struct Core<A> {
     pub(super) zc: ZeroCopySends,
     /// Detached connections with frames queued this iteration: the handler's `on_output` is due.
     pub(super) with_output: Vec<Key>,
+    /// Side sockets the handler asked to watch ([`Self::watch`]), registered by the reactor after the hook.
+    pub(super) to_watch: Vec<(std::os::fd::RawFd, u32)>,
 }
 
 /// The handler's conversions of a frame into its other wire forms ([`super::Handler::transcode`],
@@ -173,6 +178,7 @@ impl<A> Core<A> {
             zc,
             keys: Vec::new(),
             with_output: Vec::new(),
+            to_watch: Vec::new(),
         }
     }
 
@@ -239,6 +245,22 @@ impl<A> Core<A> {
     /// The reactor's counters (the application adds to the protocol-error and idle-timeout ones).
     pub fn tally(&mut self) -> &mut Tally {
         &mut self.tally
+    }
+
+    // ---- side sockets -------------------------------------------------------------------------------------------
+
+    /// Reports the readiness of `fd`, a socket the handler serves itself, to [`super::Handler::on_side_ready`]
+    /// under `token` (below [`SIDE_TOKENS`]), from the hook's end on.
+    pub fn watch(&mut self, fd: std::os::fd::RawFd, token: u32) {
+        self.to_watch.push((fd, token));
+    }
+
+    /// Stops watching side socket `fd` (registered under `token`) and closes it at the end of the iteration, once
+    /// the poller let go of it. Its token may be given to another socket right away: at worst that one hears of
+    /// a stale readiness of this one.
+    pub fn close_side(&mut self, fd: std::os::fd::RawFd, token: u32) {
+        self.closing
+            .push((fd, super::SIDE_TOKEN_BASE + u64::from(token)));
     }
 
     // ---- channels -----------------------------------------------------------------------------------------------

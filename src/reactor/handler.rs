@@ -13,6 +13,7 @@ use super::core::Core;
 use crate::frame::handshake::{Reject, Request};
 use crate::pool::SharedFrame;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 
 /// Index of a connection in its reactor's slab: valid from acceptance until the end of the iteration in which
 /// [`Handler::on_close`] ran (or the connection was dropped before it opened).
@@ -113,6 +114,51 @@ pub trait Handler {
 
     /// Once per loop iteration, after teardown (publish counters).
     fn on_iteration(&mut self, core: &Core<Self::Conn>);
+
+    /// A connection accepted on the side listener ([`super::ReactorSetup::side_listener`]): a socket the handler
+    /// serves itself (non-blocking, close-on-exec, TCP_NODELAY). To hear of its readiness it registers it with
+    /// [`Core::watch`]; it gives it back with [`Core::close_side`]. By default it is closed at once.
+    fn on_side_accept(&mut self, core: &mut Core<Self::Conn>, fd: RawFd, peer: Option<IpAddr>) {
+        let _ = (core, peer);
+        super::sys::net::close(fd);
+    }
+
+    /// Readiness of a socket registered with [`Core::watch`] under `token` (edge-triggered: the handler reads and
+    /// writes until EAGAIN). Runs where readiness of the reactor's own connections is handled, so commands it
+    /// queues for this reactor run in the same iteration.
+    fn on_side_ready(
+        &mut self,
+        core: &mut Core<Self::Conn>,
+        token: u32,
+        ready: &super::sys::Ready,
+    ) {
+        let _ = (core, token, ready);
+    }
+
+    /// The iteration's input is read (ready sockets, side sockets, accepts), before commands run and output is
+    /// flushed: the moment to hand what the handler gathered to other threads, so they work on it while this
+    /// reactor writes.
+    fn after_reads(&mut self, core: &mut Core<Self::Conn>) {
+        let _ = core;
+    }
+
+    /// During a long flush pass, between groups of connections written: the handler may take in more of its own
+    /// input (side sockets) meanwhile; commands it queues for this reactor join the queues of the connections not
+    /// yet written in the pass. A reactor busy writing thousands of sockets otherwise reads nothing for the whole
+    /// pass.
+    fn mid_flush(&mut self, core: &mut Core<Self::Conn>) {
+        let _ = core;
+    }
+
+    /// Right before the loop may sleep, once per iteration (after the previous iteration's teardown): the
+    /// handler's last chance to act on what other threads left for it outside the command channel. It runs
+    /// after the reactor announced it may sleep ([`super::Waker::arm`]), so a thread that hands it work and then
+    /// wakes the reactor's waker is never missed. Frames queued here leave in the next iteration, which then
+    /// does not sleep. Returns the longest the loop may sleep, in milliseconds (None: no bound of its own).
+    fn before_wait(&mut self, core: &mut Core<Self::Conn>) -> Option<i32> {
+        let _ = core;
+        None
+    }
 }
 
 /// What a handler made of an HTTP request ([`Handler::on_http`]).

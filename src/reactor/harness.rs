@@ -84,6 +84,7 @@ impl<H: Handler> Harness<H> {
             live_connections: Arc::new(AtomicUsize::new(0)),
             tls: None,
             plain_listener: None,
+            side_listener: None,
             budget,
             latency: Default::default(),
             busiest: Default::default(),

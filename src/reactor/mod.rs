@@ -6,7 +6,8 @@
 //! of what messages mean. The application plugs in as a [`Handler`] (static dispatch), and acts on connections
 //! only through [`Core`].
 //!
-//! One loop iteration: wait for readiness → read and decode (handler: upgrade, message) → accept → run commands
+//! One loop iteration: (handler: before_wait) wait for readiness → read and decode (handler: upgrade, message, side
+//! sockets) → accept (handler: after_reads) → run commands
 //! (publishes queue frame references on subscribers; handler: its commands) → flush every connection with pending
 //! output in one writev each → timers (handler: open connections' timers) → flush → teardown (handler: `on_close`
 //! for connections that left the open state; then every doomed connection is freed, see teardown.rs).
@@ -32,7 +33,7 @@ mod variants;
 mod write_batch;
 mod zerocopy;
 
-pub use self::core::Core;
+pub use self::core::{Core, SIDE_TOKENS};
 pub use busiest::{BusiestChannels, ChannelLoad, BUSIEST};
 pub use command::Command;
 pub use handler::{CommandFor, Handler, Key, Reply};
@@ -59,6 +60,9 @@ use sys::{net, Ready};
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
 const TOKEN_WAKER: u64 = u64::MAX - 2;
 const TOKEN_PLAIN_LISTENER: u64 = u64::MAX - 3;
+const TOKEN_SIDE_LISTENER: u64 = u64::MAX - 4;
+/// Side sockets ([`Core::watch`]) are registered under this plus their token: above every connection key.
+const SIDE_TOKEN_BASE: u64 = 1 << 31;
 /// Connections written between two looks at the command channel during a flush pass; 0 = never look mid-pass.
 const MID_FLUSH_INTAKE: usize = 512;
 /// Commands taken from the channel per iteration, at most; fewer when their frames add up to a quarter of
@@ -81,6 +85,8 @@ pub struct ReactorSetup<C> {
     pub tls: Option<Arc<TlsAcceptor>>,
     /// An extra plaintext client listener next to a TLS one (`tls.plain_listen`).
     pub plain_listener: Option<RawFd>,
+    /// A listener whose connections the handler serves itself ([`Handler::on_side_accept`]): the HTTP API.
+    pub side_listener: Option<RawFd>,
     /// The process-wide budget for buffered input (`server.max_buffered_bytes`).
     pub budget: Arc<MemoryBudget>,
     /// Where the reactor hands its latency samples once a second.
@@ -109,6 +115,7 @@ struct Reactor<P, H: Handler> {
     batch: write_batch::WriteBatch,
     listener: Option<RawFd>,
     plain_listener: Option<RawFd>,
+    side_listener: Option<RawFd>,
     tls: Option<Arc<TlsAcceptor>>,
     rx: Receiver<Command<H::Command>>,
     waker: Arc<Waker>,
@@ -122,6 +129,7 @@ struct Reactor<P, H: Handler> {
     /// A listener reported new connections that are not all accepted yet.
     accept_ready: bool,
     plain_accept_ready: bool,
+    side_accept_ready: bool,
     accept_paused_until: u32,
     /// When shutting down: the clock reading at which whatever is left is dropped.
     shutdown_deadline: Option<Duration>,
@@ -154,6 +162,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
         if let Some(fd) = s.plain_listener {
             poller.add_listener(fd, TOKEN_PLAIN_LISTENER)?;
+        }
+        if let Some(fd) = s.side_listener {
+            poller.add_listener(fd, TOKEN_SIDE_LISTENER)?;
         }
         let c = &s.config;
         let limits = Limits {
@@ -188,6 +199,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             batch: Default::default(),
             listener: Some(s.listener),
             plain_listener: s.plain_listener,
+            side_listener: s.side_listener,
             tls: s.tls,
             rx: s.rx,
             waker: s.waker,
@@ -199,6 +211,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             clock,
             accept_ready: false,
             plain_accept_ready: false,
+            side_accept_ready: false,
             accept_paused_until: 0,
             shutdown_deadline: None,
             delivery: Latency::default(),
@@ -213,13 +226,19 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     fn iterate(&mut self) -> io::Result<bool> {
         let busy = !self.core.pending_reads.is_empty()
             || !self.core.dirty.is_empty()
-            || (self.accept_ready || self.plain_accept_ready) && self.accept_paused_until == 0;
+            || (self.accept_ready || self.plain_accept_ready || self.side_accept_ready)
+                && self.accept_paused_until == 0;
         let mut timeout = if busy { 0 } else { self.ms_to_next_tick() };
         if timeout > 0 {
             self.waker.arm();
-            if !self.rx.is_empty() {
-                timeout = 0;
-            }
+        }
+        // After the arm: work another thread left for the handler before it is looked at here is seen now, and
+        // work left afterwards comes with a wake-up (see `Handler::before_wait`).
+        if let Some(bound) = self.handler.before_wait(&mut self.core) {
+            timeout = timeout.min(bound.max(0));
+        }
+        if !self.rx.is_empty() || !self.core.dirty.is_empty() {
+            timeout = 0;
         }
         self.poller.wait(&mut self.ready, timeout)?;
         self.waker.disarm();
@@ -231,6 +250,12 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 TOKEN_WAKER => self.waker.drain(),
                 TOKEN_LISTENER => self.accept_ready = true,
                 TOKEN_PLAIN_LISTENER => self.plain_accept_ready = true,
+                TOKEN_SIDE_LISTENER => self.side_accept_ready = true,
+                t if (SIDE_TOKEN_BASE..SIDE_TOKEN_BASE + u64::from(SIDE_TOKENS)).contains(&t) => {
+                    let token = (t - SIDE_TOKEN_BASE) as u32;
+                    self.handler.on_side_ready(&mut self.core, token, ev);
+                    self.watch_side();
+                }
                 key => self.on_ready(key as usize, ev),
             }
         }
@@ -247,6 +272,10 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if self.plain_accept_ready && self.core.now >= self.accept_paused_until {
             self.plain_accept_ready = self.accept_all(true);
         }
+        if self.side_accept_ready && self.core.now >= self.accept_paused_until {
+            self.side_accept_ready = self.accept_side();
+        }
+        self.handler.after_reads(&mut self.core);
 
         self.run_commands();
         self.notify_output();
@@ -364,22 +393,9 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         loop {
             let (fd, peer) = match self.poller.accept(listener) {
                 Ok(accepted) => accepted,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return false,
-                    Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
-                        log::warn!(
-                            "reactor {}: accept: {e}; pausing accepts for a second",
-                            core.id
-                        );
-                        self.accept_paused_until = core.now + 1;
-                        return true;
-                    }
-                    _ => {
-                        log::error!("reactor {}: accept: {e}", core.id);
-                        return false;
-                    }
+                Err(e) => match accept_failed(&e, core, &mut self.accept_paused_until) {
+                    Some(retry) => return retry,
+                    None => continue,
                 },
             };
             let live = &core.live_connections;
@@ -411,6 +427,47 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             }
             let deadline = core.now + core.limits.handshake_timeout;
             core.schedule(key, deadline);
+        }
+    }
+
+    /// Accepts the side listener's connections and hands each to the handler; like [`Self::accept_all`]. They
+    /// do not count against `server.max_connections`: the handler bounds them itself.
+    fn accept_side(&mut self) -> bool {
+        let Some(listener) = self.side_listener else {
+            return false;
+        };
+        loop {
+            match self.poller.accept(listener) {
+                Ok((fd, peer)) => {
+                    self.handler.on_side_accept(&mut self.core, fd, peer);
+                    self.watch_side();
+                }
+                Err(e) => {
+                    if let Some(retry) =
+                        accept_failed(&e, &self.core, &mut self.accept_paused_until)
+                    {
+                        return retry;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers the side sockets the handler asked to watch; one the poller refuses is reported to the handler
+    /// as failed (an error readiness).
+    fn watch_side(&mut self) {
+        while let Some((fd, token)) = self.core.to_watch.pop() {
+            if let Err(e) = self.poller.add(fd, SIDE_TOKEN_BASE + u64::from(token)) {
+                log::error!("reactor {}: watching a side socket: {e}", self.core.id);
+                let failed = Ready {
+                    token: SIDE_TOKEN_BASE + u64::from(token),
+                    readable: false,
+                    writable: false,
+                    error: true,
+                    received: None,
+                };
+                self.handler.on_side_ready(&mut self.core, token, &failed);
+            }
         }
     }
 
@@ -472,10 +529,12 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             return;
         }
         self.shutdown_deadline = Some(self.clock.elapsed() + Duration::from_millis(drain_ms));
-        for fd in [self.listener.take(), self.plain_listener.take()]
-            .into_iter()
-            .flatten()
-        {
+        let listeners = [
+            self.listener.take(),
+            self.plain_listener.take(),
+            self.side_listener.take(),
+        ];
+        for fd in listeners.into_iter().flatten() {
             let _ = self.poller.remove(fd);
             net::close(fd);
         }
@@ -511,8 +570,11 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         } else {
             for (i, &key) in dirty.iter().enumerate() {
                 self.core.flush(key);
-                if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 && !self.rx.is_empty() {
-                    self.run_commands();
+                if MID_FLUSH_INTAKE > 0 && (i + 1) % MID_FLUSH_INTAKE == 0 {
+                    self.handler.mid_flush(&mut self.core);
+                    if !self.rx.is_empty() {
+                        self.run_commands();
+                    }
                 }
             }
             Ok(())
@@ -594,6 +656,27 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
             if self.core.conns.get(key).is_some_and(Conn::accepts_frames) {
                 self.handler.on_ms_timer(&mut self.core, key);
             }
+        }
+    }
+}
+
+/// What an accept error means to an accept loop: None = go on with the next connection; Some(retry) = stop, and
+/// whether to retry later (descriptors or memory exhausted: accepting pauses for a second, `paused_until`).
+fn accept_failed<A>(e: &io::Error, core: &Core<A>, paused_until: &mut u32) -> Option<bool> {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Some(false),
+        Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => None,
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            log::warn!(
+                "reactor {}: accept: {e}; pausing accepts for a second",
+                core.id
+            );
+            *paused_until = core.now + 1;
+            Some(true)
+        }
+        _ => {
+            log::error!("reactor {}: accept: {e}", core.id);
+            Some(false)
         }
     }
 }

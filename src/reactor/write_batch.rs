@@ -24,10 +24,13 @@ pub(super) struct WriteBatch {
 }
 
 impl<P: Poller, H: Handler> Reactor<P, H> {
-    /// Writes `keys` (dirty connections) in batches; between batches, like the per-connection pass, takes in
-    /// publishes that arrived meanwhile.
+    /// Writes `keys` (dirty connections) in batches; between batches, like the per-connection pass, lets the
+    /// handler read its own input and takes in publishes that arrived meanwhile.
     pub(super) fn write_batches(&mut self, keys: &[Key]) -> io::Result<()> {
         for (i, chunk) in keys.chunks(MAX_BATCH).enumerate() {
+            if i > 0 {
+                self.handler.mid_flush(&mut self.core);
+            }
             if i > 0 && !self.rx.is_empty() {
                 self.run_commands();
             }

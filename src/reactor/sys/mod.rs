@@ -2,7 +2,7 @@
 //! or io_uring,
 //! chosen at start-up by [`probe`]), the cross-thread [`Waker`] (an eventfd) and socket calls ([`net`]). The event
 //! loop is generic over the [`Poller`], so each backend is an implementation of this trait, not a fork of the
-//! loop. Other threads (the HTTP API) use the same layer for their own sockets.
+//! loop. The HTTP API (src/api/, on the reactors) uses its socket calls for the sockets it serves itself.
 
 mod buf_ring;
 mod epoll;

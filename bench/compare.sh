@@ -6,7 +6,7 @@
 #   --rounds N   rounds per scenario (default 3); a round runs old, then new, each against a fresh gateway
 #   --quick      small parameters (a smoke test, ~20 s per round); recorded in bench/out/quick-compare.md only
 #   --only LIST  comma-separated subset of: connect, fanout, fanout-paced, and the optional fanout-paced10,
-#                fanout-64k
+#                fanout-64k, echo (1000 clients sending 1 KiB messages to /echo, 8 in flight each: the input path)
 #   --wait-quiet N   before each run wait up to N seconds for the machine to be at least 90% idle
 #   --old-args FLAGS, --new-args FLAGS   extra gateway flags per side, e.g. the same binary twice with
 #                --old-args "--io-backend epoll" --new-args "--io-backend uring"
@@ -47,7 +47,7 @@ NEW_ARGS=""
 NETNS=0
 SCENARIOS=(connect fanout fanout-paced)
 # Run only when named in --only (the io backend comparison): 1 KiB every 10 ms; 64 KiB frames to 2000 subscribers.
-EXTRA_SCENARIOS=(fanout-paced10 fanout-64k)
+EXTRA_SCENARIOS=(fanout-paced10 fanout-64k echo)
 
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; }
 die() {
@@ -78,7 +78,7 @@ if [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 20 ]; then die "--rounds must be betwe
 case "$WAIT_QUIET" in '' | *[!0-9]*) die "--wait-quiet must be whole seconds" ;; esac
 if [ -n "$ONLY" ]; then
     for name in ${ONLY//,/ }; do
-        case " ${SCENARIOS[*]} ${EXTRA_SCENARIOS[*]} " in *" $name "*) ;; *) die "--only: unknown scenario $name (connect, fanout, fanout-paced, fanout-paced10, fanout-64k)" ;; esac
+        case " ${SCENARIOS[*]} ${EXTRA_SCENARIOS[*]} " in *" $name "*) ;; *) die "--only: unknown scenario $name (connect, fanout, fanout-paced, fanout-paced10, fanout-64k, echo)" ;; esac
     done
 fi
 for bin in "$OLD_SRC" "$NEW_SRC"; do
@@ -160,6 +160,7 @@ scenario_args() {
             fanout-paced) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --messages 20 --size 1024 --interval-ms 100 --duration 10 --timeout 5) ;;
             fanout-paced10) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --messages 100 --size 1024 --interval-ms 10 --duration 10 --timeout 5) ;;
             fanout-64k) SCEN=fanout; ARGS=(--conns 500 --procs 2 --messages 20 --size 65536 --interval-ms 200 --duration 10 --timeout 10) ;;
+            echo) SCEN=echo; WSPATH=/echo; ARGS=(--conns 100 --procs 2 --size 1024 --inflight 8 --duration 3 --timeout 5) ;;
         esac
     else
         case "$1" in
@@ -168,6 +169,7 @@ scenario_args() {
             fanout-paced) SCEN=fanout; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 100 --size 1024 --interval-ms 100 --duration 30 --timeout 15) ;;
             fanout-paced10) SCEN=fanout; ARGS=(--conns 15000 --procs 2 --source-ips 2 --rate 5000 --messages 300 --size 1024 --interval-ms 10 --duration 30 --timeout 15) ;;
             fanout-64k) SCEN=fanout; ARGS=(--conns 2000 --procs 2 --rate 5000 --messages 30 --size 65536 --interval-ms 200 --duration 30 --timeout 20) ;;
+            echo) SCEN=echo; WSPATH=/echo; ARGS=(--conns 1000 --procs 2 --rate 5000 --size 1024 --inflight 8 --duration 10 --timeout 10) ;;
         esac
     fi
 }
@@ -277,6 +279,8 @@ figure "paced latency p99, ms (one per 10 ms)" fanout-paced10 lower ms '(.latenc
 figure "server CPU µs per delivery (paced, one per 10 ms)" fanout-paced10 lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
 figure "64 KiB to 2000 subscribers (one per 200 ms): latency p99, ms" fanout-64k lower ms '(.latency_us.p99 // empty) / 1000'
 figure "server CPU µs per delivery (64 KiB)" fanout-64k lower us '(.server_cpu_ms // empty) * 1000 / .deliveries'
+figure "echo messages/s (1000 clients, 1 KiB, 8 in flight)" echo higher rate '.messages_per_s'
+figure "server CPU µs per echoed message" echo lower us '(.server_cpu_ms // empty) * 1000 / (.echo_received // empty)'
 
 MACHINE="$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo) GiB, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r)"
 {

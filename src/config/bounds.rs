@@ -41,6 +41,8 @@ pub const INTEGER_KEYS: &[IntRange] = &[
     int("server.max_request_head", 512, 16 * 1024, " bytes"),
     int("server.shutdown_timeout", 0, 3600, " seconds"),
     int("server.node_id", 0, crate::ids::sid::MAX_NODE as u64, ""),
+    // The kernel's limit on entries per provided-buffer ring.
+    int("server.uring_recv_buffers", 0, 32_768, ""),
     // 0 = a quarter of RAM.
     int("server.max_buffered_bytes", 0, 1 << 44, " bytes"),
     int(

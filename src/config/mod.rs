@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// The reactors' OS layer: `epoll`, `uring` (io_uring; a start-up error where the kernel refuses it) or
     /// `auto`.
     pub io_backend: IoBackend,
+    /// io_uring: 4 KiB buffers per reactor that connections receive into (rounded up to a power of two), shared
+    /// by all its connections; 0 = read on readiness as epoll does.
+    pub uring_recv_buffers: usize,
 }
 
 /// `server.io_backend`.
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             max_buffered_bytes: 0,
             node_id: 0,
             io_backend: IoBackend::Auto,
+            uring_recv_buffers: 512,
         }
     }
 }

@@ -137,6 +137,7 @@ impl<H: Handler> Harness<H> {
             readable,
             writable,
             error,
+            received: None,
         });
     }
 

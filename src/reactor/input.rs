@@ -25,6 +25,14 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
     pub(super) fn on_ready(&mut self, key: Key, ev: &Ready) {
         // Tokens come from the kernel for registered sockets, and a socket is closed only when its slot is freed,
         // after the batch: the key is live. Checked anyway, because a wrong index would abort the process.
+        if let Some(r) = ev.received {
+            // Borrowed from the backend only while it is decoded: leftovers go to a lent buffer.
+            let mut buf = self.poller.take_received(r);
+            if let Some(data) = buf.get_mut(..r.len as usize) {
+                self.on_received(key, data);
+            }
+            self.poller.recycle(r, buf);
+        }
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
@@ -76,16 +84,14 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     self.keep_leftover(key, rbuf, buf, usize::MAX);
                     return self.core.doom(key);
                 }
-                Ok(n) => {
-                    self.core.tally.bytes_in_total += n as u64;
-                    let conn = &mut self.core.conns[key];
-                    if conn.state != State::Handshake {
-                        conn.last_rx = self.core.now;
-                    }
-                    conn.flags &= !flag::PING_SENT;
-                }
+                Ok(n) => self.took_input(key, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return self.keep_leftover(key, rbuf, buf, 0);
+                    self.keep_leftover(key, rbuf, buf, 0);
+                    if let Err(e) = self.poller.drained(fd, key as u64) {
+                        log::error!("reactor {}: receive: {e}", self.core.id);
+                        self.core.doom(key);
+                    }
+                    return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     self.keep_leftover(key, rbuf, buf, 0);
@@ -96,28 +102,64 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     return self.core.doom(key);
                 }
             }
-            let consumed = if state == State::Lingering {
-                buf.len()
-            } else if tls {
-                self.tls_input(key, &mut buf)
-            } else {
-                self.process_input(key, &mut buf)
-            };
+            let consumed = self.decode(key, state, tls, &mut buf);
             self.keep_leftover(key, rbuf, buf, consumed);
         }
         self.core.pending_reads.push(key);
     }
 
+    /// Input the backend received for connection `key` (see [`super::sys::Received`]), decoded like the bytes of a read:
+    /// after a partial frame the connection holds, or straight from the backend's buffer.
+    fn on_received(&mut self, key: Key, data: &mut [u8]) {
+        let Some(conn) = self.core.conns.get(key) else {
+            return;
+        };
+        if conn.has(flag::DOOMED) {
+            return;
+        }
+        let (rbuf, tls, state) = (conn.rbuf, conn.tls != NO_TLS, conn.state);
+        self.took_input(key, data.len());
+        if rbuf != NO_BUF {
+            self.core.bufs.append(rbuf, data);
+            let mut buf = self.core.bufs.take(rbuf);
+            let consumed = self.decode(key, state, tls, &mut buf);
+            self.keep_leftover(key, rbuf, buf, consumed);
+        } else {
+            let consumed = self.decode(key, state, tls, data);
+            self.lend_rest(key, data, consumed);
+            self.core.check_memory();
+        }
+    }
+
+    /// Bookkeeping of `n` bytes of input on connection `key`.
+    fn took_input(&mut self, key: Key, n: usize) {
+        self.core.tally.bytes_in_total += n as u64;
+        let conn = &mut self.core.conns[key];
+        if conn.state != State::Handshake {
+            conn.last_rx = self.core.now;
+        }
+        conn.flags &= !flag::PING_SENT;
+    }
+
+    /// Decodes input of connection `key` (`state` and `tls` as before it arrived); returns the bytes consumed.
+    fn decode(&mut self, key: Key, state: State, tls: bool, buf: &mut [u8]) -> usize {
+        if state == State::Lingering {
+            buf.len()
+        } else if tls {
+            self.tls_input(key, buf)
+        } else {
+            self.process_input(key, buf)
+        }
+    }
+
     /// After decoding: the connection keeps a lent buffer only for a partial frame (or request head) it will
     /// still decode; the scratch buffer goes back for the next read.
     fn keep_leftover(&mut self, key: Key, rbuf: u32, mut buf: Vec<u8>, consumed: usize) {
-        let consumed = consumed.min(buf.len());
-        let conn = &self.core.conns[key];
-        let keep =
-            consumed < buf.len() && !conn.has(flag::DOOMED) && conn.state != State::Lingering;
-        let now = self.core.now;
-        let bufs = &mut self.core.bufs;
         if rbuf != NO_BUF {
+            let consumed = consumed.min(buf.len());
+            let keep = consumed < buf.len() && self.takes_input(key);
+            let now = self.core.now;
+            let bufs = &mut self.core.bufs;
             buf.drain(..consumed);
             bufs.put(rbuf, buf);
             if !keep {
@@ -127,15 +169,28 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 bufs.touch(rbuf, now); // a frame completed: the one left started now
             }
         } else {
-            if keep {
-                let id = bufs.lend(key as u32, now);
-                bufs.append(id, &buf[consumed..]);
-                self.core.conns[key].rbuf = id;
-            }
+            self.lend_rest(key, &buf, consumed);
             buf.clear();
             self.scratch = buf;
         }
         self.core.check_memory();
+    }
+
+    /// Moves what decoding left of `buf` (a partial frame or request head) into a buffer lent to the connection,
+    /// unless it takes no more input.
+    fn lend_rest(&mut self, key: Key, buf: &[u8], consumed: usize) {
+        let consumed = consumed.min(buf.len());
+        if consumed < buf.len() && self.takes_input(key) {
+            let bufs = &mut self.core.bufs;
+            let id = bufs.lend(key as u32, self.core.now);
+            bufs.append(id, &buf[consumed..]);
+            self.core.conns[key].rbuf = id;
+        }
+    }
+
+    fn takes_input(&self, key: Key) -> bool {
+        let conn = &self.core.conns[key];
+        !conn.has(flag::DOOMED) && conn.state != State::Lingering
     }
 
     /// Decodes what `buf` holds for connection `key`; returns the bytes consumed (all of them once the connection

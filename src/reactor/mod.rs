@@ -151,6 +151,13 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         clock: Clock,
         mut poller: P,
     ) -> io::Result<Self> {
+        if let Err(e) = poller.receive_buffers(s.config.server.uring_recv_buffers) {
+            // Still a working reactor: its connections are read on readiness.
+            log::warn!(
+                "reactor {}: no receive buffers ({e}); reading on readiness",
+                s.id
+            );
+        }
         poller.add_listener(s.listener, TOKEN_LISTENER)?;
         poller.add(s.waker.fd(), TOKEN_WAKER)?;
         if let Some(fd) = s.plain_listener {
@@ -402,7 +409,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                 continue;
             }
             let key = core.conns.insert(Conn::new(fd, accepted_us));
-            if let Err(e) = self.poller.add(fd, key as u64) {
+            if let Err(e) = self.poller.add_receiving(fd, key as u64) {
                 log::error!("reactor {}: epoll add: {e}", core.id);
                 core.doom(key);
                 continue;
@@ -457,6 +464,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
                     readable: false,
                     writable: false,
                     error: true,
+                    received: None,
                 };
                 self.handler.on_side_ready(&mut self.core, token, &failed);
             }

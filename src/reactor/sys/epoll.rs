@@ -74,6 +74,7 @@ impl Poller for Epoll {
                 readable: bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) != 0,
                 writable: bits & libc::EPOLLOUT != 0,
                 error: bits & libc::EPOLLERR != 0,
+                received: None,
             });
         }
         Ok(())

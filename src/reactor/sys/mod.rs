@@ -1,8 +1,10 @@
-//! The reactor's OS layer, in one place: readiness, accepts and batched writes (a [`Poller`] backend: epoll or io_uring,
+//! The reactor's OS layer, in one place: readiness, accepts, receives and batched writes (a [`Poller`] backend: epoll
+//! or io_uring,
 //! chosen at start-up by [`probe`]), the cross-thread [`Waker`] (an eventfd) and socket calls ([`net`]). The event
 //! loop is generic over the [`Poller`], so each backend is an implementation of this trait, not a fork of the
 //! loop. The HTTP API (src/api/, on the reactors) uses its socket calls for the sockets it serves itself.
 
+mod buf_ring;
 mod epoll;
 pub mod net;
 pub mod probe;
@@ -25,6 +27,17 @@ pub struct Ready {
     pub writable: bool,
     /// Error or hang-up on the socket.
     pub error: bool,
+    /// Input the backend received for the connection itself (registered with [`Poller::add_receiving`]): the
+    /// reactor takes it with [`Poller::take_received`], decodes it, and hands the buffer back with
+    /// [`Poller::recycle`]. In the order the bytes arrived, before any `readable` of the same connection.
+    pub received: Option<Received>,
+}
+
+/// A buffer of input a backend received for a connection: `len` bytes in its buffer `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub id: u16,
+    pub len: u32,
 }
 
 /// One connection's write in a batch: `iov` is its range in the batch's iovec array. With `zerocopy` set (on a
@@ -73,10 +86,36 @@ pub trait Poller: Sized {
     fn accept(&mut self, fd: RawFd) -> io::Result<(RawFd, Option<IpAddr>)> {
         net::accept_peer(fd)
     }
+    /// Sets up `count` receive buffers (rounded up to a power of two; 0: none) shared by the connections of
+    /// [`Self::add_receiving`], before any is added. Epoll has none: the reactor reads on readiness.
+    fn receive_buffers(&mut self, _count: usize) -> io::Result<()> {
+        Ok(())
+    }
+    /// Registers a connection's socket under `token`, like [`Self::add`]. A backend that receives by itself
+    /// (io_uring with provided buffers) then reports its input as [`Ready::received`] and reports it `readable`
+    /// only when the reactor should read it itself (the receive ended: no buffer was free, or the peer closed);
+    /// once such a read meets EAGAIN the reactor calls [`Self::drained`]. Epoll: the reactor reads on readiness.
+    fn add_receiving(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.add(fd, token)
+    }
+    /// The reactor read the connection `fd` (`token`) until EAGAIN: a backend that receives by itself starts
+    /// again. An error leaves the connection without input: the reactor closes it.
+    fn drained(&mut self, _fd: RawFd, _token: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// The bytes of a [`Received`] buffer (all of the buffer; its first `len` bytes are the input), lent to the
+    /// reactor until it hands them back with [`Self::recycle`].
+    fn take_received(&mut self, _r: Received) -> Box<[u8]> {
+        Box::default()
+    }
+    /// Gives back a buffer from [`Self::take_received`] for the next receives.
+    #[allow(clippy::boxed_local)] // the box is the backend's own buffer, handed back
+    fn recycle(&mut self, _r: Received, _buf: Box<[u8]>) {}
     /// Stops watching `fd`, which stays open.
     fn remove(&mut self, fd: RawFd) -> io::Result<()>;
     /// Called with the sockets (descriptor and token) about to be closed. Closing a socket ends its epoll
-    /// registration, so epoll has nothing to do; an io_uring poll must be cancelled first.
+    /// registration, so epoll has nothing to do; an io_uring poll and receive must be cancelled first (and input
+    /// they still complete with is dropped: it is never reported for a token after this call).
     fn forget(&mut self, _socks: &[(RawFd, u64)]) -> io::Result<()> {
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! The io_uring backend: one ring per reactor. Readiness comes from edge-triggered multishot polls (one SQE per
 //! socket for its whole life, like the epoll registration), and the writes of a flush pass go to the kernel
 //! together: one `io_uring_enter` submits a writev per dirty connection instead of one writev system call each.
-//! Listeners accept ahead of the reactor with one multishot accept each (see [`Listener`]).
+//! Listeners accept ahead of the reactor with one multishot accept each (see [`Listener`]); connections receive
+//! with one multishot receive each into the reactor's provided-buffer ring (see [`Recv`]).
 //!
 //! The sockets are non-blocking, so a write the socket cannot take completes at once with EAGAIN instead of
 //! waiting in the kernel; every write of a batch has therefore completed when `write_batch` returns, and the
 //! queued frames it points into are not touched until then.
 
-use super::{net, Notification, Poller, Ready, WriteOp, ZeroCopy};
+use super::buf_ring::BufRing;
+use super::{net, Notification, Poller, Ready, Received, WriteOp, ZeroCopy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::io;
@@ -17,7 +19,7 @@ use std::os::fd::RawFd;
 /// Submission queue slots: the largest write batch, and the polls and cancels added between two waits before
 /// the queue is submitted early.
 const SQ_ENTRIES: u32 = 1024;
-/// Tags a write's user data (a poll's user data is `fd << 32 | token`, with `fd` below 2^30: descriptors are
+/// Tags a write's user data (a poll's user data is `fd << 32 | token`, with `fd` below 2^29: descriptors are
 /// bounded by RLIMIT_NOFILE, far lower).
 const WRITE_TAG: u64 = 1 << 63;
 /// Tags the completion of a cancel (of a closed socket's or listener's poll), which reports nothing.
@@ -27,6 +29,13 @@ const ZC_TAG: u64 = 1 << 61;
 /// Tags a multishot accept's completions (a pair no write, poll or cancel uses: write cookies stay below bit 61);
 /// the low bits are the listener's index in `Uring::listeners`.
 const ACCEPT_TAG: u64 = WRITE_TAG | CANCEL_TAG;
+/// Tags a connection's multishot receive (without `WRITE_TAG`): its user data is `RECV_TAG | gen << 32 | token`
+/// (`gen`: see [`Recv`]).
+const RECV_TAG: u64 = ZC_TAG;
+/// Bits of a receive's generation in its user data (between the token and `RECV_TAG`).
+const GEN_MASK: u32 = (1 << 29) - 1;
+/// The buffer group of the reactor's provided-buffer ring.
+const BUF_GROUP: u16 = 0;
 /// A write's slot in its batch (`MAX_BATCH` is 512) is in the low bits of its user data.
 const SLOT_BITS: u32 = 9;
 /// `IORING_SEND_ZC_REPORT_USAGE` (ioprio of a zero-copy send) and `IORING_NOTIF_USAGE_ZC_COPIED` (result of its
@@ -47,6 +56,36 @@ pub struct Uring {
     /// The kernel offers `SENDMSG_ZC`.
     sendmsg_zc: bool,
     listeners: Vec<Listener>,
+    /// Each connection's receive, by token (empty without a buffer ring).
+    recvs: Vec<Recv>,
+    /// Declared after `ring`: dropped after it, so the kernel never uses freed buffers.
+    bufs: Option<BufRing>,
+}
+
+/// A connection's multishot receive. While `Armed`, the connection's input arrives only as receive completions
+/// (its poll watches output only, and a readable poll report is not passed on), so the reactor never reads the
+/// socket at the same time. The kernel ends the receive when no buffer is free (ENOBUFS) or for its own reasons:
+/// the connection is then `Reading`, reported readable once after the input received before, and the reactor
+/// reads with read(2) until EAGAIN, then arms the receive again ([`Poller::drained`]) — so a shortage of
+/// buffers never stalls a connection nor loses or reorders its bytes. EOF and errors end it for good (the
+/// reactor closes the connection). `gen` counts the registrations of the token: completions of a receive whose
+/// connection was closed carry an older one and are dropped, their buffers recycled.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recv {
+    gen: u32,
+    state: RecvState,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum RecvState {
+    /// Not a receiving connection: readiness as epoll's, the reactor reads.
+    #[default]
+    Off,
+    Armed,
+    /// The receive ended; the reactor reads until EAGAIN.
+    Reading,
+    /// EOF or an error: the connection is closing.
+    Ended,
 }
 
 /// A listening socket with its multishot accept. The kernel accepts while connections arrive and completes with
@@ -90,12 +129,83 @@ impl Uring {
         self.push(&entry)
     }
 
+    fn arm_recv(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let Some(bufs) = &self.bufs else {
+            return Ok(());
+        };
+        let r = &mut self.recvs[token as usize];
+        let entry = opcode::RecvMulti::new(types::Fd(fd), bufs.group)
+            .build()
+            .user_data(recv_data(token, r.gen));
+        self.push(&entry)?;
+        self.recvs[token as usize].state = RecvState::Armed;
+        Ok(())
+    }
+}
+
+/// Files a receive completion: its input (or the end of the receive) into `out`.
+fn on_received(
+    recvs: &mut [Recv],
+    bufs: &mut Option<BufRing>,
+    out: &mut Vec<Ready>,
+    data: u64,
+    res: i32,
+    flags: u32,
+) {
+    let token = data as u32 as u64;
+    let gen = (data >> 32) as u32 & GEN_MASK;
+    let buffer = cqueue::buffer_select(flags);
+    let live = recvs
+        .get(token as usize)
+        .is_some_and(|r| r.gen & GEN_MASK == gen && r.state != RecvState::Off);
+    if !live {
+        // The connection was forgotten: its input goes nowhere, its buffer back to the ring.
+        if let (Some(id), Some(bufs)) = (buffer, bufs) {
+            let buf = bufs.take(id);
+            bufs.recycle(id, buf);
+        }
+        return;
+    }
+    let report = |received, readable, error| Ready {
+        token,
+        readable,
+        writable: false,
+        error,
+        received,
+    };
+    if res > 0 {
+        if let Some(id) = buffer {
+            let len = res as u32;
+            out.push(report(Some(Received { id, len }), false, false));
+        }
+    }
+    if cqueue::more(flags) {
+        return;
+    }
+    let state = &mut recvs[token as usize].state;
+    if res > 0 || res == -libc::ENOBUFS {
+        // Ended with input still coming (no buffer free, or the kernel's own reasons): the reactor reads.
+        *state = RecvState::Reading;
+        out.push(report(None, true, false));
+    } else if res != -libc::ECANCELED {
+        // EOF or an error: the connection ends like on a read that returned them.
+        *state = RecvState::Ended;
+        out.push(report(None, false, true));
+    }
+}
+
+impl Uring {
     /// Moves completions out of the ring: readiness into `out`, write results into `results`.
     fn reap(&mut self, out: &mut Vec<Ready>, results: &mut [i32]) -> io::Result<usize> {
         let mut writes = 0;
         let mut rearm = Vec::new();
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
+            if data & (WRITE_TAG | CANCEL_TAG | RECV_TAG) == RECV_TAG {
+                let (res, flags) = (cqe.result(), cqe.flags());
+                on_received(&mut self.recvs, &mut self.bufs, out, data, res, flags);
+                continue;
+            }
             if data & ACCEPT_TAG == ACCEPT_TAG {
                 let index = (data & !ACCEPT_TAG) as usize;
                 let more = cqueue::more(cqe.flags());
@@ -105,6 +215,7 @@ impl Uring {
                         readable: true,
                         writable: false,
                         error: false,
+                        received: None,
                     });
                 }
                 continue;
@@ -141,15 +252,21 @@ impl Uring {
                 rearm.push(data); // a multishot poll the kernel ended early (CQ overflow): poll again
             }
             let bits = if res < 0 { libc::POLLERR as i32 } else { res };
+            let token = token_of(data);
+            // A receiving connection's input comes from its receive, not from reads of the reactor.
+            let reads = recv_state(&self.recvs, token).is_none_or(|s| s == RecvState::Reading);
             out.push(Ready {
-                token: token_of(data),
-                readable: bits & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) as i32 != 0,
+                token,
+                readable: reads
+                    && bits & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) as i32 != 0,
                 writable: bits & libc::POLLOUT as i32 != 0,
                 error: bits & libc::POLLERR as i32 != 0,
+                received: None,
             });
         }
         for data in rearm {
-            self.push(&poll_entry((data >> 32) as RawFd, data))?;
+            let receiving = recv_state(&self.recvs, token_of(data)).is_some();
+            self.push(&poll_entry((data >> 32) as RawFd, data, receiving))?;
         }
         Ok(writes)
     }
@@ -180,8 +297,19 @@ fn on_accepted(listeners: &mut [Listener], index: usize, res: i32, more: bool) -
     tell.then_some(l.token)
 }
 
-fn poll_entry(fd: RawFd, data: u64) -> squeue::Entry {
-    let mask = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
+/// The state of `token`'s receive, if it is a receiving connection.
+fn recv_state(recvs: &[Recv], token: u64) -> Option<RecvState> {
+    let r = recvs.get(usize::try_from(token).ok()?)?;
+    (r.state != RecvState::Off).then_some(r.state)
+}
+
+/// A socket's multishot poll; a `receiving` connection's watches output only (its receive takes the input).
+fn poll_entry(fd: RawFd, data: u64, receiving: bool) -> squeue::Entry {
+    let mask = if receiving {
+        libc::POLLOUT as u32
+    } else {
+        (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32
+    };
     opcode::PollAdd::new(types::Fd(fd), mask)
         .multi(true)
         .build()
@@ -195,6 +323,10 @@ fn poll_data(fd: RawFd, token: u64) -> u64 {
         token as u32
     };
     (fd as u32 as u64) << 32 | low as u64
+}
+
+fn recv_data(token: u64, gen: u32) -> u64 {
+    RECV_TAG | ((gen & GEN_MASK) as u64) << 32 | token
 }
 
 fn token_of(data: u64) -> u64 {
@@ -237,7 +369,48 @@ impl Poller for Uring {
             notifications: Vec::new(),
             sendmsg_zc,
             listeners: Vec::new(),
+            recvs: Vec::new(),
+            bufs: None,
         })
+    }
+
+    fn receive_buffers(&mut self, count: usize) -> io::Result<()> {
+        if count > 0 {
+            self.bufs = Some(BufRing::new(&self.ring.submitter(), count, BUF_GROUP)?);
+        }
+        Ok(())
+    }
+
+    fn add_receiving(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        if self.bufs.is_none() || token > SPECIAL_TOKENS as u64 {
+            return self.add(fd, token);
+        }
+        let index = token as usize;
+        if index >= self.recvs.len() {
+            self.recvs.resize(index + 1, Recv::default());
+        }
+        let r = &mut self.recvs[index];
+        r.gen = r.gen.wrapping_add(1);
+        r.state = RecvState::Reading; // until armed below
+        self.push(&poll_entry(fd, poll_data(fd, token), true))?;
+        self.arm_recv(fd, token)
+    }
+
+    fn drained(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        if recv_state(&self.recvs, token) == Some(RecvState::Reading) {
+            self.arm_recv(fd, token)?;
+        }
+        Ok(())
+    }
+
+    fn take_received(&mut self, r: Received) -> Box<[u8]> {
+        self.bufs.as_mut().map(|b| b.take(r.id)).unwrap_or_default()
+    }
+
+    fn recycle(&mut self, r: Received, buf: Box<[u8]>) {
+        if let Some(bufs) = &mut self.bufs {
+            bufs.recycle(r.id, buf);
+        }
     }
 
     fn add_listener(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
@@ -285,7 +458,7 @@ impl Poller for Uring {
 
     fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         debug_assert!(token <= SPECIAL_TOKENS as u64 || token > u64::MAX - 64);
-        self.push(&poll_entry(fd, poll_data(fd, token)))
+        self.push(&poll_entry(fd, poll_data(fd, token), false))
     }
 
     fn remove(&mut self, fd: RawFd) -> io::Result<()> {
@@ -313,11 +486,37 @@ impl Poller for Uring {
         // A poll holds a reference to its socket: until it is cancelled, closing the descriptor would not close
         // the connection. Cancelled by user data (a hash lookup), submitted before the descriptors are closed and
         // before any new socket could be registered under the same descriptor and token.
+        let mut receiving = false;
         for &(fd, token) in socks {
             let cancel = opcode::AsyncCancel::new(poll_data(fd, token))
                 .build()
                 .user_data(CANCEL_TAG);
             self.push(&cancel)?;
+            let Some(state) = recv_state(&self.recvs, token) else {
+                continue;
+            };
+            receiving = true;
+            let r = &mut self.recvs[token as usize];
+            let data = recv_data(token, r.gen);
+            // From now on its completions are dropped (the generation no longer matches once re-registered).
+            r.state = RecvState::Off;
+            if state == RecvState::Armed {
+                let cancel = opcode::AsyncCancel::new(data).build().user_data(CANCEL_TAG);
+                self.push(&cancel)?;
+            }
+        }
+        if receiving {
+            // Input reaped during a write batch and not yet reported: for these tokens, it goes nowhere.
+            let (recvs, bufs) = (&self.recvs, &mut self.bufs);
+            self.backlog
+                .retain(|ev| match (ev.received, bufs.as_mut()) {
+                    (Some(r), Some(bufs)) if recv_state(recvs, ev.token).is_none() => {
+                        let buf = bufs.take(r.id);
+                        bufs.recycle(r.id, buf);
+                        false
+                    }
+                    _ => true,
+                });
         }
         self.ring.submit()?;
         Ok(())
@@ -409,6 +608,10 @@ impl Poller for Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
+        if let Some(bufs) = &self.bufs {
+            // No receive picks a buffer any more; the ring itself is dropped before the buffers.
+            let _ = self.ring.submitter().unregister_buf_ring(bufs.group);
+        }
         for l in &mut self.listeners {
             l.accepted.drain(..).for_each(net::close);
         }
@@ -457,6 +660,100 @@ mod tests {
 
     fn skip() -> bool {
         super::super::probe::uring_support().is_err()
+    }
+
+    /// Waits up to a second for events of `token`.
+    fn events_of(ring: &mut Uring, token: u64) -> Vec<Ready> {
+        let mut ready = Vec::new();
+        for _ in 0..10 {
+            ring.wait(&mut ready, 100).unwrap();
+            ready.retain(|r| r.token == token);
+            if !ready.is_empty() {
+                break;
+            }
+        }
+        ready
+    }
+
+    /// Reads `fd` until EAGAIN, as the reactor does when a receive ended.
+    fn read_until_eagain(fd: RawFd, got: &mut Vec<u8>) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: read into a live stack buffer of the given length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                assert_eq!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EAGAIN)
+                );
+                return;
+            }
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    #[test]
+    fn an_empty_buffer_ring_falls_back_to_reads_then_receives_again() {
+        if skip() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        ring.receive_buffers(2).unwrap();
+        let (server, mut client) = pair();
+        let fd = server.as_raw_fd();
+        ring.add_receiving(fd, 5).unwrap();
+        let mut got = Vec::new();
+        // Buffers the reactor has not given back yet: after two receives the ring is empty.
+        let mut held = Vec::new();
+        let mut reads = 0;
+        for chunk in [&b"one"[..], b"two", b"six", b"ten"] {
+            client.write_all(chunk).unwrap();
+            let events = events_of(&mut ring, 5);
+            assert!(!events.is_empty(), "no event after {chunk:?}");
+            for ev in events {
+                if let Some(r) = ev.received {
+                    let buf = ring.take_received(r);
+                    got.extend_from_slice(&buf[..r.len as usize]);
+                    held.push((r, buf));
+                }
+                if ev.readable {
+                    reads += 1;
+                    read_until_eagain(fd, &mut got);
+                    ring.drained(fd, 5).unwrap();
+                }
+            }
+        }
+        assert_eq!(got, b"onetwosixten", "every byte, in order");
+        assert_eq!(held.len(), 2, "the ring's two buffers");
+        assert!(
+            reads >= 1,
+            "the empty ring ended the receive: the bytes were read"
+        );
+        assert_eq!(ring.recvs[5].state, RecvState::Armed, "receiving again");
+        for (r, buf) in held.drain(..) {
+            ring.recycle(r, buf);
+        }
+        client.write_all(b"back").unwrap();
+        let events = events_of(&mut ring, 5);
+        let r = events
+            .iter()
+            .find_map(|ev| ev.received)
+            .expect("received into a recycled buffer");
+        let buf = ring.take_received(r);
+        assert_eq!(&buf[..r.len as usize], b"back");
+        ring.recycle(r, buf);
+
+        // Input that completes after the connection was forgotten is dropped, its buffer back in the ring.
+        client.write_all(b"late").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ring.forget(&[(fd, 5)]).unwrap();
+        let events = events_of(&mut ring, 5);
+        assert!(events.iter().all(|ev| ev.received.is_none()), "{events:?}");
+        assert_eq!(
+            ring.bufs.as_ref().unwrap().lent(),
+            0,
+            "every buffer back in the ring"
+        );
     }
 
     #[test]

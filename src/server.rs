@@ -224,19 +224,24 @@ impl Server {
         if let Some(rx) = demo_relay {
             api::demo_relay::spawn(hub.clone(), cluster.as_ref().map(|c| c.handle()), rx)?;
         }
+        let (spread, handed) = api::Spread::new(threads);
         let ctx = Arc::new(api::Context::new(
             hub.clone(),
             config.clone(),
             tls.clone(),
             cluster.as_ref().map(|c| c.handle()),
             budget,
+            spread,
         ));
         let (done_tx, done_rx): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| crossbeam_channel::unbounded()).unzip();
         let api_worker = api::Worker::start(ctx.clone(), done_tx)?;
 
         let mut reactors = Vec::new();
-        for ((setup, (shared, stats)), done) in setups.into_iter().zip(gateways).zip(done_rx) {
+        let inboxes = done_rx.into_iter().zip(handed);
+        for ((setup, (shared, stats)), (done, handed)) in
+            setups.into_iter().zip(gateways).zip(inboxes)
+        {
             let id = setup.id;
             let config = config.clone();
             let (ctx, worker) = (ctx.clone(), api_worker.queue());
@@ -246,7 +251,7 @@ impl Server {
                     net::pin_to_cpu(id);
                     let handler = || {
                         let gateway = Gateway::new(&config, shared, id, stats);
-                        GatewayWithApi::new(gateway, id, ctx, worker, done)
+                        GatewayWithApi::new(gateway, id, ctx, worker, done, handed)
                     };
                     let ran = if uring {
                         reactor::run::<Uring, GatewayWithApi>(setup, handler)

@@ -16,6 +16,7 @@
 //! `server.max_buffered_bytes`.
 
 use super::http::{self, Parsed};
+use super::spread::Handed;
 use super::worker::{Done, Job, WorkerQueue};
 use super::{routes, Context, MAX_API_CONNECTIONS, PROBE_CONNECTIONS};
 use crate::hub::Backlog;
@@ -97,6 +98,8 @@ pub struct ApiConns {
     /// The worker's answers for this reactor, and the next ticket given.
     done: Receiver<Done>,
     next_ticket: u64,
+    /// Connections other reactors accepted for this one (src/api/spread.rs).
+    handed: Handed,
     /// Sockets closed since the caller last took them ([`Self::take_closed`]).
     closed: Vec<(RawFd, u32)>,
     /// Generation of the next connection's token.
@@ -113,7 +116,13 @@ pub struct ApiConns {
 }
 
 impl ApiConns {
-    pub fn new(me: usize, ctx: Arc<Context>, worker: WorkerQueue, done: Receiver<Done>) -> Self {
+    pub fn new(
+        me: usize,
+        ctx: Arc<Context>,
+        worker: WorkerQueue,
+        done: Receiver<Done>,
+        handed: Handed,
+    ) -> Self {
         let reactors = ctx.hub.reactors.len();
         ApiConns {
             me,
@@ -126,6 +135,7 @@ impl ApiConns {
             worker,
             done,
             next_ticket: 0,
+            handed,
             closed: Vec::new(),
             generation: 0,
             recent: Vec::new(),
@@ -136,8 +146,37 @@ impl ApiConns {
         }
     }
 
-    /// A new connection: its token for the reactor to watch it under, None when it was closed at once.
+    /// A connection accepted on this reactor's API listener, served here or handed to the reactor that serves the
+    /// fewest (src/api/spread.rs): its token for this reactor to watch it under, None when it is not served here.
     pub fn accept(&mut self, fd: RawFd) -> Option<u32> {
+        let ctx = self.ctx.clone();
+        let to = ctx.spread.place(self.me, &ctx.per_reactor);
+        if to != self.me {
+            if ctx.spread.hand(to, fd, &ctx.hub) {
+                return None;
+            }
+            ctx.per_reactor[to]
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+            ctx.per_reactor[self.me]
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.serve(fd)
+    }
+
+    /// The next connection another reactor handed to this one, with its token to watch it under.
+    pub fn adopt_handed(&mut self) -> Option<(RawFd, u32)> {
+        loop {
+            let fd = self.handed.next()?;
+            if let Some(token) = self.serve(fd) {
+                return Some((fd, token));
+            }
+        }
+    }
+
+    /// Serves `fd`, a connection already counted for this reactor: its token, None when it was closed at once.
+    fn serve(&mut self, fd: RawFd) -> Option<u32> {
         let ctx = self.ctx.clone();
         let ordinary = &ctx.ordinary_connections;
         let probe = ordinary.fetch_add(1, Ordering::Relaxed) >= MAX_API_CONNECTIONS;
@@ -154,6 +193,9 @@ impl ApiConns {
             if !probe {
                 ordinary.fetch_sub(1, Ordering::Relaxed);
             }
+            ctx.per_reactor[self.me]
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
             net::close(fd);
             return None;
         }
@@ -178,9 +220,6 @@ impl ApiConns {
         if probe {
             self.probes.push_back(key);
         }
-        ctx.per_reactor[self.me]
-            .connections
-            .fetch_add(1, Ordering::Relaxed);
         Some(token)
     }
 

@@ -15,11 +15,13 @@ mod latency;
 mod metrics;
 mod on_reactor;
 mod routes;
+mod spread;
 mod stats_history;
 mod status_routes;
 mod worker;
 
 pub use on_reactor::GatewayWithApi;
+pub use spread::{Handed, Spread};
 pub use worker::Worker;
 
 use crate::cluster::ClusterHandle;
@@ -72,6 +74,8 @@ pub struct Context {
     pub ordinary_connections: AtomicUsize,
     /// Per reactor: the API connections it serves and the requests it read (how the API load spreads).
     pub per_reactor: Vec<ReactorApiStats>,
+    /// How a reactor hands an accepted API connection to one that serves fewer.
+    pub spread: Spread,
 }
 
 /// One reactor's share of the API (`/api/stats` `reactors[i].api_connections`, `api_requests_total`); a cache
@@ -90,8 +94,10 @@ impl Context {
         tls: Option<Arc<TlsAcceptor>>,
         cluster: Option<ClusterHandle>,
         budget: Arc<MemoryBudget>,
+        spread: Spread,
     ) -> Self {
         Context {
+            spread,
             config,
             tls,
             cluster,

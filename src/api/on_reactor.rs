@@ -3,6 +3,7 @@
 //! unchanged; the side hooks go to the API.
 
 use super::conns::ApiConns;
+use super::spread::Handed;
 use super::worker::{Done, WorkerQueue};
 use super::Context;
 use crate::frame::handshake::{Reject, Request};
@@ -23,17 +24,18 @@ pub struct GatewayWithApi {
 
 impl GatewayWithApi {
     /// Reactor `me`'s handler: `gateway`, and the API served with `ctx`, its slow routes handed to `worker`, whose
-    /// answers come back on `done`.
+    /// answers come back on `done`; the API connections other reactors accepted for it come on `handed`.
     pub fn new(
         gateway: Gateway,
         me: usize,
         ctx: Arc<Context>,
         worker: WorkerQueue,
         done: Receiver<Done>,
+        handed: Handed,
     ) -> Self {
         GatewayWithApi {
             gateway,
-            api: ApiConns::new(me, ctx, worker, done),
+            api: ApiConns::new(me, ctx, worker, done, handed),
         }
     }
 
@@ -140,6 +142,9 @@ impl Handler for GatewayWithApi {
     }
 
     fn before_wait(&mut self, core: &mut Core<Client>) -> Option<i32> {
+        while let Some((fd, token)) = self.api.adopt_handed() {
+            core.watch(fd, token);
+        }
         let bound = self.api.before_wait();
         self.release_closed(core);
         bound

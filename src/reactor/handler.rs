@@ -154,7 +154,8 @@ pub trait Handler {
     /// handler's last chance to act on what other threads left for it outside the command channel. It runs
     /// after the reactor announced it may sleep ([`super::Waker::arm`]), so a thread that hands it work and then
     /// wakes the reactor's waker is never missed. Frames queued here leave in the next iteration, which then
-    /// does not sleep. Returns the longest the loop may sleep, in milliseconds (None: no bound of its own).
+    /// does not sleep; side sockets it asks to watch ([`Core::watch`]) are registered before the wait. Returns the
+    /// longest the loop may sleep, in milliseconds (None: no bound of its own).
     fn before_wait(&mut self, core: &mut Core<Self::Conn>) -> Option<i32> {
         let _ = core;
         None

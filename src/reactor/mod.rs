@@ -237,6 +237,7 @@ impl<P: Poller, H: Handler> Reactor<P, H> {
         if let Some(bound) = self.handler.before_wait(&mut self.core) {
             timeout = timeout.min(bound.max(0));
         }
+        self.watch_side();
         if !self.rx.is_empty() || !self.core.dirty.is_empty() {
             timeout = 0;
         }

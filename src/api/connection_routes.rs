@@ -87,8 +87,8 @@ pub fn look_up(lookup: &Lookup, hub: &Hub, cluster: Option<&ClusterHandle>) -> R
             channel,
             after,
             limit,
-        } => presence(channel, *after, *limit, hub, cluster, None),
-        Lookup::User(id) => user(id, hub, cluster, None),
+        } => presence(channel, *after, *limit, hub, cluster),
+        Lookup::User(id) => user(id, hub, cluster),
     }
 }
 
@@ -351,10 +351,9 @@ fn presence(
     limit: usize,
     hub: &Hub,
     cluster: Option<&ClusterHandle>,
-    why_not_cluster: Option<&str>,
 ) -> Response {
     // Cluster mode: every node's members, from Redis; when Redis cannot be read, this node's (and say so).
-    let mut cluster_error = why_not_cluster.map(str::to_string);
+    let mut cluster_error = None;
     if let Some(cluster) = cluster {
         match cluster.read(|r| r.presence(channel, after, limit)) {
             Ok((total, members, more)) => {
@@ -408,19 +407,13 @@ fn presence_page(
     Response::json(200, body.to_string())
 }
 
-/// `why_not_cluster`: the cluster-wide part was not even tried (in cluster mode), and why.
-fn user(
-    id: &str,
-    hub: &Hub,
-    cluster: Option<&ClusterHandle>,
-    why_not_cluster: Option<&str>,
-) -> Response {
+fn user(id: &str, hub: &Hub, cluster: Option<&ClusterHandle>) -> Response {
     let list = match hub.user_connections(id) {
         Ok(list) => list,
         Err(why) => return Response::error(503, why),
     };
     let node = hub.gateway.node_id;
-    let cluster_mode = cluster.is_some() || why_not_cluster.is_some();
+    let cluster_mode = cluster.is_some();
     let mut connections: Vec<(u64, serde_json::Value)> = list
         .iter()
         .map(|c| {
@@ -442,12 +435,7 @@ fn user(
         .collect();
     let mut body = json!({"ok": true, "user": id});
     match cluster {
-        None => {
-            body["scope"] = json!("node");
-            if let Some(why) = why_not_cluster {
-                body["cluster_error"] = json!(why);
-            }
-        }
+        None => body["scope"] = json!("node"),
         // Cluster mode: this node's connections in full, the other nodes' as the state in Redis has them.
         Some(cluster) => match cluster.read(|r| r.user(id)) {
             Ok(remote) => {

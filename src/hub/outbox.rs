@@ -26,8 +26,8 @@
 //! other's full queue. Its outbox keeps a [`Backlog`]: a command for a full queue waits in the backlog (behind it,
 //! every later command for that reactor, so each queue keeps its order) and is retried at [`Backlog::flush`],
 //! which also does the wake-ups (S2 above, once the iteration's requests are read rather than per outbox, and
-//! again before the reactor sleeps for what it queued since). The reactor's own queue needs no wake-up: it looks at it before it sleeps (R2). The
-//! caller bounds the backlog by not taking new requests while it is not empty.
+//! again before the reactor sleeps for what it queued since). The reactor's own queue needs no wake-up: it looks
+//! at it before it sleeps (R2). The caller bounds the backlog by not taking new requests while it is not empty.
 
 use super::{Command, Hub};
 use crossbeam_channel::TrySendError;

@@ -1,8 +1,7 @@
 //! The reactor's OS layer, in one place: readiness, accepts, receives and batched writes (a [`Poller`] backend: epoll
-//! or io_uring,
-//! chosen at start-up by [`probe`]), the cross-thread [`Waker`] (an eventfd) and socket calls ([`net`]). The event
-//! loop is generic over the [`Poller`], so each backend is an implementation of this trait, not a fork of the
-//! loop. The HTTP API (src/api/, on the reactors) uses its socket calls for the sockets it serves itself.
+//! or io_uring, chosen at start-up by [`probe`]), the cross-thread [`Waker`] (an eventfd) and socket calls
+//! ([`net`]). The event loop is generic over the [`Poller`], so each backend is an implementation of this trait,
+//! not a fork of the loop. The HTTP API (src/api/, on the reactors) uses its socket calls for the sockets it serves itself.
 
 mod buf_ring;
 mod epoll;

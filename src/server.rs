@@ -238,6 +238,9 @@ impl Server {
         let api_worker = api::Worker::start(ctx.clone(), done_tx)?;
 
         let mut reactors = Vec::new();
+        // Each reactor says once whether it got set up; `start` returns only when all have, so a started server
+        // serves (and holds every descriptor it needs at rest), and a reactor that cannot start stops start-up.
+        let mut started = Vec::new();
         let inboxes = done_rx.into_iter().zip(handed);
         for ((setup, (shared, stats)), (done, handed)) in
             setups.into_iter().zip(gateways).zip(inboxes)
@@ -245,6 +248,8 @@ impl Server {
             let id = setup.id;
             let config = config.clone();
             let (ctx, worker) = (ctx.clone(), api_worker.queue());
+            let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+            started.push((id, started_rx));
             let handle = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
                 .spawn(move || {
@@ -253,16 +258,33 @@ impl Server {
                         let gateway = Gateway::new(&config, shared, id, stats);
                         GatewayWithApi::new(gateway, id, ctx, worker, done, handed)
                     };
+                    let up = started_tx.clone();
+                    let serving = move || {
+                        let _ = up.send(Ok(()));
+                    };
                     let ran = if uring {
-                        reactor::run::<Uring, GatewayWithApi>(setup, handler)
+                        reactor::run::<Uring, GatewayWithApi>(setup, handler, serving)
                     } else {
-                        reactor::run::<Epoll, GatewayWithApi>(setup, handler)
+                        reactor::run::<Epoll, GatewayWithApi>(setup, handler, serving)
                     };
                     if let Err(e) = ran {
                         log::error!("reactor {id} stopped: {e}");
+                        // Only read while starting up; later the receiver is gone and this goes nowhere.
+                        let _ = started_tx.try_send(Err(e.to_string()));
                     }
                 })?;
             reactors.push(handle);
+        }
+        for (id, rx) in started {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(io::Error::other(format!("reactor {id}: {e}"))),
+                Err(_) => {
+                    return Err(io::Error::other(format!(
+                        "reactor {id} ended while starting"
+                    )))
+                }
+            }
         }
 
         if let Some(c) = cluster.as_mut() {

@@ -96,13 +96,17 @@ pub struct ReactorSetup<C> {
 }
 
 /// Runs a reactor on readiness backend `P` with the handler `make_handler` builds, until it is shut down and its
-/// connections are drained.
+/// connections are drained. `started` is called once the reactor holds every descriptor it needs and its listeners
+/// are registered, before the first wait: a caller that waits for it knows the reactor serves, and that set-up
+/// errors (returned here instead) come first.
 pub fn run<P: Poller, H: Handler>(
     setup: ReactorSetup<H::Command>,
     make_handler: impl FnOnce() -> H,
+    started: impl FnOnce(),
 ) -> io::Result<()> {
     let poller = P::new(EVENTS_PER_WAIT)?;
     let mut reactor = Reactor::<P, H>::new(setup, make_handler(), Clock::real(), poller)?;
+    started();
     while !reactor.iterate()? {}
     Ok(())
 }

@@ -60,6 +60,9 @@ pub struct Uring {
     recvs: Vec<Recv>,
     /// Declared after `ring`: dropped after it, so the kernel never uses freed buffers.
     bufs: Option<BufRing>,
+    /// The user data of polls cancelled since the last wait. A poll the kernel ended on its own just before its
+    /// cancel must not be armed again: its descriptor is closed, and its number may already be another socket's.
+    forgotten: Vec<u64>,
 }
 
 /// A connection's multishot receive. While `Armed`, the connection's input arrives only as receive completions
@@ -265,6 +268,9 @@ impl Uring {
             });
         }
         for data in rearm {
+            if self.forgotten.contains(&data) {
+                continue;
+            }
             let receiving = recv_state(&self.recvs, token_of(data)).is_some();
             self.push(&poll_entry((data >> 32) as RawFd, data, receiving))?;
         }
@@ -371,6 +377,7 @@ impl Poller for Uring {
             listeners: Vec::new(),
             recvs: Vec::new(),
             bufs: None,
+            forgotten: Vec::new(),
         })
     }
 
@@ -488,6 +495,7 @@ impl Poller for Uring {
         // before any new socket could be registered under the same descriptor and token.
         let mut receiving = false;
         for &(fd, token) in socks {
+            self.forgotten.push(poll_data(fd, token));
             let cancel = opcode::AsyncCancel::new(poll_data(fd, token))
                 .build()
                 .user_data(CANCEL_TAG);
@@ -540,6 +548,11 @@ impl Poller for Uring {
             _ => {}
         }
         self.reap(out, &mut [])?;
+        // The cancels were submitted before this wait, so every completion of a cancelled poll has been reaped,
+        // unless completions overflowed: some then wait in the kernel for room, and may still end a poll.
+        if !self.ring.submission().cq_overflow() {
+            self.forgotten.clear();
+        }
         Ok(())
     }
 
@@ -825,6 +838,60 @@ mod tests {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             other => panic!("the socket stayed open: {other:?}"),
         }
+    }
+
+    /// A multishot poll the kernel ends because the completion queue is full is armed again when its completion is
+    /// reaped. If the connection was closed in between, its descriptor number may already be another socket's: that
+    /// poll must not be armed, or the new socket's readiness would reach the closed connection's token.
+    #[test]
+    fn a_poll_ended_by_a_full_queue_is_not_armed_again_once_forgotten() {
+        if skip() {
+            return;
+        }
+        let mut ring = Uring::new(16).unwrap();
+        let (server, mut client) = pair();
+        let fd = server.into_raw_fd();
+        ring.add(fd, 7).unwrap();
+        let mut ready = Vec::new();
+        ring.wait(&mut ready, 0).unwrap(); // armed (and its first report, writable, taken)
+                                           // Fill the completion queue with completions nobody reaps.
+        let room = ring.ring.completion().capacity();
+        for _ in 0..room {
+            ring.push(&opcode::Nop::new().build().user_data(CANCEL_TAG))
+                .unwrap();
+        }
+        ring.ring.submit().unwrap();
+        assert!(ring.ring.completion().is_full());
+        // Input now: the poll's report finds no room, so the kernel ends the poll (its last completion waits in
+        // the kernel's overflow list). The pause lets the wake-up reach the ring; the submit runs it.
+        client.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ring.ring.submit().unwrap();
+        assert!(
+            ring.ring.submission().cq_overflow(),
+            "the queue did not overflow"
+        );
+        ring.forget(&[(fd, 7)]).unwrap();
+        // Closed, and another socket under the same number at once (dup2 does both; a plain close would let
+        // another test's thread take the number).
+        let (other, mut other_client) = pair();
+        // SAFETY: dup2 onto a number this test owns.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), fd) }, fd);
+        drop(other);
+        // Reaping: the nops, then the ended poll's completion; then input for the other socket.
+        for _ in 0..3 {
+            ring.wait(&mut ready, 50).unwrap();
+        }
+        other_client.write_all(b"y").unwrap();
+        let stale = events_of(&mut ring, 7)
+            .into_iter()
+            .filter(|r| r.readable || r.writable)
+            .count();
+        assert_eq!(
+            stale, 0,
+            "the closed connection's token got the other socket's readiness"
+        );
+        crate::reactor::sys::net::close(fd);
     }
 
     /// Accepts of `listener` through the backend until one fails or none waits (then waits up to 200 ms).

@@ -44,14 +44,25 @@ pub fn valid_channel(name: &str) -> bool {
 /// Builds the complete WebSocket text frame `{"channel":NAME,"data":DATA}` in one allocation; `data` is raw
 /// JSON that is copied verbatim.
 pub fn channel_message(channel: &str, data: &str) -> SharedFrame {
-    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut escaped = String::new();
     message_frame(&[
-        b"{\"channel\":",
-        name.as_bytes(),
-        b",\"data\":",
+        b"{\"channel\":\"",
+        string_content(channel, &mut escaped),
+        b"\",\"data\":",
         data.as_bytes(),
         b"}",
     ])
+}
+
+/// `s` as the content of a JSON string (between its quotes). A channel name rarely needs escaping (a quote, a
+/// backslash or a control character): then it is `s` itself, without the copy and allocation of an escaped one
+/// (`escaped` holds that one otherwise).
+fn string_content<'a>(s: &'a str, escaped: &'a mut String) -> &'a [u8] {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        return s.as_bytes();
+    }
+    *escaped = serde_json::to_string(s).expect("a str serializes");
+    &escaped.as_bytes()[1..escaped.len() - 1]
 }
 
 /// A publication on a channel with history: `{"channel":NAME,"offset":N,"epoch":"E","data":DATA}`, one frame for
@@ -62,13 +73,13 @@ pub fn channel_message_at(
     epoch: &str,
     data: &str,
 ) -> (SharedFrame, usize) {
-    let name = serde_json::to_string(channel).expect("a str serializes");
+    let mut escaped = String::new();
     let mut digits = [0u8; 20];
     let offset = format_u64(&mut digits, offset);
     let frame = message_frame(&[
-        b"{\"channel\":",
-        name.as_bytes(),
-        b",\"offset\":",
+        b"{\"channel\":\"",
+        string_content(channel, &mut escaped),
+        b"\",\"offset\":",
         offset,
         b",\"epoch\":\"",
         epoch.as_bytes(),
@@ -373,6 +384,28 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%\u{e9}"), None);
         assert_eq!(query_param("token=a%+2Eb", "token"), Some(Err(())));
+    }
+
+    #[test]
+    fn channel_names_are_escaped_only_when_they_need_it() {
+        for name in [
+            "news",
+            "doc:42/ü",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}",
+            "",
+        ] {
+            let f = channel_message(name, "{\"x\":1}");
+            let expected = format!(
+                "{{\"channel\":{},\"data\":{{\"x\":1}}}}",
+                serde_json::to_string(name).unwrap()
+            );
+            assert_eq!(std::str::from_utf8(&f[2..]).unwrap(), expected, "{name:?}");
+            let parsed: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+            assert_eq!(parsed["channel"], name);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! a worker thread (worker.rs). on_reactor.rs is the reactor handler: the gateway plus this reactor's API.
 
 mod batch_routes;
+mod borrowed;
 mod connection_routes;
 mod conns;
 pub mod demo_relay;

@@ -1,5 +1,6 @@
 //! API routes. Every error is a JSON body `{"ok":false,"error":"..."}` with a meaningful status.
 
+use super::borrowed;
 use super::http::{Request, Response};
 use super::metrics;
 use super::Context;
@@ -9,6 +10,7 @@ use crate::protocol;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 /// Routes and the methods they take (for 404 vs 405).
@@ -141,20 +143,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[derive(Deserialize)]
 pub(super) struct PublishBody<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::str")]
     channel: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::strs")]
     channels: Option<Vec<Cow<'a, str>>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     // Targets and tenant of identity and sessions (src/api/connection_routes.rs).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::str")]
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     sid: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::str")]
     device: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::str")]
     tenant: Option<Cow<'a, str>>,
     /// User pushes: delivery confirmation (each connection acks the id, or gets the push again).
     #[serde(default)]
@@ -208,9 +210,16 @@ pub(super) fn publish_parsed(req: PublishBody, ctx: &Context, out: &mut Outbox) 
     if let Some(r) = super::connection_routes::publish(ctx, &targets, data, out) {
         return r;
     }
-    let names: Vec<Cow<str>> = match (req.channel, req.channels) {
-        (Some(c), None) => vec![c],
-        (None, Some(list)) if !list.is_empty() => list,
+    let (one, list);
+    let names: &[Cow<str>] = match (req.channel, req.channels) {
+        (Some(c), None) => {
+            one = [c];
+            &one
+        }
+        (None, Some(l)) if !l.is_empty() => {
+            list = l;
+            &list
+        }
         (None, _) => {
             return Response::error(
                 400,
@@ -230,7 +239,7 @@ pub(super) fn publish_parsed(req: PublishBody, ctx: &Context, out: &mut Outbox) 
     }
     let mut not_federated = 0;
     let history = ctx.hub.gateway.history.as_deref();
-    for name in &names {
+    for name in names {
         // Channels with history: offset and epoch in the frame, kept for replays (src/history/).
         if let Some((h, ns)) = history.and_then(|h| Some((h, h.namespace(name)?))) {
             // Cluster mode: Redis gives the offset and every node (this one too) delivers from the bus.
@@ -260,7 +269,9 @@ pub(super) fn publish_parsed(req: PublishBody, ctx: &Context, out: &mut Outbox) 
     ctx.stats
         .publishes_total
         .fetch_add(names.len() as u64, Ordering::Relaxed);
-    let ok = format!("{{\"ok\":true,\"channels\":{}", names.len());
+    // Room for the closing brace and "federated" too: one allocation.
+    let mut ok = String::with_capacity(48);
+    let _ = write!(ok, "{{\"ok\":true,\"channels\":{}", names.len());
     Response::json(200, with_federation(ok, ctx, not_federated))
 }
 
@@ -287,7 +298,7 @@ pub(super) fn with_federation(mut open: String, ctx: &Context, not_federated: us
 pub(super) struct BroadcastBody<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed::str")]
     tenant: Option<Cow<'a, str>>,
 }
 

@@ -78,8 +78,8 @@ impl Outbox<'_> {
     /// Hands an encoded channel message to every reactor.
     pub fn publish(&mut self, channel: &str, frame: SharedFrame) {
         let channel: Arc<str> = Arc::from(channel);
-        let since = std::time::Instant::now();
         self.count_publish();
+        let since = self.accepted();
         self.send(|| Command::Publish {
             channel: channel.clone(),
             frame: frame.clone(),
@@ -108,8 +108,8 @@ impl Outbox<'_> {
     /// Hands a publication with its offset in the channel's history to every reactor.
     pub fn publish_at(&mut self, channel: &str, offset: u64, frame: SharedFrame) {
         let channel: Arc<str> = Arc::from(channel);
-        let since = std::time::Instant::now();
         self.count_publish();
+        let since = self.accepted();
         self.send(|| Command::PublishAt {
             channel: channel.clone(),
             offset,
@@ -119,8 +119,8 @@ impl Outbox<'_> {
     }
 
     pub fn broadcast(&mut self, frame: SharedFrame) {
-        let since = std::time::Instant::now();
         self.count_publish();
+        let since = self.accepted();
         self.send(|| Command::Broadcast {
             frame: frame.clone(),
             since,

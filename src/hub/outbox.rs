@@ -50,6 +50,9 @@ pub struct Outbox<'h> {
     publishes: u64,
     /// A reactor's outbox: never blocks, wakes at the backlog's flush (see the module documentation).
     backlog: Option<&'h mut Backlog>,
+    /// When the first publish of this outbox was accepted: the start of every delivery latency it measures. An
+    /// outbox serves one request (or one batch of a thread), so its publishes share one clock reading.
+    accepted: Option<std::time::Instant>,
 }
 
 /// What a reactor's outboxes leave for the end of its loop iteration: commands for full queues, and the wake-ups
@@ -128,6 +131,7 @@ impl<'h> Outbox<'h> {
             unwoken: 0,
             publishes: 0,
             backlog,
+            accepted: None,
         }
     }
 
@@ -174,6 +178,11 @@ impl<'h> Outbox<'h> {
     /// Counts one publish handed over (see [`HandoffStats::publishes_total`]).
     pub(super) fn count_publish(&mut self) {
         self.publishes += 1;
+    }
+
+    /// When this outbox's publishes were accepted (read once, at the first).
+    pub(super) fn accepted(&mut self) -> std::time::Instant {
+        *self.accepted.get_or_insert_with(std::time::Instant::now)
     }
 
     fn wake(&mut self, i: usize) {

@@ -402,12 +402,15 @@ impl ApiConns {
     }
 
     /// Handles the complete requests in the read buffer in order (pipelining), appending their responses, until
-    /// reading pauses.
+    /// reading pauses. The answered requests leave the buffer together at the end: removing each one from the
+    /// front as it is answered would move every pipelined request behind it, once per request.
     fn answer(&mut self, key: usize) {
         let max_body = self.ctx.config.api.max_body;
+        // Bytes of the read buffer answered so far.
+        let mut done = 0;
         loop {
             let client = &mut self.clients[key];
-            if client.close_after_write || client.rbuf.is_empty() || client.awaiting.is_some() {
+            if client.close_after_write || client.rbuf.len() == done || client.awaiting.is_some() {
                 break;
             }
             if client.pending() > MAX_PENDING_RESPONSES {
@@ -420,15 +423,15 @@ impl ApiConns {
             }
             let client = &mut self.clients[key];
             let probe = client.probe;
-            let parsed = http::parse(&client.rbuf, max_body);
+            let parsed = http::parse(&client.rbuf[done..], max_body);
             let ctx = &*self.ctx;
             let (consumed, response, close) = match parsed {
                 Parsed::Partial => break,
                 Parsed::Error(status, message) => {
                     ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
                     (
-                        client.rbuf.len(),
-                        http::error_response(status, message),
+                        client.rbuf.len() - done,
+                        http::Response::error(status, message),
                         true,
                     )
                 }
@@ -447,7 +450,7 @@ impl ApiConns {
                             "all {MAX_API_CONNECTIONS} API connections are in use; retry later \
                              (only /healthz and /metrics are served beyond the limit)"
                         );
-                        (consumed, http::error_response(503, &message), true)
+                        (consumed, http::Response::error(503, &message), true)
                     } else {
                         // A probe connection serves one request.
                         let close = probe || !req.keep_alive;
@@ -458,7 +461,7 @@ impl ApiConns {
                                 .worker
                                 .submit(Job::new(self.me, key, ticket, close, &req))
                             {
-                                client.rbuf.drain(..consumed);
+                                done += consumed;
                                 client.request_started = None;
                                 client.awaiting = Some((ticket, close));
                                 break;
@@ -468,11 +471,11 @@ impl ApiConns {
                                 503,
                                 "the API workers are busy (presence, user, disconnect, history); retry later",
                             );
-                            (consumed, busy.to_bytes(close), close)
+                            (consumed, busy, close)
                         } else {
                             let mut out = ctx.hub.reactor_outbox(&mut self.backlog);
                             let response = routes::handle(&req, ctx, &mut out);
-                            (consumed, response.to_bytes(close), close)
+                            (consumed, response, close)
                         }
                     }
                 }
@@ -481,15 +484,16 @@ impl ApiConns {
             if let Some(started) = client.request_started {
                 self.latency.record(started.elapsed());
             }
-            client.rbuf.drain(..consumed);
-            client.wbuf.extend_from_slice(&response);
+            done += consumed;
+            response.write_to(&mut client.wbuf, close);
             // Bytes already here belong to the next request: its time runs from now.
-            client.request_started = (!client.rbuf.is_empty()).then(Instant::now);
+            client.request_started = (client.rbuf.len() > done).then(Instant::now);
             if close {
                 client.close_after_write = true;
             }
         }
         let client = &mut self.clients[key];
+        client.rbuf.drain(..done);
         if client.rbuf.capacity() > 4 * READ_CHUNK && client.rbuf.len() <= READ_CHUNK {
             // Give back what a large body needed.
             client.rbuf.shrink_to(READ_CHUNK);

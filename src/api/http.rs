@@ -146,18 +146,25 @@ impl Response {
 
     pub fn to_bytes(&self, close: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 160);
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                self.status,
-                reason(self.status),
-                self.content_type,
-                self.body.len()
-            )
-            .as_bytes(),
+        self.write_to(&mut out, close);
+        out
+    }
+
+    /// Appends the whole response (head and body) to `out`: a connection's output buffer, without a copy between.
+    pub fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+        use std::io::Write;
+        out.reserve(self.body.len() + 160);
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
         );
         if let Some(allow) = self.allow {
-            out.extend_from_slice(format!("Allow: {allow}\r\n").as_bytes());
+            let _ = write!(out, "Allow: {allow}\r\n");
         }
         out.extend_from_slice(self.extra_headers.as_bytes());
         if close {
@@ -165,7 +172,6 @@ impl Response {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
-        out
     }
 }
 

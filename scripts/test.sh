@@ -61,7 +61,7 @@ echo "== black-box tests again, on the other io backend (tests/*.rs with WSGATE_
 # the browser and Node clients, the operator's view); they reach the reactor through paths the other files cover
 # on both backends. A new test file runs on both unless it is named here. About 2 minutes.
 above_the_transport=" cluster cluster_faults cluster_history cluster_sessions history user_acks auth operator_view \
-    status_page demo_page js_sdk "
+    status_page demo_page js_sdk fallback_cors "
 second_pass=()
 for file in tests/*.rs; do
     name="$(basename "$file" .rs)"

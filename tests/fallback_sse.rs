@@ -310,7 +310,7 @@ fn hostile_op_requests_get_clear_errors_and_hurt_nobody() {
         b"",
     );
     assert_eq!(r.status, 405, "{r}");
-    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
     let r = http_request(
         s.ws,
         "POST",

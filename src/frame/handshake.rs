@@ -336,6 +336,7 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        204 => "No Content",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -389,8 +390,15 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Lets a page of any origin read a response (CORS). The client listener's HTTP routes (the fallback transports)
+/// are fetched from the web app's pages, which often live on another origin than the gateway; no cookie is ever
+/// read (tokens travel in the query or `Authorization`), and `server.allowed_origins` is enforced by the server
+/// itself, so the answers carry nothing another origin may not see.
+pub const ANY_ORIGIN: &str = "Access-Control-Allow-Origin: *\r\n";
+
 /// Appends a complete HTTP error response with `Connection: close`, a JSON body `{"error":"..."}` and the headers
-/// each status needs (405: `Allow: GET`; 426: `Sec-WebSocket-Version: 13` and `Upgrade: websocket`).
+/// each status needs (405: `Allow: GET`; 426: `Sec-WebSocket-Version: 13` and `Upgrade: websocket`). It is
+/// readable cross-origin ([`ANY_ORIGIN`]): a page on another origin sees why its session was refused (401, 429).
 pub fn write_reject(out: &mut Vec<u8>, reject: Reject) {
     let code = status(reject);
     let mut body = Vec::with_capacity(64);
@@ -405,7 +413,8 @@ pub fn write_reject(out: &mut Vec<u8>, reject: Reject) {
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         {ANY_ORIGIN}",
         reason_phrase(code),
         body.len()
     );

@@ -12,7 +12,7 @@
 
 use super::command::Command;
 use super::handler::{Client, Gateway};
-use super::session_ops::{answer, session_of, unknown_session};
+use super::session_ops::{answer, session_of, unknown_session, JSON};
 use super::upgrade::token_deadline;
 use crate::frame::close_code;
 use crate::frame::deflate::split_frame;
@@ -30,8 +30,6 @@ pub const POLL_PATH: &str = "/poll";
 /// Seconds a held poll request waits past `transport.poll_timeout` for its answer before the core answers 503
 /// itself (the session's reactor could not send it).
 const HOLD_MARGIN: u32 = 5;
-
-const JSON: &str = "Content-Type: application/json\r\nCache-Control: no-store\r\n";
 
 /// Where a poll's answer goes: the held request on reactor `reactor`, and the token it holds (a key may name
 /// another connection by the time the answer comes).

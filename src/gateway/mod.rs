@@ -10,6 +10,7 @@
 mod acks;
 pub mod cluster_link;
 pub mod command;
+mod cors;
 mod deliver;
 pub mod demo;
 pub mod demo_relay;

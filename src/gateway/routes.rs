@@ -1,5 +1,6 @@
 //! What a request on the client listener is for, by path: the WebSocket endpoints (gateway, debug echo), the
-//! fallback transports (SSE stream and its ops), the demo page. Anything else is a 404.
+//! fallback transports (SSE stream and its ops, long-poll; `OPTIONS` on them is the CORS preflight), the demo page.
+//! Anything else is a 404.
 
 use super::handler::{Client, Endpoint, Gateway};
 use super::long_poll::POLL_PATH;
@@ -25,6 +26,10 @@ impl Gateway {
         if !policy.echo_path.is_empty() && req.path == policy.echo_path {
             self.upgrade(core, key, req, Endpoint::Echo, response)?;
             return Ok(Reply::WebSocket);
+        }
+        let fallback = matches!(req.path, SSE_PATH | SSE_OP_PATH | POLL_PATH);
+        if fallback && req.method == "OPTIONS" {
+            return self.preflight(req, response);
         }
         match req.path {
             SSE_PATH => return self.open_sse(core, key, req, response),

@@ -14,7 +14,9 @@ use crate::reactor::{Core, Key, Reply};
 /// The route of an SSE session's ops.
 pub const SSE_OP_PATH: &str = "/sse/op";
 
-const JSON: &str = "Content-Type: application/json\r\nCache-Control: no-store\r\n";
+/// The headers of a fallback route's JSON answer; readable cross-origin (see `frame::handshake::ANY_ORIGIN`).
+pub(super) const JSON: &str =
+    "Content-Type: application/json\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n";
 
 /// A JSON answer on a fallback route: `{"ok":true}` or `{"ok":false,"error":...}`.
 pub(super) fn answer(response: &mut Vec<u8>, status: u16, error: Option<&str>) -> Reply {
@@ -23,7 +25,8 @@ pub(super) fn answer(response: &mut Vec<u8>, status: u16, error: Option<&str>) -
         Some(e) => serde_json::json!({"ok": false, "error": e}).to_string(),
     };
     let headers = if status == 405 {
-        "Content-Type: application/json\r\nCache-Control: no-store\r\nAllow: POST\r\n"
+        "Content-Type: application/json\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\
+         Allow: POST, OPTIONS\r\n"
     } else {
         JSON
     };

@@ -18,9 +18,10 @@ use std::borrow::Cow;
 /// The route of the event stream.
 pub const SSE_PATH: &str = "/sse";
 
+/// Readable cross-origin, like every fallback answer (see `frame::handshake::ANY_ORIGIN`).
 const HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
-X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+X-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n";
 
 impl Gateway {
     /// `GET /sse`: admits the session like an upgrade, answers the stream's head and its first events (welcome with

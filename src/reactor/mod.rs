@@ -693,4 +693,4 @@ pub fn conn_size<A>() -> usize {
 }
 
 /// Sent to connections over `server.max_connections`.
-const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"error\":\"connection limit reached\"}";
+const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 36\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n\r\n{\"error\":\"connection limit reached\"}";

@@ -3,8 +3,8 @@
 //! connections, token refresh and 4001, heartbeat timeout on a black-holed connection, user-message acks and
 //! dedup, fallback to SSE and to long-poll when WebSocket is refused, close codes that end the client or delay it),
 //! and tests/browser/cross_origin.mjs (the SDK in headless Chromium, in a page of another origin than the gateway,
-//! on SSE and on long-poll; refused where `server.allowed_origins` does not list the page). The scripts start,
-//! kill and restart the binary themselves (port 0, then the same ports).
+//! on SSE and on long-poll, with and without a JWT; refused where `server.allowed_origins` does not list the page).
+//! The scripts start, kill and restart the binary themselves (port 0, then the same ports).
 
 mod common;
 

@@ -130,72 +130,25 @@ fn out_of_descriptors_accepting_pauses_and_resumes_without_losing_connections() 
 /// error naming it, instead of a ready line over a reactor that never serves.
 #[test]
 fn a_reactor_that_cannot_start_stops_start_up() {
-    use std::io::{BufRead, BufReader};
-    use std::os::unix::process::CommandExt;
-    let args = args_with_base(&["--threads", "1", "--io-backend", "epoll"]);
-    let spawn = |limit: Option<u64>| {
-        let mut cmd = command(&args, &[]);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        if let Some(limit) = limit {
-            let l = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            // SAFETY: setrlimit only reads `l`, which is copied into the closure; it is async-signal-safe, as
-            // code between fork and exec must be.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        cmd.spawn().expect("spawn wsgate")
-    };
+    let flags = ["--threads", "1", "--io-backend", "epoll"];
     // At rest, right after the ready line: the descriptors a running gateway holds, its poller among them.
-    let mut child = spawn(None);
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("wsgate ready"));
-    assert!(ready.is_some(), "no ready line");
-    let poller = poller_descriptor(child.id());
-    let at_rest = open_descriptors(child.id());
+    let g = Server::start(&flags);
+    let poller = poller_descriptor(g.pid);
+    let at_rest = open_descriptors(g.pid);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        open_descriptors(child.id()),
+        open_descriptors(g.pid),
         at_rest,
         "descriptors opened after the ready line"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(g);
     // A new descriptor gets the lowest free number, and the limit bounds that number: with the poller's own number
     // as the limit, everything before it is had and the poller cannot be.
-    let mut child = spawn(Some(poller));
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().unwrap();
+    let out = run_to_exit(
+        with_fd_limit(command(&args_with_base(&flags), &[]), poller),
+        Duration::from_secs(10),
+    );
+    let (status, stderr) = (out.status, out.stderr);
     assert!(
         status.is_some_and(|s| !s.success()),
         "with a limit of {poller} descriptors: {status:?}\n{stderr}"
@@ -208,6 +161,27 @@ fn a_reactor_that_cannot_start_stops_start_up() {
         stderr.contains("wsgate: reactor 0:"),
         "no start-up error naming the reactor:\n{stderr}"
     );
+}
+
+/// `cmd` with RLIMIT_NOFILE (soft and hard) set to `limit` in the child.
+fn with_fd_limit(mut cmd: std::process::Command, limit: u64) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let l = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit only reads `l`, which is copied into the closure; it is async-signal-safe, as code between
+    // fork and exec must be.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
 }
 
 /// The number of the gateway's epoll descriptor.

@@ -428,7 +428,13 @@ pub fn run_cli(
     } else {
         extra.iter().map(|s| s.to_string()).collect()
     };
-    let mut child = command(&args, env)
+    run_to_exit(command(&args, env), timeout)
+}
+
+/// Runs `cmd` (the binary as [`command`] builds it, perhaps with more set on it) with its output captured, and
+/// waits at most `timeout` for it to exit (killing it, by its PID, if it does not).
+pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> CliOutput {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -324,9 +324,7 @@ impl ApiConns {
             let client = &mut self.clients[key];
             client.rbuf.clear();
             client.request_started = None;
-            client
-                .wbuf
-                .extend_from_slice(&http::error_response(408, &message));
+            http::Response::error(408, &message).write_to(&mut client.wbuf, true);
             client.close_after_write = true;
             self.write(key);
         }
@@ -542,10 +540,11 @@ impl ApiConns {
         self.ctx.stats.errors_total.fetch_add(1, Ordering::Relaxed);
         let client = &mut self.clients[key];
         client.rbuf = Vec::new();
-        client.wbuf.extend_from_slice(&http::error_response(
+        http::Response::error(
             503,
             "memory budget exceeded (server.max_buffered_bytes); retry later",
-        ));
+        )
+        .write_to(&mut client.wbuf, true);
         client.close_after_write = true;
         self.account(key);
     }
